@@ -1,0 +1,32 @@
+# The two commands a newcomer needs:  make demo   and   make test
+# Each one bootstraps what is missing (Debian packages, .venv, the package) first.
+VENV := .venv
+PY := $(VENV)/bin/python
+US := $(VENV)/bin/urbansense
+
+.PHONY: demo test bootstrap lint stack-up stack-down clean
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+demo: bootstrap
+	@$(US) demo
+
+test: bootstrap
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy
+	@$(PY) -m pytest
+
+lint: bootstrap
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy
+
+stack-up: bootstrap
+	@$(US) stack up
+
+stack-down:
+	@$(US) stack down
+
+clean:
+	@$(US) stack down >/dev/null 2>&1 || true
+	rm -rf .run

@@ -1,0 +1,1 @@
+"""Edge agent: poll Modbus/MQTT devices on a field gateway and forward telemetry batches."""

@@ -1,0 +1,1 @@
+"""Ingester: MQTT telemetry batches into InfluxDB, acknowledged only after the write."""

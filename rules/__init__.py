@@ -1,0 +1,1 @@
+"""Rules engine: early warnings from the telemetry stream."""

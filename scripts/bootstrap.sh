@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what `make demo` and `make test` need when it is missing:
+#   Debian packages mosquitto + influxdb (+ mbpoll for the Modbus interop test),
+#   a Python >= 3.11 virtualenv in .venv, and this package with its dev extras.
+# Safe to run again: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(mosquitto influxdb mbpoll)
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
+command -v mbpoll >/dev/null 2>&1 || missing+=(mbpoll)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = "0" ]; then
+    echo "bootstrap: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "bootstrap: missing Debian packages: ${missing[*]}" >&2
+    echo "bootstrap: run this once, then try again:" >&2
+    echo "    sudo apt-get install -y ${APT_PACKAGES[*]}" >&2
+    exit 1
+  fi
+fi
+# The packages may start system-wide services; UrbanSense never uses them (it runs its own
+# private instances on free loopback ports), so nothing here depends on them either way.
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+  echo "bootstrap: Python >= 3.11 is required (found: $("$PY" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv"
+  "$PY" -m venv .venv || {
+    echo "bootstrap: 'python3 -m venv' failed; on Debian install it with: apt-get install -y python3-venv" >&2
+    exit 1
+  }
+fi
+stamp=.venv/.urbansense-installed
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "bootstrap: installing urbansense and its dev extras into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi

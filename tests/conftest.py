@@ -1,0 +1,44 @@
+"""Shared fixtures: real Mosquitto and InfluxDB from the project's own stack runner.
+
+`stack` is one private stack per test session (free loopback ports, a temp run dir).
+Tests that stop or kill a service use `private_stack`, their own, so they never disturb
+the others. Each test that writes data uses its own database name (`influx_db`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from urbansense.influx import InfluxClient
+from urbansense.stack import Stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(tmp_path_factory.mktemp("stack"))
+    s.up()
+    yield s
+    s.down()
+
+
+@pytest.fixture
+def private_stack(tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(tmp_path / "stack")
+    s.up()
+    yield s
+    s.down()
+
+
+@pytest.fixture
+def influx_db(stack: Stack) -> Iterator[InfluxClient]:
+    """A fresh, empty database on the session's InfluxDB."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    client = InfluxClient(stack.influx_url, name)
+    client.create_database()
+    yield client
+    client.query(f'DROP DATABASE "{name}"', database="")
+    client.close()

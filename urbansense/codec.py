@@ -1,0 +1,315 @@
+"""The one codec: JSON (orjson) encode/decode of the wire contract, with validation.
+
+Every refusal raises :class:`PayloadError` whose message names the exact place in the
+payload and what is wrong with it, e.g.
+``samples[3].f.pressure_mpa: NaN is not allowed (report the sample with q="bad")``.
+
+Decoding a batch is strict about the envelope (a batch whose envelope is wrong is
+refused whole) but lenient per sample: :func:`decode_batch_lenient` returns the good
+samples and the reasons for each bad one, so one bad sample never takes its good
+neighbours down with it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+
+from urbansense.identifiers import (
+    ALERT_STATES,
+    DOMAINS,
+    MEASUREMENTS,
+    QUALITIES,
+    SEVERITIES,
+    identifier_problem,
+    metric_problem,
+)
+from urbansense.schema import (
+    AlertEvent,
+    FieldValue,
+    Forecast,
+    GatewayStatus,
+    Sample,
+    TelemetryBatch,
+)
+
+CONTRACT_VERSION = 1
+#: Default largest payload accepted anywhere (broker, ingester); configurable per component.
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_STRING_FIELD = 1024
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class PayloadError(ValueError):
+    """A payload that breaks the wire contract; the message says where and why."""
+
+
+def _problem(path: str, msg: str) -> PayloadError:
+    return PayloadError(f"{path}: {msg}" if path else msg)
+
+
+def _loads(payload: bytes | str, what: str, max_bytes: int) -> Any:
+    if len(payload) > max_bytes:
+        raise PayloadError(
+            f"{what} is {len(payload)} bytes, larger than the limit of {max_bytes} bytes; "
+            "send smaller batches"
+        )
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"{what} is not valid UTF-8 JSON: {exc}") from None
+
+
+def _require(obj: dict[str, Any], key: str, path: str) -> Any:
+    if key not in obj:
+        raise _problem(f"{path}{key}" if not path else f"{path}.{key}", "is missing")
+    return obj[key]
+
+
+def _int(value: Any, path: str, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _problem(path, f"must be an integer, got {_describe(value)}")
+    if minimum is not None and value < minimum:
+        raise _problem(path, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _str(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise _problem(path, f"must be a string, got {_describe(value)}")
+    return value
+
+
+def _ident(value: Any, path: str) -> str:
+    why = identifier_problem(value)
+    if why:
+        raise _problem(path, why)
+    return str(value)
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], path: str) -> str:
+    if value not in allowed:
+        raise _problem(path, f"must be one of {', '.join(allowed)}; got {value!r}")
+    return str(value)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def check_field_value(value: Any, path: str) -> FieldValue:
+    """Validate one field value: finite float, int64, bool or short string."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise _problem(path, f"integer {value} does not fit in 64 bits")
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise _problem(path, 'NaN is not allowed (report the sample with q="bad")')
+        if math.isinf(value):
+            raise _problem(path, 'infinity is not allowed (report the sample with q="bad")')
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_FIELD:
+            raise _problem(path, f"string of {len(value)} characters exceeds {MAX_STRING_FIELD}")
+        return value
+    raise _problem(path, f"must be a number, boolean or string, got {_describe(value)}")
+
+
+def check_sample(raw: Any, path: str = "sample") -> Sample:
+    if not isinstance(raw, dict):
+        raise _problem(path, f"must be an object, got {_describe(raw)}")
+    dev = _ident(_require(raw, "dev", path), f"{path}.dev")
+    m = _one_of(_require(raw, "m", path), MEASUREMENTS, f"{path}.m")
+    t = _int(_require(raw, "t", path), f"{path}.t", minimum=1)
+    q = _one_of(raw.get("q", "good"), QUALITIES, f"{path}.q")
+    fields_raw = _require(raw, "f", path)
+    if not isinstance(fields_raw, dict):
+        raise _problem(f"{path}.f", f"must be an object, got {_describe(fields_raw)}")
+    fields: dict[str, FieldValue] = {}
+    for key, value in fields_raw.items():
+        why = metric_problem(key)
+        if why:
+            raise _problem(f"{path}.f", why)
+        fields[key] = check_field_value(value, f"{path}.f.{key}")
+    err = raw.get("err")
+    if err is not None:
+        err = _str(err, f"{path}.err")
+    if q == "bad":
+        if fields:
+            raise _problem(f"{path}.f", 'a sample with q="bad" carries no fields')
+        if not err:
+            raise _problem(f"{path}.err", 'a sample with q="bad" must say why in "err"')
+    elif not fields:
+        raise _problem(f"{path}.f", f'a sample with q="{q}" needs at least one field')
+    urgent = raw.get("urgent", False)
+    if not isinstance(urgent, bool):
+        raise _problem(f"{path}.urgent", f"must be true or false, got {_describe(urgent)}")
+    return Sample(dev=dev, m=m, t=t, f=fields, q=q, err=err, urgent=urgent)
+
+
+def _check_envelope(raw: Any) -> tuple[str, str, int, int, list[Any]]:
+    if not isinstance(raw, dict):
+        raise PayloadError(f"telemetry batch must be a JSON object, got {_describe(raw)}")
+    v = _require(raw, "v", "")
+    if v != CONTRACT_VERSION:
+        raise _problem("v", f"unsupported contract version {v!r}; this build speaks v1")
+    gw = _ident(_require(raw, "gw", ""), "gw")
+    district = _ident(_require(raw, "district", ""), "district")
+    seq = _int(_require(raw, "seq", ""), "seq", minimum=0)
+    sent = _int(_require(raw, "sent", ""), "sent", minimum=1)
+    samples = _require(raw, "samples", "")
+    if not isinstance(samples, list):
+        raise _problem("samples", f"must be a list, got {_describe(samples)}")
+    return gw, district, seq, sent, samples
+
+
+def decode_batch(payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> TelemetryBatch:
+    """Decode a telemetry batch; any problem anywhere raises PayloadError."""
+    gw, district, seq, sent, raw_samples = _check_envelope(
+        _loads(payload, "telemetry batch", max_bytes)
+    )
+    samples = [check_sample(s, f"samples[{i}]") for i, s in enumerate(raw_samples)]
+    return TelemetryBatch(gw=gw, district=district, seq=seq, sent=sent, samples=samples)
+
+
+def decode_batch_lenient(
+    payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> tuple[TelemetryBatch, list[str]]:
+    """Decode a batch keeping every good sample; returns (batch, reasons for bad samples).
+
+    Raises PayloadError only when the envelope itself is broken.
+    """
+    gw, district, seq, sent, raw_samples = _check_envelope(
+        _loads(payload, "telemetry batch", max_bytes)
+    )
+    samples: list[Sample] = []
+    problems: list[str] = []
+    for i, raw in enumerate(raw_samples):
+        try:
+            samples.append(check_sample(raw, f"samples[{i}]"))
+        except PayloadError as exc:
+            problems.append(str(exc))
+    return TelemetryBatch(gw=gw, district=district, seq=seq, sent=sent, samples=samples), problems
+
+
+def encode_batch(batch: TelemetryBatch) -> bytes:
+    """Validate and encode a batch (refuses what decode would refuse, e.g. NaN)."""
+    _ident(batch.gw, "gw")
+    _ident(batch.district, "district")
+    for i, sample in enumerate(batch.samples):
+        check_sample(sample.to_wire(), f"samples[{i}]")
+    return orjson.dumps(batch.to_wire())
+
+
+def decode_status(payload: bytes | str) -> GatewayStatus:
+    raw = _loads(payload, "gateway status", MAX_PAYLOAD_BYTES)
+    if not isinstance(raw, dict):
+        raise PayloadError(f"gateway status must be a JSON object, got {_describe(raw)}")
+    if raw.get("v") != CONTRACT_VERSION:
+        raise _problem("v", f"unsupported contract version {raw.get('v')!r}; this build speaks v1")
+    state = _one_of(_require(raw, "state", ""), ("online", "offline"), "state")
+    t = _int(_require(raw, "t", ""), "t", minimum=1)
+    version = raw.get("version")
+    if version is not None:
+        version = _str(version, "version")
+    devices_raw = raw.get("devices", {})
+    if not isinstance(devices_raw, dict):
+        raise _problem("devices", f"must be an object, got {_describe(devices_raw)}")
+    devices: dict[str, str] = {}
+    for dev, dev_state in devices_raw.items():
+        _ident(dev, f"devices.{dev}")
+        devices[dev] = _one_of(dev_state, ("ok", "fail"), f"devices.{dev}")
+    stats_raw = raw.get("stats", {})
+    if not isinstance(stats_raw, dict):
+        raise _problem("stats", f"must be an object, got {_describe(stats_raw)}")
+    stats: dict[str, float] = {}
+    for key, value in stats_raw.items():
+        why = metric_problem(key)
+        if why:
+            raise _problem("stats", why)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _problem(f"stats.{key}", f"must be a number, got {_describe(value)}")
+        stats[key] = check_field_value(value, f"stats.{key}")  # type: ignore[assignment]
+    return GatewayStatus(state=state, t=t, version=version, devices=devices, stats=stats)
+
+
+def encode_status(status: GatewayStatus) -> bytes:
+    payload = orjson.dumps(status.to_wire())
+    decode_status(payload)  # refuse what a receiver would refuse
+    return payload
+
+
+def _opt_number(raw: dict[str, Any], key: str) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _problem(key, f"must be a number or null, got {_describe(value)}")
+    check_field_value(float(value), key)
+    return float(value)
+
+
+def decode_alert(payload: bytes | str) -> AlertEvent:
+    raw = _loads(payload, "alert event", MAX_PAYLOAD_BYTES)
+    if not isinstance(raw, dict):
+        raise PayloadError(f"alert event must be a JSON object, got {_describe(raw)}")
+    if raw.get("v") != CONTRACT_VERSION:
+        raise _problem("v", f"unsupported contract version {raw.get('v')!r}; this build speaks v1")
+    device = raw.get("device")
+    if device is not None:
+        device = _ident(device, "device")
+    metric = raw.get("metric")
+    if metric is not None:
+        why = metric_problem(metric)
+        if why:
+            raise _problem("metric", why)
+    forecast = None
+    fc = raw.get("forecast")
+    if fc is not None:
+        if not isinstance(fc, dict):
+            raise _problem("forecast", f"must be an object or null, got {_describe(fc)}")
+        forecast = Forecast(
+            crosses_at=_int(_require(fc, "crosses_at", "forecast"), "forecast.crosses_at"),
+            eta_s=float(_opt_number(fc, "eta_s") or 0.0),
+        )
+    return AlertEvent(
+        id=_str(_require(raw, "id", ""), "id"),
+        rule=_str(_require(raw, "rule", ""), "rule"),
+        domain=_one_of(_require(raw, "domain", ""), DOMAINS, "domain"),
+        severity=_one_of(_require(raw, "severity", ""), SEVERITIES, "severity"),
+        state=_one_of(_require(raw, "state", ""), ALERT_STATES, "state"),
+        district=_ident(_require(raw, "district", ""), "district"),
+        device=device,
+        metric=metric,
+        value=_opt_number(raw, "value"),
+        threshold=_opt_number(raw, "threshold"),
+        started=_int(_require(raw, "started", ""), "started", minimum=1),
+        t=_int(_require(raw, "t", ""), "t", minimum=1),
+        message=_str(_require(raw, "message", ""), "message"),
+        forecast=forecast,
+    )
+
+
+def encode_alert(event: AlertEvent) -> bytes:
+    payload = orjson.dumps(event.to_wire())
+    decode_alert(payload)
+    return payload
+
+
+def dumps(obj: Any) -> bytes:
+    """Plain JSON encoding for payloads outside the versioned contract (commands, dead letters)."""
+    return orjson.dumps(obj)
+
+
+def loads(payload: bytes | str, what: str = "payload") -> Any:
+    return _loads(payload, what, MAX_PAYLOAD_BYTES)

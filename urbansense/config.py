@@ -1,0 +1,421 @@
+"""The one config loader: device profiles and gateway configs (YAML), as typed models.
+
+Every error names the file, the key and the fix, e.g.::
+
+    firmware-configs/gateways/pd-gw-01.yaml: links[0].devices[2].unit: must be 1..247, got 300
+      fix: set it to the device's Modbus unit id (slave address)
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from urbansense.identifiers import ID_PATTERN, METRIC_PATTERN, MEASUREMENTS
+from urbansense.registers import RegisterType, register_count
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = REPO_ROOT / "firmware-configs" / "profiles"
+GATEWAYS_DIR = REPO_ROOT / "firmware-configs" / "gateways"
+
+M = TypeVar("M", bound=BaseModel)
+Order = Literal["ABCD", "CDAB", "BADC", "DCBA"]
+Table = Literal["holding", "input", "coil", "discrete"]
+
+#: What to do about a bad key, by key name; shown as "fix:" under the error.
+FIX_HINTS: dict[str, str] = {
+    "unit": "set it to the device's Modbus unit id (slave address), 1..247",
+    "address": "use the register's 0-based protocol address from the device datasheet (0..65535)",
+    "type": "one of int16 uint16 int32 uint32 int64 uint64 float32 float64 string bit bool",
+    "order": "one of ABCD (standard), CDAB (word swapped), BADC (byte swapped), DCBA",
+    "table": "one of holding, input, coil, discrete",
+    "profile": "name a file in firmware-configs/profiles/ without its .yaml suffix",
+    "gateway": "use lower-case letters, digits and '-' (e.g. pd-gw-01)",
+    "district": "use lower-case letters, digits and '-' (e.g. pudong)",
+    "id": "use lower-case letters, digits and '-' (e.g. wp-0001)",
+    "name": "use lower-case letters, digits and '_' starting with a letter (e.g. pressure_mpa)",
+    "measurement": f"one of {', '.join(MEASUREMENTS)}",
+    "port": "a TCP port number 1..65535",
+    "transport": "one of tcp, rtu, mqtt",
+}
+
+
+class ConfigError(ValueError):
+    """One or more problems in a config file; str() lists each with its fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class FieldSpec(_Model):
+    """One metric of a device: where it lives and how to turn raw data into a value."""
+
+    name: str = Field(pattern=METRIC_PATTERN)
+    # Modbus location (Modbus profiles)
+    table: Table = "holding"
+    address: int | None = Field(default=None, ge=0, le=65535)
+    type: RegisterType = "uint16"
+    order: Order | None = None
+    length: int = Field(default=1, ge=1, le=64)
+    bit: int | None = Field(default=None, ge=0, le=15)
+    # MQTT location (MQTT profiles): key of the value in the device's JSON payload
+    key: str | None = None
+    # Engineering value = raw * scale + offset
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str | None = None
+    enum: dict[int, str] | None = None
+    writable: bool = False
+    min: float | None = None
+    max: float | None = None
+    #: Samples carrying this field go ahead of any store-and-forward backlog.
+    urgent: bool = False
+    #: Report by exception: send only when the value moved more than this ...
+    deadband: float | None = Field(default=None, ge=0)
+    #: ... or when this long has passed since the last report.
+    max_silence_s: float | None = Field(default=None, gt=0)
+    description: str | None = None
+    #: Free-form hints for the simulators (nominal value, noise, ...).
+    sim: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FieldSpec:
+        if self.bit is not None and self.type not in ("bit", "bool"):
+            raise ValueError(f"'bit' is only meaningful with type bit/bool, not {self.type}")
+        if self.table in ("coil", "discrete") and self.type not in ("bit", "bool"):
+            raise ValueError(f"table {self.table} holds single bits: set type: bit (got {self.type})")
+        if self.writable and self.table not in ("holding", "coil"):
+            raise ValueError(f"only holding registers and coils are writable, not {self.table}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+    @property
+    def registers(self) -> int:
+        return register_count(self.type, self.length)
+
+    def order_in(self, profile: Profile) -> str:
+        return self.order or profile.order
+
+
+class Profile(_Model):
+    """A device model: measurement, protocol and field map. One file per model."""
+
+    profile: str = Field(pattern=ID_PATTERN)
+    version: int = Field(default=1, ge=1)
+    measurement: Literal["water", "gas", "lighting", "elevator", "air"]
+    protocol: Literal["modbus", "mqtt"] = "modbus"
+    description: str = ""
+    order: Order = "ABCD"
+    #: MQTT profiles: topic the device publishes on; {device} is replaced by the device id.
+    topic: str | None = None
+    #: Methane LEL convention etc.; stated explicitly where it matters.
+    conventions: dict[str, Any] = Field(default_factory=dict)
+    fields: list[FieldSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        seen: set[str] = set()
+        for f in self.fields:
+            if f.name in seen:
+                raise ValueError(f"field {f.name!r} is defined twice")
+            seen.add(f.name)
+            if self.protocol == "modbus" and f.address is None:
+                raise ValueError(f"field {f.name!r} needs an 'address' in a modbus profile")
+            if self.protocol == "mqtt" and f.key is None:
+                f.key = f.name
+        if self.protocol == "mqtt" and not self.topic:
+            raise ValueError("an mqtt profile needs 'topic' (e.g. sensors/{device}/data)")
+        return self
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"profile {self.profile} has no field {name!r}")
+
+
+class Location(_Model):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class DeviceSpec(_Model):
+    id: str = Field(pattern=ID_PATTERN)
+    profile: str = Field(pattern=ID_PATTERN)
+    unit: int = Field(default=1, ge=0, le=247)
+    poll_interval_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0)
+    pause_s: float | None = Field(default=None, ge=0)
+    location: Location | None = None
+    #: Grouping labels, e.g. circuit/cabinet for lamps, area for water points.
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class SerialSpec(_Model):
+    port: str
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: int = Field(default=1, ge=1, le=2)
+    bytesize: int = Field(default=8, ge=7, le=8)
+
+
+class LinkSpec(_Model):
+    """A physical link: a TCP endpoint, a serial port, or a gateway-local MQTT broker."""
+
+    name: str = Field(pattern=ID_PATTERN)
+    transport: Literal["tcp", "rtu", "mqtt"] = "tcp"
+    host: str = "127.0.0.1"
+    port: int = Field(default=502, ge=1, le=65535)
+    serial: SerialSpec | None = None
+    timeout_s: float = Field(default=1.0, gt=0)
+    pause_s: float = Field(default=0.0, ge=0)
+    devices: list[DeviceSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LinkSpec:
+        if self.transport == "rtu" and self.serial is None:
+            raise ValueError("an rtu link needs 'serial: {port: /dev/ttyUSB0, baudrate: 9600}'")
+        return self
+
+
+class UplinkSpec(_Model):
+    """The broker the gateway publishes to. Credentials come from the environment
+    (URBANSENSE_MQTT_USERNAME / URBANSENSE_MQTT_PASSWORD), never from this file."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    tls: bool = False
+    ca_file: str | None = None
+    keepalive_s: int = Field(default=30, ge=5)
+
+
+class BatchSpec(_Model):
+    max_samples: int = Field(default=500, ge=1, le=5000)
+    max_interval_s: float = Field(default=1.0, gt=0)
+
+
+class WalSpec(_Model):
+    path: str | None = None
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    replay_rate_per_s: float = Field(default=2000, gt=0)
+
+
+class GatewayConfig(_Model):
+    gateway: str = Field(pattern=ID_PATTERN)
+    district: str = Field(pattern=ID_PATTERN)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    uplink: UplinkSpec = Field(default_factory=UplinkSpec)
+    batch: BatchSpec = Field(default_factory=BatchSpec)
+    wal: WalSpec = Field(default_factory=WalSpec)
+    #: Where profiles live, relative to this file.
+    profiles_dir: str = "../profiles"
+    links: list[LinkSpec] = Field(min_length=1)
+
+    @field_validator("links")
+    @classmethod
+    def _unique(cls, links: list[LinkSpec]) -> list[LinkSpec]:
+        names: set[str] = set()
+        devices: set[str] = set()
+        for link in links:
+            if link.name in names:
+                raise ValueError(f"link name {link.name!r} is used twice")
+            names.add(link.name)
+            for dev in link.devices:
+                if dev.id in devices:
+                    raise ValueError(f"device id {dev.id!r} is used twice")
+                devices.add(dev.id)
+        return links
+
+    def devices(self) -> list[tuple[LinkSpec, DeviceSpec]]:
+        return [(link, dev) for link in self.links for dev in link.devices]
+
+
+class LoadedGateway(BaseModel):
+    """A gateway config with the profiles its devices use, resolved."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    path: Path
+    config: GatewayConfig
+    profiles: dict[str, Profile]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; a syntax error names file, line and column."""
+    shown = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{shown}: file not found; check the path"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{shown}: cannot read: {exc.strerror}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            [f"{shown}{where}: YAML syntax error: {problem}\n  fix: check indentation and quoting there"]
+        ) from None
+
+
+def _loc_text(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _model_fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Names of the keys allowed at `loc` (for 'did you mean' on unknown keys)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        info = current.model_fields.get(str(part))
+        if info is None:
+            return []
+        ann = info.annotation
+        current = _inner_model(ann)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _inner_model(ann: Any) -> Any:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(
+    shown: str, model: type[BaseModel], exc: ValidationError, raw: Any = None
+) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = _loc_text(loc) or "(top level)"
+        key = next((str(p) for p in reversed(loc) if not isinstance(p, int)), "")
+        etype = err["type"]
+        if etype == "extra_forbidden":
+            allowed = _model_fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(key, allowed, n=1)
+            fix = f"did you mean {close[0]!r}?" if close else f"allowed keys here: {', '.join(allowed)}"
+            problems.append(f"{shown}: {where}: unknown key {key!r}\n  fix: {fix}")
+            continue
+        msg = err["msg"]
+        if etype == "missing":
+            msg = "is required but missing"
+        elif "input" in err and etype not in ("model_type",) and not isinstance(err["input"], dict | list):
+            msg = f"{msg} (got {err['input']!r})"
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        line = f"{shown}: {where}: {msg}"
+        hint = FIX_HINTS.get(key)
+        if hint:
+            line += f"\n  fix: {hint}"
+        problems.append(line)
+    return problems
+
+
+def load_model(path: Path, model: type[M]) -> M:
+    shown = _display(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{shown}: expected a mapping of keys at the top level, got {type(raw).__name__}"])
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(shown, model, exc, raw)) from None
+
+
+def load_profile(path: Path) -> Profile:
+    profile = load_model(path, Profile)
+    if profile.profile != path.stem:
+        raise ConfigError(
+            [f"{_display(path)}: profile: is {profile.profile!r} but the file is {path.name}\n"
+             f"  fix: name the file {profile.profile}.yaml or set profile: {path.stem}"]
+        )
+    return profile
+
+
+def load_profiles(directory: Path = PROFILES_DIR) -> dict[str, Profile]:
+    profiles: dict[str, Profile] = {}
+    problems: list[str] = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            profiles[path.stem] = load_profile(path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return profiles
+
+
+def load_gateway(path: Path | str) -> LoadedGateway:
+    """Load a gateway config and the profiles it names; all problems are reported together."""
+    path = Path(path)
+    config = load_model(path, GatewayConfig)
+    shown = _display(path)
+    profiles_dir = (path.parent / config.profiles_dir).resolve()
+    env_dir = os.environ.get("URBANSENSE_PROFILES_DIR")
+    if env_dir:
+        profiles_dir = Path(env_dir)
+    problems: list[str] = []
+    profiles: dict[str, Profile] = {}
+    available = sorted(p.stem for p in profiles_dir.glob("*.yaml")) if profiles_dir.is_dir() else []
+    for li, link in enumerate(config.links):
+        for di, dev in enumerate(link.devices):
+            where = f"{shown}: links[{li}].devices[{di}].profile"
+            if dev.profile in profiles:
+                continue
+            if dev.profile not in available:
+                close = difflib.get_close_matches(dev.profile, available, n=1)
+                fix = f"did you mean {close[0]!r}?" if close else f"available: {', '.join(available) or '(none)'}"
+                problems.append(f"{where}: no profile {dev.profile!r} in {_display(profiles_dir)}\n  fix: {fix}")
+                continue
+            try:
+                profiles[dev.profile] = load_profile(profiles_dir / f"{dev.profile}.yaml")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                continue
+            prof = profiles[dev.profile]
+            if prof.protocol == "mqtt" and link.transport != "mqtt":
+                problems.append(f"{where}: profile {dev.profile!r} is an MQTT device but link "
+                                f"{link.name!r} is {link.transport}\n  fix: put it under a link with transport: mqtt")
+            if prof.protocol == "modbus" and link.transport == "mqtt":
+                problems.append(f"{where}: profile {dev.profile!r} is a Modbus device but link "
+                                f"{link.name!r} is mqtt\n  fix: put it under a tcp or rtu link")
+    if problems:
+        raise ConfigError(problems)
+    return LoadedGateway(path=path, config=config, profiles=profiles)

@@ -1,0 +1,49 @@
+"""Identifier rules of wire contract v1 (district, gateway, device, metric names)."""
+
+from __future__ import annotations
+
+import re
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+METRIC_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+_ID_RE = re.compile(ID_PATTERN)
+_METRIC_RE = re.compile(METRIC_PATTERN)
+
+#: Measurements that carry device telemetry, one per domain.
+MEASUREMENTS: tuple[str, ...] = ("water", "gas", "lighting", "elevator", "air")
+#: Alert domains: the measurements plus `system` (gateways, pipeline health).
+DOMAINS: tuple[str, ...] = (*MEASUREMENTS, "system")
+QUALITIES: tuple[str, ...] = ("good", "uncertain", "bad")
+SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
+ALERT_STATES: tuple[str, ...] = ("pending", "firing", "resolved")
+
+
+def is_identifier(value: object) -> bool:
+    return isinstance(value, str) and _ID_RE.match(value) is not None
+
+
+def is_metric_name(value: object) -> bool:
+    return isinstance(value, str) and _METRIC_RE.match(value) is not None
+
+
+def identifier_problem(value: object) -> str | None:
+    """Why `value` is not a valid identifier, or None when it is."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if is_identifier(value):
+        return None
+    return (
+        f"{value!r} is not a valid identifier: use 1-63 characters of lower-case letters, "
+        "digits and '-', starting with a letter or digit"
+    )
+
+
+def metric_problem(value: object) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if is_metric_name(value):
+        return None
+    return (
+        f"{value!r} is not a valid metric name: use 1-63 characters of lower-case letters, "
+        "digits and '_', starting with a letter (e.g. pressure_mpa)"
+    )

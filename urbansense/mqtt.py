@@ -1,0 +1,324 @@
+"""The one MQTT adapter, over paho-mqtt 2.x (MQTT 5), used by every component.
+
+Why paho and not aiomqtt everywhere: the ingester needs manual acknowledgement
+(`manual_ack=True` + `client.ack`) to acknowledge after the database write, and paho's
+network thread keeps the keep-alive going while our own code blocks on I/O. aiomqtt is
+itself a wrapper of paho; one adapter keeps one way of connecting, reconnecting, TLS and
+credentials for all components.
+
+Credentials and TLS come from the environment, never from config files:
+    URBANSENSE_MQTT_USERNAME, URBANSENSE_MQTT_PASSWORD, URBANSENSE_MQTT_CA_FILE,
+    URBANSENSE_MQTT_CERT_FILE, URBANSENSE_MQTT_KEY_FILE
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+log = logging.getLogger(__name__)
+
+Message = paho.MQTTMessage
+MessageHandler = Callable[[paho.MQTTMessage], None]
+
+
+class MqttError(RuntimeError):
+    pass
+
+
+@dataclass(slots=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    ca_file: str | None = None
+    keepalive_s: int = 30
+    username: str | None = None
+    password: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: object) -> MqttSettings:
+        """mqtt://host:port or mqtts://host:port; credentials from the environment."""
+        parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+        tls = parsed.scheme in ("mqtts", "ssl", "tls")
+        settings = cls(host=parsed.hostname or "127.0.0.1", port=parsed.port or (8883 if tls else 1883), tls=tls)
+        settings.apply_env()
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(settings, key, value)
+        return settings
+
+    def apply_env(self) -> MqttSettings:
+        env = os.environ
+        self.username = env.get("URBANSENSE_MQTT_USERNAME") or self.username
+        self.password = env.get("URBANSENSE_MQTT_PASSWORD") or self.password
+        self.ca_file = env.get("URBANSENSE_MQTT_CA_FILE") or self.ca_file
+        self.cert_file = env.get("URBANSENSE_MQTT_CERT_FILE") or self.cert_file
+        self.key_file = env.get("URBANSENSE_MQTT_KEY_FILE") or self.key_file
+        if self.ca_file:
+            self.tls = True
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass
+class _Subscription:
+    topic: str
+    qos: int
+    handler: MessageHandler
+    no_local: bool = False
+
+
+@dataclass
+class ConnectionStats:
+    connects: int = 0
+    disconnects: int = 0
+    last_error: str = ""
+    published: int = 0
+    acked: int = 0
+    received: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class MqttClient:
+    """A connected MQTT 5 client that reconnects by itself (capped back-off with jitter)
+    and re-subscribes after every reconnect.
+
+    `on_publish_ack(mid)` is called from the network thread when a QoS 1 publish is
+    acknowledged by the broker (PUBACK), which is what store-and-forward needs.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        clean_start: bool = True,
+        session_expiry_s: int = 0,
+        will: Will | None = None,
+        manual_ack: bool = False,
+        on_publish_ack: Callable[[int], None] | None = None,
+        on_connect: Callable[[], None] | None = None,
+        on_disconnect: Callable[[str], None] | None = None,
+        max_inflight: int = 1000,
+        max_queued: int = 0,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.stats = ConnectionStats()
+        self._subs: list[_Subscription] = []
+        self._connected = threading.Event()
+        self._stopping = False
+        self._clean_start = clean_start
+        self._session_expiry_s = session_expiry_s
+        self._on_publish_ack = on_publish_ack
+        self._on_connect_cb = on_connect
+        self._on_disconnect_cb = on_disconnect
+        self._reconnect_min_s = reconnect_min_s
+        self._reconnect_max_s = reconnect_max_s
+        self._reconnect_thread: threading.Thread | None = None
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.max_queued_messages_set(max_queued)
+        # paho's own reconnect has no jitter; we run our own loop (see _reconnect_loop).
+        if settings.username:
+            self._client.username_pw_set(settings.username, settings.password)
+        if settings.tls:
+            ctx = ssl.create_default_context(cafile=settings.ca_file)
+            if settings.cert_file:
+                ctx.load_cert_chain(settings.cert_file, settings.key_file)
+            self._client.tls_set_context(ctx)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+        self._client.on_publish = self._handle_publish
+
+    # ------------------------------------------------------------------ lifecycle
+    def connect(self, timeout_s: float = 10.0, *, wait: bool = True) -> None:
+        """Connect and start the network thread. With wait=False, a broker that is down
+        is retried in the background instead of raising."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self._session_expiry_s
+        self._connect_props = props
+        try:
+            self._client.connect(
+                self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s,
+                clean_start=self._clean_start, properties=props,
+            )
+        except OSError as exc:
+            self.stats.last_error = str(exc)
+            if wait:
+                raise MqttError(
+                    f"cannot reach MQTT broker at {self.settings.url}: {exc.strerror or exc}; "
+                    "is it running? (urbansense stack status)"
+                ) from None
+            self._start_reconnect_loop()
+            self._client.loop_start()
+            return
+        self._client.loop_start()
+        if wait and not self._connected.wait(timeout_s):
+            self.close()
+            raise MqttError(
+                f"MQTT broker at {self.settings.url} did not accept the connection within "
+                f"{timeout_s:.0f} s ({self.stats.last_error or 'no CONNACK'})"
+            )
+
+    def close(self) -> None:
+        self._stopping = True
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+
+    def kill(self) -> None:
+        """Drop the connection without DISCONNECT, so the broker publishes the last will."""
+        self._stopping = True
+        sock = self._client.socket()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        self._client.loop_stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return self._connected.wait(timeout_s)
+
+    # ------------------------------------------------------------------ pub/sub
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        """Queue a publish; returns its message id (PUBACK arrives via on_publish_ack)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        self.stats.published += 1
+        return int(info.mid)
+
+    def publish_wait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                     timeout_s: float = 10.0) -> None:
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise MqttError(f"publish to {topic} was not acknowledged within {timeout_s} s")
+
+    def subscribe(self, topic: str, handler: MessageHandler, qos: int = 1, *, no_local: bool = False) -> None:
+        sub = _Subscription(topic, qos, handler, no_local)
+        self._subs.append(sub)
+        if self.connected:
+            self._do_subscribe(sub)
+
+    def ack(self, mid: int, qos: int) -> None:
+        self._client.ack(mid, qos)
+
+    def _do_subscribe(self, sub: _Subscription) -> None:
+        self._client.subscribe(sub.topic, options=SubscribeOptions(qos=sub.qos, noLocal=sub.no_local))
+
+    # ------------------------------------------------------------------ callbacks
+    def _handle_connect(self, client: paho.Client, userdata: object, flags: object,
+                        reason: ReasonCode, props: Properties | None) -> None:
+        if reason.is_failure:
+            self.stats.last_error = f"broker refused the connection: {reason}"
+            log.error("MQTT %s: %s", self.settings.url, self.stats.last_error)
+            return
+        self.stats.connects += 1
+        for sub in self._subs:
+            self._do_subscribe(sub)
+        self._connected.set()
+        if self._on_connect_cb:
+            self._on_connect_cb()
+
+    def _handle_disconnect(self, client: paho.Client, userdata: object, flags: object,
+                           reason: ReasonCode, props: Properties | None) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if self._stopping:
+            return
+        self.stats.disconnects += int(was_connected)
+        self.stats.last_error = str(reason)
+        if was_connected:
+            log.warning("MQTT connection to %s lost (%s); reconnecting", self.settings.url, reason)
+        if self._on_disconnect_cb:
+            self._on_disconnect_cb(str(reason))
+        self._start_reconnect_loop()
+
+    def _start_reconnect_loop(self) -> None:
+        if self._reconnect_thread is not None and self._reconnect_thread.is_alive():
+            return
+        self._reconnect_thread = threading.Thread(target=self._reconnect_loop, daemon=True,
+                                                  name=f"mqtt-reconnect-{self.client_id}")
+        self._reconnect_thread.start()
+
+    def _reconnect_loop(self) -> None:
+        delay = self._reconnect_min_s
+        while not self._stopping and not self._connected.is_set():
+            time.sleep(delay * random.uniform(0.5, 1.0) if delay > self._reconnect_min_s else delay)
+            if self._stopping or self._connected.is_set():
+                return
+            try:
+                self._client.reconnect()
+                if self._connected.wait(5.0):
+                    return
+            except OSError as exc:
+                self.stats.last_error = str(exc)
+            delay = min(delay * 2, self._reconnect_max_s)
+
+    def _handle_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        self.stats.received += 1
+        for sub in self._subs:
+            if paho.topic_matches_sub(_strip_share(sub.topic), msg.topic):
+                try:
+                    sub.handler(msg)
+                except Exception:  # a handler bug must not kill the network thread
+                    log.exception("MQTT handler for %s failed on %s", sub.topic, msg.topic)
+                return
+
+    def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
+                        reason: ReasonCode, props: Properties) -> None:
+        self.stats.acked += 1
+        if self._on_publish_ack:
+            self._on_publish_ack(mid)
+
+
+def _strip_share(topic: str) -> str:
+    if topic.startswith("$share/"):
+        return topic.split("/", 2)[2]
+    return topic

@@ -1,0 +1,122 @@
+"""Typed models of wire contract v1: telemetry batch, sample, gateway status, alert event.
+
+The models are plain slotted dataclasses (cheap to build in hot paths); validation lives
+in :mod:`urbansense.codec`, which checks every payload that crosses the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+FieldValue = float | int | bool | str
+
+
+@dataclass(slots=True)
+class Sample:
+    """One device reading: measurement `m`, edge timestamp `t` (epoch ms), fields `f`."""
+
+    dev: str
+    m: str
+    t: int
+    f: dict[str, FieldValue]
+    q: str = "good"
+    err: str | None = None
+    #: Profile marks the sample urgent (elevator fault, gas alarm): edge sends it first.
+    urgent: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"dev": self.dev, "m": self.m, "t": self.t, "f": self.f, "q": self.q}
+        if self.err is not None:
+            out["err"] = self.err
+        if self.urgent:
+            out["urgent"] = True
+        return out
+
+
+@dataclass(slots=True)
+class TelemetryBatch:
+    gw: str
+    district: str
+    seq: int
+    sent: int
+    samples: list[Sample]
+    v: int = 1
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "v": self.v,
+            "gw": self.gw,
+            "district": self.district,
+            "seq": self.seq,
+            "sent": self.sent,
+            "samples": [s.to_wire() for s in self.samples],
+        }
+
+
+@dataclass(slots=True)
+class GatewayStatus:
+    """Retained birth / last-will message on city/{district}/{gateway}/status."""
+
+    state: str  # "online" | "offline"
+    t: int
+    version: str | None = None
+    devices: dict[str, str] = field(default_factory=dict)  # dev -> "ok" | "fail"
+    #: Self-telemetry (log depth, drops, reconnects, ...); free-form numbers.
+    stats: dict[str, float] = field(default_factory=dict)
+    v: int = 1
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"v": self.v, "state": self.state, "t": self.t}
+        if self.version is not None:
+            out["version"] = self.version
+        out["devices"] = self.devices
+        if self.stats:
+            out["stats"] = self.stats
+        return out
+
+
+@dataclass(slots=True)
+class Forecast:
+    crosses_at: int  # epoch ms at which the hazard threshold is expected to be crossed
+    eta_s: float
+
+
+@dataclass(slots=True)
+class AlertEvent:
+    id: str
+    rule: str
+    domain: str
+    severity: str
+    state: str
+    district: str
+    device: str | None
+    metric: str | None
+    value: float | None
+    threshold: float | None
+    started: int
+    t: int
+    message: str
+    forecast: Forecast | None = None
+    v: int = 1
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "v": self.v,
+            "id": self.id,
+            "rule": self.rule,
+            "domain": self.domain,
+            "severity": self.severity,
+            "state": self.state,
+            "district": self.district,
+            "device": self.device,
+            "metric": self.metric,
+            "value": self.value,
+            "threshold": self.threshold,
+            "started": self.started,
+            "t": self.t,
+            "message": self.message,
+        }
+        if self.forecast is not None:
+            out["forecast"] = {"crosses_at": self.forecast.crosses_at, "eta_s": self.forecast.eta_s}
+        return out

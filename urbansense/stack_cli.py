@@ -1,0 +1,45 @@
+"""`urbansense stack up|down|status|env`"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("stack", help="private Mosquitto + InfluxDB on free loopback ports")
+    p.add_argument("--run-dir", type=Path, help="state folder (default: $URBANSENSE_RUN_DIR or .run/)")
+    ssub = p.add_subparsers(dest="stack_cmd", required=True)
+    for name, helptext in (("up", "start both services (no-op for those running)"),
+                           ("down", "stop both services"),
+                           ("status", "show what runs where"),
+                           ("env", "print shell exports for the running stack")):
+        ssub.add_parser(name, help=helptext).set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from urbansense.stack import Stack
+
+    stack = Stack(args.run_dir)
+    cmd = args.stack_cmd
+    if cmd == "up":
+        for name, state in stack.up().items():
+            print(f"{name:10} {state.url:28} pid {state.pid}")
+        print(f"state in {stack.state_file}; stop with: urbansense stack down")
+        return 0
+    if cmd == "down":
+        stopped = stack.down()
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        return 0
+    if cmd == "status":
+        code = 0
+        for name, state in stack.status().items():
+            if state is None:
+                print(f"{name:10} not running")
+                code = 3
+            else:
+                print(f"{name:10} {state.url:28} pid {state.pid}")
+        return code
+    for key, value in stack.env().items():
+        print(f"export {key}={value}")
+    return 0
