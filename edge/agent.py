@@ -14,16 +14,13 @@ from pymodbus.exceptions import ModbusException
 from edge.decoding import decode_read
 from edge.planner import ReadRequest, plan_reads
 from urbansense import __version__, codec, topics
+from urbansense.clock import now_ms
 from urbansense.config import DeviceSpec, LinkSpec, LoadedGateway, Profile
 from urbansense.mqtt import MqttClient, MqttSettings, Will
 from urbansense.schema import FieldValue, GatewayStatus, Sample, TelemetryBatch
 
 log = logging.getLogger("urbansense.edge")
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
