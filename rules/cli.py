@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--rules", type=Path, help="rule file or folder (default: rules/catalog)")
     run.add_argument("--mqtt")
     run.add_argument("--influx")
+    run.add_argument("--database", default="city")
     run.add_argument("--duration", type=float)
     run.set_defaults(func=_run)
     check = rsub.add_parser("check", help="validate rule files")
@@ -35,7 +36,8 @@ def _run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rules %(levelname)s %(message)s")
     mqtt_url, influx_url = default_urls()
-    svc = RulesService(_load(args.rules), MqttSettings.from_url(args.mqtt or mqtt_url), args.influx or influx_url)
+    svc = RulesService(_load(args.rules), MqttSettings.from_url(args.mqtt or mqtt_url), args.influx or influx_url,
+                      database=args.database)
     signal.signal(signal.SIGTERM, lambda *_: svc.stop())
     signal.signal(signal.SIGINT, lambda *_: svc.stop())
     svc.run(args.duration)

@@ -12,7 +12,6 @@ import json
 import queue
 import sys
 import time
-from pathlib import Path
 
 import yaml
 from rich.console import Console
@@ -25,7 +24,7 @@ from urbansense.processes import ProcessGroup
 from urbansense.stack import Stack, free_port
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the live end-to-end demo on a private local stack")
     p.add_argument("--duration", type=float, default=40.0, help="seconds to run (default 40)")
     p.add_argument("--drop-at", type=float, default=10.0, help="second at which pressure drops")
@@ -58,8 +57,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     events: queue.Queue[tuple[str, bytes]] = queue.Queue()
     watcher = MqttClient(MqttSettings.from_url(stack.mqtt_url), client_id=f"demo-watch-{time.time_ns()}")
-    watcher.subscribe(topics.ALL_TELEMETRY, lambda m: events.put((m.topic, m.payload)), qos=1)
-    watcher.subscribe(topics.ALL_ALERTS, lambda m: events.put((m.topic, m.payload)), qos=1)
+    watcher.subscribe(topics.ALL_TELEMETRY, lambda m: events.put((m.topic, bytes(m.payload))), qos=1)
+    watcher.subscribe(topics.ALL_ALERTS, lambda m: events.put((m.topic, bytes(m.payload))), qos=1)
     watcher.connect()
     t0 = time.time()
     procs.start("sim", "sim", "serve", "--gateway", str(gw_path), "--pressure-drop-at", str(args.drop_at),

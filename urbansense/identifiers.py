@@ -19,11 +19,11 @@ ALERT_STATES: tuple[str, ...] = ("pending", "firing", "resolved")
 
 
 def is_identifier(value: object) -> bool:
-    return isinstance(value, str) and _ID_RE.match(value) is not None
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 
 
 def is_metric_name(value: object) -> bool:
-    return isinstance(value, str) and _METRIC_RE.match(value) is not None
+    return isinstance(value, str) and _METRIC_RE.fullmatch(value) is not None
 
 
 def identifier_problem(value: object) -> str | None:

@@ -13,6 +13,7 @@ Credentials and TLS come from the environment, never from config files:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -129,6 +130,7 @@ class MqttClient:
         on_disconnect: Callable[[str], None] | None = None,
         max_inflight: int = 1000,
         max_queued: int = 0,
+        receive_maximum: int | None = None,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
     ) -> None:
@@ -140,6 +142,9 @@ class MqttClient:
         self._stopping = False
         self._clean_start = clean_start
         self._session_expiry_s = session_expiry_s
+        # MQTT 5 Receive Maximum: how many unacknowledged QoS 1/2 messages the broker may
+        # have in flight to us. With manual_ack it bounds what a stalled consumer holds.
+        self._receive_maximum = receive_maximum
         self._on_publish_ack = on_publish_ack
         self._on_connect_cb = on_connect
         self._on_disconnect_cb = on_disconnect
@@ -175,6 +180,8 @@ class MqttClient:
         is retried in the background instead of raising."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self._session_expiry_s
+        if self._receive_maximum:
+            props.ReceiveMaximum = self._receive_maximum
         self._connect_props = props
         try:
             self._client.connect(
@@ -199,10 +206,17 @@ class MqttClient:
                 f"{timeout_s:.0f} s ({self.stats.last_error or 'no CONNACK'})"
             )
 
-    def close(self) -> None:
+    def close(self, *, session_expiry_s: int | None = None) -> None:
+        """Disconnect cleanly. `session_expiry_s=0` ends a persistent session now (a
+        client leaving for good), instead of letting the broker keep it for its return."""
         self._stopping = True
         try:
-            self._client.disconnect()
+            if session_expiry_s is None:
+                self._client.disconnect()
+            else:
+                props = Properties(PacketTypes.DISCONNECT)
+                props.SessionExpiryInterval = session_expiry_s
+                self._client.disconnect(properties=props)
         finally:
             self._client.loop_stop()
 
@@ -211,10 +225,8 @@ class MqttClient:
         self._stopping = True
         sock = self._client.socket()
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
         self._client.loop_stop()
 
     @property
@@ -232,6 +244,22 @@ class MqttClient:
             raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         self.stats.published += 1
         return int(info.mid)
+
+    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1,
+                        retain: bool = False) -> paho.MQTTMessageInfo:
+        """Queue a publish and return paho's handle (`is_published()`, `wait_for_publish()`),
+        for callers that must know this publish reached the broker before doing more."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        self.stats.published += 1
+        return info
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop receiving `topic` (also after reconnects)."""
+        self._subs = [sub for sub in self._subs if sub.topic != topic]
+        if self.connected:
+            self._client.unsubscribe(topic)
 
     def publish_wait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
                      timeout_s: float = 10.0) -> None:

@@ -101,8 +101,8 @@ def encode(dtype: str, value: int | float | str | bool, order: str = "ABCD", *, 
         fmt = _STRUCT.get(dtype)
         if fmt is None:
             raise RegisterCodecError(f"unknown register type {dtype!r}")
-        if dtype.startswith(("int", "uint")):
-            value = round(float(value))
+        if dtype.startswith(("int", "uint")) and not isinstance(value, int):
+            value = round(float(value))  # ints stay exact: float() would lose 64-bit precision
         try:
             raw = struct.pack(fmt, value)
         except struct.error as exc:

@@ -8,6 +8,7 @@ shell; entries whose process is gone are cleaned up. The run dir is
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -318,10 +319,8 @@ def _terminate(pid: int, sig: signal.Signals = signal.SIGTERM, timeout_s: float 
         if not pid_alive(pid):
             return
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stack", help="private Mosquitto + InfluxDB on free loopback ports")
     p.add_argument("--run-dir", type=Path, help="state folder (default: $URBANSENSE_RUN_DIR or .run/)")
     ssub = p.add_subparsers(dest="stack_cmd", required=True)
@@ -33,12 +33,12 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if cmd == "status":
         code = 0
-        for name, state in stack.status().items():
-            if state is None:
+        for name, running in stack.status().items():
+            if running is None:
                 print(f"{name:10} not running")
                 code = 3
             else:
-                print(f"{name:10} {state.url:28} pid {state.pid}")
+                print(f"{name:10} {running.url:28} pid {running.pid}")
         return code
     for key, value in stack.env().items():
         print(f"export {key}={value}")

@@ -1,0 +1,92 @@
+"""The local stack runner: real Mosquitto + influxd on free loopback ports, controlled
+from other processes through the state file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import requests
+
+from urbansense.mqtt import MqttClient, MqttSettings
+from urbansense.stack import Stack, mqtt_answers, pid_alive
+
+
+def cli(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "URBANSENSE_RUN_DIR": str(run_dir)}
+    return subprocess.run([sys.executable, "-m", "urbansense.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_up_status_down_from_another_process(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    up = cli(run_dir, "stack", "up")
+    assert up.returncode == 0, up.stderr
+    state = json.loads((run_dir / "stack.json").read_text())
+    mq, ix = state["mosquitto"], state["influxd"]
+    assert pid_alive(mq["pid"], "mosquitto") and pid_alive(ix["pid"], "influxd")
+    assert mqtt_answers("127.0.0.1", mq["port"])
+    assert requests.get(f"http://127.0.0.1:{ix['port']}/ping", timeout=2).status_code == 204
+    # the private broker listens on loopback only
+    conf = (run_dir / "mosquitto" / "mosquitto.conf").read_text()
+    assert f"listener {mq['port']} 127.0.0.1" in conf
+
+    status = cli(run_dir, "stack", "status")
+    assert status.returncode == 0 and f"mqtt://127.0.0.1:{mq['port']}" in status.stdout
+
+    down = cli(run_dir, "stack", "down")
+    assert down.returncode == 0 and "mosquitto" in down.stdout
+    assert not pid_alive(mq["pid"], "mosquitto") and not pid_alive(ix["pid"], "influxd")
+    status = cli(run_dir, "stack", "status")
+    assert status.returncode == 3 and "not running" in status.stdout
+
+
+def test_stale_pid_is_cleaned_and_restart_reuses_port(private_stack: Stack) -> None:
+    port = private_stack.mqtt_port
+    pid = private_stack.services()["mosquitto"].pid
+    os.kill(pid, 9)
+    # status notices the dead process and clears its pid, keeping the port for a restart
+    assert private_stack.status()["mosquitto"] is None
+    state = json.loads(private_stack.state_file.read_text())
+    assert state["mosquitto"]["pid"] == 0 and state["mosquitto"]["port"] == port
+    private_stack.start("mosquitto")
+    assert private_stack.mqtt_port == port and mqtt_answers("127.0.0.1", port)
+
+
+def test_broker_does_not_drop_a_burst_for_a_slow_subscriber(stack: Stack) -> None:
+    """Mosquitto's default max_queued_messages (1000) silently drops QoS 1 messages queued
+    for an offline persistent subscriber; the stack raises the limit."""
+    settings = MqttSettings.from_url(stack.mqtt_url)
+    topic = f"test/burst/{os.getpid()}"
+    received: set[int] = set()
+    done = threading.Event()
+    n = 5000
+
+    def on_message(msg) -> None:
+        received.add(int(msg.payload))
+        if len(received) == n:
+            done.set()
+
+    client_id = f"burst-sub-{os.getpid()}"
+    sub = MqttClient(settings, client_id, clean_start=True, session_expiry_s=600)
+    sub.subscribe(topic, lambda m: None, qos=1)
+    sub.connect()
+    sub.close()  # offline now; its session keeps queueing
+
+    pub = MqttClient(settings, f"burst-pub-{os.getpid()}")
+    pub.connect()
+    for i in range(n):
+        pub.publish(topic, str(i).encode(), qos=1)
+    pub.publish_wait(topic + "/end", b"x")
+    pub.close()
+
+    sub = MqttClient(settings, client_id, clean_start=False, session_expiry_s=600)
+    sub.subscribe(topic, on_message, qos=1)
+    sub.connect()
+    done.wait(30)
+    sub.close()
+    assert len(received) == n
