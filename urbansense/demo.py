@@ -1,143 +1,316 @@
-"""`urbansense demo`: the end-to-end slice on real parts.
+"""`urbansense demo`: a live city district on real parts.
 
-A simulated water supply point served over Modbus TCP, an edge agent polling it every
-second, the ingester writing to InfluxDB and the rules engine raising a low-pressure
-alert when the simulated pressure drops, then resolving it when pressure recovers.
+Starts the local stack, initialises the database, and runs a scenario (default
+`pudong-incidents`, accelerated so that every incident plays in about 5 minutes): the
+simulators, one edge agent per gateway, the ingester and the rules engine, each its own
+process as in production. A live view shows what the duty officer would see; at the
+end a summary checks every published reading against InfluxDB and scores each incident
+against the simulator's ground truth.
+
+The demo is an orchestrator, not a component: it starts the components as processes and
+reads the scenario and ground truth through the simulators' and rules' public APIs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import queue
+import shutil
+import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 from urbansense import codec, topics
-from urbansense.config import GATEWAYS_DIR
-from urbansense.influx import InfluxClient
+from urbansense.clock import ScenarioClock
+from urbansense.demo_view import DemoState
+from urbansense.identifiers import MEASUREMENTS
+from urbansense.influx import InfluxClient, InfluxError
 from urbansense.mqtt import MqttClient, MqttSettings
 from urbansense.processes import ProcessGroup
 from urbansense.stack import Stack, free_port
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the live end-to-end demo on a private local stack")
-    p.add_argument("--duration", type=float, default=40.0, help="seconds to run (default 40)")
-    p.add_argument("--drop-at", type=float, default=10.0, help="second at which pressure drops")
-    p.add_argument("--drop-for", type=float, default=15.0, help="seconds the drop lasts")
-    p.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
-    p.add_argument("--headless", action="store_true", help="no live output")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p = sub.add_parser("demo", help="run a live simulated district end to end on a private local stack")
+    p.add_argument("--scenario", default="pudong-incidents", help="scenario name or YAML (default pudong-incidents)")
+    p.add_argument("--speed", type=float, help="event-time speed-up (default: the scenario's own, ~5 min run)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--poll", type=float, default=0.25, metavar="S",
+                   help="edge poll period in wall seconds (default 0.25)")
+    p.add_argument("--keep", action="store_true", help="leave the stack running afterwards for exploration")
+    p.add_argument("--headless", action="store_true", help="no live view")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=run_demo)
 
 
+def _port_offset(ports: list[int]) -> int:
+    """An offset at which every shipped simulator port is free on loopback."""
+    for _ in range(50):
+        offset = free_port() % 20000 + 20000 - min(ports)
+        if all(_free(p + offset) for p in ports):
+            return offset
+    raise RuntimeError("could not find free loopback ports for the simulators")
+
+
+def _free(port: int) -> bool:
+    if not 1024 < port < 65536:
+        return False
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_ports(ports: list[int], procs: ProcessGroup, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = set(ports)
+    while pending and time.monotonic() < deadline:
+        if procs.check():
+            raise RuntimeError(f"component exited at start: {', '.join(procs.check())}\n{procs.log_tail('sim')}")
+        for port in list(pending):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                pending.discard(port)
+            except OSError:
+                pass
+        time.sleep(0.2)
+    if pending:
+        raise RuntimeError(f"simulator ports {sorted(pending)} did not open within {timeout_s:.0f} s")
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    from simulators.scenario import load_scenario  # the orchestrator reads scenario metadata
+
     console = Console(stderr=args.json, quiet=args.headless)
+    probe = load_scenario(args.scenario)
+    tcp_ports = sorted({link.port for g in probe.loaded for link in g.config.links if link.transport == "tcp"})
+    offset = _port_offset(tcp_ports) if tcp_ports else 0
+    scenario = load_scenario(args.scenario, port_offset=offset)
+
     stack = Stack()
-    console.print("[bold]UrbanSense demo[/] - one water supply point, end to end on real parts")
-    states = stack.up()
-    for name, st in states.items():
+    try:
+        summary = _run(args, console, stack, scenario, tcp_ports, offset)
+    finally:
+        if not args.keep:
+            stack.down()
+    return 0 if summary["verified"] and not summary["missed"] else 1
+
+
+def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any, tcp_ports: list[int],
+         offset: int) -> dict[str, Any]:
+    speed = float(args.speed or scenario.speed or 60.0)
+    wall_s = scenario.duration_s / speed
+    console.print(f"[bold]UrbanSense demo[/]: scenario [bold]{scenario.name}[/], "
+                  f"{scenario.duration_s / 3600:.1f} h of city time at x{speed:g} = {wall_s / 60:.1f} min")
+    for name, st in stack.up().items():
         console.print(f"  {name:10} {st.url}")
     run_dir = stack.run_dir / "demo"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # The gateway config as shipped, with the simulator on a free loopback port.
-    cfg = yaml.safe_load((GATEWAYS_DIR / "pd-gw-01.yaml").read_text())
-    cfg["links"][0]["port"] = free_port()
-    cfg["profiles_dir"] = str(GATEWAYS_DIR.parent / "profiles")
-    gw_path = run_dir / "pd-gw-01.yaml"
-    gw_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = stack.env()
-    procs = ProcessGroup(run_dir / "logs", env)
-    influx = InfluxClient(stack.influx_url)
-    influx.create_database()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    (run_dir / "gateways").mkdir(parents=True)
+    truth_path = run_dir / "truth.jsonl"
+    init = subprocess.run([sys.executable, "-m", "urbansense.cli", "ingest", "init", "--influx", stack.influx_url],
+                          capture_output=True, text=True, timeout=60)
+    if init.returncode != 0:
+        raise RuntimeError(f"urbansense ingest init failed:\n{init.stderr or init.stdout}")
 
-    events: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    watcher = MqttClient(MqttSettings.from_url(stack.mqtt_url), client_id=f"demo-watch-{time.time_ns()}")
-    watcher.subscribe(topics.ALL_TELEMETRY, lambda m: events.put((m.topic, bytes(m.payload))), qos=1)
-    watcher.subscribe(topics.ALL_ALERTS, lambda m: events.put((m.topic, bytes(m.payload))), qos=1)
+    # Event time: the scenario ends at the wall-clock end of the run (never ahead of it),
+    # aligned to the scenario's local start time where it has one.
+    startup_s = 3.0
+    now = int(time.time() * 1000)
+    end_wall = now + int((startup_s + wall_s) * 1000)
+    start_ms = scenario.default_start_ms(end_wall)
+    clock = ScenarioClock(start_ms, now + int(startup_s * 1000), speed)
+    env = {**stack.env(), "URBANSENSE_CLOCK": clock.to_env()}
+
+    gw_paths = scenario.write_gateway_configs(run_dir / "gateways", mqtt_port=stack.mqtt_port)
+    for path in gw_paths:  # the demo's poll period, in wall seconds
+        cfg = yaml.safe_load(path.read_text())
+        cfg["poll_interval_s"] = max(args.poll, scenario.step_s / speed)
+        cfg["batch"]["max_interval_s"] = 0.5
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    state = DemoState(scenario.name, speed, start_ms, start_ms + int(scenario.duration_s * 1000))
+    watcher = MqttClient(MqttSettings.from_url(stack.mqtt_url), client_id=f"demo-view-{time.time_ns()}")
+    watcher.subscribe(topics.ALL_TELEMETRY, lambda m: state.on_batch(codec.decode_batch_lenient(bytes(m.payload))[0]))
+    watcher.subscribe(topics.ALL_ALERTS, lambda m: state.on_alert(codec.decode_alert(bytes(m.payload))))
     watcher.connect()
-    t0 = time.time()
-    procs.start("sim", "sim", "serve", "--gateway", str(gw_path), "--pressure-drop-at", str(args.drop_at),
-                "--pressure-drop-for", str(args.drop_for))
-    procs.start("ingest", "ingest", "run")
-    procs.start("rules", "rules", "run")
-    time.sleep(0.5)
-    procs.start("edge", "edge", "run", "--config", str(gw_path))
-    console.print(f"  simulator on 127.0.0.1:{cfg['links'][0]['port']}, edge agent, ingester and rules "
-                  f"engine started (logs in {procs.log_dir})")
-    console.print(f"  pressure drops at +{args.drop_at:.0f} s for {args.drop_for:.0f} s\n")
-
-    readings = 0
-    alerts: list[dict[str, object]] = []
-    first_t: int | None = None
-    last_t: int | None = None
+    influx = InfluxClient(stack.influx_url)
+    procs = ProcessGroup(run_dir / "logs", env)
+    interrupted = False
     try:
-        while time.time() - t0 < args.duration:
-            dead = procs.check()
-            if dead:
-                console.print(f"[red]component exited: {', '.join(dead)}[/]")
-                for name in procs.procs:
-                    console.print(procs.log_tail(name, 5))
-                break
-            try:
-                topic, payload = events.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if topic.endswith("/telemetry"):
-                batch = codec.decode_batch(payload)
-                for s in batch.samples:
-                    readings += 1
-                    first_t = s.t if first_t is None else first_t
-                    last_t = s.t
-                    if s.q == "bad":
-                        console.print(f"  {time.strftime('%H:%M:%S')}  {s.dev}  [red]no reading: {s.err}[/]")
-                        continue
-                    p = s.f.get("pressure_mpa")
-                    colour = "red" if isinstance(p, float) and p < 0.2 else "green"
-                    console.print(f"  {time.strftime('%H:%M:%S')}  {s.dev}  pressure [{colour}]{p:.3f}[/] MPa"
-                                  f"  flow {s.f.get('flow_m3h', 0):.1f} m³/h")
-            else:
-                ev = codec.decode_alert(payload)
-                alerts.append({"topic": topic, **ev.to_wire()})
-                style = "bold red" if ev.state == "firing" else "bold green"
-                console.print(f"  [{style}]ALERT {ev.state.upper()}[/] {ev.severity} on {topic}: {ev.message}")
+        procs.start("ingest", "ingest", "run")
+        procs.start("rules", "rules", "run")
+        procs.start("sim", "sim", "run", "--scenario", str(scenario.path), "--speed", str(speed), "--seed",
+                    str(args.seed), "--truth", str(truth_path), "--port-offset", str(offset))
+        _wait_ports([p + offset for p in tcp_ports], procs)
+        for path in gw_paths:
+            procs.start(f"edge-{path.stem}", "edge", "run", "--config", str(path))
+        console.print(f"  {len(procs.procs)} processes started; logs in {procs.log_dir}\n")
+        interrupted = _live(console, args.headless, state, clock, influx, procs)
     except KeyboardInterrupt:
-        console.print("interrupted")
+        interrupted = True
     finally:
+        for name in [n for n in procs.procs if n.startswith("edge-")] + ["sim"]:
+            procs.stop(name)
+        ingested = _wait_ingested(influx, state, start_ms)
         procs.stop_all()
         watcher.close()
 
-    stored = 0
-    if first_t is not None and last_t is not None:
-        rows = influx.rows(f'SELECT count("pressure_mpa") FROM "water" WHERE time >= {first_t}ms '
-                           f'AND time <= {last_t}ms')
-        stored = int(rows[0]["count"]) if rows else 0
-    summary = {
-        "readings_published": readings,
-        "readings_in_influxdb": stored,
-        "alerts": [{"state": a["state"], "id": a["id"], "topic": a["topic"]} for a in alerts],
-        "influx_url": stack.influx_url,
-        "mqtt_url": stack.mqtt_url,
-    }
-    ok = readings > 0 and stored == readings and [a["state"] for a in alerts] == ["firing", "resolved"]
+    summary = _summary(args, scenario, state, influx, truth_path, start_ms, speed, ingested, interrupted)
+    _print_summary(console, summary, stack, args.keep)
     if args.json:
         print(json.dumps(summary, indent=2))
-    console.print(f"\n[bold]Summary[/]: {readings} readings published, {stored} found in InfluxDB; "
-                  f"alert events: {', '.join(str(a['state']) for a in alerts) or 'none'}")
-    if args.keep:
-        console.print(f"Stack left running. Try:\n  curl -G {stack.influx_url}/query --data-urlencode db=city "
-                      "--data-urlencode 'q=SELECT * FROM water ORDER BY time DESC LIMIT 5'\n"
-                      "  urbansense stack down      # when done")
-    else:
-        stack.down()
-    console.print("[green]demo OK[/]" if ok else "[red]demo did not see the expected chain; see logs above[/]")
-    return 0 if ok else 1
+    return summary
 
 
-if __name__ == "__main__":
-    sys.exit(run_demo(argparse.Namespace(duration=40, drop_at=10, drop_for=15, keep=False, headless=False,
-                                         json=False)))
+def _live(console: Console, headless: bool, state: DemoState, clock: ScenarioClock, influx: InfluxClient,
+          procs: ProcessGroup) -> bool:
+    """Refresh the view until the scenario's event time is over; True if interrupted."""
+    next_poll = 0.0
+    with Live(state.render(), console=console, refresh_per_second=4, transient=False,
+              auto_refresh=False) as live:
+        while clock.now_ms() < state.end_ms:
+            dead = procs.check()
+            if dead:
+                state.note(f"component exited: {', '.join(dead)}", "bold red")
+                live.update(state.render(), refresh=True)
+                raise RuntimeError(f"component exited: {', '.join(dead)}")
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + 2.0
+                _poll_influx(influx, state)
+            if not headless:
+                live.update(state.render(), refresh=True)
+            time.sleep(0.25)
+    return False
+
+
+def _poll_influx(influx: InfluxClient, state: DemoState) -> None:
+    try:
+        total = 0
+        for m in MEASUREMENTS:
+            for row in influx.rows(f'SELECT count(*) FROM "{m}" WHERE time >= {state.start_ms}ms'):
+                counts = [v for k, v in row.items() if k.startswith("count_") and k != "count_device_error"]
+                total += int(max(counts, default=0)) + int(row.get("count_device_error") or 0)
+        state.on_ingested(total)
+        for series in influx.query('SELECT last("aqi") AS aqi, last("primary") AS p FROM "aqi" '
+                                   f"WHERE time >= {state.start_ms}ms GROUP BY device"):
+            for row in series.rows():
+                if row.get("aqi") is not None:
+                    state.aqi[series.tags.get("device", "?")] = (float(row["aqi"]), str(row.get("p") or ""))
+    except InfluxError as exc:
+        state.note(f"InfluxDB: {exc}", "red")
+
+
+def _stored_points(influx: InfluxClient, start_ms: int) -> set[tuple[str, int]]:
+    stored: set[tuple[str, int]] = set()
+    for m in MEASUREMENTS:
+        for series in influx.query(f'SELECT * FROM "{m}" WHERE time >= {start_ms - 600_000}ms'):
+            cols = series.columns
+            t_i, d_i = cols.index("time"), cols.index("device")
+            stored.update((row[d_i], int(row[t_i])) for row in series.values)
+    return stored
+
+
+def _wait_ingested(influx: InfluxClient, state: DemoState, start_ms: int, timeout_s: float = 60.0) -> int:
+    """Wait until every reading seen on the wire is in InfluxDB (or the time-out)."""
+    deadline = time.monotonic() + timeout_s
+    stored: set[tuple[str, int]] = set()
+    while time.monotonic() < deadline:
+        with state.lock:
+            seen = set(state.seen)
+        try:
+            stored = _stored_points(influx, start_ms)
+        except InfluxError:
+            stored = set()
+        if seen <= stored:
+            break
+        time.sleep(1.0)
+    return len(stored)
+
+
+def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: InfluxClient, truth_path: Path,
+             start_ms: int, speed: float, ingested: int, interrupted: bool) -> dict[str, Any]:
+    from rules.backtest import score
+    from rules.inventory import from_gateways
+
+    with state.lock:
+        seen = set(state.seen)
+        events = list(state.events)
+        published = state.readings
+    stored = _stored_points(influx, start_ms)
+    truth = [json.loads(line) for line in truth_path.read_text().splitlines()] if truth_path.exists() else []
+    end_ms = max(state.event_now_ms, start_ms)
+    result = score(scenario.name, truth, events, from_gateways(scenario.loaded), start_ms, end_ms)
+    incidents = []
+    for s in result.incidents:
+        rec = s.record
+        played = rec["start"] <= end_ms
+        incidents.append({
+            "type": rec["type"], "device": rec.get("device") or ",".join(rec.get("devices", [])[:3]),
+            "start": rec["start"], "played": played, "detected": s.detected,
+            "first_alert_rule": s.first_alert.rule if s.first_alert else None,
+            "first_alert_t": s.first_alert.t if s.first_alert else None,
+            "hazard_crossed_at": rec.get("hazard_crossed_at"),
+            "lead_time_s": s.lead_time_s,
+        })
+    missed = [i for i in incidents if i["played"] and not i["detected"]]
+    return {
+        "scenario": scenario.name, "speed": speed, "seed": args.seed, "interrupted": interrupted,
+        "start_ms": start_ms, "end_ms": end_ms,
+        "readings_published": published,
+        "readings_distinct": len(seen),
+        "readings_in_influxdb": len(seen & stored),
+        "missing_in_influxdb": len(seen - stored),
+        "verified": bool(seen) and seen <= stored,
+        "alert_events": len(events),
+        "incidents": incidents,
+        "missed": [i["type"] for i in missed],
+        "false_alarms": len(result.false_alarms),
+        "false_alarm_rules": sorted({e.rule for e in result.false_alarms}),
+        "truth_file": str(truth_path),
+        "influx_url": influx.url,
+    }
+
+
+def _print_summary(console: Console, summary: dict[str, Any], stack: Stack, keep: bool) -> None:
+    console.print()
+    verdict = "[green]all verified[/]" if summary["verified"] else \
+        f"[red]{summary['missing_in_influxdb']} missing[/]"
+    console.print(f"[bold]Readings[/]: {summary['readings_published']:,} published, "
+                  f"{summary['readings_in_influxdb']:,} of {summary['readings_distinct']:,} distinct found in "
+                  f"InfluxDB ({verdict})")
+    table = Table(title="Incidents (ground truth vs first alert)")
+    for col in ("incident", "device", "first alert", "lead time before hazard"):
+        table.add_column(col)
+    for inc in summary["incidents"]:
+        if not inc["played"]:
+            first = "[dim]not played (run interrupted)[/]"
+        elif inc["detected"]:
+            first = f"[green]{inc['first_alert_rule']}[/]"
+        else:
+            first = "[red]MISSED[/]"
+        lead = inc["lead_time_s"]
+        lead_text = "-" if lead is None else (f"[green]{lead / 60:.1f} min early[/]" if lead > 0
+                                              else f"[yellow]{-lead / 60:.1f} min after[/]")
+        table.add_row(inc["type"], str(inc["device"]), first, lead_text)
+    console.print(table)
+    console.print(f"False alarms: {summary['false_alarms']}"
+                  + (f" ({', '.join(summary['false_alarm_rules'])})" if summary["false_alarms"] else ""))
+    console.print("\n[bold]Next steps[/]")
+    url = stack.influx_url if keep else "http://127.0.0.1:8086"
+    query = "SELECT * FROM alerts WHERE state = 'firing' ORDER BY time DESC LIMIT 5"
+    query = "SELECT * FROM alerts WHERE state = 'firing' ORDER BY time DESC LIMIT 5"
+    console.print(f'  curl -G {url}/query --data-urlencode db=city --data-urlencode "q={query}"')
+    console.print("  docker compose up                                          # the same with Grafana at :3000")
+    if keep:
+        console.print("  urbansense stack down                                      # stop the stack when done")
