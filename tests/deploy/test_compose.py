@@ -1,0 +1,209 @@
+"""docker-compose.yml, checked without Docker: images and builds, mounted files, ports,
+dependencies, health checks, commands (parsed by our own CLI), and no secret in the repo."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from urbansense.cli import build_parser
+from urbansense.config import load_gateway
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+OURS = {n: s for n, s in SERVICES.items() if "build" in s}
+ENV_EXAMPLE = dict(
+    line.split("=", 1) for line in (REPO / ".env.example").read_text().splitlines()
+    if line.strip() and not line.lstrip().startswith("#"))
+ACCOUNTS = [line.split()[:2] for line in (REPO / "deploy/mosquitto/accounts").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET")
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _depends(service: dict[str, Any]) -> dict[str, str]:
+    dep = service.get("depends_on") or {}
+    if isinstance(dep, list):
+        return {name: "service_started" for name in dep}
+    return {name: (cond or {}).get("condition", "service_started") for name, cond in dep.items()}
+
+
+def test_the_services_the_issue_asks_for_are_there() -> None:
+    images = {n: s.get("image", "") for n, s in SERVICES.items()}
+    assert images["mosquitto"].startswith("eclipse-mosquitto:2")
+    assert images["influxdb"].startswith("influxdb:1.")
+    assert images["grafana"].startswith("grafana/grafana")
+    commands = {n: s.get("command", [])[:2] for n, s in OURS.items()}
+    assert commands["ingest"] == ["ingest", "run"]
+    assert commands["rules"] == ["rules", "run"]
+    assert commands["sim-district"] == ["sim", "run"]
+    assert sum(1 for c in commands.values() if c == ["edge", "run"]) >= 2
+    assert _env(SERVICES["influxdb"])["INFLUXDB_HTTP_AUTH_ENABLED"] == "true"
+
+
+def test_every_service_has_an_image_or_a_build_that_exists() -> None:
+    for name, svc in SERVICES.items():
+        assert "image" in svc or "build" in svc, name
+        if "build" in svc:
+            build = svc["build"]
+            context = REPO / build["context"]
+            dockerfile = context / build.get("dockerfile", "Dockerfile")
+            assert context.is_dir() and dockerfile.is_file(), name
+
+
+def test_dockerfile_copies_only_what_exists() -> None:
+    dockerfile = (REPO / "deploy/Dockerfile").read_text()
+    sources = [s for line in dockerfile.splitlines() if line.startswith("COPY")
+               for s in line.split()[1:-1]]
+    assert sources
+    for src in sources:
+        assert (REPO / src).exists(), src
+
+
+def test_every_mounted_file_exists_and_named_volumes_are_declared() -> None:
+    declared = set(COMPOSE.get("volumes") or {})
+    for name, svc in SERVICES.items():
+        for mount in svc.get("volumes", []):
+            source = mount.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (REPO / source).exists(), f"{name}: {source} is not in the repository"
+                assert not source.startswith("/"), f"{name}: absolute host path {source}"
+            else:
+                assert source in declared, f"{name}: volume {source} not declared"
+
+
+def test_ports_are_unique_and_shared_namespaces_publish_none() -> None:
+    host_ports: dict[str, str] = {}
+    for name, svc in SERVICES.items():
+        mode = svc.get("network_mode", "")
+        if mode.startswith("service:"):
+            assert "ports" not in svc, f"{name} shares {mode}: ports belong to that service"
+            assert mode.split(":", 1)[1] in _depends(svc), f"{name} must depend on {mode}"
+        for mapping in svc.get("ports", []):
+            parts = str(mapping).split(":")
+            assert len(parts) >= 2, f"{name}: {mapping} publishes a random host port"
+            host = ":".join(parts[:-1])
+            assert host not in host_ports, f"{name} and {host_ports.get(host)} both publish {host}"
+            host_ports[host] = name
+            assert re.fullmatch(r"\d+", parts[-1]), f"{name}: container port {parts[-1]}"
+    assert {"mosquitto", "grafana"} <= set(host_ports.values())
+
+
+def test_dependencies_exist_are_acyclic_and_their_conditions_can_be_met() -> None:
+    for name, svc in SERVICES.items():
+        for dep, condition in _depends(svc).items():
+            assert dep in SERVICES, f"{name} depends on unknown {dep}"
+            if condition == "service_healthy":
+                assert "healthcheck" in SERVICES[dep], f"{name} waits for {dep} to be healthy"
+            if condition == "service_completed_successfully":
+                assert SERVICES[dep].get("restart") == "no", f"{dep} is one-shot, restart must be no"
+    # no cycles: a topological order exists
+    remaining = {n: set(_depends(s)) for n, s in SERVICES.items()}
+    while remaining:
+        ready = [n for n, deps in remaining.items() if not deps & set(remaining)]
+        assert ready, f"dependency cycle among {sorted(remaining)}"
+        for n in ready:
+            del remaining[n]
+
+
+def test_services_that_use_the_broker_or_database_wait_for_them() -> None:
+    for name, svc in OURS.items():
+        text = " ".join(svc.get("command", []))
+        deps = _depends(svc)
+        if "mqtt://mosquitto" in text:
+            assert deps.get("mosquitto") == "service_healthy", name
+        if "http://influxdb" in text:
+            assert deps.get("influxdb") == "service_healthy", name
+
+
+def test_long_running_services_have_health_checks() -> None:
+    for name, svc in SERVICES.items():
+        if svc.get("restart") != "no":
+            assert "healthcheck" in svc, name
+            assert svc["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_our_commands_parse_with_the_real_cli() -> None:
+    parser = build_parser()
+    for name, svc in OURS.items():
+        argv = [re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", a) for a in svc["command"]]
+        args = parser.parse_args(argv)  # SystemExit (a failure) on an unknown flag
+        assert callable(args.func), name
+
+
+def test_edge_agents_use_their_gateways_account_and_existing_configs() -> None:
+    scenario = yaml.safe_load((REPO / "simulators/scenarios/pudong-incidents.yaml").read_text())
+    edges = {n: s for n, s in OURS.items() if s["command"][:2] == ["edge", "run"]}
+    configured = set()
+    for name, svc in edges.items():
+        command = svc["command"]
+        config = REPO / command[command.index("--config") + 1]
+        cfg = load_gateway(config).config
+        configured.add(cfg.gateway)
+        assert _env(svc)["URBANSENSE_MQTT_USERNAME"] == f"{cfg.district}/{cfg.gateway}", name
+        assert svc["network_mode"] == "service:sim-district", name
+    assert configured == set(scenario["gateways"]), "one edge agent per gateway of the scenario"
+
+
+def test_every_mqtt_account_in_compose_has_a_password_entry() -> None:
+    accounts = {user: var for user, var in ACCOUNTS}
+    for name, svc in SERVICES.items():
+        env = _env(svc)
+        user = env.get("URBANSENSE_MQTT_USERNAME") or env.get("GRAFANA_MQTT_USERNAME")
+        if user:
+            assert user in accounts, f"{name}: MQTT account {user} missing in deploy/mosquitto/accounts"
+            password = env.get("URBANSENSE_MQTT_PASSWORD") or env.get("GRAFANA_MQTT_PASSWORD", "")
+            assert accounts[user] in password, f"{name}: password should come from {accounts[user]}"
+    broker_env = _env(SERVICES["mosquitto"])
+    for _user, var in accounts.items():
+        assert var in broker_env, f"the broker needs {var} to hash it"
+        assert var in ENV_EXAMPLE, f".env.example lacks {var}"
+
+
+def test_no_secret_in_the_repository() -> None:
+    for name, svc in SERVICES.items():
+        for key, value in _env(svc).items():
+            if any(w in key for w in SECRET_WORDS):
+                assert re.fullmatch(r"\$\{\w+(:[?-][^}]*)?\}", value), f"{name}: {key} is a literal"
+    for key, value in ENV_EXAMPLE.items():
+        if any(w in key for w in SECRET_WORDS):
+            assert value == "change-me", f".env.example: {key} must be a placeholder"
+    ignored = (REPO / "deploy/Dockerfile.dockerignore").read_text().split()
+    assert ".env" in ignored
+
+
+def test_every_variable_compose_uses_is_documented_in_env_example() -> None:
+    text = (REPO / "docker-compose.yml").read_text()
+    used = set(re.findall(r"\$\{(\w+)", text))
+    assert used, "compose reads its settings from .env"
+    assert used <= set(ENV_EXAMPLE), sorted(used - set(ENV_EXAMPLE))
+
+
+def test_grafana_gets_the_provisioning_the_maps_and_its_secrets() -> None:
+    grafana = SERVICES["grafana"]
+    targets = {m.split(":")[1] for m in grafana["volumes"]}
+    assert {"/etc/grafana/provisioning/datasources", "/etc/grafana/provisioning/dashboards",
+            "/etc/grafana/provisioning/alerting", "/usr/share/grafana/public/urbansense"} <= targets
+    provisioning = "\n".join(p.read_text() for p in (REPO / "dashboards/provisioning").rglob("*.yaml"))
+    env = _env(grafana)
+    for var in set(re.findall(r"\$([A-Z][A-Z0-9_]+)", provisioning)):
+        assert var in env, f"provisioning expands ${var}, grafana's environment lacks it"
+
+
+@pytest.mark.parametrize("script", ["deploy/mosquitto/make-passwd.sh", "deploy/mosquitto/docker-entrypoint.sh"])
+def test_scripts_mounted_into_containers_are_executable(script: str) -> None:
+    path = REPO / script
+    assert path.stat().st_mode & 0o111, f"chmod +x {script}"
+    assert shlex.split(path.read_text().splitlines()[0]) == ["#!/bin/sh"]

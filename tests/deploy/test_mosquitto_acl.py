@@ -1,0 +1,244 @@
+"""The broker's access control, proven on a real Mosquitto running deploy/mosquitto's
+config, ACL and a password file made by deploy/mosquitto/make-passwd.sh (passwords
+generated here, so no secret is in the repository)."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import queue
+import re
+import secrets
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from urbansense.stack import find_binary, free_port
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy" / "mosquitto"
+NOT_AUTHORIZED = 135  # MQTT 5 reason code 0x87
+#: PUBACK reason codes of an accepted publish: success, or "no matching subscribers".
+ACCEPTED = (0, 16)
+
+
+@dataclass
+class Broker:
+    port: int
+    passwords: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def _accounts() -> list[tuple[str, str]]:
+    out = []
+    for line in (DEPLOY / "accounts").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            user, var = line.split()[:2]
+            out.append((user, var))
+    return out
+
+
+def deploy_config(port: int, run_dir: Path) -> str:
+    """deploy/mosquitto/mosquitto.conf with the listener, paths and user adapted to a test."""
+    conf = (DEPLOY / "mosquitto.conf").read_text()
+    conf = re.sub(r"^listener 1883$", f"listener {port} 127.0.0.1", conf, flags=re.M)
+    conf = conf.replace("/mosquitto/data/passwd", str(run_dir / "passwd"))
+    conf = conf.replace("/mosquitto/config/acl", str(DEPLOY / "acl"))
+    conf = conf.replace("/mosquitto/data/", f"{run_dir}/")
+    conf = conf.replace("log_dest stdout", f"log_dest file {run_dir / 'mosquitto.log'}")
+    assert str(run_dir / "passwd") in conf and str(DEPLOY / "acl") in conf
+    return conf + f"user {getpass.getuser()}\n"
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    run_dir = tmp_path_factory.mktemp("acl-broker")
+    passwords = {user: secrets.token_urlsafe(12) for user, _ in _accounts()}
+    env = {**os.environ, **{var: passwords[user] for user, var in _accounts()}}
+    subprocess.run([str(DEPLOY / "make-passwd.sh"), str(DEPLOY / "accounts"), str(run_dir / "passwd")],
+                   env=env, check=True, capture_output=True, timeout=60)
+    port = free_port()
+    (run_dir / "mosquitto.conf").write_text(deploy_config(port, run_dir))
+    proc = subprocess.Popen([find_binary("mosquitto"), "-c", str(run_dir / "mosquitto.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            assert proc.poll() is None, (run_dir / "mosquitto.log").read_text(errors="replace")
+            assert time.monotonic() < deadline, "mosquitto did not start"
+            time.sleep(0.05)
+    yield Broker(port, passwords, proc, run_dir / "mosquitto.log")
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+@dataclass
+class Client:
+    paho: paho.Client
+    connack: int
+    messages: queue.Queue[tuple[str, bytes]] = field(default_factory=queue.Queue)
+    acks: dict[int, int] = field(default_factory=dict)
+    suback: dict[int, list[int]] = field(default_factory=dict)
+
+    def publish(self, topic: str, payload: bytes = b"x") -> int:
+        """Publish at QoS 1 and return the PUBACK reason code (135 = not authorised)."""
+        info = self.paho.publish(topic, payload, qos=1)
+        info.wait_for_publish(5)
+        deadline = time.monotonic() + 5
+        while info.mid not in self.acks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.acks[info.mid]
+
+    def subscribe(self, topic: str) -> int:
+        """Subscribe at QoS 1; return the SUBACK reason code."""
+        _rc, mid = self.paho.subscribe(topic, qos=1)
+        deadline = time.monotonic() + 5
+        while mid not in self.suback and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert mid is not None
+        return self.suback[mid][0]
+
+    def received(self, wait_s: float = 0.6) -> set[str]:
+        """Topics received within `wait_s` (the broker has had time to deliver)."""
+        out = set()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                out.add(self.messages.get(timeout=0.05)[0])
+        return out
+
+
+@pytest.fixture
+def connect(broker: Broker) -> Iterator[Any]:
+    clients: list[paho.Client] = []
+
+    def _connect(user: str | None, password: str | None = None) -> Client:
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-{uuid.uuid4().hex[:8]}",
+                        protocol=paho.MQTTv5)
+        if user is not None:
+            c.username_pw_set(user, password if password is not None else broker.passwords[user])
+        connacks: queue.Queue[int] = queue.Queue()
+        client = Client(c, -1)
+        c.on_connect = lambda _c, _u, _f, rc, _p: connacks.put(rc.value)
+        c.on_message = lambda _c, _u, m: client.messages.put((m.topic, bytes(m.payload)))
+        c.on_publish = lambda _c, _u, mid, rc, _p: client.acks.__setitem__(mid, rc.value)
+        c.on_subscribe = lambda _c, _u, mid, rcs, _p: client.suback.__setitem__(mid, [r.value for r in rcs])
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        clients.append(c)
+        client.connack = connacks.get(timeout=5)
+        return client
+
+    yield _connect
+    for c in clients:
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_anonymous_and_wrong_passwords_are_refused(connect: Any) -> None:
+    assert connect(None).connack == NOT_AUTHORIZED
+    assert connect("ingest", "not-the-password").connack != 0
+    assert connect("pudong/pd-gw-nobody", "whatever").connack != 0
+    assert connect("ingest").connack == 0
+
+
+def refused(connect: Any, user: str, topic: str) -> bool:
+    """Publish once on a fresh connection: Mosquitto 2.0 answers PUBACK 135 (not
+    authorised) to a denied QoS 1 publish, then drops the connection."""
+    return bool(connect(user).publish(topic) == NOT_AUTHORIZED)
+
+
+def test_a_gateway_publishes_only_under_its_own_prefix(connect: Any) -> None:
+    ops = connect("ops")
+    ops.subscribe("city/#")
+    gw = connect("pudong/pd-gw-water")
+    assert gw.connack == 0
+    assert gw.publish("city/pudong/pd-gw-water/telemetry") in ACCEPTED
+    assert gw.publish("city/pudong/pd-gw-water/status") in ACCEPTED
+    # another gateway's topics, another district, the alerts, the dead letters: refused
+    for topic in ("city/pudong/pd-gw-gas/telemetry", "city/xuhui/pd-gw-water/telemetry",
+                  "city/pudong/pd-gw-gas/status", "city/alerts/water/pudong/critical",
+                  "city/ingest/deadletter", "city/pudong/pd-gw-water/cmd"):
+        assert refused(connect, "pudong/pd-gw-water", topic), topic
+    assert ops.received() == {"city/pudong/pd-gw-water/telemetry", "city/pudong/pd-gw-water/status"}
+
+
+def test_a_gateway_reads_only_its_own_commands(connect: Any) -> None:
+    gw = connect("pudong/pd-gw-gas")
+    # Mosquitto 2.0 grants every SUBSCRIBE and checks read access per message delivered.
+    for topic in ("city/pudong/pd-gw-gas/cmd", "city/pudong/pd-gw-water/cmd", "city/+/+/telemetry"):
+        gw.subscribe(topic)
+    ops = connect("ops")
+    assert ops.publish("city/pudong/pd-gw-gas/cmd") in ACCEPTED
+    assert ops.publish("city/pudong/pd-gw-water/cmd") in ACCEPTED
+    other = connect("pudong/pd-gw-water")
+    assert other.publish("city/pudong/pd-gw-water/telemetry") in ACCEPTED
+    assert gw.received() == {"city/pudong/pd-gw-gas/cmd"}
+    assert gw.publish("city/pudong/pd-gw-gas/cmd/result") in ACCEPTED
+
+
+def test_a_utility_reads_only_its_own_domains_alerts(connect: Any) -> None:
+    water = connect("utility-water")
+    water.subscribe("city/alerts/#")
+    water.subscribe("city/+/+/telemetry")
+    rules = connect("rules")
+    assert rules.publish("city/alerts/water/pudong/critical") in ACCEPTED
+    assert rules.publish("city/alerts/gas/pudong/critical") in ACCEPTED
+    gw = connect("pudong/pd-gw-light")
+    assert gw.publish("city/pudong/pd-gw-light/telemetry") in ACCEPTED
+    assert water.received() == {"city/alerts/water/pudong/critical"}
+    assert refused(connect, "utility-water", "city/alerts/water/pudong/critical")
+    assert refused(connect, "utility-gas", "city/pudong/pd-gw-gas/cmd")
+
+
+def test_the_ingester_reads_telemetry_through_its_shared_subscription(connect: Any) -> None:
+    ingest = connect("ingest")
+    ingest.subscribe("$share/ingest/city/+/+/telemetry")
+    ingest.subscribe("city/alerts/#")
+    gw = connect("pudong/pd-gw-light")
+    assert gw.publish("city/pudong/pd-gw-light/telemetry") in ACCEPTED
+    assert connect("rules").publish("city/alerts/air/pudong/warning") in ACCEPTED
+    assert ingest.received() == {"city/pudong/pd-gw-light/telemetry"}
+    # it cannot forge telemetry or alerts, only report dead letters
+    assert refused(connect, "ingest", "city/pudong/pd-gw-light/telemetry")
+    assert refused(connect, "ingest", "city/alerts/gas/pudong/critical")
+    assert connect("ingest").publish("city/ingest/deadletter") in ACCEPTED
+
+
+def test_make_passwd_names_the_missing_variable(tmp_path: Path) -> None:
+    accounts = tmp_path / "accounts"
+    accounts.write_text("# comment\ningest MQTT_TEST_INGEST\npudong/gw-1 MQTT_TEST_GW\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MQTT_TEST_")}
+    env["MQTT_TEST_INGEST"] = "pw"
+    out = subprocess.run([str(DEPLOY / "make-passwd.sh"), str(accounts), str(tmp_path / "passwd")],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "MQTT_TEST_GW" in out.stderr
+    assert not (tmp_path / "passwd").exists()
+    env["MQTT_TEST_GW"] = "pw2"
+    out = subprocess.run([str(DEPLOY / "make-passwd.sh"), str(accounts), str(tmp_path / "passwd")],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = (tmp_path / "passwd").read_text().splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == ["ingest", "pudong/gw-1"]
+    # hashed (mosquitto_passwd's $7$ PBKDF2 format), not plain; a substring check would be flaky
+    assert all(line.split(":", 1)[1].startswith("$7$") for line in lines)
+    assert (tmp_path / "passwd").stat().st_mode & 0o077 == 0
