@@ -1,65 +1,299 @@
-"""Rule files: YAML under rules/catalog/, one per domain, validated on load."""
+"""Rule files: YAML under rules/catalog/, one per domain, validated on load.
+
+Every problem names the file, the rule and the key, e.g.
+``rules/catalog/gas.yaml: rule 'gas.methane_rising' (rules[2]): horizon_s: must be > 0``.
+The rule kinds and their keys are documented in rules/README.md.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from urbansense.config import ConfigError, load_model
+from rules.aqi import TABLES_DIR, AqiTable, AqiTableError
+from urbansense.config import ConfigError, _display, format_validation_error, read_yaml
 from urbansense.identifiers import METRIC_PATTERN
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
+RULE_ID = r"^[a-z][a-z0-9_]*\.[a-z0-9_]+$"
+Measurement = Literal["water", "gas", "lighting", "elevator", "air"]
+Severity = Literal["info", "warning", "critical"]
+Op = Literal["above", "below"]
 
 
-class ThresholdRule(BaseModel):
+class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(pattern=r"^[a-z][a-z0-9_]*\.[a-z0-9_]+$")
-    kind: Literal["threshold"] = "threshold"
-    measurement: Literal["water", "gas", "lighting", "elevator", "air"]
-    metric: str = Field(pattern=METRIC_PATTERN)
-    op: Literal["above", "below"]
-    threshold: float
-    #: Level at which a firing alert resolves (hysteresis); default: the threshold itself.
-    clear: float | None = None
+    id: str = Field(pattern=RULE_ID)
+    description: str = ""
+    severity: Severity = "warning"
+    #: Seconds the condition must hold before the alert fires.
     for_s: float = Field(default=0, ge=0)
-    severity: Literal["info", "warning", "critical"] = "warning"
-    message: str = "{metric} at {device} is {value:.3f}, {op} {threshold}"
+    #: False for helper conditions that only feed a composite rule.
+    publish: bool = True
+    message: str = ""
+    #: Evaluate only while the sun is up/down at the device (needs its location).
+    when_sun: Literal["up", "down"] | None = None
+    #: Sun elevation (degrees) that counts as "up"; e.g. 3 keeps dusk and dawn out.
+    sun_elevation_deg: float = Field(default=0.0, ge=-18, le=30)
+
+    @property
+    def domain(self) -> str:
+        return str(getattr(self, "measurement", None) or "system")
+
+
+class _MetricRule(_Rule):
+    measurement: Measurement
+    metric: str = Field(pattern=METRIC_PATTERN)
+
+
+class _Hysteresis(_MetricRule):
+    op: Op = "above"
+    threshold: float
+    #: Level at which a firing alert resolves; default: the threshold itself.
+    clear: float | None = None
+    #: A second threshold on the same side at which the same alert escalates to critical.
+    critical_threshold: float | None = None
 
     @model_validator(mode="after")
-    def _clear_side(self) -> ThresholdRule:
+    def _sides(self) -> _Hysteresis:
         if self.clear is not None:
             if self.op == "below" and self.clear < self.threshold:
                 raise ValueError(f"clear ({self.clear}) must be >= threshold ({self.threshold}) for op below")
             if self.op == "above" and self.clear > self.threshold:
                 raise ValueError(f"clear ({self.clear}) must be <= threshold ({self.threshold}) for op above")
+        c = self.critical_threshold
+        wrong_side = c is not None and (c < self.threshold if self.op == "above" else c > self.threshold)
+        if wrong_side:
+            raise ValueError(f"critical_threshold ({c}) must be beyond threshold ({self.threshold}) for op {self.op}")
         return self
 
 
-class RuleFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    domain: Literal["water", "gas", "lighting", "elevator", "air", "system"]
-    version: int = 1
-    rules: list[ThresholdRule] = Field(default_factory=list)
+class ThresholdRule(_Hysteresis):
+    """value above/below threshold (booleans read as 0/1: `op: above, threshold: 0.5`)."""
+
+    kind: Literal["threshold"] = "threshold"
 
 
-def load_catalog(path: Path = CATALOG_DIR) -> list[ThresholdRule]:
-    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
-    rules: list[ThresholdRule] = []
-    problems: list[str] = []
-    seen: set[str] = set()
-    for f in files:
-        try:
-            rf = load_model(f, RuleFile)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
+class _Windowed(_MetricRule):
+    #: Look-back window; kept as `buckets` time buckets of window_s/buckets seconds each.
+    window_s: float = Field(gt=0)
+    buckets: int = Field(default=30, ge=4, le=240)
+    #: Fewest filled buckets before the rule says anything.
+    min_points: int = Field(default=6, ge=2)
+
+    @model_validator(mode="after")
+    def _points(self) -> _Windowed:
+        if self.min_points > self.buckets:
+            raise ValueError(f"min_points ({self.min_points}) cannot exceed buckets ({self.buckets})")
+        return self
+
+
+class RateRule(_Windowed, _Hysteresis):
+    """Least-squares slope over the window, in metric units per minute."""
+
+    kind: Literal["rate"] = "rate"
+
+
+class ForecastRule(_Windowed):
+    """Linear trend over the window; warns when `limit` will be crossed within `horizon_s`
+    and reports the expected crossing time (like PromQL predict_linear)."""
+
+    kind: Literal["forecast"] = "forecast"
+    op: Op = "above"
+    #: The hazard limit (e.g. 25 %LEL).
+    limit: float
+    horizon_s: float = Field(gt=0)
+    #: Only warn once the level is beyond `arm` (keeps baseline noise quiet).
+    arm: float | None = None
+    #: Least slope (units per minute, toward the limit) that counts as a trend.
+    min_slope_per_min: float = Field(default=0.0, ge=0)
+
+
+class AnomalyRule(_Windowed):
+    """Modified z-score M = 0.6745 (x - median) / MAD over the window (Iglewicz & Hoaglin)."""
+
+    kind: Literal["anomaly"] = "anomaly"
+    threshold: float = Field(default=3.5, gt=0)
+    direction: Literal["both", "up", "down"] = "both"
+    #: Smallest MAD used, in metric units: a very steady signal must not make noise "anomalous".
+    mad_floor: float = Field(gt=0)
+
+
+class FlatlineRule(_MetricRule):
+    """QARTOD flat-line: the value repeats within `tolerance` for suspect_s (warning),
+    then fail_s (severity)."""
+
+    kind: Literal["flatline"] = "flatline"
+    tolerance: float = Field(default=1e-9, ge=0)
+    suspect_s: float = Field(gt=0)
+    fail_s: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> FlatlineRule:
+        if self.fail_s < self.suspect_s:
+            raise ValueError(f"fail_s ({self.fail_s}) must be >= suspect_s ({self.suspect_s})")
+        return self
+
+
+class DriftRule(_MetricRule):
+    """Two-sided CUSUM on (x - mean)/sigma with the baseline learnt over learn_s."""
+
+    kind: Literal["drift"] = "drift"
+    learn_s: float = Field(gt=0)
+    k: float = Field(default=0.5, gt=0)
+    h: float = Field(default=5.0, gt=0)
+    #: Smallest sigma used, in the units of the drifting value (a noiseless baseline must
+    #: not make every change a drift).
+    sigma_floor: float = Field(gt=0)
+    #: `district_median`: watch the value divided by the median of the same metric over the
+    #: district's devices at the same instant. Water points share the diurnal demand
+    #: shape, so a meter's share of it is flat and a leak shows as a creeping share.
+    relative_to: Literal["none", "district_median"] = "none"
+
+
+class DeadmanRule(_Rule):
+    """No good sample from a device for timeout_s of its gateway's event time; devices in
+    the gateway inventory that never reported count from the gateway's first message."""
+
+    kind: Literal["deadman"] = "deadman"
+    measurement: Measurement | None = None
+    timeout_s: float = Field(gt=0)
+
+
+class GatewayOfflineRule(_Rule):
+    """Gateway status `offline` (the broker's last will) for for_s."""
+
+    kind: Literal["gateway_offline"] = "gateway_offline"
+
+
+class CompositeRule(_Rule):
+    """All of the named conditions breached within `within_s` on one device, or on at
+    least `min_fraction` of the devices of a group (`scope: group`, `group_by` a label
+    from the gateway inventory such as `circuit`, or `district`)."""
+
+    kind: Literal["composite"] = "composite"
+    measurement: Measurement
+    all_of: list[str] = Field(min_length=1)
+    within_s: float = Field(default=0, ge=0)
+    scope: Literal["device", "group"] = "device"
+    group_by: str = "district"
+    min_fraction: float = Field(default=1.0, gt=0, le=1)
+    #: Smallest group that can alert (a one-lamp "circuit" is the lamp-out rule's job).
+    min_group_size: int = Field(default=1, ge=1)
+
+
+class AqiRule(_Rule):
+    """HJ 633-2012 AQI from rolling means; writes `aqi` points and alerts above threshold."""
+
+    kind: Literal["aqi"] = "aqi"
+    measurement: Literal["air"] = "air"
+    table: str = "aqi-hj633-2012.yaml"
+    #: pollutant/period rows that make up the AQI, e.g. pm25/24h, o3/8h.
+    inputs: list[str] = Field(default_factory=lambda: ["pm25/24h", "pm10/24h", "so2/1h", "no2/1h",
+                                                        "co/1h", "o3/1h", "o3/8h"])
+    #: Feed these pollutants' 24 h rows with the 1 h mean (the real-time hourly release).
+    hourly_pm: bool = True
+    threshold: float = 150
+    critical_threshold: float | None = 200
+    clear: float | None = None
+    #: How often (event time) each station's AQI is worked out, written to `aqi` and checked.
+    write_every_s: float = Field(default=60, gt=0)
+
+    @model_validator(mode="after")
+    def _inputs(self) -> AqiRule:
+        path = TABLES_DIR / self.table
+        if not path.is_file():
+            have = ", ".join(sorted(p.name for p in TABLES_DIR.glob("*.yaml")))
+            raise ValueError(f"table {self.table!r} not found in rules/tables/ (have: {have})")
+        table = AqiTable.load(path)
+        for item in self.inputs:
+            pollutant, sep, period = item.partition("/")
+            if not sep:
+                raise ValueError(f"inputs: {item!r} should be pollutant/period, e.g. pm25/24h")
+            try:
+                table.row(pollutant, period)
+            except AqiTableError as exc:
+                raise ValueError(f"inputs: {exc}") from None
+        return self
+
+
+RULE_KINDS: dict[str, type[_Rule]] = {
+    "threshold": ThresholdRule, "rate": RateRule, "forecast": ForecastRule, "anomaly": AnomalyRule,
+    "flatline": FlatlineRule, "drift": DriftRule, "deadman": DeadmanRule,
+    "gateway_offline": GatewayOfflineRule, "composite": CompositeRule, "aqi": AqiRule,
+}
+Rule = (ThresholdRule | RateRule | ForecastRule | AnomalyRule | FlatlineRule | DriftRule
+        | DeadmanRule | GatewayOfflineRule | CompositeRule | AqiRule)
+DOMAINS = ("water", "gas", "lighting", "elevator", "air", "system")
+
+
+def _load_file(f: Path, problems: list[str]) -> list[Rule]:
+    shown = _display(f)
+    raw = read_yaml(f)
+    if not isinstance(raw, dict):
+        problems.append(f"{shown}: a rule file is a mapping with domain, version and rules")
+        return []
+    for key in raw:
+        if key not in ("domain", "version", "rules", "description"):
+            problems.append(f"{shown}: unknown top-level key {key!r}\n  fix: use domain, version, rules")
+    domain = raw.get("domain")
+    if domain not in DOMAINS:
+        problems.append(f"{shown}: domain: must be one of {', '.join(DOMAINS)}, got {domain!r}")
+    items = raw.get("rules") or []
+    if not isinstance(items, list):
+        problems.append(f"{shown}: rules: must be a list of rules")
+        return []
+    out: list[Rule] = []
+    for i, item in enumerate(items):
+        rid = item.get("id", "?") if isinstance(item, dict) else "?"
+        where = f"{shown}: rule {rid!r} (rules[{i}])"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: must be a mapping")
             continue
-        for i, rule in enumerate(rf.rules):
-            if rule.id in seen:
-                problems.append(f"{f}: rules[{i}].id: rule {rule.id!r} is defined twice\n  fix: rename one")
-            seen.add(rule.id)
+        kind = item.get("kind", "threshold")
+        model = RULE_KINDS.get(kind)
+        if model is None:
+            problems.append(f"{where}: kind: unknown kind {kind!r}\n  fix: use one of {', '.join(RULE_KINDS)}")
+            continue
+        try:
+            rule: Any = model.model_validate(item)
+        except ValidationError as exc:
+            problems.extend(format_validation_error(where, model, exc, item))
+            continue
+        if domain in DOMAINS and rule.domain != domain and domain != "system":
+            problems.append(f"{where}: measurement {rule.domain!r} does not belong in a {domain!r} file")
+        out.append(rule)
+    return out
+
+
+def load_catalog(path: Path = CATALOG_DIR) -> list[Rule]:
+    """All rules from a folder of rule files (or one file); raises ConfigError with every problem."""
+    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    if not files:
+        raise ConfigError([f"{_display(path)}: no rule files (*.yaml) here"])
+    rules: list[Rule] = []
+    problems: list[str] = []
+    where: dict[str, str] = {}
+    for f in files:
+        for rule in _load_file(f, problems):
+            if rule.id in where:
+                problems.append(f"{_display(f)}: rule {rule.id!r}: already defined in {where[rule.id]}\n"
+                                "  fix: rename one")
+                continue
+            where[rule.id] = _display(f)
             rules.append(rule)
+    by_id = {r.id: r for r in rules}
+    for r in rules:
+        if isinstance(r, CompositeRule):
+            for dep in r.all_of:
+                d = by_id.get(dep)
+                if d is None:
+                    problems.append(f"{where[r.id]}: rule {r.id!r}: all_of: no rule {dep!r}")
+                elif getattr(d, "measurement", None) != r.measurement or isinstance(d, CompositeRule | AqiRule):
+                    problems.append(f"{where[r.id]}: rule {r.id!r}: all_of: {dep!r} must be a "
+                                    f"{r.measurement} device rule (not composite/aqi)")
     if problems:
         raise ConfigError(problems)
     return rules

@@ -1,43 +1,108 @@
-"""`urbansense rules ...`"""
+"""`urbansense rules run|check|backtest|silence ...`"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import logging
 import signal
+import sys
+import time
+import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rules.catalog import Rule
+    from urbansense.mqtt import MqttClient
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("rules", help="rules engine: early warnings")
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("rules", help="rules engine: early warnings, backtest, silences")
     rsub = p.add_subparsers(dest="rules_cmd", required=True)
-    run = rsub.add_parser("run", help="run the rules engine")
+
+    run = rsub.add_parser("run", help="run the rules engine on live MQTT telemetry")
     run.add_argument("--rules", type=Path, help="rule file or folder (default: rules/catalog)")
-    run.add_argument("--mqtt")
-    run.add_argument("--influx")
+    run.add_argument("--mqtt", help="broker URL (default: the local stack / URBANSENSE_MQTT_URL)")
+    run.add_argument("--influx", help="InfluxDB URL (default: the local stack / URBANSENSE_INFLUX_URL)")
     run.add_argument("--database", default="city")
-    run.add_argument("--duration", type=float)
+    run.add_argument("--district", action="append", dest="districts", metavar="NAME",
+                     help="only this district (repeat); several instances split the city")
+    run.add_argument("--gateways", type=Path, action="append", metavar="PATH",
+                     help="gateway config file or folder for the expected inventory "
+                          "(default: firmware-configs/gateways)")
+    run.add_argument("--lookback", type=float, default=900.0, metavar="S",
+                     help="warm start: seconds of stored telemetry to replay (0: none)")
+    run.add_argument("--instance", default="rules-1", help="instance name (MQTT client id, self-metrics)")
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.set_defaults(func=_run)
+
     check = rsub.add_parser("check", help="validate rule files")
     check.add_argument("--rules", type=Path)
     check.set_defaults(func=_check)
 
+    bt = rsub.add_parser("backtest", help="score the rules against a scenario's ground truth")
+    bt.add_argument("--scenario", help="scenario name (simulators/scenarios/NAME.yaml) or path")
+    bt.add_argument("--rules", type=Path)
+    bt.add_argument("--seed", type=int, default=1)
+    bt.add_argument("--from", dest="from_", metavar="TIME", help="replay InfluxDB data from (ISO 8601 or epoch ms)")
+    bt.add_argument("--to", metavar="TIME", help="replay InfluxDB data up to (ISO 8601 or epoch ms)")
+    bt.add_argument("--influx", help="InfluxDB URL for --from/--to")
+    bt.add_argument("--database", default="city")
+    bt.add_argument("--truth", type=Path, help="ground-truth JSON lines (urbansense sim run --truth) for --from/--to")
+    bt.add_argument("--gateways", type=Path, action="append", metavar="PATH")
+    bt.add_argument("--out", type=Path, default=Path("backtest-out"), help="folder for the PNG plots")
+    bt.add_argument("--no-plots", action="store_true")
+    bt.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    bt.set_defaults(func=_backtest)
 
-def _load(path: Path | None) -> list:  # type: ignore[type-arg]
+    sil = rsub.add_parser("silence", help="silence alerts: add, list, expire")
+    ssub = sil.add_subparsers(dest="silence_cmd", required=True)
+    add = ssub.add_parser("add", help="add a silence (retained on the broker, seen by every engine)")
+    add.add_argument("--match", action="append", required=True, metavar="LABEL=GLOB",
+                     help="rule, domain, district, device or severity; repeat, all must match")
+    add.add_argument("--for", dest="for_", default="2h", help="how long, e.g. 2h, 30m (default 2h)")
+    add.add_argument("--comment", default="")
+    add.add_argument("--by", default="")
+    add.add_argument("--id", help="silence id (default: generated)")
+    add.add_argument("--mqtt")
+    add.set_defaults(func=_silence_add)
+    lst = ssub.add_parser("list", help="list silences")
+    lst.add_argument("--mqtt")
+    lst.set_defaults(func=_silence_list)
+    exp = ssub.add_parser("expire", help="remove a silence")
+    exp.add_argument("id")
+    exp.add_argument("--mqtt")
+    exp.set_defaults(func=_silence_expire)
+
+
+def _load(path: Path | None) -> list[Rule]:
     from rules.catalog import CATALOG_DIR, load_catalog
 
     return load_catalog(path or CATALOG_DIR)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from rules.engine import RulesService
-    from urbansense.mqtt import MqttSettings
+def _urls(args: argparse.Namespace) -> tuple[str, str]:
     from urbansense.stack import default_urls
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s rules %(levelname)s %(message)s")
     mqtt_url, influx_url = default_urls()
-    svc = RulesService(_load(args.rules), MqttSettings.from_url(args.mqtt or mqtt_url), args.influx or influx_url,
-                      database=args.database)
+    return getattr(args, "mqtt", None) or mqtt_url, getattr(args, "influx", None) or influx_url
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rules.catalog import CATALOG_DIR
+    from rules.inventory import GATEWAYS_DIR
+    from rules.service import RulesService, ServiceConfig
+    from urbansense.mqtt import MqttSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s rules %(levelname)s %(message)s")
+    mqtt_url, influx_url = _urls(args)
+    cfg = ServiceConfig(rules_path=args.rules or CATALOG_DIR, mqtt=MqttSettings.from_url(mqtt_url),
+                        influx_url=influx_url, database=args.database, instance=args.instance,
+                        districts=set(args.districts) if args.districts else None,
+                        gateways=args.gateways or [GATEWAYS_DIR], lookback_s=args.lookback)
+    svc = RulesService(cfg)
     signal.signal(signal.SIGTERM, lambda *_: svc.stop())
     signal.signal(signal.SIGINT, lambda *_: svc.stop())
     svc.run(args.duration)
@@ -46,5 +111,107 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     rules = _load(args.rules)
-    print(f"ok: {len(rules)} rule(s)")
+    kinds: dict[str, int] = {}
+    for r in rules:
+        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    print(f"ok: {len(rules)} rule(s): " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+    return 0
+
+
+def _time_ms(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SystemExit(f"error: time {text!r}: use ISO 8601 (2026-11-26T14:00:00+08:00) or epoch ms") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return int(value.timestamp() * 1000)
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    from rules import backtest
+    from rules.inventory import GATEWAYS_DIR, load_inventory
+
+    rules = _load(args.rules)
+    if args.scenario:
+        result = backtest.run_scenario(args.scenario, rules, seed=args.seed, progress=True)
+    elif args.from_ and args.to:
+        _mqtt, influx_url = _urls(args)
+        truth = [json.loads(line) for line in args.truth.read_text().splitlines() if line.strip()] \
+            if args.truth else []
+        inventory = load_inventory(args.gateways or [GATEWAYS_DIR])
+        result = backtest.run_influx(influx_url, args.database, _time_ms(args.from_), _time_ms(args.to),
+                                     rules, inventory, truth, progress=True)
+    else:
+        print("error: give --scenario NAME, or --from and --to to replay InfluxDB data", file=sys.stderr)
+        return 2
+    backtest.print_report(result)
+    if not args.no_plots and result.incidents:
+        paths = backtest.plot_incidents(result, args.out)
+        print(f"plots: {len(paths)} PNG file(s) in {args.out}/")
+    if args.json:
+        print(json.dumps(backtest.summary(result), indent=2))
+    return 1 if result.missed else 0
+
+
+def _client(args: argparse.Namespace, tag: str) -> MqttClient:
+    from urbansense.mqtt import MqttClient, MqttSettings
+
+    mqtt_url, _ = _urls(args)
+    client = MqttClient(MqttSettings.from_url(mqtt_url), client_id=f"urbansense-silence-{tag}-{uuid.uuid4().hex[:6]}")
+    client.connect()
+    return client
+
+
+def _silence_add(args: argparse.Namespace) -> int:
+    from rules.silences import SILENCE_TOPIC_PREFIX, Silence, SilenceError, parse_duration_s, parse_matchers
+
+    try:
+        matchers = parse_matchers(args.match)
+        starts = int(time.time() * 1000)
+        silence = Silence(id=args.id or f"s-{uuid.uuid4().hex[:10]}", matchers=matchers, starts=starts,
+                          ends=starts + int(parse_duration_s(args.for_) * 1000), comment=args.comment, by=args.by)
+    except SilenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    client = _client(args, "add")
+    try:
+        client.publish_wait(SILENCE_TOPIC_PREFIX + silence.id, silence.to_wire(), qos=1, retain=True)
+    finally:
+        client.close()
+    until = dt.datetime.fromtimestamp(silence.ends / 1000, dt.UTC).isoformat(timespec="seconds")
+    print(f"silence {silence.id}: {' '.join(f'{k}={v}' for k, v in matchers.items())} until {until}")
+    return 0
+
+
+def _silence_list(args: argparse.Namespace) -> int:
+    from rules.silences import ALL_SILENCES, SilenceSet
+
+    found = SilenceSet()
+    client = _client(args, "list")
+    client.subscribe(ALL_SILENCES, lambda m: found.handle_message(m.topic, bytes(m.payload)), qos=1)
+    time.sleep(1.0)  # retained messages arrive right after subscribing
+    client.close()
+    now = int(time.time() * 1000)
+    for s in sorted(found._by_id.values(), key=lambda s: s.ends):
+        state = "active" if s.starts <= now < s.ends else ("expired" if now >= s.ends else "pending")
+        until = dt.datetime.fromtimestamp(s.ends / 1000, dt.UTC).isoformat(timespec="seconds")
+        print(f"{s.id}  {state:8} until {until}  {' '.join(f'{k}={v}' for k, v in s.matchers.items())}"
+              f"  {s.comment}")
+    if not len(found):
+        print("no silences")
+    return 0
+
+
+def _silence_expire(args: argparse.Namespace) -> int:
+    from rules.silences import SILENCE_TOPIC_PREFIX
+
+    client = _client(args, "expire")
+    try:
+        client.publish_wait(SILENCE_TOPIC_PREFIX + args.id, b"", qos=1, retain=True)
+    finally:
+        client.close()
+    print(f"silence {args.id} removed")
     return 0

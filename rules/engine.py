@@ -1,126 +1,378 @@
-"""The rules engine service: telemetry in, alert events out (MQTT + InfluxDB `alerts`)."""
+"""The rules engine: telemetry batches in, alert events out, all on event time.
+
+A chunk of batches becomes, per measurement, columns (device index, t, one float array
+per metric); a device that appears twice in a chunk splits it into rounds so every
+round has each device at most once and rounds run in event-time order. Each rule
+evaluates a round with a few numpy operations, the lifecycle (rules/lifecycle.py)
+runs over the resulting arrays, and only the transitions become Python objects.
+
+`alert_line(event)` encodes an event as an InfluxDB `alerts` point (also used by the
+dashboards' tests to write test alerts).
+"""
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-import time
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-import paho.mqtt.client as paho
+import numpy as np
 
-from rules.catalog import ThresholdRule
-from rules.lifecycle import AlertState, Signal, step
-from urbansense import codec, topics
-from urbansense.influx import InfluxClient, InfluxError
+from rules.catalog import CompositeRule, GatewayOfflineRule, Rule
+from rules.devices import NEVER, Devices, Index, Round
+from rules.inventory import InventoryDevice
+from rules.kinds import (
+    KIND_EVALUATORS,
+    AqiEval,
+    Buffers,
+    CompositeEval,
+    DeadmanEval,
+    Evaluator,
+    Signals,
+)
+from rules.lifecycle import SEVERITY_LEVELS, AlertState, Change, Publisher, Signal, State, step, step_many
+from rules.silences import SilenceSet
+from rules.sun import sun_elevation_deg
 from urbansense.lineprotocol import encode_point
-from urbansense.mqtt import MqttClient, MqttSettings
-from urbansense.schema import AlertEvent, TelemetryBatch
+from urbansense.schema import AlertEvent, Forecast, GatewayStatus, TelemetryBatch
 
 log = logging.getLogger("urbansense.rules")
+_CLEAR, _BREACH = int(Signal.CLEAR), int(Signal.BREACH)
+
+DEFAULT_MESSAGES = {
+    "threshold": "{metric} at {device} is {value:.4g}, {op} {threshold:g}",
+    "rate": "{metric} at {device} changing {value:+.3g} per minute ({op} {threshold:g})",
+    "forecast": ("{metric} at {device} at {value:.4g} and heading for {threshold:g}; "
+                 "expected in about {eta_min:.0f} min"),
+    "anomaly": "{metric} at {device} is {value:.4g}, far off its recent median (modified z-score > {threshold:g})",
+    "flatline": "{metric} at {device} stuck at {value:.4g} for more than {threshold:g} s",
+    "drift": "{metric} at {device} is drifting (CUSUM > {threshold:g} sigma); now {value:.4g}",
+    "deadman": "No data from {device} for {value:.0f} s (limit {threshold:g} s)",
+    "gateway_offline": "Gateway {device} in {district} is offline",
+    "composite": "{rule} at {device}",
+    "aqi": "AQI at {device} is {value:.0f} (threshold {threshold:g})",
+}
 
 
-def classify(rule: ThresholdRule, value: float) -> Signal:
-    clear = rule.threshold if rule.clear is None else rule.clear
-    if rule.op == "below":
-        if value < rule.threshold:
-            return Signal.BREACH
-        return Signal.CLEAR if value >= clear else Signal.BAND
-    if value > rule.threshold:
-        return Signal.BREACH
-    return Signal.CLEAR if value <= clear else Signal.BAND
+class _Fields(dict[str, object]):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def _message(rule: Rule, fields: dict[str, object]) -> str:
+    template = rule.message or DEFAULT_MESSAGES.get(rule.kind, "{rule} at {device}")
+    try:
+        return template.format_map(_Fields(fields))
+    except (ValueError, TypeError):
+        return DEFAULT_MESSAGES.get(rule.kind, "{rule} at {device}").format_map(
+            _Fields({k: (v if v is not None else float("nan")) for k, v in fields.items()}))
+
+
+@dataclass(slots=True)
+class _GatewayAlert:
+    state: AlertState
+    t: int
 
 
 class RulesEngine:
-    def __init__(self, rules: list[ThresholdRule]) -> None:
-        self.rules = rules
-        self._by_measurement: dict[str, list[ThresholdRule]] = {}
-        for r in rules:
-            self._by_measurement.setdefault(r.measurement, []).append(r)
-        self.states: dict[tuple[str, str], AlertState] = {}
+    def __init__(self, rules: list[Rule], inventory: list[InventoryDevice] | None = None, *,
+                 flap_changes: int = 6, flap_window_s: float = 1800.0) -> None:
+        self.devices = Devices()
+        self.buffers = Buffers(self.devices)
+        self.silences = SilenceSet()
+        self.publisher = Publisher(flap_changes, int(flap_window_s * 1000))
+        self.evaluators: dict[str, Evaluator] = {}
+        self.gateway_rules: list[GatewayOfflineRule] = []
+        self._gateway_alerts: dict[tuple[str, str, str], _GatewayAlert] = {}
+        self.samples_seen = 0
+        self.newest_t = 0
+        self._install(rules)
+        if inventory:
+            self.devices.seed(inventory)
 
-    def evaluate(self, batch: TelemetryBatch) -> list[AlertEvent]:
-        events: list[AlertEvent] = []
-        for s in batch.samples:
-            if s.q == "bad":
+    # ------------------------------------------------------------------ rules
+    def _install(self, rules: list[Rule], keep: dict[str, Evaluator] | None = None) -> None:
+        self.rules = rules
+        self.evaluators = {}
+        self.gateway_rules = [r for r in rules if isinstance(r, GatewayOfflineRule)]
+        ordered: list[Rule] = [r for r in rules if not isinstance(r, CompositeRule | GatewayOfflineRule)]
+        ordered += [r for r in rules if isinstance(r, CompositeRule)]
+        for r in ordered:
+            old = (keep or {}).get(r.id)
+            same_parts = not isinstance(old, CompositeEval) or all(
+                self.evaluators.get(d) is dep for d, dep in zip(r.all_of, old.deps, strict=False))  # type: ignore[union-attr]
+            if old is not None and old.rule == r and same_parts:
+                self.evaluators[r.id] = old  # unchanged: keep every bit of state
                 continue
-            for rule in self._by_measurement.get(s.m, ()):
-                value = s.f.get(rule.metric)
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    continue
-                key = (rule.id, s.dev)
-                st = self.states.setdefault(key, AlertState())
-                change = step(st, classify(rule, float(value)), s.t, int(rule.for_s * 1000))
-                if change:
-                    events.append(self._event(rule, batch.district, s.dev, float(value), s.t, st, change))
+            if isinstance(r, CompositeRule):
+                ev: Evaluator = CompositeEval(r, self.devices, self.buffers,
+                                              [self.evaluators[d] for d in r.all_of])
+            else:
+                ev = KIND_EVALUATORS[r.kind](r, self.devices, self.buffers)
+            if old is not None and type(old) is type(ev):
+                ev.lifecycle = old.lifecycle  # changed thresholds: alerts already firing stay firing
+            self.evaluators[r.id] = ev
+        self._by_measurement: dict[str, list[Evaluator]] = {}
+        for ev in self.evaluators.values():
+            if ev.measurement is not None and not isinstance(ev, DeadmanEval):
+                self._by_measurement.setdefault(ev.measurement, []).append(ev)
+        self._deadman = [ev for ev in self.evaluators.values() if isinstance(ev, DeadmanEval)]
+        self._metrics: dict[str, set[str]] = {}
+        for m, evs in self._by_measurement.items():
+            self._metrics[m] = {metric for ev in evs for metric in ev.metrics}
+
+    def reload(self, rules: list[Rule]) -> list[AlertEvent]:
+        """Swap in a new rule set keeping the state of every unchanged rule; alerts of
+        rules that disappeared are resolved."""
+        old = self.evaluators
+        self._install(rules, keep=old)
+        events: list[AlertEvent] = []
+        for rid, ev in old.items():
+            if rid in self.evaluators:
+                continue
+            firing = np.flatnonzero(ev.lifecycle.state == State.FIRING)
+            for key in firing:
+                events.extend(self._emit(ev, int(key), Change.RESOLVED, int(ev.lifecycle.severity[key]),
+                                         self.newest_t, math.nan, math.nan, None))
         return events
 
-    @staticmethod
-    def _event(rule: ThresholdRule, district: str, device: str, value: float, t: int,
-               st: AlertState, change: str) -> AlertEvent:
-        message = rule.message.format(metric=rule.metric, device=device, value=value, op=rule.op,
-                                      threshold=rule.threshold)
-        if change == "resolved":
-            message = f"Resolved: {rule.metric} at {device} back to {value:.3f}"
-        return AlertEvent(
-            id=f"{rule.id}:{district}:{device}", rule=rule.id, domain=rule.measurement,
-            severity=rule.severity, state=change, district=district, device=device,
-            metric=rule.metric, value=value, threshold=rule.threshold,
-            started=st.since, t=t, message=message,
-        )
+    # ------------------------------------------------------------------ input
+    def ingest(self, batches: Iterable[TelemetryBatch]) -> list[AlertEvent]:
+        cols: dict[str, tuple[list[int], list[int], list[dict[str, object]]]] = {}
+        index = self.devices.index
+        touched_gw: set[int] = set()
+        last_seen = self.devices.last_seen
+        for b in batches:
+            district = b.district
+            g = -1
+            newest = NEVER
+            for s in b.samples:
+                if s.t > newest:
+                    newest = s.t
+                if s.q == "bad":
+                    continue
+                i = index.get((district, s.dev))
+                if i is None:
+                    i = self.devices.add(district, b.gw, s.dev, s.m)
+                    last_seen = self.devices.last_seen
+                col = cols.get(s.m)
+                if col is None:
+                    col = cols[s.m] = ([], [], [])
+                col[0].append(i)
+                col[1].append(s.t)
+                col[2].append(s.f)  # type: ignore[arg-type]
+                if s.t > last_seen[i]:
+                    last_seen[i] = s.t
+            if newest > NEVER:
+                g = self.devices.gateways.get(district, b.gw)
+                self.devices.gateways.saw(g, newest)
+                touched_gw.add(g)
+                if newest > self.newest_t:
+                    self.newest_t = newest
+        events: list[AlertEvent] = []
+        for m, (devs, ts, fs) in cols.items():
+            self.samples_seen += len(devs)
+            evs = self._by_measurement.get(m)
+            if not evs:
+                continue
+            for rnd in self._rounds(m, np.asarray(devs, np.intp), np.asarray(ts, np.int64), fs):
+                self.buffers.next_round()
+                for ev in evs:
+                    sigs = ev.evaluate(rnd)
+                    if sigs is not None:
+                        events.extend(self._apply(ev, sigs))
+        if touched_gw and self._deadman:
+            gws = np.fromiter(touched_gw, np.intp, len(touched_gw))
+            for dm in self._deadman:
+                sigs = dm.evaluate_gateways(gws)
+                if sigs is not None:
+                    events.extend(self._apply(dm, sigs))
+        events.extend(self._gateway_tick())
+        for alert_id, change, sev in self.publisher.settle(self.newest_t):
+            events.extend(self._owed(alert_id, change, sev))
+        return events
+
+    def _rounds(self, m: str, dev: Index, t: np.ndarray, fs: list[dict[str, object]]) -> list[Round]:
+        metrics = self._metrics.get(m, set())
+        values: dict[str, np.ndarray] = {}
+        n = len(dev)
+        for metric in metrics:
+            try:
+                values[metric] = np.array([f.get(metric, math.nan) for f in fs], np.float64)
+            except (TypeError, ValueError):  # a string where a number belongs: treat as missing
+                values[metric] = np.array([_as_float(f.get(metric)) for f in fs], np.float64)
+        if len(np.unique(dev)) == n:
+            if n > 1 and np.any(np.diff(t) < 0):
+                order = np.argsort(t, kind="stable")
+                dev, t = dev[order], t[order]
+                values = {k: v[order] for k, v in values.items()}
+            return [Round(m, dev, t, values)]
+        # The k-th sample of each device (in event time) goes to round k.
+        order = np.lexsort((t, dev))
+        sdev = dev[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(sdev)) + 1]
+        rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+        rounds = []
+        for k in range(int(rank.max()) + 1):
+            sel = order[rank == k]
+            sel = sel[np.argsort(t[sel], kind="stable")]
+            rounds.append(Round(m, dev[sel], t[sel], {key: v[sel] for key, v in values.items()}))
+        return rounds
+
+    def status(self, district: str, gateway: str, status: GatewayStatus) -> list[AlertEvent]:
+        """A gateway birth/last-will message."""
+        events: list[AlertEvent] = []
+        sig = Signal.BREACH if status.state == "offline" else Signal.CLEAR
+        for rule in self.gateway_rules:
+            key = (rule.id, district, gateway)
+            ga = self._gateway_alerts.setdefault(key, _GatewayAlert(AlertState(), status.t))
+            ga.t = status.t
+            change = step(ga.state, sig, status.t, int(rule.for_s * 1000), SEVERITY_LEVELS.index(rule.severity))
+            events.extend(self._gateway_event(rule, district, gateway, change, status.t))
+        return events
+
+    def _gateway_tick(self) -> list[AlertEvent]:
+        """Pending gateway-offline alerts advance on the newest event time of their district."""
+        events: list[AlertEvent] = []
+        for (rid, district, gateway), ga in self._gateway_alerts.items():
+            if ga.state.state is not State.PENDING:
+                continue
+            rule = next(r for r in self.gateway_rules if r.id == rid)
+            now = max((int(self.devices.gateways.now[i]) for (d, _g), i in self.devices.gateways.index.items()
+                       if d == district), default=ga.t)
+            change = step(ga.state, Signal.BREACH, now, int(rule.for_s * 1000),
+                          SEVERITY_LEVELS.index(rule.severity))
+            events.extend(self._gateway_event(rule, district, gateway, change, now))
+        return events
+
+    def _gateway_event(self, rule: GatewayOfflineRule, district: str, gateway: str, change: Change,
+                       t: int) -> list[AlertEvent]:
+        if change is Change.NONE:
+            return []
+        alert_id = f"{rule.id}:{district}:{gateway}"
+        sev = SEVERITY_LEVELS.index(rule.severity)
+        labels: dict[str, str | None] = {"rule": rule.id, "domain": "system", "district": district,
+                                         "device": gateway, "severity": rule.severity}
+        out = self.publisher.offer(alert_id, change, sev, t, self.silences.silenced(labels, t))
+        if out is Change.NONE:
+            return []
+        ga = self._gateway_alerts[(rule.id, district, gateway)]
+        msg = _message(rule, {"device": gateway, "district": district, "rule": rule.id})
+        if out is Change.RESOLVED:
+            msg = f"Resolved: gateway {gateway} in {district} is back online"
+        return [AlertEvent(id=alert_id, rule=rule.id, domain="system", severity=rule.severity,
+                           state="resolved" if out is Change.RESOLVED else "firing", district=district,
+                           device=gateway, metric=None, value=None, threshold=None,
+                           started=ga.state.since, t=t, message=msg)]
+
+    # ------------------------------------------------------------------ lifecycle -> events
+    def _apply(self, ev: Evaluator, s: Signals) -> list[AlertEvent]:
+        rule = ev.rule
+        if rule.when_sun is not None and not isinstance(ev, CompositeEval | DeadmanEval):
+            lat, lon = self.devices.lat[s.keys], self.devices.lon[s.keys]
+            up = sun_elevation_deg(lat, lon, s.t) > rule.sun_elevation_deg
+            applies = (up if rule.when_sun == "up" else ~up) & ~np.isnan(lat)
+            s.sig = np.where(applies, s.sig, np.int8(_CLEAR)).astype(np.int8)
+        if ev.tracks_breach:
+            breach = s.sig == _BREACH
+            if breach.any():
+                ev.last_breach[s.keys[breach]] = s.t[breach]
+        change = step_many(ev.lifecycle, s.keys, s.sig, s.t, ev.for_ms, s.sev)
+        hits = np.flatnonzero(change)
+        if len(hits) == 0 or not rule.publish:
+            return []
+        events: list[AlertEvent] = []
+        for j in hits:
+            eta = None if s.eta_s is None else float(s.eta_s[j])
+            key = int(s.keys[j])
+            what = Change(int(change[j]))
+            sev = int(ev.lifecycle.severity[key]) if what is Change.RESOLVED else int(s.sev[j])
+            events.extend(self._emit(ev, key, what, sev, int(s.t[j]), float(s.value[j]), float(s.threshold[j]),
+                                     eta))
+        return events
+
+    def _emit(self, ev: Evaluator, key: int, change: Change, sev: int, t: int, value: float,
+              threshold: float, eta_s: float | None) -> list[AlertEvent]:
+        rule = ev.rule
+        district, device = ev.key_label(key)
+        alert_id = f"{rule.id}:{district}:{device}"
+        severity = SEVERITY_LEVELS[sev]
+        labels: dict[str, str | None] = {"rule": rule.id, "domain": rule.domain, "district": district,
+                                         "device": device, "severity": severity}
+        silenced = change is not Change.RESOLVED and self.silences.silenced(labels, t)
+        out = self.publisher.offer(alert_id, change, sev, t, silenced)
+        if out is Change.NONE:
+            return []
+        metric = ev.metrics[0] if ev.metrics else None
+        val = None if math.isnan(value) else value
+        thr = None if math.isnan(threshold) else threshold
+        forecast = None
+        if eta_s is not None and not math.isnan(eta_s) and out is not Change.RESOLVED:
+            forecast = Forecast(crosses_at=t + int(eta_s * 1000), eta_s=round(eta_s, 1))
+        fields: dict[str, object] = {
+            "rule": rule.id, "device": device, "district": district, "metric": metric, "value": val,
+            "threshold": thr, "op": getattr(rule, "op", ""), "severity": severity,
+            "eta_min": (eta_s / 60.0) if eta_s is not None and not math.isnan(eta_s) else math.nan,
+        }
+        message = _message(rule, fields)
+        if out is Change.RESOLVED:
+            message = f"Resolved: {message}"
+        return [AlertEvent(id=alert_id, rule=rule.id, domain=rule.domain, severity=severity,
+                           state="resolved" if out is Change.RESOLVED else "firing", district=district,
+                           device=device, metric=metric, value=val, threshold=thr,
+                           started=int(ev.lifecycle.since[key]), t=t, message=message, forecast=forecast)]
+
+    def _owed(self, alert_id: str, change: Change, sev: int) -> list[AlertEvent]:
+        """The event an alert that stopped flapping owes (it ended up firing)."""
+        rule_id, district, device = alert_id.split(":", 2)
+        ev = self.evaluators.get(rule_id)
+        if ev is None:
+            return []
+        rule = ev.rule
+        return [AlertEvent(id=alert_id, rule=rule_id, domain=rule.domain, severity=SEVERITY_LEVELS[sev],
+                           state="firing", district=district, device=device,
+                           metric=ev.metrics[0] if ev.metrics else None, value=None, threshold=None,
+                           started=self.newest_t, t=self.newest_t,
+                           message=f"{rule_id} at {device} is firing (was flapping)")]
+
+    # ------------------------------------------------------------------ outputs
+    def aqi_lines(self) -> list[str]:
+        """`aqi` points computed since the last call (line protocol)."""
+        lines: list[str] = []
+        for ev in self.evaluators.values():
+            if not isinstance(ev, AqiEval) or not ev.points:
+                continue
+            for dev, t, aqi, level, primary, iaqi in ev.points:
+                fields: dict[str, object] = {"aqi": aqi, "level": level, "primary": primary}
+                fields.update({f"iaqi_{p}": round(v, 2) for p, v in iaqi.items()})
+                lines.append(encode_point("aqi", {"district": self.devices.district[dev],
+                                                  "device": self.devices.device[dev]}, fields, t))
+            ev.points.clear()
+        return lines
+
+    def active_alerts(self) -> int:
+        n = sum(int(np.count_nonzero(ev.lifecycle.state == State.FIRING)) for ev in self.evaluators.values()
+                if ev.rule.publish)
+        return n + sum(1 for ga in self._gateway_alerts.values() if ga.state.state is State.FIRING)
+
+
+def _as_float(value: object) -> float:
+    if isinstance(value, bool | int | float):
+        return float(value)
+    return math.nan
 
 
 def alert_line(event: AlertEvent) -> str:
+    """The InfluxDB `alerts` point of an alert event (docs/ARCHITECTURE.md schema)."""
     tags = {"rule": event.rule, "domain": event.domain, "district": event.district,
             "severity": event.severity, "device": event.device or ""}
     fields: dict[str, object] = {"state": event.state, "message": event.message, "alert_id": event.id,
                                  "started": event.started, "firing": event.state == "firing"}
     if event.value is not None:
-        fields["value"] = event.value
+        fields["value"] = float(event.value)
     if event.threshold is not None:
-        fields["threshold"] = event.threshold
+        fields["threshold"] = float(event.threshold)
+    if event.forecast is not None:
+        fields["eta_s"] = float(event.forecast.eta_s)
     return encode_point("alerts", tags, fields, event.t)
-
-
-class RulesService:
-    def __init__(self, rules: list[ThresholdRule], mqtt: MqttSettings, influx_url: str | None,
-                 *, database: str = "city", instance: str = "rules-1") -> None:
-        self.engine = RulesEngine(rules)
-        self.influx = InfluxClient(influx_url, database) if influx_url else None
-        self._inbox: queue.Queue[paho.MQTTMessage] = queue.Queue(maxsize=50000)
-        self._stop = threading.Event()
-        self.mqtt = MqttClient(mqtt, client_id=f"urbansense-{instance}", clean_start=True)
-        self.mqtt.subscribe(topics.ALL_TELEMETRY, self._inbox.put, qos=1)
-        self.events_published = 0
-
-    def run(self, duration_s: float | None = None) -> None:
-        self.mqtt.connect(wait=False)
-        deadline = None if duration_s is None else time.monotonic() + duration_s
-        try:
-            while not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                try:
-                    msg = self._inbox.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                try:
-                    batch, _problems = codec.decode_batch_lenient(msg.payload)
-                except codec.PayloadError:
-                    continue  # the ingester dead-letters it; rules just skip
-                for event in self.engine.evaluate(batch):
-                    self.publish(event)
-        finally:
-            self.mqtt.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def publish(self, event: AlertEvent) -> None:
-        topic = topics.alert(event.domain, event.district, event.severity)
-        self.mqtt.publish(topic, codec.encode_alert(event), qos=1)
-        self.events_published += 1
-        log.info("%s %s %s", event.state.upper(), event.id, event.message)
-        if self.influx is not None:
-            try:
-                self.influx.write(alert_line(event))
-            except InfluxError as exc:
-                log.warning("could not record alert in InfluxDB: %s", exc)

@@ -1,0 +1,288 @@
+"""Backtest: run the rules over a simulated scenario (offline, accelerated) or over data
+already in InfluxDB, and score them against the simulator's ground truth.
+
+Scoring, per ground-truth incident:
+- detected: a firing alert of the incident's domain and district on one of its devices
+  (or on a group, e.g. a circuit, that one of its devices belongs to) between its start
+  and its end plus `grace_s`;
+- lead time: hazard_crossed_at minus the first such alert (positive = early);
+- false alarms: firing alerts that match no incident and no sensor fault, per 1,000
+  device-hours of the scenario.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rules.catalog import CATALOG_DIR, Rule, load_catalog
+from rules.engine import RulesEngine
+from rules.inventory import InventoryDevice
+from urbansense.schema import AlertEvent, TelemetryBatch
+
+#: An alert up to this long after an incident ends still belongs to it (resolution lag).
+GRACE_S = 900.0
+
+
+@dataclass(slots=True)
+class IncidentScore:
+    record: dict[str, Any]
+    detected: bool
+    first_alert: AlertEvent | None
+    lead_time_s: float | None  # hazard_crossed_at - first alert; None without a hazard crossing
+    alerts: list[AlertEvent] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class BacktestResult:
+    name: str
+    start_ms: int
+    end_ms: int
+    devices: int
+    incidents: list[IncidentScore]
+    faults: list[IncidentScore]
+    false_alarms: list[AlertEvent]
+    events: list[AlertEvent]
+    samples: int
+    signals: dict[tuple[str, str], list[tuple[int, float]]] = field(default_factory=dict)
+
+    @property
+    def device_hours(self) -> float:
+        return self.devices * (self.end_ms - self.start_ms) / 3_600_000.0
+
+    @property
+    def false_alarms_per_1000_device_hours(self) -> float:
+        return 1000.0 * len(self.false_alarms) / self.device_hours if self.device_hours > 0 else 0.0
+
+    @property
+    def missed(self) -> list[IncidentScore]:
+        return [s for s in self.incidents if not s.detected]
+
+
+def _group_labels(inventory: list[InventoryDevice]) -> dict[tuple[str, str], set[str]]:
+    """(district, device) -> the names an alert about it may carry (itself, its groups)."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for d in inventory:
+        out[(d.district, d.device)] = {d.device, d.district, *d.labels.values()}
+    return out
+
+
+def _matches(rec: dict[str, Any], ev: AlertEvent, names: dict[tuple[str, str], set[str]],
+             grace_ms: int) -> bool:
+    if ev.district != rec["district"] or not (rec["start"] <= ev.t <= rec["end"] + grace_ms):
+        return False
+    if ev.domain not in (rec["domain"], "system"):
+        return False
+    devices = rec.get("devices") or ([rec["device"]] if rec.get("device") else [])
+    return any(ev.device in names.get((rec["district"], d), {d}) for d in devices)
+
+
+def score(name: str, truth: list[dict[str, Any]], events: list[AlertEvent], inventory: list[InventoryDevice],
+          start_ms: int, end_ms: int, samples: int = 0, grace_s: float = GRACE_S) -> BacktestResult:
+    names = _group_labels(inventory)
+    grace = int(grace_s * 1000)
+    firing = [e for e in events if e.state == "firing"]
+    claimed: set[int] = set()
+
+    def judge(rec: dict[str, Any]) -> IncidentScore:
+        hits = [e for e in firing if _matches(rec, e, names, grace)]
+        claimed.update(id(e) for e in hits)
+        first = min(hits, key=lambda e: e.t) if hits else None
+        crossed = rec.get("hazard_crossed_at")
+        lead = (crossed - first.t) / 1000.0 if first is not None and crossed is not None else None
+        return IncidentScore(rec, first is not None, first, lead, hits)
+
+    incidents = [judge(r) for r in truth if r["kind"] == "incident"]
+    faults = [judge(r) for r in truth if r["kind"] == "fault"]
+    false_alarms = [e for e in firing if id(e) not in claimed]
+    return BacktestResult(name, start_ms, end_ms, len(inventory), incidents, faults, false_alarms, events,
+                          samples)
+
+
+def run_engine(engine: RulesEngine, ticks: Iterable[tuple[int, list[TelemetryBatch]]],
+               watch: set[tuple[str, str, str]] | None = None,
+               signals: dict[tuple[str, str], list[tuple[int, float]]] | None = None) -> tuple[list[AlertEvent], int]:
+    """Feed ticks to the engine; records `watch`ed (district, device, metric) values into `signals`."""
+    events: list[AlertEvent] = []
+    samples = 0
+    watched = {(d, dev): m for d, dev, m in watch or set()}
+    for _t, batches in ticks:
+        events.extend(engine.ingest(batches))
+        for b in batches:
+            samples += len(b.samples)
+            if watched and signals is not None:
+                for s in b.samples:
+                    metric = watched.get((b.district, s.dev))
+                    if metric is not None and metric in s.f:
+                        signals.setdefault((s.dev, metric), []).append((s.t, float(s.f[metric])))
+    return events, samples
+
+
+def run_scenario(scenario: str | Path, rules: list[Rule] | None = None, *, seed: int = 1,
+                 start_ms: int | None = None, progress: bool = False) -> BacktestResult:
+    """Play a simulator scenario offline through the engine and score it."""
+    from rules.inventory import from_gateways
+    from simulators.incidents import INCIDENT_TYPES
+    from simulators.scenario import load_scenario
+
+    sc = load_scenario(scenario)
+    start = sc.default_start_ms() if start_ms is None else start_ms
+    end = start + int(sc.duration_s * 1000)
+    inventory = from_gateways(sc.loaded)
+    engine = RulesEngine(rules if rules is not None else load_catalog(CATALOG_DIR), inventory)
+    truth = sc.ground_truth(seed, start)
+    watch: set[tuple[str, str, str]] = set()
+    for rec in truth:
+        if rec["kind"] == "incident":
+            metric = rec.get("metric") or INCIDENT_TYPES[rec["type"]].metric
+            for dev in (rec.get("devices") or [rec["device"]])[:4]:
+                watch.add((rec["district"], dev, metric))
+    signals: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    ticks: Iterator[tuple[int, list[TelemetryBatch]]] = ((t.t_ms, t.batches) for t in sc.play_offline(seed, start))
+    if progress:
+        ticks = _with_progress(ticks, start, end, sc.name)
+    events, samples = run_engine(engine, ticks, watch, signals)
+    result = score(sc.name, truth, events, inventory, start, end, samples)
+    result.signals = signals
+    return result
+
+
+def _with_progress(ticks: Iterator[tuple[int, list[TelemetryBatch]]], start: int, end: int,
+                   name: str) -> Iterator[tuple[int, list[TelemetryBatch]]]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(f"backtest {name}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TextColumn("{task.fields[hours]:.1f} h simulated"), TimeElapsedColumn(),
+                  TimeRemainingColumn()) as bar:
+        task = bar.add_task("play", total=end - start, hours=0.0)
+        for t, batches in ticks:
+            yield t, batches
+            bar.update(task, completed=t - start, hours=(t - start) / 3_600_000)
+        bar.update(task, completed=end - start)
+
+
+def run_influx(influx_url: str, database: str, start_ms: int, end_ms: int, rules: list[Rule] | None,
+               inventory: list[InventoryDevice], truth: list[dict[str, Any]], *,
+               progress: bool = False) -> BacktestResult:
+    """Replay data already in InfluxDB between start_ms and end_ms."""
+    from rules.warmstart import influx_ticks
+    from urbansense.influx import InfluxClient
+
+    client = InfluxClient(influx_url, database)
+    engine = RulesEngine(rules if rules is not None else load_catalog(CATALOG_DIR), inventory)
+    ticks: Iterator[tuple[int, list[TelemetryBatch]]] = influx_ticks(client, start_ms, end_ms)
+    if progress:
+        ticks = _with_progress(ticks, start_ms, end_ms, f"{database} {start_ms}..{end_ms}")
+    events, samples = run_engine(engine, ticks)
+    return score(database, truth, events, inventory, start_ms, end_ms, samples)
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _fmt_lead(score_: IncidentScore) -> str:
+    if score_.lead_time_s is None:
+        return "-"
+    return f"{score_.lead_time_s / 60:+.1f} min"
+
+
+def print_report(result: BacktestResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    table = Table(title=f"backtest {result.name}: incidents")
+    for col in ("type", "where", "start", "detected", "first alert", "rule", "lead time"):
+        table.add_column(col)
+    for s in result.incidents:
+        rec = s.record
+        devices = rec.get("devices", [])
+        where = rec.get("device") or ",".join(devices[:3]) + ("..." if len(devices) > 3 else "")
+        first = s.first_alert
+        table.add_row(rec["type"], f"{rec['district']}/{where}", _clock(rec["start"], result.start_ms),
+                      "[green]yes[/]" if s.detected else "[red]MISSED[/]",
+                      _clock(first.t, result.start_ms) if first else "-", first.rule if first else "-",
+                      _fmt_lead(s))
+    console.print(table)
+    if result.faults:
+        ft = Table(title="sensor faults")
+        for col in ("type", "device", "metric", "detected", "rule"):
+            ft.add_column(col)
+        for s in result.faults:
+            ft.add_row(s.record["type"], ",".join(s.record.get("devices", [])[:3]), str(s.record.get("metric")),
+                       "yes" if s.detected else "no", s.first_alert.rule if s.first_alert else "-")
+        console.print(ft)
+    console.print(f"samples evaluated: {result.samples:,}; device-hours: {result.device_hours:,.1f}; "
+                  f"alert events: {len(result.events)}; false alarms: {len(result.false_alarms)} "
+                  f"= {result.false_alarms_per_1000_device_hours:.2f} per 1,000 device-hours")
+    for e in result.false_alarms[:20]:
+        console.print(f"  false alarm: {_clock(e.t, result.start_ms)} {e.id} {e.message}")
+
+
+def _clock(t: int, start: int) -> str:
+    s = (t - start) / 1000.0
+    return f"+{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
+
+
+def plot_incidents(result: BacktestResult, out_dir: Path, rules: list[Rule] | None = None) -> list[Path]:
+    """One PNG per incident: the signal, the hazard threshold, alert times and hazard crossing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for n, s in enumerate(result.incidents):
+        rec = s.record
+        fig, ax = plt.subplots(figsize=(9, 4))
+        metric = None
+        for dev in (rec.get("devices") or [rec.get("device")])[:4]:
+            for (d, m), points in result.signals.items():
+                if d != dev:
+                    continue
+                metric = m
+                xs = [(t - rec["start"]) / 60000.0 for t, _v in points]
+                ax.plot(xs, [v for _t, v in points], lw=1, label=f"{dev} {m}")
+        if rec.get("hazard_threshold") is not None:
+            ax.axhline(rec["hazard_threshold"], color="red", ls="--", lw=1, label="hazard threshold")
+        if rec.get("hazard_crossed_at") is not None:
+            ax.axvline((rec["hazard_crossed_at"] - rec["start"]) / 60000.0, color="red", lw=1.5,
+                       label="hazard crossed")
+        for i, e in enumerate(sorted(s.alerts, key=lambda e: e.t)[:8]):
+            ax.axvline((e.t - rec["start"]) / 60000.0, color="orange" if e.severity != "critical" else "purple",
+                       ls=":", lw=1.2, label=f"{e.rule} ({e.severity})" if i < 6 else None)
+        lead = f", lead {s.lead_time_s / 60:.1f} min" if s.lead_time_s is not None else ""
+        ax.set_title(f"{rec['type']} at {rec.get('device') or rec['district']}"
+                     f" - {'detected' if s.detected else 'MISSED'}{lead}")
+        ax.set_xlabel("minutes from incident start")
+        ax.set_ylabel(metric or "value")
+        ax.set_xlim(-15, (rec["end"] - rec["start"]) / 60000.0 + 15)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = out_dir / f"{result.name}-{n:02d}-{rec['type']}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def summary(result: BacktestResult) -> dict[str, Any]:
+    """Machine-readable result (for --json and tests)."""
+    return {
+        "scenario": result.name,
+        "devices": result.devices,
+        "device_hours": round(result.device_hours, 2),
+        "samples": result.samples,
+        "false_alarms": len(result.false_alarms),
+        "false_alarms_per_1000_device_hours": round(result.false_alarms_per_1000_device_hours, 3),
+        "incidents": [{
+            "type": s.record["type"], "device": s.record.get("device"), "detected": s.detected,
+            "first_alert_rule": s.first_alert.rule if s.first_alert else None,
+            "lead_time_s": None if s.lead_time_s is None or math.isnan(s.lead_time_s) else s.lead_time_s,
+        } for s in result.incidents],
+    }

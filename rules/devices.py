@@ -1,0 +1,128 @@
+"""The engine's device table: one integer index per (district, device), columns in numpy.
+
+Every per-device state array of every rule is indexed by this number, so a batch of
+samples becomes index arrays and value arrays (a `Round`) and each rule updates its
+state with a handful of vectorised operations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from rules.inventory import InventoryDevice
+
+Index = npt.NDArray[np.intp]
+NEVER = np.iinfo(np.int64).min // 2
+
+
+@dataclass(slots=True)
+class Round:
+    """Samples of one measurement with every device at most once, in event time."""
+
+    measurement: str
+    dev: Index
+    t: npt.NDArray[np.int64]
+    values: dict[str, npt.NDArray[np.float64]]
+
+
+@dataclass(slots=True)
+class Gateways:
+    index: dict[tuple[str, str], int] = field(default_factory=dict)
+    names: list[tuple[str, str]] = field(default_factory=list)
+    now: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    first: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def get(self, district: str, gateway: str) -> int:
+        key = (district, gateway)
+        i = self.index.get(key)
+        if i is None:
+            i = self.index[key] = len(self.names)
+            self.names.append(key)
+            self.now = np.append(self.now, NEVER)
+            self.first = np.append(self.first, NEVER)
+        return i
+
+    def saw(self, i: int, t: int) -> None:
+        if t > self.now[i]:
+            self.now[i] = t
+        if self.first[i] == NEVER:
+            self.first[i] = t
+
+
+class Devices:
+    def __init__(self) -> None:
+        self.index: dict[tuple[str, str], int] = {}
+        self.district: list[str] = []
+        self.device: list[str] = []
+        self.measurement: list[str] = []
+        self.labels: list[dict[str, str]] = []
+        self.capacity = 0
+        self.gateway = np.zeros(0, np.intp)
+        self.lat = np.zeros(0)
+        self.lon = np.zeros(0)
+        self.last_seen = np.zeros(0, np.int64)
+        self.expected = np.zeros(0, bool)  # in the inventory (deadman seeds)
+        self.gateways = Gateways()
+        self._by_measurement: dict[str | None, Index] = {}
+        self._on_grow: list[Callable[[int], None]] = []
+
+    def __len__(self) -> int:
+        return len(self.device)
+
+    def on_grow(self, callback: Callable[[int], None]) -> None:
+        self._on_grow.append(callback)
+        callback(self.capacity)
+
+    def _ensure(self, n: int) -> None:
+        if n <= self.capacity:
+            return
+        cap = max(1024, self.capacity)
+        while cap < n:
+            cap *= 2
+        extra = cap - self.capacity
+        self.gateway = np.concatenate([self.gateway, np.full(extra, -1, np.intp)])
+        self.lat = np.concatenate([self.lat, np.full(extra, np.nan)])
+        self.lon = np.concatenate([self.lon, np.full(extra, np.nan)])
+        self.last_seen = np.concatenate([self.last_seen, np.full(extra, NEVER, np.int64)])
+        self.expected = np.concatenate([self.expected, np.zeros(extra, bool)])
+        self.capacity = cap
+        for callback in self._on_grow:
+            callback(cap)
+
+    def add(self, district: str, gateway: str, device: str, measurement: str) -> int:
+        key = (district, device)
+        i = self.index.get(key)
+        if i is not None:
+            return i
+        i = len(self.device)
+        self._ensure(i + 1)
+        self.index[key] = i
+        self.district.append(district)
+        self.device.append(device)
+        self.measurement.append(measurement)
+        self.labels.append({})
+        self._by_measurement.clear()
+        self.gateway[i] = self.gateways.get(district, gateway)
+        return i
+
+    def seed(self, inventory: list[InventoryDevice]) -> None:
+        for d in inventory:
+            i = self.add(d.district, d.gateway, d.device, d.measurement)
+            self.expected[i] = True
+            self.labels[i] = dict(d.labels)
+            self._by_measurement.clear()
+            if d.lat is not None and d.lon is not None:
+                self.lat[i], self.lon[i] = d.lat, d.lon
+
+    def of_measurement(self, measurement: str | None) -> Index:
+        cached = self._by_measurement.get(measurement)
+        if cached is None:
+            n = len(self.device)
+            cached = (np.arange(n, dtype=np.intp) if measurement is None else
+                      np.array([i for i in range(n) if self.measurement[i] == measurement], dtype=np.intp))
+            self._by_measurement[measurement] = cached
+        return cached

@@ -1,0 +1,482 @@
+"""The rule kinds, each a vectorised evaluator over a `Round` of samples.
+
+An evaluator turns the round's values into a lifecycle signal per device (clear /
+hysteresis band / breach), a severity and the value and threshold to report; the
+engine then runs the lifecycle over those arrays. A missing value (NaN) gives BAND:
+no information never resolves nor fires an alert.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from rules.aqi import TABLES_DIR, AqiTable
+from rules.catalog import (
+    AnomalyRule,
+    AqiRule,
+    CompositeRule,
+    DeadmanRule,
+    DriftRule,
+    FlatlineRule,
+    ForecastRule,
+    RateRule,
+    Rule,
+    ThresholdRule,
+)
+from rules.devices import NEVER, Devices, Index, Round
+from rules.lifecycle import SEVERITY_LEVELS, LifecycleArrays, Signal
+from rules.windows import TimeBuckets, linear_fit
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+SmallArray = npt.NDArray[np.int8]
+_CLEAR, _BAND, _BREACH = np.int8(Signal.CLEAR), np.int8(Signal.BAND), np.int8(Signal.BREACH)
+
+
+def sev_index(name: str) -> int:
+    return SEVERITY_LEVELS.index(name)
+
+
+@dataclass(slots=True)
+class Signals:
+    keys: Index
+    t: IntArray
+    sig: SmallArray
+    sev: SmallArray
+    value: FloatArray
+    threshold: FloatArray
+    eta_s: FloatArray | None = None
+
+
+class Buffers:
+    """Shared window buffers, keyed by (measurement, metric, window, buckets)."""
+
+    def __init__(self, devices: Devices) -> None:
+        self.devices = devices
+        self._buffers: dict[tuple[str, str, float, int], TimeBuckets] = {}
+        self._fed: set[tuple[int, tuple[str, str, float, int]]] = set()
+        self.round_id = 0
+        devices.on_grow(self._grow)
+
+    def _grow(self, cap: int) -> None:
+        for b in self._buffers.values():
+            b.grow(cap)
+
+    def get(self, measurement: str, metric: str, window_s: float, buckets: int) -> TimeBuckets:
+        key = (measurement, metric, float(window_s), buckets)
+        b = self._buffers.get(key)
+        if b is None:
+            b = self._buffers[key] = TimeBuckets(window_s, buckets, self.devices.capacity)
+        return b
+
+    def fed(self, rnd: Round, measurement: str, metric: str, window_s: float, buckets: int) -> TimeBuckets:
+        """The buffer with this round's values added exactly once, however many rules share it."""
+        key = (measurement, metric, float(window_s), buckets)
+        b = self.get(*key)
+        mark = (self.round_id, key)
+        if mark not in self._fed:
+            self._fed.add(mark)
+            b.add(rnd.dev, rnd.t, rnd.values[metric])
+        return b
+
+    def next_round(self) -> None:
+        self.round_id += 1
+        self._fed.clear()
+
+
+class Evaluator:
+    """Base: lifecycle arrays per key, last breach time per device (composites read it)."""
+
+    def __init__(self, rule: Rule, devices: Devices, buffers: Buffers) -> None:
+        self.rule = rule
+        self.devices = devices
+        self.buffers = buffers
+        self.for_ms = int(rule.for_s * 1000)
+        self.severity = sev_index(rule.severity)
+        self.lifecycle = LifecycleArrays()
+        self.last_breach: IntArray
+        self.measurement: str | None = getattr(rule, "measurement", None)
+        self.metrics: tuple[str, ...] = (rule.metric,) if hasattr(rule, "metric") else ()
+        #: Whether keys are devices whose breach times composites may read.
+        self.tracks_breach = not (isinstance(rule, CompositeRule) and rule.scope == "group")
+        devices.on_grow(self.grow)
+
+    #: Per-device state arrays: name -> (initial value, dtype); grown with the device table.
+    STATE: ClassVar[dict[str, tuple[float, type]]] = {"last_breach": (NEVER, np.int64)}
+
+    def grow(self, cap: int) -> None:
+        self.lifecycle.grow(cap)
+        for name, (fill, dtype) in self.STATE.items():
+            old = getattr(self, name, None)
+            n = 0 if old is None else len(old)
+            if cap > n:
+                extra: npt.NDArray[Any] = np.full(cap - n, fill, dtype)
+                setattr(self, name, extra if old is None else np.concatenate([old, extra]))
+
+    def evaluate(self, rnd: Round) -> Signals | None:
+        raise NotImplementedError
+
+    def key_label(self, key: int) -> tuple[str, str]:
+        """(district, device-or-group) of a lifecycle key."""
+        return self.devices.district[key], self.devices.device[key]
+
+    def _hysteresis(self, rnd: Round, v: FloatArray, op: str, thr: float, clear: float | None,
+                    critical: float | None) -> Signals:
+        clr = thr if clear is None else clear
+        if op == "above":
+            breach, ok = v > thr, v <= clr
+            crit = v > critical if critical is not None else None
+        else:
+            breach, ok = v < thr, v >= clr
+            crit = v < critical if critical is not None else None
+        sig = np.where(breach, _BREACH, np.where(ok, _CLEAR, _BAND)).astype(np.int8)
+        sig[np.isnan(v)] = _BAND
+        sev = np.full(len(v), self.severity, np.int8)
+        if crit is not None:
+            sev[crit] = sev_index("critical")
+        return Signals(rnd.dev, rnd.t, sig, sev, v, np.full(len(v), thr))
+
+
+class ThresholdEval(Evaluator):
+    rule: ThresholdRule
+
+    def evaluate(self, rnd: Round) -> Signals | None:
+        r = self.rule
+        return self._hysteresis(rnd, rnd.values[r.metric], r.op, r.threshold, r.clear, r.critical_threshold)
+
+
+class RateEval(Evaluator):
+    rule: RateRule
+
+    def evaluate(self, rnd: Round) -> Signals | None:
+        r = self.rule
+        buf = self.buffers.fed(rnd, r.measurement, r.metric, r.window_s, r.buckets)
+        means, x, valid = buf.view(rnd.dev, rnd.t)
+        _, slope, n = linear_fit(x, means, valid)
+        per_min = np.where(n >= r.min_points, slope * 60.0, np.nan)
+        return self._hysteresis(rnd, per_min, r.op, r.threshold, r.clear, r.critical_threshold)
+
+
+class ForecastEval(Evaluator):
+    rule: ForecastRule
+
+    def evaluate(self, rnd: Round) -> Signals | None:
+        r = self.rule
+        v = rnd.values[r.metric]
+        buf = self.buffers.fed(rnd, r.measurement, r.metric, r.window_s, r.buckets)
+        means, x, valid = buf.view(rnd.dev, rnd.t)
+        level, slope, n = linear_fit(x, means, valid)
+        sign = 1.0 if r.op == "above" else -1.0
+        toward = sign * slope * 60.0  # units per minute toward the limit
+        gap = sign * (r.limit - level)  # > 0 while the limit is still ahead
+        with np.errstate(invalid="ignore", divide="ignore"):
+            eta = np.where(gap <= 0, 0.0, gap / np.where(toward > 0, toward / 60.0, np.nan))
+        trending = (n >= r.min_points) & (toward > max(r.min_slope_per_min, 1e-12))
+        armed = np.ones(len(v), bool) if r.arm is None else sign * (v - r.arm) >= 0
+        ahead = gap > 0
+        breach = ahead & trending & armed & (eta <= r.horizon_s)
+        clear = ahead & (~trending | ~armed | (eta > 2 * r.horizon_s))
+        # Beyond the limit the forecast has come true: hold (the threshold alarm speaks now),
+        # so a plateau above the limit neither resolves the warning nor fires it again.
+        sig = np.where(breach, _BREACH, np.where(clear, _CLEAR, _BAND)).astype(np.int8)
+        sig[np.isnan(v)] = _BAND
+        sev = np.full(len(v), self.severity, np.int8)
+        return Signals(rnd.dev, rnd.t, sig, sev, v, np.full(len(v), r.limit), np.where(breach, eta, np.nan))
+
+
+class AnomalyEval(Evaluator):
+    rule: AnomalyRule
+
+    def evaluate(self, rnd: Round) -> Signals | None:
+        r = self.rule
+        v = rnd.values[r.metric]
+        buf = self.buffers.fed(rnd, r.measurement, r.metric, r.window_s, r.buckets)
+        means, _x, valid = buf.view(rnd.dev, rnd.t)
+        masked = np.where(valid, means, np.nan)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: not enough data yet
+            med = np.nanmedian(masked, axis=1)
+            mad = np.nanmedian(np.abs(masked - med[:, None]), axis=1)
+        m = 0.6745 * (v - med) / np.maximum(np.nan_to_num(mad), r.mad_floor)
+        score = np.abs(m) if r.direction == "both" else (m if r.direction == "up" else -m)
+        enough = valid.sum(axis=1) >= r.min_points
+        sig = np.where(score > r.threshold, _BREACH, np.where(score < r.threshold / 2, _CLEAR, _BAND))
+        sig = np.where(enough & ~np.isnan(score), sig, _BAND).astype(np.int8)
+        sev = np.full(len(v), self.severity, np.int8)
+        return Signals(rnd.dev, rnd.t, sig, sev, v, np.full(len(v), r.threshold))
+
+
+class FlatlineEval(Evaluator):
+    rule: FlatlineRule
+
+    STATE: ClassVar[dict[str, tuple[float, type]]] = {**Evaluator.STATE, "ref": (np.nan, np.float64),
+                                                      "run_start": (0, np.int64)}
+    ref: FloatArray
+    run_start: IntArray
+
+    def evaluate(self, rnd: Round) -> Signals | None:
+        r = self.rule
+        v = rnd.values[r.metric]
+        have = ~np.isnan(v)
+        dev, t, vv = rnd.dev[have], rnd.t[have], v[have]
+        moved = ~(np.abs(vv - self.ref[dev]) <= r.tolerance)
+        self.ref[dev[moved]] = vv[moved]
+        self.run_start[dev[moved]] = t[moved]
+        held_s = np.full(len(v), np.nan)
+        held_s[have] = (t - self.run_start[dev]) / 1000.0
+        sig = np.where(held_s >= r.suspect_s, _BREACH, np.where(held_s < r.suspect_s, _CLEAR, _BAND))
+        sig = sig.astype(np.int8)
+        sev = np.where(held_s >= r.fail_s, self.severity, sev_index("info")).astype(np.int8)
+        return Signals(rnd.dev, rnd.t, sig, sev, v, np.full(len(v), r.suspect_s))
+
+
+class DriftEval(Evaluator):
+    rule: DriftRule
+
+    STATE: ClassVar[dict[str, tuple[float, type]]] = {
+             **Evaluator.STATE, "count": (0.0, np.float64), "mean": (0.0, np.float64),
+             "m2": (0.0, np.float64), "hi": (0.0, np.float64), "lo": (0.0, np.float64),
+             "first": (NEVER, np.int64)}
+    count: FloatArray
+    mean: FloatArray
+    m2: FloatArray
+    hi: FloatArray
+    lo: FloatArray
+    first: IntArray
+
+    def _share(self, rnd: Round, v: FloatArray) -> FloatArray:
+        """The device's share of the district: v / median(v) while learning; afterwards
+        v / median_j(v_j / c_j) with c_j each device's learnt share, which stays put when
+        one device of the district goes wild (a burst), unlike the plain median."""
+        first = self.first[rnd.dev]
+        learnt = (first != NEVER) & (rnd.t - first >= self.rule.learn_s * 1000) & (self.mean[rnd.dev] > 0)
+        plain = _district_median(self.devices, rnd.dev, v)
+        if learnt.sum() >= 3:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                scaled = np.where(learnt, v / self.mean[rnd.dev], np.nan)
+            robust = _district_median(self.devices, rnd.dev, scaled)
+            plain = np.where(np.isnan(robust), plain, robust)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return v / plain
+
+    def evaluate(self, rnd: Round) -> Signals | None:
+        r = self.rule
+        v = rnd.values[r.metric]
+        if r.relative_to == "district_median":
+            v = self._share(rnd, v)
+        have = ~np.isnan(v)
+        dev, t, x = rnd.dev[have], rnd.t[have], v[have]
+        first = self.first[dev]
+        first = np.where(first == NEVER, t, first)
+        self.first[dev] = first
+        learning = (t - first) < r.learn_s * 1000
+        # Welford while learning: the baseline mean and sigma, then frozen.
+        ld, lx = dev[learning], x[learning]
+        c = self.count[ld] + 1
+        delta = lx - self.mean[ld]
+        mean = self.mean[ld] + delta / c
+        self.m2[ld] += delta * (lx - mean)
+        self.mean[ld], self.count[ld] = mean, c
+        sigma = np.maximum(np.sqrt(self.m2[dev] / np.maximum(self.count[dev] - 1, 1)), r.sigma_floor)
+        z = (x - self.mean[dev]) / sigma
+        hi = np.where(learning, 0.0, np.maximum(0.0, self.hi[dev] + z - r.k))
+        lo = np.where(learning, 0.0, np.maximum(0.0, self.lo[dev] - z - r.k))
+        self.hi[dev], self.lo[dev] = hi, lo
+        s = np.full(len(v), np.nan)
+        s[have] = np.maximum(hi, lo)
+        sig = np.where(s > r.h, _BREACH, np.where(s < r.h / 2, _CLEAR, _BAND)).astype(np.int8)
+        sig[~have] = _BAND
+        sev = np.full(len(v), self.severity, np.int8)
+        return Signals(rnd.dev, rnd.t, sig, sev, v, np.full(len(v), r.h))
+
+
+def _district_median(devices: Devices, dev: Index, v: FloatArray) -> FloatArray:
+    """Per row: the median of `v` over the round's rows of the same district (NaN if < 3)."""
+    districts = [devices.district[i] for i in dev]
+    out = np.full(len(v), np.nan)
+    for d in set(districts):
+        rows = np.array([j for j, x in enumerate(districts) if x == d], np.intp)
+        vals = v[rows]
+        vals = vals[~np.isnan(vals)]
+        if len(vals) >= 3:
+            med = float(np.median(vals))
+            out[rows] = med if med > 0 else np.nan
+    return out
+
+
+class CompositeEval(Evaluator):
+    rule: CompositeRule
+
+    def __init__(self, rule: Rule, devices: Devices, buffers: Buffers, deps: list[Evaluator]) -> None:
+        self.deps = deps
+        self.group_index: dict[tuple[str, str], int] = {}
+        self.group_names: list[tuple[str, str]] = []
+        self._grouped = 0
+        super().__init__(rule, devices, buffers)
+
+    STATE: ClassVar[dict[str, tuple[float, type]]] = {**Evaluator.STATE, "dev_group": (-1, np.intp)}
+    dev_group: Index
+
+    def _all_recent(self, dev: Index, since: IntArray) -> npt.NDArray[np.bool_]:
+        ok = np.ones(len(dev), bool)
+        for d in self.deps:
+            ok &= d.last_breach[dev] >= since
+        return ok
+
+    def _refresh_groups(self) -> None:
+        r = self.rule
+        for i in range(self._grouped, len(self.devices)):
+            if self.devices.measurement[i] != r.measurement:
+                continue
+            label = (self.devices.district[i] if r.group_by == "district"
+                     else self.devices.labels[i].get(r.group_by))
+            if label is None:
+                continue
+            key = (self.devices.district[i], label)
+            g = self.group_index.get(key)
+            if g is None:
+                g = self.group_index[key] = len(self.group_names)
+                self.group_names.append(key)
+            self.dev_group[i] = g
+        self._grouped = len(self.devices)
+        self.lifecycle.grow(max(len(self.group_names), len(self.lifecycle.state)))
+
+    def key_label(self, key: int) -> tuple[str, str]:
+        if self.rule.scope == "device":
+            return super().key_label(key)
+        return self.group_names[key]
+
+    def evaluate(self, rnd: Round) -> Signals | None:
+        r = self.rule
+        within = int(r.within_s * 1000)
+        if r.scope == "device":
+            ok = self._all_recent(rnd.dev, rnd.t - within)
+            sig = np.where(ok, _BREACH, _CLEAR).astype(np.int8)
+            v = rnd.values[self.deps[0].metrics[0]] if self.deps[0].metrics else np.full(len(ok), np.nan)
+            return Signals(rnd.dev, rnd.t, sig, np.full(len(ok), self.severity, np.int8), v,
+                           np.full(len(ok), np.nan))
+        if self._grouped < len(self.devices):
+            self._refresh_groups()
+        gid = self.dev_group[rnd.dev]
+        touched = np.unique(gid[gid >= 0])
+        if len(touched) == 0:
+            return None
+        ngroups = len(self.group_names)
+        g_now = np.full(ngroups, NEVER, np.int64)
+        np.maximum.at(g_now, gid[gid >= 0], rnd.t[gid >= 0])
+        members = self.devices.of_measurement(r.measurement)
+        mg = self.dev_group[members]
+        members, mg = members[mg >= 0], mg[mg >= 0]
+        ok = self._all_recent(members, g_now[mg] - within) & (g_now[mg] > NEVER)
+        size = np.bincount(mg, minlength=ngroups)[touched]
+        hit = np.bincount(mg[ok], minlength=ngroups)[touched]
+        frac = hit / np.maximum(size, 1)
+        breach = (frac >= r.min_fraction) & (size >= r.min_group_size)
+        sig = np.where(breach, _BREACH, _CLEAR).astype(np.int8)
+        n = len(touched)
+        return Signals(touched.astype(np.intp), g_now[touched], sig, np.full(n, self.severity, np.int8),
+                       frac.astype(np.float64), np.full(n, r.min_fraction))
+
+
+class DeadmanEval(Evaluator):
+    rule: DeadmanRule
+
+    def evaluate_gateways(self, gateways: Index) -> Signals | None:
+        """Devices of the gateways whose event time advanced, against their gateway's now."""
+        devs = self.devices.of_measurement(self.rule.measurement)
+        if len(devs) == 0:
+            return None
+        gw = self.devices.gateway[devs]
+        sel = np.isin(gw, gateways)
+        devs, gw = devs[sel], gw[sel]
+        if len(devs) == 0:
+            return None
+        now = self.devices.gateways.now[gw]
+        last = self.devices.last_seen[devs]
+        last = np.where(last == NEVER, self.devices.gateways.first[gw], last)
+        silent_s = (now - last) / 1000.0
+        sig = np.where(silent_s > self.rule.timeout_s, _BREACH, _CLEAR).astype(np.int8)
+        n = len(devs)
+        return Signals(devs, now, sig, np.full(n, self.severity, np.int8), silent_s,
+                       np.full(n, self.rule.timeout_s))
+
+
+class AqiEval(Evaluator):
+    """Rolling means per pollutant -> IAQI -> AQI; alerts on AQI and emits `aqi` points."""
+
+    rule: AqiRule
+    WINDOWS: ClassVar[dict[str, tuple[float, int]]] = {
+        "1h": (3600.0, 12), "8h": (8 * 3600.0, 16), "24h": (24 * 3600.0, 24)}
+
+    def __init__(self, rule: Rule, devices: Devices, buffers: Buffers) -> None:
+        super().__init__(rule, devices, buffers)
+        assert isinstance(rule, AqiRule)
+        self.table = AqiTable.load(TABLES_DIR / rule.table)
+        self.inputs: list[tuple[str, str]] = []
+        for item in rule.inputs:
+            pollutant, _, period = item.partition("/")
+            row = self.table.row(pollutant, period)
+            self.inputs.append((pollutant, period))
+            if row.above_top:
+                self.table.row(pollutant, row.above_top)
+        self.metric_of = {p: self.table.row(p, q).metric for p, q in self.inputs}
+        self.metrics = tuple(sorted(set(self.metric_of.values())))
+        #: (device index, t, aqi, level, primary, {pollutant: iaqi}) waiting to be written.
+        self.points: list[tuple[int, int, int, str, str, dict[str, float]]] = []
+
+    STATE: ClassVar[dict[str, tuple[float, type]]] = {**Evaluator.STATE, "last_eval": (NEVER, np.int64)}
+    last_eval: IntArray
+
+    def _mean(self, rnd: Round, rows: Index, metric: str, period: str) -> FloatArray:
+        window_s, buckets = self.WINDOWS[period]
+        buf = self.buffers.fed(rnd, "air", metric, window_s, buckets)
+        return buf.rolling_mean(rnd.dev[rows], rnd.t[rows])
+
+    def evaluate(self, rnd: Round) -> Signals | None:
+        r = self.rule
+        # Every sample feeds the windows; the AQI itself (hour-long means) is worked out
+        # once per write_every_s per station, which is all an hourly index needs.
+        for pollutant, period in self.inputs:
+            metric = self.metric_of[pollutant]
+            if metric in rnd.values:
+                for p in {period, "1h", self.table.row(pollutant, period).above_top or period}:
+                    self.buffers.fed(rnd, "air", metric, *self.WINDOWS[p])
+        rows = np.flatnonzero(rnd.t - self.last_eval[rnd.dev] >= r.write_every_s * 1000)
+        if len(rows) == 0:
+            return None
+        iaqi: dict[str, FloatArray] = {}
+        for pollutant, period in self.inputs:
+            metric = self.metric_of[pollutant]
+            if metric not in rnd.values:
+                continue
+            means: dict[str, FloatArray] = {}
+            row = self.table.row(pollutant, period)
+            feed = "1h" if (r.hourly_pm and pollutant in ("pm25", "pm10")) else period
+            means[period] = self._mean(rnd, rows, metric, feed)
+            if row.above_top:
+                means[row.above_top] = self._mean(rnd, rows, metric, row.above_top)
+            value = self.table.iaqi_of(pollutant, period, means)
+            iaqi[pollutant] = value if pollutant not in iaqi else np.fmax(iaqi[pollutant], value)
+        if not iaqi:
+            return None
+        dev, t = rnd.dev[rows], rnd.t[rows]
+        self.last_eval[dev] = t
+        aqi = self.table.aqi_of(iaqi)
+        for j in np.flatnonzero(aqi >= 0):
+            station = {p: float(a[j]) for p, a in iaqi.items() if not np.isnan(a[j])}
+            level, primary = self.table.describe(station, int(aqi[j]))
+            self.points.append((int(dev[j]), int(t[j]), int(aqi[j]), level, primary, station))
+        value = np.where(aqi >= 0, aqi, np.nan).astype(np.float64)
+        sub = Round(rnd.measurement, dev, t, {})
+        return self._hysteresis(sub, value, "above", r.threshold, r.clear, r.critical_threshold)
+
+
+KIND_EVALUATORS: dict[str, type[Evaluator]] = {
+    "threshold": ThresholdEval, "rate": RateEval, "forecast": ForecastEval, "anomaly": AnomalyEval,
+    "flatline": FlatlineEval, "drift": DriftEval, "deadman": DeadmanEval, "aqi": AqiEval,
+}

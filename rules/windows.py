@@ -1,0 +1,91 @@
+"""Per-device look-back windows kept as ring buffers of time buckets, in numpy arrays.
+
+A window of 600 s with 30 buckets keeps, per device, the sum and count of the samples
+in each 20 s bucket, plus the bucket number each slot holds. A sample at event time t
+goes to bucket b = t // 20000, slot b % 30; a slot holding an older bucket number is
+stale and is reset before use. So for 5,000 devices a window costs 3 arrays of
+5,000 x 30, whatever the sample rate, and one update is a few fancy-indexed writes.
+Rules on the same (measurement, metric, window) share one buffer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+Index = npt.NDArray[np.intp]
+
+
+class TimeBuckets:
+    def __init__(self, window_s: float, buckets: int, capacity: int = 0) -> None:
+        self.buckets = buckets
+        self.width_ms = max(1, round(window_s * 1000 / buckets))
+        self.sums = np.zeros((capacity, buckets))
+        self.counts = np.zeros((capacity, buckets), np.int32)
+        self.slot_bucket = np.full((capacity, buckets), -1, np.int64)
+
+    def grow(self, capacity: int) -> None:
+        n = self.sums.shape[0]
+        if capacity <= n:
+            return
+        extra = capacity - n
+        self.sums = np.vstack([self.sums, np.zeros((extra, self.buckets))])
+        self.counts = np.vstack([self.counts, np.zeros((extra, self.buckets), np.int32)])
+        self.slot_bucket = np.vstack([self.slot_bucket, np.full((extra, self.buckets), -1, np.int64)])
+
+    def add(self, dev: Index, t: IntArray, value: FloatArray) -> None:
+        """Add one sample per device (`dev` unique); NaN values are skipped."""
+        ok = ~np.isnan(value)
+        if not ok.all():
+            dev, t, value = dev[ok], t[ok], value[ok]
+        b = t // self.width_ms
+        slot = b % self.buckets
+        stale = self.slot_bucket[dev, slot] != b
+        if stale.any():
+            sd, ss = dev[stale], slot[stale]
+            self.sums[sd, ss] = 0.0
+            self.counts[sd, ss] = 0
+            self.slot_bucket[sd, ss] = b[stale]
+        self.sums[dev, slot] += value
+        self.counts[dev, slot] += 1
+
+    def view(self, dev: Index, t: IntArray) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_]]:
+        """(bucket means, bucket centre times relative to t in seconds, valid mask), rows per device."""
+        b_now = (t // self.width_ms)[:, None]
+        sb = self.slot_bucket[dev]
+        cnt = self.counts[dev]
+        valid = (cnt > 0) & (sb > b_now - self.buckets) & (sb <= b_now)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = self.sums[dev] / np.maximum(cnt, 1)
+        centre_s = ((sb * self.width_ms + self.width_ms / 2) - t[:, None]) / 1000.0
+        return means.astype(np.float64), centre_s.astype(np.float64), valid
+
+    def rolling_mean(self, dev: Index, t: IntArray) -> FloatArray:
+        """Mean of every sample in the window ending at t (NaN when there is none)."""
+        b_now = (t // self.width_ms)[:, None]
+        sb = self.slot_bucket[dev]
+        valid = (sb > b_now - self.buckets) & (sb <= b_now)
+        n = np.where(valid, self.counts[dev], 0).sum(axis=1)
+        total = np.where(valid, self.sums[dev], 0.0).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+    def state(self) -> dict[str, npt.NDArray[np.generic]]:
+        return {"sums": self.sums, "counts": self.counts, "slot_bucket": self.slot_bucket}
+
+
+def linear_fit(x: FloatArray, y: FloatArray,
+               valid: npt.NDArray[np.bool_]) -> tuple[FloatArray, FloatArray, npt.NDArray[np.int64]]:
+    """Row-wise least squares y = a + b x over valid cells: returns (a, b, n)."""
+    w = valid.astype(np.float64)
+    n = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xm = np.where(valid, x, 0.0).sum(axis=1) / n
+        ym = np.where(valid, y, 0.0).sum(axis=1) / n
+        dx = np.where(valid, x - xm[:, None], 0.0)
+        dy = np.where(valid, y - ym[:, None], 0.0)
+        sxx = (dx * dx).sum(axis=1)
+        slope = np.where(sxx > 0, (dx * dy).sum(axis=1) / np.where(sxx > 0, sxx, 1.0), np.nan)
+    return ym - slope * xm, slope, n.astype(np.int64)

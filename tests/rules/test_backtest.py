@@ -1,0 +1,127 @@
+"""Acceptance on the simulator's scenarios, played offline (no sockets)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from rules.backtest import BacktestResult, plot_incidents, run_scenario, score, summary
+from urbansense.influx import InfluxClient
+from urbansense.schema import AlertEvent
+
+
+@pytest.fixture(scope="module")
+def pudong() -> BacktestResult:
+    return run_scenario("pudong-incidents", seed=1)
+
+
+@pytest.fixture(scope="module")
+def quiet() -> BacktestResult:
+    return run_scenario("quiet-day", seed=1)
+
+
+@pytest.mark.slow
+def test_every_pudong_incident_is_detected(pudong: BacktestResult) -> None:
+    assert len(pudong.incidents) >= 10
+    assert [s.record["type"] for s in pudong.missed] == []
+
+
+@pytest.mark.slow
+def test_early_warnings_come_before_the_hazard(pudong: BacktestResult) -> None:
+    with_hazard = [s for s in pudong.incidents if s.record["hazard_threshold"] is not None]
+    assert {s.record["type"] for s in with_hazard} >= {"pipe_burst", "slow_leak", "gas_leak", "gas_overpressure",
+                                                        "pollution_episode"}
+    for s in with_hazard:
+        assert s.lead_time_s is not None and s.lead_time_s > 0, (s.record["type"], s.lead_time_s)
+        # the first alert is an early-warning rule, not the plain threshold alarm
+        assert s.first_alert is not None
+        assert s.first_alert.rule not in ("water.pressure_low", "gas.methane_alarm", "gas.overpressure"), s.record
+
+
+@pytest.mark.slow
+def test_entrapment_is_critical_at_once(pudong: BacktestResult) -> None:
+    s = next(s for s in pudong.incidents if s.record["type"] == "elevator_entrapment")
+    assert s.first_alert is not None and s.first_alert.severity == "critical"
+    assert s.first_alert.t <= s.record["hazard_crossed_at"]
+
+
+@pytest.mark.slow
+def test_pudong_has_no_false_alarms_to_speak_of(pudong: BacktestResult) -> None:
+    assert pudong.false_alarms_per_1000_device_hours <= 1.0
+
+
+@pytest.mark.slow
+def test_quiet_day_false_alarm_rate(quiet: BacktestResult) -> None:
+    assert quiet.device_hours == pytest.approx(50 * 24)
+    assert quiet.samples > 100_000
+    assert quiet.false_alarms_per_1000_device_hours <= 1.0, [e.id for e in quiet.false_alarms]
+
+
+@pytest.mark.slow
+def test_plots_and_summary(pudong: BacktestResult, tmp_path: Path) -> None:
+    paths = plot_incidents(pudong, tmp_path)
+    assert len(paths) == len(pudong.incidents)
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+    out = summary(pudong)
+    assert out["false_alarms"] == len(pudong.false_alarms)
+    assert all(i["detected"] for i in out["incidents"])
+
+
+def test_scoring_counts_a_wrong_alert_as_false_and_late_alerts_as_negative_lead() -> None:
+    truth = [{"kind": "incident", "type": "gas_leak", "domain": "gas", "district": "pudong", "device": "md-1",
+              "devices": ["md-1"], "start": 1_000_000, "end": 2_000_000, "hazard_threshold": 25.0,
+              "hazard_crossed_at": 1_500_000}]
+
+    def alert(dev: str, t: int) -> AlertEvent:
+        return AlertEvent(f"gas.x:pudong:{dev}", "gas.x", "gas", "warning", "firing", "pudong", dev, None, None,
+                          None, t, t, "")
+
+    from rules.inventory import InventoryDevice
+    inv = [InventoryDevice("pudong", "gw", d, "gas") for d in ("md-1", "md-2")]
+    res = score("t", truth, [alert("md-1", 1_600_000), alert("md-2", 1_100_000)], inv, 0, 3_600_000)
+    assert res.incidents[0].detected and res.incidents[0].lead_time_s == -100.0
+    assert [e.device for e in res.false_alarms] == ["md-2"]
+    assert res.false_alarms_per_1000_device_hours == pytest.approx(500.0)
+
+
+@pytest.mark.integration
+def test_backtest_over_influxdb_data(influx_db: InfluxClient) -> None:
+    from rules.backtest import run_influx
+    from rules.catalog import RULE_KINDS
+    from rules.inventory import InventoryDevice
+
+    t0 = 1_764_190_000_000
+    # 20 min of methane at md-1: flat, then +1.5 %LEL/min from minute 5
+    lines = []
+    for s in range(0, 1200, 10):
+        lel = 0.5 + max(0.0, (s - 300) / 60 * 1.5)
+        lines.append(f"gas,district=pudong,gateway=gw-g,device=md-1 methane_lel_pct={lel} {t0 + s * 1000}")
+        lines.append(f"gas,district=pudong,gateway=gw-g,device=md-2 methane_lel_pct=0.5 {t0 + s * 1000}")
+    influx_db.write("\n".join(lines))
+    crossed = t0 + (300 + int((25 - 0.5) / 1.5 * 60)) * 1000
+    truth = [{"kind": "incident", "type": "gas_leak", "domain": "gas", "district": "pudong", "device": "md-1",
+              "devices": ["md-1"], "start": t0 + 300_000, "end": t0 + 1_200_000, "hazard_threshold": 25.0,
+              "hazard_crossed_at": crossed}]
+    rules = [RULE_KINDS["forecast"].model_validate(
+        {"id": "gas.methane_rising", "kind": "forecast", "measurement": "gas", "metric": "methane_lel_pct",
+         "limit": 25, "arm": 5, "window_s": 120, "buckets": 12, "min_points": 4, "horizon_s": 900})]
+    inv = [InventoryDevice("pudong", "gw-g", d, "gas") for d in ("md-1", "md-2")]
+    res = run_influx(influx_db.url, influx_db.database, t0, t0 + 1_200_000, rules, inv, truth)  # type: ignore[arg-type]
+    assert res.samples == 240
+    assert res.incidents[0].detected and res.incidents[0].lead_time_s is not None
+    assert res.incidents[0].lead_time_s > 5 * 60
+    assert res.false_alarms == []
+
+
+@pytest.mark.slow
+def test_one_event_per_change_never_a_storm(pudong: BacktestResult) -> None:
+    by_id: dict[str, list[str]] = {}
+    for e in pudong.events:
+        by_id.setdefault(e.id, []).append(e.state)
+    assert max(len(v) for v in by_id.values()) <= 6  # flapping suppression caps it
+    for states in by_id.values():
+        assert states[0] == "firing"
+        # never two resolves in a row; a resolve always closes an announced alert
+        assert all(not (a == b == "resolved") for a, b in itertools.pairwise(states))

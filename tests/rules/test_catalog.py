@@ -1,0 +1,111 @@
+"""Rule files: the shipped catalog loads; mistakes are reported with file, rule and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rules.catalog import CATALOG_DIR, load_catalog
+from urbansense.config import ConfigError
+
+
+def test_shipped_catalog_loads_with_every_kind() -> None:
+    rules = load_catalog(CATALOG_DIR)
+    kinds = {r.kind for r in rules}
+    assert kinds == {"threshold", "rate", "forecast", "anomaly", "flatline", "drift", "deadman",
+                     "gateway_offline", "composite", "aqi"}
+    ids = {r.id for r in rules}
+    for needed in ("gas.methane_alarm", "gas.methane_rising", "gas.overpressure", "water.pipe_burst",
+                   "water.flow_creep", "elevator.trapped_passenger", "lighting.lamp_out", "lighting.day_burning",
+                   "lighting.circuit_current_loss", "air.aqi", "system.gateway_offline"):
+        assert needed in ids
+    trapped = next(r for r in rules if r.id == "elevator.trapped_passenger")
+    assert trapped.severity == "critical" and trapped.for_s == 0
+
+
+def _write(tmp_path: Path, text: str, name: str = "water.yaml") -> Path:
+    (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def problems_of(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_catalog(path)
+    return "\n".join(info.value.problems)
+
+
+def test_error_names_file_rule_and_key(tmp_path: Path) -> None:
+    text = problems_of(_write(tmp_path, """
+domain: water
+rules:
+  - id: water.ok
+    measurement: water
+    metric: pressure_mpa
+    threshold: 0.2
+  - id: water.bad
+    kind: forecast
+    measurement: water
+    metric: pressure_mpa
+    limit: 0.2
+    window_s: 60
+    horizon_s: -5
+"""))
+    assert "water.yaml: rule 'water.bad' (rules[1])" in text
+    assert "horizon_s" in text
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
+    text = problems_of(_write(tmp_path, """
+domain: water
+rules:
+  - id: water.low
+    measurement: water
+    metric: pressure_mpa
+    threshhold: 0.2
+"""))
+    assert "rule 'water.low'" in text and "threshhold" in text and "threshold" in text
+
+
+def test_unknown_kind_duplicate_id_and_missing_composite_part(tmp_path: Path) -> None:
+    _write(tmp_path, """
+domain: water
+rules:
+  - {id: water.a, kind: magic, measurement: water, metric: flow_m3h}
+  - {id: water.b, measurement: water, metric: flow_m3h, threshold: 1}
+  - {id: water.c, kind: composite, measurement: water, all_of: [water.b, water.nope]}
+""")
+    _write(tmp_path, """
+domain: gas
+rules:
+  - {id: water.b, measurement: gas, metric: pressure_kpa, threshold: 1}
+""", "gas.yaml")
+    text = problems_of(tmp_path)
+    assert "unknown kind 'magic'" in text
+    assert "'water.b': already defined in" in text
+    assert "all_of: no rule 'water.nope'" in text
+
+
+def test_hysteresis_on_the_wrong_side_is_refused(tmp_path: Path) -> None:
+    text = problems_of(_write(tmp_path, """
+domain: water
+rules:
+  - {id: water.low, measurement: water, metric: pressure_mpa, op: below, threshold: 0.2, clear: 0.1}
+"""))
+    assert "clear (0.1) must be >= threshold (0.2)" in text
+
+
+def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
+    text = problems_of(_write(tmp_path, "domain: water\nrules:\n  - id: [unclosed\n"))
+    assert "water.yaml:" in text and "YAML syntax error" in text
+
+
+def test_aqi_inputs_are_checked_against_the_table(tmp_path: Path) -> None:
+    text = problems_of(_write(tmp_path, "domain: air\nrules:\n  - {id: air.aqi, kind: aqi, inputs: [pm25/48h]}\n",
+                              "air.yaml"))
+    assert "rule 'air.aqi'" in text and "no AQI row pm25/48h" in text
+
+
+def test_example_rule_file_is_valid() -> None:
+    rules = load_catalog(Path(__file__).resolve().parents[2] / "rules" / "example-rules.yaml")
+    assert len(rules) == 10

@@ -1,0 +1,42 @@
+"""`urbansense rules ...` from the command line."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from urbansense.cli import main
+from urbansense.stack import Stack
+
+
+def test_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "check"]) == 0
+    assert capsys.readouterr().out.startswith("ok: ")
+
+
+def test_check_reports_file_rule_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "gas.yaml").write_text("domain: gas\nrules:\n  - {id: gas.x, measurement: gas, metric: m, "
+                                       "threshold: high}\n")
+    assert main(["rules", "check", "--rules", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "gas.yaml: rule 'gas.x' (rules[0])" in err and "threshold" in err
+
+
+@pytest.mark.integration
+def test_silence_add_list_expire(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    sid = f"t-{uuid.uuid4().hex[:8]}"
+    assert main(["rules", "silence", "add", "--mqtt", stack.mqtt_url, "--id", sid, "--match", "rule=gas.*",
+                 "--match", "district=pudong", "--for", "30m", "--comment", "works"]) == 0
+    assert main(["rules", "silence", "list", "--mqtt", stack.mqtt_url]) == 0
+    out = capsys.readouterr().out
+    assert f"{sid}  active" in out and "rule=gas.* district=pudong" in out
+    assert main(["rules", "silence", "expire", sid, "--mqtt", stack.mqtt_url]) == 0
+    assert main(["rules", "silence", "list", "--mqtt", stack.mqtt_url]) == 0
+    assert sid not in capsys.readouterr().out.split("removed")[-1]
+
+
+def test_silence_add_refuses_bad_matchers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "silence", "add", "--match", "colour=red", "--mqtt", "mqtt://127.0.0.1:1"]) == 2
+    assert "unknown label 'colour'" in capsys.readouterr().err
