@@ -8,11 +8,16 @@ same profile gets the value back.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 
+from simulators.readout import clamp_raw
 from urbansense import registers
 from urbansense.config import FieldSpec, Profile
+from urbansense.schema import FieldValue
 
 TABLES = ("holding", "input", "coil", "discrete")
+ILLEGAL_DATA_ADDRESS = 2
+ILLEGAL_DATA_VALUE = 3
 
 
 class DeviceTables:
@@ -27,6 +32,9 @@ class DeviceTables:
         self._lock = threading.Lock()
         self.tables: dict[str, dict[int, int]] = {t: {} for t in TABLES}
         self.values: dict[str, float | int | str | bool] = {}
+        #: Engineering values a Modbus master wrote (e.g. lamp_on); the scenario honours them.
+        self.commands: dict[str, FieldValue] = {}
+        self._specs = {spec.name: spec for spec in profile.fields}
         for spec in profile.fields:
             self.set(spec.name, spec.sim.get("initial", 0))
 
@@ -36,11 +44,18 @@ class DeviceTables:
         if spec.enum is not None and isinstance(value, str):
             reverse = {name: code for code, name in spec.enum.items()}
             return reverse[value]
-        return (float(value) - spec.offset) / spec.scale
+        # A transmitter saturates at the ends of its register's range.
+        return clamp_raw(spec, (float(value) - spec.offset) / spec.scale)
+
+    def update(self, values: Mapping[str, FieldValue]) -> None:
+        """Set several fields at once (one scenario step)."""
+        for name, value in values.items():
+            if name in self._specs:
+                self.set(name, value)
 
     def set(self, name: str, value: float | int | str | bool) -> None:
         """Set a field to an engineering value."""
-        spec = self.profile.field(name)
+        spec = self._specs.get(name) or self.profile.field(name)
         assert spec.address is not None
         raw = self._raw(spec, value)
         table = self.tables[spec.table]
@@ -69,8 +84,10 @@ class DeviceTables:
                     return None
             return [data.get(a, 0) for a in range(address, address + count)]
 
-    def write(self, table: str, address: int, values: list[int]) -> bool:
-        """A master writes registers/coils; only fields the profile marks writable."""
+    def write(self, table: str, address: int, values: list[int]) -> int:
+        """A master writes registers/coils. Returns 0 when accepted, else the Modbus
+        exception code a real device answers: 2 (ILLEGAL DATA ADDRESS) for a field the
+        profile does not mark writable, 3 (ILLEGAL DATA VALUE) outside its min..max."""
         writable = {
             spec.address + i
             for spec in self.profile.fields
@@ -78,18 +95,26 @@ class DeviceTables:
             for i in range(spec.registers)
         }
         if any(address + i not in writable for i in range(len(values))):
-            return False
+            return ILLEGAL_DATA_ADDRESS
         with self._lock:
+            staged = dict(self.tables[table])
             for i, v in enumerate(values):
-                self.tables[table][address + i] = int(v)
+                staged[address + i] = int(v)
+            decoded: dict[str, FieldValue] = {}
             for spec in self.profile.fields:
                 if spec.table == table and spec.address is not None and spec.address in range(
                     address, address + len(values)
                 ):
-                    words = [self.tables[table][spec.address + k] for k in range(spec.registers)]
+                    words = [staged.get(spec.address + k, 0) for k in range(spec.registers)]
                     raw = registers.decode(spec.type, words, spec.order_in(self.profile), bit=spec.bit)
                     if isinstance(raw, int | float) and not isinstance(raw, bool):
-                        self.values[spec.name] = raw * spec.scale + spec.offset
+                        value = raw * spec.scale + spec.offset
+                        if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
+                            return ILLEGAL_DATA_VALUE
+                        decoded[spec.name] = value
                     else:
-                        self.values[spec.name] = raw
-        return True
+                        decoded[spec.name] = raw
+            self.tables[table] = staged
+            self.values.update(decoded)
+            self.commands.update(decoded)
+        return 0

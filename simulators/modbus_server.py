@@ -43,7 +43,7 @@ class UnitsContext(ModbusServerContext):
             raise NoSuchIdException(f"unit {unit} does not answer")
         return dev
 
-    async def async_getValues(  # noqa: N802 (pymodbus name)
+    async def async_getValues(
         self, device_id: int, func_code: int, address: int, count: int = 1
     ) -> list[int] | list[bool] | ExcCodes:
         self.requests += 1
@@ -60,7 +60,7 @@ class UnitsContext(ModbusServerContext):
             return [bool(v) for v in values]
         return values
 
-    async def async_setValues(  # noqa: N802
+    async def async_setValues(
         self, device_id: int, func_code: int, address: int, values: Sequence[int] | Sequence[bool]
     ) -> ExcCodes | None:
         dev = self._device(device_id)
@@ -69,9 +69,8 @@ class UnitsContext(ModbusServerContext):
         table = _FC_TABLE.get(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
-        if not dev.write(table, address, [int(v) for v in values]):
-            return ExcCodes.ILLEGAL_ADDRESS
-        return None
+        code = dev.write(table, address, [int(v) for v in values])
+        return ExcCodes(code) if code else None
 
     def device_ids(self) -> list[int]:
         return list(self.units)

@@ -1,6 +1,7 @@
 """Minimal signal generation for a gateway's devices: nominal value plus seeded noise.
 
-(The scenario engine with incidents and faults builds on this; see simulators/README.md.)
+Used by `urbansense sim serve` (the demo). Scenarios with incidents and faults run on
+simulators/runner.py instead; see simulators/README.md.
 """
 
 from __future__ import annotations

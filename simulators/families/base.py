@@ -1,0 +1,76 @@
+"""What every family model shares: the device it simulates and its noise streams."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from simulators import noise
+from urbansense.config import Profile
+from urbansense.schema import FieldValue
+
+if TYPE_CHECKING:
+    from simulators.incidents import ActiveIncident
+
+Values = dict[str, FieldValue]
+
+
+@dataclass
+class DeviceContext:
+    """One simulated device: identity, profile, labels and the scenario seed."""
+
+    id: str
+    seed: int
+    profile: Profile
+    labels: dict[str, str] = field(default_factory=dict)
+    #: Values an operator wrote over Modbus (live mode), e.g. lamp_on; models honour them.
+    commands: dict[str, FieldValue] = field(default_factory=dict)
+
+    def key(self, stream: str) -> int:
+        return noise.stream_key(self.seed, self.id, stream)
+
+    def variation(self, name: str, low: float, high: float) -> float:
+        """A per-device constant in [low, high): sizes differ from device to device."""
+        return low + (high - low) * noise.uniform(self.key("const:" + name), 0)
+
+    def sim(self, field_name: str, hint: str, default: float) -> float:
+        """A numeric `sim:` hint of a profile field (nominal, noise, rated, ...)."""
+        for spec in self.profile.fields:
+            if spec.name == field_name:
+                value = spec.sim.get(hint, default)
+                return float(value)
+        return default
+
+
+class FamilyModel:
+    """Base class: subclasses implement `values`."""
+
+    def __init__(self, ctx: DeviceContext) -> None:
+        self.ctx = ctx
+
+    def values(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> Values:
+        """Engineering values at `t_ms`. `incidents` are those of this device that started
+        at or before t (ended ones too: counters keep what a leak passed)."""
+        raise NotImplementedError
+
+    def gauss(self, key: int, t_ms: int) -> float:
+        """Standard normal noise that changes once per event second."""
+        return noise.gauss(key, t_ms // 1000)
+
+
+class GenericDevice(FamilyModel):
+    """Profiles without a family model: each field's sim.nominal plus sim.noise."""
+
+    def __init__(self, ctx: DeviceContext) -> None:
+        super().__init__(ctx)
+        self._fields = [(s.name, float(s.sim["nominal"]), float(s.sim.get("noise", 0.0)), ctx.key(s.name))
+                        for s in ctx.profile.fields if "nominal" in s.sim]
+        self._fixed: Values = {s.name: s.sim["initial"] for s in ctx.profile.fields
+                               if "nominal" not in s.sim and "initial" in s.sim}
+
+    def values(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> Values:
+        out: Values = dict(self._fixed)
+        for name, nominal, sigma, key in self._fields:
+            out[name] = nominal + sigma * self.gauss(key, t_ms)
+        return out

@@ -1,0 +1,132 @@
+"""Elevator controller: trips between floors, as a pure function of event time.
+
+Time is cut into 90 s slots. In each slot the car makes a trip with a probability that
+follows building traffic (busy mornings and evenings, quiet nights), from where the last
+trip ended to a hashed destination floor; idle cars stay where they are (after 50 quiet
+slots they are parked at the lobby, floor 1). Within a trip slot (u = seconds into it):
+
+    0..4 s   doors open at the origin (boarding)
+    4..6 s   doors closing
+    6..6+T   moving at rated speed (T = 3 s + 1.7 s per floor)
+    +4 s     doors open at the destination, then idle
+
+Incidents: entrapment (car stops between floors with the doors shut: trapped_passenger,
+outside_door_zone, fault 12, until rescue), door open while moving (the car moves with
+the door open for `moving_s`, the safety gear stops it outside the door zone; the event
+stays latched with fault 5 until the incident ends, i.e. a technician resets it),
+elevator_fault (any other code of the profile's fault table, e.g. 13 overspeed or 1
+safety circuit open: the car is stopped and out of service until the end; codes 4, 10,
+11 and 13 leave it outside the door zone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from simulators import noise
+from simulators.daylight import local_hour
+from simulators.families.base import DeviceContext, FamilyModel, Values
+from simulators.incidents import ActiveIncident
+
+SLOT_MS = 90_000
+LOOKBACK_SLOTS = 50
+FLOOR_TIME_S = 1.7
+FAULT_TRAPPED = 12
+FAULT_DOOR_OPEN_MOVING = 5
+
+
+def traffic(hour: float) -> float:
+    """Probability that a 90 s slot has a trip."""
+    if 7.0 <= hour < 9.5 or 17.0 <= hour < 19.5:
+        return 0.85
+    if 6.0 <= hour < 23.0:
+        return 0.5
+    return 0.08
+
+
+class ElevatorController(FamilyModel):
+    def __init__(self, ctx: DeviceContext) -> None:
+        super().__init__(ctx)
+        self.floors = int(ctx.labels.get("floors", "18"))
+        self.rated = ctx.sim("speed_ms", "rated", 1.75)
+        self._trip = ctx.key("trip")
+        self._dest = ctx.key("dest")
+        self._load = ctx.key("load")
+
+    def _has_trip(self, slot: int) -> bool:
+        return noise.uniform(self._trip, slot) < traffic(local_hour(slot * SLOT_MS))
+
+    def _destination(self, slot: int) -> int:
+        return 1 + int(noise.uniform(self._dest, slot) * self.floors)
+
+    def floor_after(self, slot: int) -> int:
+        """Where the car is at the end of `slot`."""
+        for k in range(slot, slot - LOOKBACK_SLOTS, -1):
+            if self._has_trip(k):
+                return self._trip_floors(k)[1]
+        return 1
+
+    def _trip_floors(self, slot: int) -> tuple[int, int]:
+        dest = self._destination(slot)
+        # Origin: where the previous trip ended (bounded look-back, then the lobby).
+        origin = 1
+        for k in range(slot - 1, slot - LOOKBACK_SLOTS, -1):
+            if self._has_trip(k):
+                origin = self._destination(k)
+                break
+        if dest == origin:
+            dest = origin + 1 if origin < self.floors else origin - 1
+        return origin, dest
+
+    def normal(self, t_ms: int) -> Values:
+        slot, u_ms = divmod(t_ms, SLOT_MS)
+        u = u_ms / 1000.0
+        out: Values = {"running": False, "door_open": False, "trapped_passenger": False,
+                       "door_open_while_moving": False, "outside_door_zone": False,
+                       "direction": "idle", "floor": self.floor_after(slot - 1), "speed_ms": 0.0,
+                       "load_pct": 0, "fault_code": 0}
+        if not self._has_trip(slot):
+            return out
+        origin, dest = self._trip_floors(slot)
+        travel = 3.0 + FLOOR_TIME_S * abs(dest - origin)
+        load = int(10 + 70 * noise.uniform(self._load, slot))
+        if u < 4.0:
+            out.update(floor=origin, door_open=True, load_pct=load)
+        elif u < 6.0:
+            out.update(floor=origin, load_pct=load)
+        elif u < 6.0 + travel:
+            frac = (u - 6.0) / travel
+            out.update(running=True, direction="up" if dest > origin else "down",
+                       floor=round(origin + (dest - origin) * frac), load_pct=load,
+                       speed_ms=self.rated * min(1.0, 4 * frac, 4 * (1 - frac)) or 0.1)
+            out["outside_door_zone"] = abs(origin + (dest - origin) * frac - float(out["floor"])) > 0.1
+        elif u < 10.0 + travel:
+            out.update(floor=dest, door_open=True, load_pct=load)
+        else:
+            out.update(floor=dest)
+        return out
+
+    def values(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> Values:
+        for inc in incidents:
+            if not inc.active(t_ms):
+                continue
+            at_start = self.normal(inc.start_ms)
+            stopped: Values = {**at_start, "running": False, "direction": "idle", "speed_ms": 0.0,
+                               "outside_door_zone": True,
+                               "load_pct": max(20, int(at_start["load_pct"]))}
+            if inc.type == "elevator_entrapment":
+                return {**stopped, "door_open": False, "trapped_passenger": True,
+                        "fault_code": FAULT_TRAPPED}
+            if inc.type == "elevator_fault":
+                code = int(inc.p("code"))
+                return {**stopped, "door_open": False, "fault_code": code,
+                        "outside_door_zone": code in (4, 10, 11, 13)}
+            if inc.type == "door_open_while_moving":
+                moving = inc.elapsed_s(t_ms) < inc.p("moving_s")
+                if moving:
+                    return {**stopped, "running": True, "direction": "up", "speed_ms": 0.6,
+                            "door_open": True, "door_open_while_moving": True,
+                            "fault_code": FAULT_DOOR_OPEN_MOVING}
+                return {**stopped, "door_open": True, "door_open_while_moving": True,
+                        "fault_code": FAULT_DOOR_OPEN_MOVING}
+        return self.normal(t_ms)

@@ -1,0 +1,69 @@
+"""Road lighting: single-lamp controllers switched on at civil dusk and off at civil dawn
+for Shanghai, dimmed to 60 % between 00:00 and 05:00 local (a common energy-saving plan).
+
+Incidents: lamp_failure (lamp out while commanded on: no current, lamp_fault set),
+day_burning (lamp on in daylight), cable_theft (the whole circuit loses supply: voltage,
+current and power fall to zero, whatever the relay says).
+An operator's Modbus write to lamp_on / dim_level_pct overrides the schedule (live mode).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from simulators.daylight import dark_hours_until, is_dark, local_hour
+from simulators.families.base import DeviceContext, FamilyModel, Values
+from simulators.incidents import ActiveIncident
+
+POWER_FACTOR = 0.95
+STANDBY_W = 0.4
+
+
+class LampController(FamilyModel):
+    def __init__(self, ctx: DeviceContext) -> None:
+        super().__init__(ctx)
+        self.rated_w = ctx.sim("power_w", "rated", 150.0) * ctx.variation("rated", 0.97, 1.03)
+        self.hours0 = ctx.sim("burning_hours", "initial", 12000) * ctx.variation("age", 0.3, 1.6)
+        self._k = {n: ctx.key(n) for n in ("voltage", "power")}
+
+    def values(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> Values:
+        dark = is_dark(t_ms)
+        hour = local_hour(t_ms)
+        lamp_on = dark
+        dim = 60 if dark and hour < 5.0 else 100
+        failed = theft = False
+        for inc in incidents:
+            if not inc.active(t_ms):
+                continue
+            if inc.type == "day_burning":
+                lamp_on, dim = True, 100
+            elif inc.type == "lamp_failure":
+                failed = True
+            elif inc.type == "cable_theft":
+                theft = True
+        if "lamp_on" in self.ctx.commands:
+            lamp_on = bool(self.ctx.commands["lamp_on"])
+        if "dim_level_pct" in self.ctx.commands:
+            dim = int(self.ctx.commands["dim_level_pct"])
+        # Night-time supply voltage runs a little high (light network load).
+        voltage = 220.0 + (2.0 if dark else -1.0) + 0.8 * self.gauss(self._k["voltage"], t_ms) \
+            + 1.0 * math.sin(2 * math.pi * t_ms / 2_700_000)
+        if lamp_on and not failed:
+            power = self.rated_w * dim / 100.0 * (1.0 + 0.006 * self.gauss(self._k["power"], t_ms))
+        else:
+            power = STANDBY_W
+        if theft:
+            voltage = power = 0.0
+        current = power / (voltage * POWER_FACTOR) if voltage > 1.0 else 0.0
+        if failed and lamp_on and not theft:
+            current = power = 0.0
+        return {
+            "lamp_on": lamp_on,
+            "dim_level_pct": dim,
+            "voltage_v": voltage,
+            "current_a": current,
+            "power_w": power,
+            "lamp_fault": failed and lamp_on,
+            "burning_hours": int(self.hours0 + dark_hours_until(t_ms)),
+        }

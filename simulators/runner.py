@@ -1,0 +1,163 @@
+"""Live mode: every Modbus device of a scenario on real Modbus TCP, every air station on
+MQTT, all following the scenario clock.
+
+One process serves all devices: units on the same TCP port share one pymodbus server
+(simulators/modbus_server.py). Each tick (default twice a wall-clock second) the runner
+asks the world for every device's reading at the current event time and writes it into
+the device's registers, or makes the device silent / answer exceptions; air stations
+publish their JSON once per poll interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from simulators.device import DeviceTables
+from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer
+from simulators.scenario import Scenario
+from simulators.stations import malformed_payload, station_payload, station_topic
+from simulators.world import SimDevice, World
+from urbansense.clock import ScenarioClock
+from urbansense.config import ConfigError
+from urbansense.mqtt import MqttClient, MqttSettings
+
+log = logging.getLogger("urbansense.sim")
+
+
+@dataclass
+class RunStats:
+    ticks: int = 0
+    published: int = 0
+    malformed: int = 0
+    tick_seconds: float = 0.0
+    started_wall: float = field(default_factory=time.monotonic)
+
+
+class LiveSimulator:
+    def __init__(self, scenario: Scenario, seed: int, start_ms: int, mqtt_url: str | None = None,
+                 *, client_id: str | None = None, serve_stations: bool = True) -> None:
+        self.scenario = scenario
+        self.seed = seed
+        self.start_ms = start_ms
+        self.end_ms = start_ms + int(scenario.duration_s * 1000)
+        self.world: World = scenario.build_world(seed, start_ms)
+        self.tables: dict[str, DeviceTables] = {}
+        self.modbus_devices: list[SimDevice] = []
+        self.stations: list[SimDevice] = []
+        by_endpoint: dict[tuple[str, int], dict[int, DeviceTables]] = {}
+        problems: list[str] = []
+        for dev in self.world.devices.values():
+            if dev.is_mqtt:
+                if serve_stations:
+                    self.stations.append(dev)
+                continue
+            if dev.link.transport != "tcp":
+                log.warning("%s: link %s is %s; live mode serves Modbus TCP only, %s is not served",
+                            dev.gateway, dev.link.name, dev.link.transport, dev.id)
+                continue
+            tables = DeviceTables(dev.profile)
+            dev.ctx.commands = tables.commands  # operator writes reach the model
+            units = by_endpoint.setdefault((dev.link.host, dev.link.port), {})
+            if dev.spec.unit in units:
+                problems.append(f"{dev.gateway}: unit {dev.spec.unit} on {dev.link.host}:{dev.link.port} is "
+                                f"used twice (device {dev.id})\n  fix: give each device on a port its own unit id")
+            units[dev.spec.unit] = tables
+            self.tables[dev.id] = tables
+            self.modbus_devices.append(dev)
+        if problems:
+            raise ConfigError(problems)
+        self.endpoints = [ModbusEndpoint(host, port, units) for (host, port), units in by_endpoint.items()]
+        self.server = ThreadedModbusServer(self.endpoints)
+        self.mqtt: MqttClient | None = None
+        if self.stations:
+            if mqtt_url is None:
+                raise ConfigError([f"scenario {scenario.name} has {len(self.stations)} MQTT station(s) but no "
+                                   "broker\n  fix: pass --mqtt mqtt://host:port or set URBANSENSE_MQTT_URL"])
+            self.mqtt = MqttClient(MqttSettings.from_url(mqtt_url),
+                                   client_id=client_id or f"sim-{scenario.name}-{time.time_ns() % 10**9}")
+        self.poll_s = min((g.config.poll_interval_s for g in scenario.loaded), default=1.0)
+        self.stats = RunStats()
+        self._next_publish = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.step(self.start_ms)  # registers hold real values before the first poll
+        try:
+            self.server.start()
+        except OSError as exc:
+            self.server.stop()
+            raise RuntimeError(
+                f"cannot serve Modbus TCP: {exc.strerror or exc}; a port of this scenario is taken "
+                f"({', '.join(str(e.port) for e in self.endpoints)}); use --port-offset N") from None
+        if self.mqtt is not None:
+            self.mqtt.connect()
+
+    def stop(self) -> None:
+        self.server.stop()
+        if self.mqtt is not None:
+            self.mqtt.close()
+
+    @property
+    def ports(self) -> list[int]:
+        return [ep.port for ep in self.endpoints]
+
+    # ------------------------------------------------------------------ stepping
+    def step(self, t_ms: int) -> None:
+        """Bring every Modbus device's registers to event time t."""
+        t0 = time.perf_counter()
+        for dev in self.modbus_devices:
+            tables = self.tables[dev.id]
+            reading = dev.reading(t_ms)
+            tables.silent = reading.silent
+            tables.exception_code = reading.exception_code
+            if reading.values is not None:
+                tables.update(reading.values)
+        self.stats.ticks += 1
+        self.stats.tick_seconds += time.perf_counter() - t0
+
+    def publish_stations(self, t_ms: int) -> None:
+        if self.mqtt is None:
+            return
+        for dev in self.stations:
+            reading = dev.reading(t_ms)
+            if reading.silent:
+                continue
+            if reading.malformed:
+                payload = malformed_payload(dev.profile, dev.id, t_ms, dev.engineering(t_ms))
+                self.stats.malformed += 1
+            else:
+                assert reading.values is not None
+                payload = station_payload(dev.profile, t_ms, reading.values)
+            self.mqtt.publish(station_topic(dev.profile, dev.id), payload, qos=1)
+            self.stats.published += 1
+
+    def run(self, clock: ScenarioClock, *, stop: threading.Event | None = None, tick_s: float = 0.5,
+            wall_duration_s: float | None = None,
+            on_progress: Callable[[int], None] | None = None) -> None:
+        """Step until the scenario's event time is over (or the wall duration, or stop)."""
+        stop = stop or threading.Event()
+        wall_start = time.monotonic()
+        next_tick = wall_start
+        while not stop.is_set():
+            now_event = clock.now_ms()
+            if now_event >= self.end_ms:
+                break
+            if wall_duration_s is not None and time.monotonic() - wall_start >= wall_duration_s:
+                break
+            t = max(self.start_ms, now_event)
+            self.step(t)
+            if time.monotonic() >= self._next_publish:
+                self._next_publish = time.monotonic() + self.poll_s
+                self.publish_stations(t)
+            if on_progress is not None:
+                on_progress(t)
+            next_tick += tick_s
+            delay = next_tick - time.monotonic()
+            if delay < 0:  # overran: do not bunch up ticks
+                next_tick = time.monotonic()
+                delay = 0
+            stop.wait(delay)
