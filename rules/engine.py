@@ -315,9 +315,13 @@ class RulesEngine:
             "threshold": thr, "op": getattr(rule, "op", ""), "severity": severity,
             "eta_min": (eta_s / 60.0) if eta_s is not None and not math.isnan(eta_s) else math.nan,
         }
-        message = _message(rule, fields)
         if out is Change.RESOLVED:
-            message = f"Resolved: {message}"
+            # The firing template describes the breach ("below 0.2 MPa", "in about N min"),
+            # which no longer holds: say what the value is now instead.
+            now = f": {metric} now {val:g}" if metric and val is not None else ""
+            message = f"Resolved: {rule.id} at {device}{now}"
+        else:
+            message = _message(rule, fields)
         return [AlertEvent(id=alert_id, rule=rule.id, domain=rule.domain, severity=severity,
                            state="resolved" if out is Change.RESOLVED else "firing", district=district,
                            device=device, metric=metric, value=val, threshold=thr,

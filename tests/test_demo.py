@@ -41,7 +41,7 @@ def test_headless_json_demo_on_a_short_scenario(tmp_path: Path) -> None:
                              "--headless", "--json", "--keep"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=240)
-    stack = Stack(run_dir)
+    stack = Stack(run_dir / "demo")  # the demo keeps its stack in a folder of its own
     try:
         assert proc.returncode == 0, err[-3000:]
         summary = json.loads(out)

@@ -35,7 +35,7 @@ from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient, InfluxError
 from urbansense.mqtt import MqttClient, MqttSettings
 from urbansense.processes import ProcessGroup
-from urbansense.stack import Stack, free_port
+from urbansense.stack import Stack, default_run_dir, free_port
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scenario", default="pudong-incidents", help="scenario name or YAML (default pudong-incidents)")
     p.add_argument("--speed", type=float, help="event-time speed-up (default: the scenario's own, ~5 min run)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--poll", type=float, default=0.25, metavar="S",
-                   help="edge poll period in wall seconds (default 0.25)")
+    p.add_argument("--poll", type=float, default=0.1, metavar="S",
+                   help="edge poll period in wall seconds (default 0.1)")
     p.add_argument("--keep", action="store_true", help="leave the stack running afterwards for exploration")
     p.add_argument("--headless", action="store_true", help="no live view")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -97,7 +97,11 @@ def run_demo(args: argparse.Namespace) -> int:
     offset = _port_offset(tcp_ports) if tcp_ports else 0
     scenario = load_scenario(args.scenario, port_offset=offset)
 
-    stack = Stack()
+    # The demo's own stack, wiped at every start: no data or queued session of an earlier run
+    # can leak into this one.
+    stack = Stack(default_run_dir() / "demo")
+    stack.down()
+    shutil.rmtree(stack.run_dir, ignore_errors=True)
     try:
         summary = _run(args, console, stack, scenario, tcp_ports, offset)
     finally:
@@ -114,8 +118,7 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
                   f"{scenario.duration_s / 3600:.1f} h of city time at x{speed:g} = {wall_s / 60:.1f} min")
     for name, st in stack.up().items():
         console.print(f"  {name:10} {st.url}")
-    run_dir = stack.run_dir / "demo"
-    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir = stack.run_dir
     (run_dir / "gateways").mkdir(parents=True)
     truth_path = run_dir / "truth.jsonl"
     init = subprocess.run([sys.executable, "-m", "urbansense.cli", "ingest", "init", "--influx", stack.influx_url],
@@ -137,6 +140,10 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
         cfg = yaml.safe_load(path.read_text())
         cfg["poll_interval_s"] = max(args.poll, scenario.step_s / speed)
         cfg["batch"]["max_interval_s"] = 0.5
+        # A Modbus time-out of 1 s wall is `speed` seconds of city time: keep a dead device
+        # from holding up its link's healthy neighbours long enough to look silent.
+        for link in cfg["links"]:
+            link["timeout_s"] = min(float(link.get("timeout_s", 1.0)), 0.2)
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     state = DemoState(scenario.name, speed, start_ms, start_ms + int(scenario.duration_s * 1000))
@@ -149,9 +156,10 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     interrupted = False
     try:
         procs.start("ingest", "ingest", "run")
-        procs.start("rules", "rules", "run")
+        procs.start("rules", "rules", "run", "--gateways", str(run_dir / "gateways"))
         procs.start("sim", "sim", "run", "--scenario", str(scenario.path), "--speed", str(speed), "--seed",
-                    str(args.seed), "--truth", str(truth_path), "--port-offset", str(offset))
+                    str(args.seed), "--truth", str(truth_path), "--port-offset", str(offset),
+                    "--tick", str(min(0.1, args.poll / 2)))
         _wait_ports([p + offset for p in tcp_ports], procs)
         for path in gw_paths:
             procs.start(f"edge-{path.stem}", "edge", "run", "--config", str(path))
@@ -160,6 +168,8 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        # Alerts raised by the shutdown itself (gateways going offline) are not scored.
+        state.closed = True
         for name in [n for n in procs.procs if n.startswith("edge-")] + ["sim"]:
             procs.stop(name)
         ingested = _wait_ingested(influx, state, start_ms)
@@ -311,6 +321,7 @@ def _print_summary(console: Console, summary: dict[str, Any], stack: Stack, keep
     query = "SELECT * FROM alerts WHERE state = 'firing' ORDER BY time DESC LIMIT 5"
     query = "SELECT * FROM alerts WHERE state = 'firing' ORDER BY time DESC LIMIT 5"
     console.print(f'  curl -G {url}/query --data-urlencode db=city --data-urlencode "q={query}"')
+    console.print(f"  urbansense rules backtest --scenario {summary['scenario']:<16} # tune rules offline, with plots")
     console.print("  docker compose up                                          # the same with Grafana at :3000")
     if keep:
-        console.print("  urbansense stack down                                      # stop the stack when done")
+        console.print(f"  urbansense stack --run-dir {stack.run_dir} down   # stop the demo's stack when done")

@@ -49,6 +49,8 @@ class DemoState:
     event_now_ms: int = 0
     ingested: int = 0
     ingest_rate: float = 0.0
+    #: Set when the scenario is over: later alerts come from the shutdown and are not shown.
+    closed: bool = False
 
     def on_batch(self, batch: TelemetryBatch) -> None:
         with self.lock:
@@ -60,6 +62,8 @@ class DemoState:
 
     def on_alert(self, event: AlertEvent) -> None:
         with self.lock:
+            if self.closed:
+                return
             self.events.append(event)
             if event.state == "resolved":
                 self.alerts.pop(event.id, None)

@@ -33,7 +33,7 @@ def test_threshold_for_duration_and_hysteresis() -> None:
     # band does not fire, breach at 40 s with held 30 s >= 20 s fires; band at 70/80 holds; 0.23 resolves
     assert states(ev) == [("firing", "critical", 40), ("resolved", "critical", 100)]
     assert ev[0].id == "water.low:pudong:wp-1" and ev[0].started == T0 + 10_000
-    assert ev[1].message.startswith("Resolved")
+    assert ev[1].message == "Resolved: water.low at wp-1: pressure_mpa now 0.23"
 
 
 def test_missing_metric_neither_fires_nor_resolves() -> None:
