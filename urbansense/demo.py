@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
 
     # Event time: the scenario ends at the wall-clock end of the run (never ahead of it),
     # aligned to the scenario's local start time where it has one.
-    startup_s = 3.0
+    startup_s = 5.0
     now = int(time.time() * 1000)
     end_wall = now + int((startup_s + wall_s) * 1000)
     start_ms = scenario.default_start_ms(end_wall)
@@ -161,6 +161,9 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
                     str(args.seed), "--truth", str(truth_path), "--port-offset", str(offset),
                     "--tick", str(min(0.1, args.poll / 2)))
         _wait_ports([p + offset for p in tcp_ports], procs)
+        # Edges start when the scenario clock does: polls before it would read the frozen
+        # pre-start values, which the flat-line rules rightly call stuck.
+        time.sleep(max(0.0, clock.wall_s_for(start_ms) - time.time()))
         for path in gw_paths:
             procs.start(f"edge-{path.stem}", "edge", "run", "--config", str(path))
         console.print(f"  {len(procs.procs)} processes started; logs in {procs.log_dir}\n")

@@ -21,8 +21,11 @@ class ProcessGroup:
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         """Start `urbansense <args>` as a child process; output goes to <log_dir>/<name>.log."""
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
+        # Own session: a Ctrl-C in the terminal reaches only the orchestrator, which then
+        # stops the children in order (edges first, ingester last) so nothing is lost.
         proc = subprocess.Popen([sys.executable, "-m", "urbansense.cli", *args], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+                                start_new_session=True)
         log.close()
         self.procs[name] = proc
         return proc
