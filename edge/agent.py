@@ -1,195 +1,228 @@
-"""The edge agent: one per gateway. Polls every device on its schedule, decodes the
-readings through the device profile, and publishes telemetry batches at QoS 1."""
+"""The edge agent: one per gateway. Polls every Modbus link and listens to every local
+MQTT link, logs each sample, and forwards telemetry batches at QoS 1 (see
+store_and_forward.py); answers commands, and reports on itself."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException
-
-from edge.decoding import decode_read
-from edge.planner import ReadRequest, plan_reads
+from edge import commands
+from edge.link import ModbusLink
+from edge.mqtt_input import MqttInputLink
+from edge.store_and_forward import StoreAndForward
+from edge.telemetry import SelfTelemetry
+from edge.wal import WriteAheadLog
 from urbansense import __version__, codec, topics
 from urbansense.clock import now_ms
-from urbansense.config import DeviceSpec, LinkSpec, LoadedGateway, Profile
-from urbansense.mqtt import MqttClient, MqttSettings, Will
-from urbansense.schema import FieldValue, GatewayStatus, Sample, TelemetryBatch
+from urbansense.config import LoadedGateway
+from urbansense.mqtt import Message, MqttClient, MqttSettings, Will
+from urbansense.schema import GatewayStatus, Sample
+from urbansense.stack import default_run_dir
 
 log = logging.getLogger("urbansense.edge")
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
-@dataclass
-class DeviceState:
-    spec: DeviceSpec
-    profile: Profile
-    plan: list[ReadRequest]
-    ok: bool = True
-    last_error: str = ""
-    polls: int = 0
-    failures: int = 0
+def uplink_settings(gateway: LoadedGateway) -> MqttSettings:
+    """The config's uplink, with credentials and TLS files from the environment."""
+    up = gateway.config.uplink
+    return MqttSettings(host=up.host, port=up.port, tls=up.tls, ca_file=up.ca_file,
+                        keepalive_s=up.keepalive_s).apply_env()
 
 
-@dataclass
-class Batcher:
-    """Collects samples and hands out batches with an increasing per-gateway seq."""
-
-    gateway: str
-    district: str
-    max_samples: int
-    seq: int = 0
-    pending: list[Sample] = field(default_factory=list)
-
-    def add(self, sample: Sample) -> bool:
-        self.pending.append(sample)
-        return len(self.pending) >= self.max_samples
-
-    def take(self) -> TelemetryBatch | None:
-        if not self.pending:
-            return None
-        samples, self.pending = self.pending[: self.max_samples], self.pending[self.max_samples :]
-        self.seq += 1
-        return TelemetryBatch(gw=self.gateway, district=self.district, seq=self.seq, sent=now_ms(),
-                              samples=samples)
+def wal_path(gateway: LoadedGateway) -> Path:
+    cfg = gateway.config
+    if cfg.wal.path:
+        path = Path(cfg.wal.path)
+        return path if path.is_absolute() else (gateway.path.parent / path).resolve()
+    return default_run_dir() / "edge" / f"{cfg.district}-{cfg.gateway}.wal"
 
 
 class EdgeAgent:
-    def __init__(self, gateway: LoadedGateway, mqtt: MqttSettings) -> None:
+    def __init__(self, gateway: LoadedGateway, mqtt: MqttSettings | None = None, *,
+                 wal_file: Path | None = None) -> None:
         self.gateway = gateway
-        cfg = gateway.config
-        self.cfg = cfg
-        self.telemetry_topic = topics.telemetry(cfg.district, cfg.gateway)
+        cfg = self.cfg = gateway.config
+        self.telemetry = SelfTelemetry(cfg.gateway)
         self.status_topic = topics.status(cfg.district, cfg.gateway)
-        self.batcher = Batcher(cfg.gateway, cfg.district, cfg.batch.max_samples)
-        self.devices: dict[str, DeviceState] = {}
-        for _link, dev in cfg.devices():
-            profile = gateway.profiles[dev.profile]
-            self.devices[dev.id] = DeviceState(dev, profile, plan_reads(profile.fields))
-        will = Will(self.status_topic, codec.encode_status(GatewayStatus(state="offline", t=now_ms())))
-        self.mqtt = MqttClient(mqtt, client_id=f"edge-{cfg.district}-{cfg.gateway}", clean_start=False,
-                               session_expiry_s=3600, will=will, on_connect=self._birth)
+        self.cmd_topic = topics.command(cfg.district, cfg.gateway)
+        self.result_topic = topics.command_result(cfg.district, cfg.gateway)
+        self.wal = WriteAheadLog(wal_file or wal_path(gateway), max_bytes=cfg.wal.max_bytes, sync=cfg.wal.sync)
+        up = cfg.uplink
+        will = Will(self.status_topic, codec.encode_status(GatewayStatus(state="offline", t=now_ms(),
+                                                                         version=__version__)))
+        self.mqtt = MqttClient(
+            mqtt or uplink_settings(gateway), client_id=up.client_id or f"edge-{cfg.district}-{cfg.gateway}",
+            clean_start=False, session_expiry_s=up.session_expiry_s, will=will,
+            on_publish_ack=lambda mid: self.forwarder.on_puback(mid),
+            on_connect=self._on_connect, on_disconnect=lambda why: self.forwarder.on_disconnect(why),
+            reconnect_min_s=up.reconnect_min_s, reconnect_max_s=up.reconnect_max_s,
+        )
+        self.forwarder = StoreAndForward(
+            self.wal, self.mqtt, topics.telemetry(cfg.district, cfg.gateway), gateway=cfg.gateway,
+            district=cfg.district, batch=cfg.batch, wal_spec=cfg.wal, telemetry=self.telemetry)
+        self.links: dict[str, ModbusLink] = {}
+        self.mqtt_links: dict[str, MqttInputLink] = {}
+        for link in cfg.links:
+            if not link.devices:
+                continue
+            if link.transport == "mqtt":
+                self.mqtt_links[link.name] = MqttInputLink(link, gateway.profiles, gateway=cfg.gateway,
+                                                           sink=self.emit, telemetry=self.telemetry)
+            else:
+                self.links[link.name] = ModbusLink(link, gateway.profiles, default_interval_s=cfg.poll_interval_s,
+                                                   polling=cfg.polling, sink=self.emit, telemetry=self.telemetry)
         self._stop = asyncio.Event()
-        self._flush_now = asyncio.Event()
+        self._commands: set[asyncio.Future[dict[str, Any]]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = time.monotonic()
+
+    # ------------------------------------------------------------------ samples
+    def emit(self, sample: Sample) -> None:
+        self.forwarder.add(sample)
 
     # ------------------------------------------------------------------ status
-    def _status(self, state: str = "online") -> GatewayStatus:
-        return GatewayStatus(
-            state=state, t=now_ms(), version=__version__,
-            devices={d: ("ok" if s.ok else "fail") for d, s in self.devices.items()},
-            stats={"reconnects": float(max(0, self.mqtt.stats.connects - 1))},
-        )
+    def device_states(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for link in self.links.values():
+            out.update({d: "fail" if s.ok is False else "ok" for d, s in link.devices.items()})
+        for mlink in self.mqtt_links.values():
+            out.update({d: "fail" if s.ok is False else "ok" for d, s in mlink.devices.items()})
+        return out
+
+    def stats(self) -> dict[str, float]:
+        st = self.mqtt.stats
+        out = {
+            "wal_depth": float(self.wal.depth),
+            "wal_bytes": float(self.wal.bytes),
+            "wal_dropped": float(self.wal.dropped),
+            "reconnects": float(max(0, st.connects - 1)),
+            "inflight_batches": float(self.forwarder.inflight_batches),
+            "published_batches": float(self.forwarder.published_batches),
+            "replayed_samples": float(self.forwarder.replayed_samples),
+            "seq": float(self.forwarder.seq),
+            "uptime_s": round(time.monotonic() - self._started, 1),
+        }
+        out.update(self.telemetry.summary())
+        return out
+
+    def status(self, state: str = "online") -> GatewayStatus:
+        return GatewayStatus(state=state, t=now_ms(), version=__version__, devices=self.device_states(),
+                             stats=self.stats())
+
+    def _publish_status(self, state: str = "online") -> None:
+        self.mqtt.publish(self.status_topic, codec.encode_status(self.status(state)), qos=1, retain=True)
+
+    def _on_connect(self) -> None:  # network thread
+        self.forwarder.on_connect()
+        if self._loop is not None:
+            # the retained birth message; built on the loop, which owns the stats
+            self._loop.call_soon_threadsafe(self._birth)
+        else:
+            self._publish_status()
 
     def _birth(self) -> None:
-        self.mqtt.publish(self.status_topic, codec.encode_status(self._status()), qos=1, retain=True)
+        if self.mqtt.connected:
+            self._publish_status()
+        self.forwarder.wake()
+
+    def _update_gauges(self) -> None:
+        t = self.telemetry
+        t.wal_depth.set(self.wal.depth)
+        t.wal_bytes.set(self.wal.bytes)
+        t.wal_dropped.set(self.wal.dropped)
+        t.reconnects.set(max(0, self.mqtt.stats.connects - 1))
+        t.connected.set(1 if self.mqtt.connected else 0)
+
+    async def _status_loop(self) -> None:
+        interval = self.cfg.polling.status_interval_s
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, interval))
+            self._update_gauges()
+            if time.monotonic() - last >= interval:
+                last = time.monotonic()
+                if self.mqtt.connected:
+                    self._publish_status()
+
+    # ------------------------------------------------------------------ commands
+    def _on_command(self, msg: Message) -> None:  # network thread
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._start_command, bytes(msg.payload))
+
+    def _start_command(self, payload: bytes) -> None:
+        task = asyncio.ensure_future(self.handle_command(payload))
+        self._commands.add(task)  # keep a reference until done
+        task.add_done_callback(self._commands.discard)
+
+    async def handle_command(self, payload: bytes) -> dict[str, Any]:
+        try:
+            command = commands.parse_command(payload)
+            prepared = commands.prepare(command, self.links, {d for m in self.mqtt_links.values() for d in m.devices})
+        except commands.CommandRefused as exc:
+            result = commands.refusal(payload, str(exc))
+        else:
+            try:
+                result = await commands.execute(prepared)
+            except Exception as exc:  # a bug must still get an answer to the operator
+                log.exception("command %s failed", command.id)
+                result = commands.refusal(payload, f"internal error in the edge agent: {exc}")
+            result["t"] = now_ms()
+        outcome = "ok" if result["ok"] else "refused"
+        self.telemetry.command(outcome)
+        log.info("command %s: %s %s=%r -> %s%s", result.get("id", ""), result.get("dev", "?"),
+                 result.get("field", "?"), result.get("value"), outcome,
+                 f" ({result['reason']})" if not result["ok"] else "")
+        self.mqtt.publish(self.result_topic, codec.dumps(result), qos=1)
+        return result
 
     # ------------------------------------------------------------------ run
     async def run(self, duration_s: float | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.cfg.metrics.port:
+            self.telemetry.serve(self.cfg.metrics.host, self.cfg.metrics.port)
+        self.mqtt.subscribe(self.cmd_topic, self._on_command, qos=1)
         self.mqtt.connect(wait=False)
-        tasks = [asyncio.create_task(self._poll_link(link)) for link in self.cfg.links if link.devices]
-        tasks.append(asyncio.create_task(self._flusher()))
+        tasks = [asyncio.create_task(link.run(), name=f"link-{name}") for name, link in self.links.items()]
+        tasks += [asyncio.create_task(m.run(), name=f"mqtt-{name}") for name, m in self.mqtt_links.items()]
+        tasks.append(asyncio.create_task(self.forwarder.run(), name="store-and-forward"))
+        tasks.append(asyncio.create_task(self._status_loop(), name="status"))
+        log.info("edge agent %s/%s: %d Modbus link(s), %d MQTT link(s), %d device(s); log %s",
+                 self.cfg.district, self.cfg.gateway, len(self.links), len(self.mqtt_links),
+                 len(self.device_states()), self.wal.path)
         try:
             if duration_s is None:
                 await self._stop.wait()
             else:
-                await asyncio.wait_for(self._stop.wait(), duration_s)
-        except TimeoutError:
-            pass
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), duration_s)
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._publish_pending()
-            self.mqtt.publish(self.status_topic, codec.encode_status(self._status("offline")), retain=True)
-            await asyncio.sleep(0.2)
+            await self._drain(2.0)
+            if self.mqtt.connected:
+                self._publish_status("offline")
+                await asyncio.sleep(0.2)
             self.mqtt.close()
+            self.wal.close()
+
+    async def _drain(self, timeout_s: float) -> None:
+        """On a clean stop, give queued samples a short chance to be acknowledged; what is
+        not stays in the log for the next start."""
+        self.forwarder.tick(flush_live=True)
+        deadline = time.monotonic() + timeout_s
+        while self.mqtt.connected and time.monotonic() < deadline and (
+                self.forwarder.inflight_batches or self.forwarder.pending_samples):
+            await asyncio.sleep(0.05)
+            self.forwarder.tick(flush_live=True)
+        self.forwarder.flush()
+        self.forwarder.tick()
 
     def stop(self) -> None:
         self._stop.set()
-
-    async def _flusher(self) -> None:
-        interval = self.cfg.batch.max_interval_s
-        while True:
-            try:
-                await asyncio.wait_for(self._flush_now.wait(), interval)
-            except TimeoutError:
-                pass
-            self._flush_now.clear()
-            self._publish_pending()
-
-    def _publish_pending(self) -> None:
-        while (batch := self.batcher.take()) is not None:
-            self.mqtt.publish(self.telemetry_topic, codec.encode_batch(batch), qos=1)
-
-    def _emit(self, sample: Sample) -> None:
-        if self.batcher.add(sample):
-            self._flush_now.set()
-
-    async def _poll_link(self, link: LinkSpec) -> None:
-        """Poll every device on one link in turn; the link's one connection is the
-        transaction queue. An error on a device never ends this task."""
-        client = AsyncModbusTcpClient(link.host, port=link.port, timeout=link.timeout_s, retries=0,
-                                      reconnect_delay=0.5, reconnect_delay_max=10)
-        interval = self.cfg.poll_interval_s
-        start = time.monotonic()
-        cycle = 0
-        try:
-            while True:
-                for dev in link.devices:
-                    state = self.devices[dev.id]
-                    self._emit(await self._poll_device(client, link, state))
-                cycle += 1
-                next_at = start + cycle * interval
-                delay = next_at - time.monotonic()
-                if delay < 0:  # overran: skip missed cycles rather than bunching polls
-                    cycle += int(-delay // interval) + 1
-                    delay = start + cycle * interval - time.monotonic()
-                await asyncio.sleep(delay)
-        finally:
-            client.close()
-
-    async def _poll_device(self, client: AsyncModbusTcpClient, link: LinkSpec, state: DeviceState) -> Sample:
-        state.polls += 1
-        fields: dict[str, FieldValue] = {}
-        try:
-            if not client.connected:
-                await client.connect()
-                if not client.connected:
-                    raise ConnectionError(f"cannot connect to {link.host}:{link.port}")
-            for req in state.plan:
-                data = await self._read(client, req, state.spec.unit)
-                fields.update(decode_read(req, state.profile, data))
-        except (ModbusException, ConnectionError, OSError, TimeoutError) as exc:
-            state.failures += 1
-            state.ok = False
-            state.last_error = _reason(exc)
-            return Sample(dev=state.spec.id, m=state.profile.measurement, t=now_ms(), f={}, q="bad",
-                          err=state.last_error)
-        state.ok = True
-        return Sample(dev=state.spec.id, m=state.profile.measurement, t=now_ms(), f=fields)
-
-    @staticmethod
-    async def _read(client: AsyncModbusTcpClient, req: ReadRequest, unit: int) -> list[int]:
-        if req.table == "holding":
-            rr = await client.read_holding_registers(req.address, count=req.count, device_id=unit)
-        elif req.table == "input":
-            rr = await client.read_input_registers(req.address, count=req.count, device_id=unit)
-        elif req.table == "coil":
-            rr = await client.read_coils(req.address, count=req.count, device_id=unit)
-        else:
-            rr = await client.read_discrete_inputs(req.address, count=req.count, device_id=unit)
-        if rr.isError():
-            raise ModbusException(f"exception code {getattr(rr, 'exception_code', '?')}")
-        if req.table in ("coil", "discrete"):
-            return [int(b) for b in rr.bits[: req.count]]
-        return list(rr.registers)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    if "No response" in text or isinstance(exc, TimeoutError):
-        return "timeout"
-    return text[:200]

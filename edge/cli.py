@@ -1,36 +1,60 @@
-"""`urbansense edge ...`"""
+"""`urbansense edge run | check | probe`"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import sys
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     p = sub.add_parser("edge", help="edge agent: poll devices, forward telemetry")
     esub = p.add_subparsers(dest="edge_cmd", required=True)
     run = esub.add_parser("run", help="run the agent for one gateway config")
     run.add_argument("--config", required=True, help="gateway config YAML (firmware-configs/gateways/...)")
-    run.add_argument("--mqtt", help="uplink broker URL (default: env URBANSENSE_MQTT_URL, the local stack)")
+    run.add_argument("--mqtt", help="uplink broker URL (default: env URBANSENSE_MQTT_URL, else the "
+                                    "config's uplink)")
+    run.add_argument("--wal", help="store-and-forward log file (default: the config's wal.path, else "
+                                   "<run dir>/edge/<district>-<gateway>.wal)")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=_run)
+
     check = esub.add_parser("check", help="validate a gateway config and its profiles")
     check.add_argument("--config", required=True)
     check.set_defaults(func=_check)
 
+    probe = esub.add_parser("probe", help="read raw registers and print them decoded in every type and "
+                                          "byte/word order")
+    probe.add_argument("--host", help="Modbus TCP host")
+    probe.add_argument("--port", type=int, default=502, help="Modbus TCP port (default 502)")
+    probe.add_argument("--serial", metavar="DEVICE", help="serial port for Modbus RTU instead of TCP")
+    probe.add_argument("--baudrate", type=int, default=9600)
+    probe.add_argument("--parity", default="N", choices=["N", "E", "O"])
+    probe.add_argument("--unit", type=int, default=1, help="unit id (slave address)")
+    probe.add_argument("--address", type=int, required=True, help="0-based protocol address")
+    probe.add_argument("--count", type=int, default=4, help="registers to read (1..125)")
+    probe.add_argument("--table", default="holding", choices=["holding", "input", "coil", "discrete"])
+    probe.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
+    probe.set_defaults(func=_probe)
+
 
 def _run(args: argparse.Namespace) -> int:
-    from edge.agent import EdgeAgent
+    from pathlib import Path
+
+    from edge.agent import EdgeAgent, uplink_settings
     from urbansense.config import load_gateway
     from urbansense.mqtt import MqttSettings
-    from urbansense.stack import default_urls
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s edge %(levelname)s %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s edge %(levelname)s %(message)s")
     gateway = load_gateway(args.config)
-    url = args.mqtt or default_urls()[0]
-    agent = EdgeAgent(gateway, MqttSettings.from_url(url))
+    url = args.mqtt or os.environ.get("URBANSENSE_MQTT_URL")
+    settings = MqttSettings.from_url(url, keepalive_s=gateway.config.uplink.keepalive_s) if url \
+        else uplink_settings(gateway)
+    agent = EdgeAgent(gateway, settings, wal_file=Path(args.wal) if args.wal else None)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -43,10 +67,54 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from urbansense.config import load_gateway
+    from edge.check import check
 
-    loaded = load_gateway(args.config)
-    n = sum(len(link.devices) for link in loaded.config.links)
-    print(f"{args.config}: ok - gateway {loaded.config.gateway} in {loaded.config.district}, "
-          f"{len(loaded.config.links)} link(s), {n} device(s), profiles: {', '.join(sorted(loaded.profiles))}")
+    report = check(args.config)
+    for line in report.problems:
+        print(f"error: {line}", file=sys.stderr)
+    for line in report.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if report.problems:
+        print(f"{args.config}: {len(report.problems)} problem(s)", file=sys.stderr)
+        return 2
+    print(f"{args.config}: ok")
+    for line in report.summary:
+        print(f"  {line}")
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from edge.modbus_pdu import ModbusExceptionResponse, ModbusLinkError, ModbusProtocolError, ModbusTimeout
+    from edge.modbus_transport import ModbusMaster, RtuMaster, TcpMaster
+    from edge.probe import read_raw, render
+
+    limit = 2000 if args.table in ("coil", "discrete") else 125
+    if not 1 <= args.count <= limit:
+        print(f"error: --count must be 1..{limit} for {args.table}", file=sys.stderr)
+        return 2
+    master: ModbusMaster
+    if args.serial:
+        master = RtuMaster(args.serial, baudrate=args.baudrate, parity=args.parity)
+        where = f"{args.serial} at {args.baudrate} baud"
+    elif args.host:
+        master = TcpMaster(args.host, args.port, connect_timeout_s=args.timeout)
+        where = f"{args.host}:{args.port}"
+    else:
+        print("error: give --host H [--port P] for Modbus TCP or --serial /dev/ttyX for RTU", file=sys.stderr)
+        return 2
+    try:
+        words = asyncio.run(read_raw(master, args.unit, args.table, args.address, args.count, args.timeout))
+    except ModbusTimeout:
+        print(f"error: unit {args.unit} at {where} did not answer within {args.timeout:g} s; check the unit id, "
+              "wiring/baud rate, or raise --timeout", file=sys.stderr)
+        return 1
+    except ModbusExceptionResponse as exc:
+        hint = " (the range includes an unmapped register; try a smaller --count)" if exc.code == 2 else ""
+        print(f"error: unit {args.unit} at {where} answered {exc}{hint}", file=sys.stderr)
+        return 1
+    except (ModbusLinkError, ModbusProtocolError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"unit {args.unit} at {where}")
+    print(render(args.address, words, args.table))
     return 0

@@ -28,3 +28,31 @@ def decode_read(request: ReadRequest, profile: Profile, data: Sequence[int]) -> 
         start = spec.address - request.address
         out[spec.name] = field_value(spec, profile, data[start : start + spec.registers])
     return out
+
+
+class WriteRefused(ValueError):
+    """A command value that cannot be written to this field."""
+
+
+def encode_write(spec: FieldSpec, profile: Profile, value: FieldValue) -> list[int]:
+    """Engineering value -> raw words (or [0/1] for a coil) as the profile lays it out."""
+    if spec.type in ("bit", "bool"):
+        if spec.table == "holding":
+            raise WriteRefused(f"{spec.name} is a bit inside a register; write the whole register instead")
+        if isinstance(value, bool) or value in (0, 1):
+            return [int(bool(value))]
+        raise WriteRefused(f"{spec.name} is an on/off coil; send true or false, not {value!r}")
+    if spec.type == "string":
+        return registers.encode("string", str(value), spec.order_in(profile), length=spec.length)
+    if spec.enum is not None and isinstance(value, str):
+        reverse = {name: code for code, name in spec.enum.items()}
+        if value not in reverse:
+            raise WriteRefused(f"{spec.name} accepts {', '.join(reverse)}; not {value!r}")
+        value = reverse[value]
+    if isinstance(value, bool | str):
+        raise WriteRefused(f"{spec.name} takes a number, not {value!r}")
+    raw = (float(value) - spec.offset) / spec.scale
+    try:
+        return registers.encode(spec.type, raw, spec.order_in(profile), length=spec.length)
+    except registers.RegisterCodecError as exc:
+        raise WriteRefused(str(exc)) from None

@@ -48,3 +48,15 @@ def plan_reads(fields: list[FieldSpec], *, max_gap: int = 10, max_registers: int
             current = ReadRequest(table, f.address, f.registers, [f])
             requests.append(current)
     return requests
+
+
+def split_per_field(request: ReadRequest) -> list[ReadRequest]:
+    """The fallback for a device that refuses a merged read ("illegal data address",
+    typically because the gap holds unmapped registers): one read per field."""
+    return [ReadRequest(request.table, f.address, f.registers, [f])
+            for f in request.fields if f.address is not None]
+
+
+def requests_per_field(fields: list[FieldSpec]) -> int:
+    """What a one-request-per-field poller would send (the baseline we beat)."""
+    return sum(1 for f in fields if f.address is not None)

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Installs what `make demo` and `make test` need when it is missing:
-#   Debian packages mosquitto + influxdb (+ mbpoll for the Modbus interop test),
+#   Debian packages mosquitto + influxdb (+ mbpoll for the Modbus interop test, socat for the
+#   edge agent's Modbus RTU test over a pseudo-terminal pair),
 #   a Python >= 3.11 virtualenv in .venv, and this package with its dev extras.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto influxdb mbpoll)
+APT_PACKAGES=(mosquitto influxdb mbpoll socat)
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 command -v mbpoll >/dev/null 2>&1 || missing+=(mbpoll)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
     echo "bootstrap: installing Debian packages: ${missing[*]}"

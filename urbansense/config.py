@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from urbansense.identifiers import ID_PATTERN, METRIC_PATTERN, MEASUREMENTS
+from urbansense.identifiers import ID_PATTERN, MEASUREMENTS, METRIC_PATTERN
 from urbansense.registers import RegisterType, register_count
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -198,6 +198,13 @@ class UplinkSpec(_Model):
     tls: bool = False
     ca_file: str | None = None
     keepalive_s: int = Field(default=30, ge=5)
+    #: MQTT 5 session expiry: the broker keeps the session this long across a drop.
+    session_expiry_s: int = Field(default=3600, ge=0)
+    #: Reconnect back-off: starts at the minimum, doubles, capped, with jitter.
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    #: Default: edge-{district}-{gateway}; must be stable so the session survives restarts.
+    client_id: str | None = None
 
 
 class BatchSpec(_Model):
@@ -209,6 +216,31 @@ class WalSpec(_Model):
     path: str | None = None
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     replay_rate_per_s: float = Field(default=2000, gt=0)
+    #: New samples are committed to the log at least this often (group commit).
+    commit_interval_s: float = Field(default=0.1, gt=0, le=5)
+    #: full: fsync every commit (survives power loss); normal: survives a killed process.
+    sync: Literal["normal", "full"] = "normal"
+    #: Telemetry batches awaiting PUBACK at once (flow control towards the broker).
+    max_inflight_batches: int = Field(default=20, ge=1, le=1000)
+
+
+class PollingSpec(_Model):
+    """How the agent treats devices: read merging, fault back-off, status reporting."""
+
+    #: Unused registers that may be read and discarded to merge two reads into one.
+    max_gap: int = Field(default=10, ge=0, le=125)
+    #: A failing device is retried after backoff_min_s, doubling up to backoff_max_s.
+    backoff_min_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+    #: The retained status message (self-telemetry) is refreshed this often.
+    status_interval_s: float = Field(default=30.0, gt=0)
+
+
+class MetricsSpec(_Model):
+    """Prometheus metrics endpoint; off unless a port is set."""
+
+    port: int | None = Field(default=None, ge=1, le=65535)
+    host: str = "127.0.0.1"
 
 
 class GatewayConfig(_Model):
@@ -218,6 +250,8 @@ class GatewayConfig(_Model):
     uplink: UplinkSpec = Field(default_factory=UplinkSpec)
     batch: BatchSpec = Field(default_factory=BatchSpec)
     wal: WalSpec = Field(default_factory=WalSpec)
+    polling: PollingSpec = Field(default_factory=PollingSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     #: Where profiles live, relative to this file.
     profiles_dir: str = "../profiles"
     links: list[LinkSpec] = Field(min_length=1)

@@ -108,3 +108,32 @@ def encode(dtype: str, value: int | float | str | bool, order: str = "ABCD", *, 
         except struct.error as exc:
             raise RegisterCodecError(f"{value!r} does not fit in {dtype}: {exc}") from None
     return [struct.unpack(">H", w)[0] for w in _reorder(_to_words(raw), order)]
+
+
+#: Types `decode_every_way` tries, narrowest first (the probe tool's rows).
+PROBE_TYPES = ("int16", "uint16", "int32", "uint32", "float32", "int64", "uint64", "float64")
+
+
+def decode_every_way(registers: Sequence[int]) -> dict[str, dict[str, int | float | str]]:
+    """Every numeric type that fits at the start of `registers`, in every byte/word order:
+    {type: {order: value}}. What you look at when a datasheet's word order is wrong;
+    a plausible value in one column names the order to put in the profile."""
+    out: dict[str, dict[str, int | float | str]] = {}
+    for dtype in PROBE_TYPES:
+        need = WORDS[dtype]
+        if len(registers) < need:
+            continue
+        row: dict[str, int | float | str] = {}
+        for order in ORDER_ALIASES:
+            value = decode(dtype, registers[:need], order)
+            assert not isinstance(value, bool)
+            row[order] = value
+        out[dtype] = row
+    if registers:
+        row = {}
+        for order in ("ABCD", "BADC"):
+            value = decode("string", registers, order)
+            assert isinstance(value, str)
+            row[order] = value
+        out["string"] = row
+    return out

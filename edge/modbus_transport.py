@@ -1,0 +1,226 @@
+"""Modbus masters for the two physical links: TCP (MBAP framing) and RTU (serial, CRC).
+
+Why our own and not pymodbus's client: the agent needs a timeout per device on a shared
+connection, must drop a late answer instead of pairing it with the next request, and
+must never close the shared connection because one unit is silent (pymodbus closes it
+after a few timeouts, which stalls every other device on the endpoint). Both masters
+are small; the simulators keep using pymodbus on the server side, so every test is an
+interoperability test against an independent implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import threading
+import time
+from typing import Protocol
+
+from edge.modbus_pdu import (
+    ModbusLinkError,
+    ModbusProtocolError,
+    ModbusTimeout,
+    Request,
+    expected_length,
+)
+
+
+class ModbusMaster(Protocol):
+    requests: int
+
+    async def transact(self, request: Request, timeout_s: float) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- TCP
+
+#: Timeouts in a row, with no unit on the endpoint answering in between, after which the
+#: TCP connection is replaced. A single silent unit never triggers it while others answer.
+RECONNECT_AFTER_TIMEOUTS = 3
+
+
+class _MbapProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, asyncio.Future[bytes]] = {}
+        self.buffer = b""
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 7:
+            tid, _proto, length = struct.unpack(">HHH", self.buffer[:6])
+            if len(self.buffer) < 6 + length:
+                return
+            frame, self.buffer = self.buffer[6 : 6 + length], self.buffer[6 + length :]
+            fut = self.pending.pop(tid, None)
+            # A late answer to a request that already timed out has no future: dropped.
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(ModbusLinkError(f"connection closed: {exc or 'by peer'}"))
+        self.pending.clear()
+
+
+class TcpMaster:
+    """One TCP connection per endpoint, shared by every unit id behind it."""
+
+    def __init__(self, host: str, port: int, connect_timeout_s: float = 3.0) -> None:
+        self.host = host
+        self.port = port
+        self.connect_timeout_s = connect_timeout_s
+        self.requests = 0
+        self._protocol: _MbapProtocol | None = None
+        self._tid = 0
+        self._timeouts = 0  # in a row, across all units: one healthy answer resets it
+
+    async def _connection(self) -> _MbapProtocol:
+        proto = self._protocol
+        if proto is not None and not proto.lost:
+            return proto
+        loop = asyncio.get_running_loop()
+        try:
+            _transport, fresh = await asyncio.wait_for(
+                loop.create_connection(_MbapProtocol, self.host, self.port), self.connect_timeout_s)
+        except (TimeoutError, OSError) as exc:
+            why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            raise ModbusLinkError(f"cannot connect to {self.host}:{self.port}: {why}") from None
+        self._protocol = fresh
+        return fresh
+
+    async def transact(self, request: Request, timeout_s: float) -> bytes:
+        proto = await self._connection()
+        self._tid = self._tid % 0xFFFF + 1
+        tid = self._tid
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        proto.pending[tid] = fut
+        frame = struct.pack(">HHHB", tid, 0, len(request.pdu) + 1, request.unit) + request.pdu
+        assert proto.transport is not None
+        proto.transport.write(frame)
+        self.requests += 1
+        try:
+            answer = await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            proto.pending.pop(tid, None)
+            self._timeouts += 1
+            if self._timeouts >= RECONNECT_AFTER_TIMEOUTS:
+                # No unit on this endpoint answers any more: the connection itself may be
+                # dead without a reset (gateway rebooted, NAT dropped it). Start a new one.
+                await self.close()
+                self._timeouts = 0
+            raise ModbusTimeout(f"no answer within {timeout_s:g} s") from None
+        self._timeouts = 0
+        if answer[0] != request.unit:
+            raise ModbusProtocolError(f"answer from unit {answer[0]}, asked unit {request.unit}")
+        return answer[1:]
+
+    async def close(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+        self._protocol = None
+
+
+# --------------------------------------------------------------------------- RTU
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16(data: bytes) -> int:
+    """Modbus RTU CRC (poly 0xA001, init 0xFFFF); sent low byte first."""
+    crc = 0xFFFF
+    for b in data:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
+    return crc
+
+
+def rtu_frame(request: Request) -> bytes:
+    body = bytes([request.unit]) + request.pdu
+    return body + struct.pack("<H", crc16(body))
+
+
+class RtuMaster:
+    """A serial port: blocking pyserial I/O in a worker thread, one transaction at a time."""
+
+    def __init__(self, port: str, *, baudrate: int = 9600, parity: str = "N", stopbits: int = 1,
+                 bytesize: int = 8) -> None:
+        self.port = port
+        self.settings = {"baudrate": baudrate, "parity": parity, "stopbits": stopbits, "bytesize": bytesize}
+        self.requests = 0
+        self._serial: object | None = None
+        self._lock = threading.Lock()
+        # 3.5 character times of silence end a frame (at least 1.75 ms above 19200 baud).
+        self.frame_gap_s = max(3.5 * 11 / baudrate, 0.00175)
+
+    def _open(self) -> object:
+        import serial  # pyserial
+
+        if self._serial is None:
+            try:
+                self._serial = serial.Serial(self.port, **self.settings)
+            except (serial.SerialException, OSError) as exc:
+                raise ModbusLinkError(f"cannot open serial port {self.port}: {exc}") from None
+        return self._serial
+
+    def _transact_blocking(self, request: Request, timeout_s: float) -> bytes:
+        import serial
+
+        with self._lock:
+            port = self._open()
+            assert isinstance(port, serial.Serial)
+            try:
+                port.reset_input_buffer()  # drop a late answer to an earlier request
+                time.sleep(self.frame_gap_s)
+                port.write(rtu_frame(request))
+                port.timeout = timeout_s
+                head = port.read(3)
+                if len(head) < 3:
+                    raise ModbusTimeout(f"no answer within {timeout_s:g} s")
+                need = expected_length(request.function, head[1:3])
+                assert need is not None
+                rest = port.read(need - 2 + 2)  # rest of the PDU and the CRC
+            except ModbusTimeout:
+                raise
+            except (serial.SerialException, OSError) as exc:  # note: TimeoutError is an OSError
+                self._serial = None
+                raise ModbusLinkError(f"serial port {self.port}: {exc}") from None
+            frame = head + rest
+            if len(frame) < need + 3:
+                raise ModbusTimeout(f"answer cut short after {len(frame)} bytes")
+            if crc16(frame[:-2]) != struct.unpack("<H", frame[-2:])[0]:
+                raise ModbusProtocolError("CRC mismatch (noise on the line or wrong baud rate?)")
+            if frame[0] != request.unit:
+                raise ModbusProtocolError(f"answer from unit {frame[0]}, asked unit {request.unit}")
+            return frame[1:-2]
+
+    async def transact(self, request: Request, timeout_s: float) -> bytes:
+        self.requests += 1
+        return await asyncio.to_thread(self._transact_blocking, request, timeout_s)
+
+    def _close_blocking(self) -> None:
+        with self._lock:  # not while a transaction is using the port
+            port, self._serial = self._serial, None
+            if port is not None:
+                port.close()  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close_blocking)

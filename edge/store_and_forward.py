@@ -1,0 +1,276 @@
+"""Store-and-forward: samples -> log -> telemetry batches at QoS 1 -> PUBACK -> delete.
+
+Three streams share the uplink, in this order of precedence:
+
+1. urgent samples (an elevator fault, a gas alarm) still in the log from before the
+   connection came up: sent at once, ahead of everything;
+2. live samples (taken while connected): a batch when `max_samples` are waiting or
+   `max_interval_s` has passed, at once when one of them is urgent;
+3. the backlog (everything in the log when the connection came up): replayed oldest
+   first, paced at `replay_rate_per_s`, using at most half the in-flight window so that
+   live data keeps flowing beside it.
+
+The cursors are ids in the log ("sent up to N"). On every (re)connect they restart from
+the oldest sample still in the log, since anything still there was never acknowledged;
+that resends what was in flight when the link dropped (at-least-once on the wire; the
+unchanged edge timestamp makes it exactly-once in InfluxDB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+
+from edge.telemetry import SelfTelemetry
+from edge.wal import WriteAheadLog
+from urbansense import codec
+from urbansense.clock import now_ms
+from urbansense.config import BatchSpec, WalSpec
+from urbansense.mqtt import MqttClient, MqttError
+from urbansense.schema import Sample
+
+log = logging.getLogger("urbansense.edge")
+
+#: Batches stay well below the payload limit the broker and ingesters accept.
+MAX_BATCH_BYTES = codec.MAX_PAYLOAD_BYTES * 3 // 4
+
+#: A batch ready to publish: (log ids it carries, payload, is it backlog replay).
+Outgoing = tuple[list[int], bytes, bool]
+
+
+class StoreAndForward:
+    def __init__(self, wal: WriteAheadLog, mqtt: MqttClient, topic: str, *, gateway: str, district: str,
+                 batch: BatchSpec, wal_spec: WalSpec, telemetry: SelfTelemetry) -> None:
+        self.wal = wal
+        self.mqtt = mqtt
+        self.topic = topic
+        self.max_samples = batch.max_samples
+        self.max_interval_s = batch.max_interval_s
+        self.commit_interval_s = wal_spec.commit_interval_s
+        self.replay_rate = wal_spec.replay_rate_per_s
+        self.window = wal_spec.max_inflight_batches
+        self.telemetry = telemetry
+        self.seq = wal.get_meta("seq")
+        self._prefix = (b'{"v":1,"gw":' + codec.dumps(gateway) + b',"district":' + codec.dumps(district)
+                        + b',"seq":')
+        self._pending: list[tuple[bool, bytes]] = []
+        self._deletes: list[int] = []  # acknowledged, not yet deleted from the log
+        self._acks: collections.deque[int] = collections.deque()  # filled by the network thread
+        self._inflight: dict[int, tuple[list[int], bool]] = {}  # mid -> (ids, is_backlog)
+        self._backlog_inflight = 0
+        self._online = False
+        # Each new connection bumps the epoch (network thread); the loop resets its cursors
+        # when it sees a new one, however many drops happened between two ticks.
+        self._epoch = 0
+        self._seen_epoch = 0
+        self._urgent_waiting = False
+        self._wake = asyncio.Event()
+        # cursors
+        self._live_pos = wal.max_id()
+        self._committed_max = self._live_pos
+        self._backlog_pos = 0
+        self._backlog_upto = 0
+        self._urgent_pos = 0
+        self._tokens = 0.0
+        self._last_refill = time.monotonic()
+        self._next_live_flush = time.monotonic() + self.max_interval_s
+        self.published_batches = 0
+        self.replayed_samples = 0
+        self.acked_samples = 0
+
+    # ------------------------------------------------------------------ inputs
+    def add(self, sample: Sample) -> None:
+        """Queue a sample for the next group commit (at most commit_interval_s away)."""
+        self._pending.append((sample.urgent, codec.dumps(sample.to_wire())))
+        if sample.urgent:
+            self._wake.set()
+
+    def on_puback(self, mid: int) -> None:  # network thread
+        self._acks.append(mid)
+
+    def on_connect(self) -> None:  # network thread
+        self._epoch += 1
+
+    def on_disconnect(self, reason: str) -> None:  # network thread
+        """Nothing to do here: the next tick (within commit_interval_s) sees the client
+        disconnected and goes offline; asyncio objects must not be touched from this thread."""
+
+    @property
+    def inflight_batches(self) -> int:
+        return len(self._inflight)
+
+    @property
+    def pending_samples(self) -> int:
+        """Samples not yet handed to the broker on this connection (live ones)."""
+        return len(self._pending) + max(0, self._committed_max - self._live_pos)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------ loop
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.commit_interval_s)
+            self._wake.clear()
+            try:
+                self.tick()
+            except Exception:  # never let one bad tick end forwarding; the log keeps the data
+                log.exception("store-and-forward tick failed; retrying")
+                await asyncio.sleep(1.0)
+
+    def tick(self, *, flush_live: bool = False) -> None:
+        epoch, connected = self._epoch, self.mqtt.connected
+        while self._acks:
+            entry = self._inflight.pop(self._acks.popleft(), None)
+            if entry is not None:
+                self._deletes.extend(entry[0])
+                self.acked_samples += len(entry[0])
+                self._backlog_inflight -= entry[1]
+        pending, self._pending = self._pending, []
+        deletes, self._deletes = self._deletes, []
+        if pending or deletes:
+            try:
+                ids = self.wal.commit(pending, deletes)
+            except Exception:
+                # e.g. disk full: keep the samples and acknowledgements for the next try
+                self._pending = pending + self._pending
+                self._deletes = deletes + self._deletes
+                raise
+            if ids:
+                self._committed_max = ids[-1]
+                if any(u for u, _ in pending):
+                    self._urgent_waiting = True
+        if self._online and (not connected or epoch != self._seen_epoch):
+            self._go_offline()
+        if not self._online and connected and epoch != self._seen_epoch:
+            self._seen_epoch = epoch
+            self._go_online()
+        if not self._online:
+            return
+        if flush_live:
+            self._urgent_waiting = True
+        batches = self._urgent_batches() + self._live_batches() + self._backlog_batches()
+        if batches:
+            self.wal.commit(meta={"seq": self.seq})  # seq is durable before any batch leaves
+            for ids, payload, is_backlog in batches:
+                try:
+                    mid = self.mqtt.publish(self.topic, payload, qos=1)
+                except MqttError as exc:
+                    # The cursors already moved past these samples: start over from the
+                    # oldest unacknowledged one, as after a reconnect (duplicates are harmless).
+                    log.warning("publish failed (%s); resending from the oldest logged sample", exc)
+                    self._seen_epoch = -1  # forces _go_online on the next tick
+                    self._go_offline()
+                    return
+                self._inflight[mid] = (ids, is_backlog)
+                self.published_batches += 1
+                if is_backlog:
+                    self._backlog_inflight += 1
+
+    def flush(self) -> None:
+        """Commit whatever is queued (on shutdown)."""
+        pending, self._pending = self._pending, []
+        if pending:
+            self.wal.commit(pending)
+
+    # ------------------------------------------------------------------ state
+    def _go_offline(self) -> None:
+        if self._online:
+            log.warning("uplink lost; samples stay in the log (%d waiting)", self.wal.depth)
+        self._online = False
+        self._inflight.clear()
+        self._backlog_inflight = 0
+
+    def _go_online(self) -> None:
+        self._online = True
+        self._inflight.clear()
+        self._backlog_inflight = 0
+        self._backlog_upto = self._committed_max = max(self._committed_max, self.wal.max_id())
+        self._backlog_pos = 0
+        self._urgent_pos = 0
+        self._live_pos = self._backlog_upto
+        self._tokens = 0.0
+        self._last_refill = time.monotonic()
+        self._urgent_waiting = False
+        if self.wal.depth:
+            log.info("uplink up; replaying %d logged sample(s) at up to %.0f/s", self.wal.depth,
+                     self.replay_rate)
+
+    # ------------------------------------------------------------------ batches
+    def _payload(self, bodies: list[bytes]) -> bytes:
+        self.seq += 1
+        return (self._prefix + str(self.seq).encode() + b',"sent":' + str(now_ms()).encode()
+                + b',"samples":[' + b",".join(bodies) + b"]}")
+
+    def _room(self) -> int:
+        return self.window - len(self._inflight)
+
+    def _urgent_batches(self) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        while self._urgent_pos < self._backlog_upto and self._room() - len(out) > 0:
+            rows = _fit(self.wal.read(self._urgent_pos, self._backlog_upto, self.max_samples, urgent=True))
+            if not rows:
+                self._urgent_pos = self._backlog_upto
+                break
+            self._urgent_pos = rows[-1][0]
+            out.append(([i for i, _ in rows], self._payload([b for _, b in rows]), False))
+        return out
+
+    def _live_batches(self) -> list[Outgoing]:
+        waiting = self._committed_max - self._live_pos
+        if waiting <= 0:
+            self._next_live_flush = time.monotonic() + self.max_interval_s
+            return []
+        now = time.monotonic()
+        due = self._urgent_waiting or waiting >= self.max_samples or now >= self._next_live_flush
+        if not due:
+            return []
+        out: list[Outgoing] = []
+        while self._room() - len(out) > 0:
+            rows = _fit(self.wal.read(self._live_pos, self._committed_max, self.max_samples))
+            if not rows:
+                self._live_pos = self._committed_max
+                break
+            self._live_pos = rows[-1][0]
+            out.append(([i for i, _ in rows], self._payload([b for _, b in rows]), False))
+            if self._live_pos >= self._committed_max:
+                break
+        self._urgent_waiting = False
+        self._next_live_flush = now + self.max_interval_s
+        return out
+
+    def _backlog_batches(self) -> list[Outgoing]:
+        if self._backlog_pos >= self._backlog_upto:
+            return []
+        now = time.monotonic()
+        self._tokens = min(self._tokens + (now - self._last_refill) * self.replay_rate,
+                           max(float(self.max_samples), self.replay_rate))
+        self._last_refill = now
+        out: list[Outgoing] = []
+        share = max(1, self.window // 2)
+        while self._tokens >= 1 and self._backlog_inflight + len(out) < share and self._room() - len(out) > 0:
+            limit = int(min(self._tokens, self.max_samples))
+            rows = _fit(self.wal.read(self._backlog_pos, self._backlog_upto, limit, urgent=False))
+            if not rows:
+                self._backlog_pos = self._backlog_upto
+                log.info("backlog replay done")
+                break
+            self._backlog_pos = rows[-1][0]
+            self._tokens -= len(rows)
+            self.replayed_samples += len(rows)
+            out.append(([i for i, _ in rows], self._payload([b for _, b in rows]), True))
+        return out
+
+
+def _fit(rows: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """The oldest rows whose bodies fit in one batch payload (at least one row)."""
+    total = 0
+    for n, (_, body) in enumerate(rows):
+        total += len(body) + 1
+        if total > MAX_BATCH_BYTES and n:
+            return rows[:n]
+    return rows

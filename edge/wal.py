@@ -1,0 +1,166 @@
+"""The store-and-forward log: every sample is committed here before it is published,
+and deleted only after the broker's PUBACK for the batch that carried it.
+
+Storage is SQLite in WAL journal mode (see edge/README.md for why not our own segment
+files): a commit is atomic, so a process killed with SIGKILL at any instant leaves the
+log at its last commit, never torn. `sync: normal` survives a killed process (SQLite
+only skips the fsync at commit, which matters for power loss); `sync: full` fsyncs every
+commit and survives power loss too.
+
+Ids come from AUTOINCREMENT, so they only grow, even across deletes and restarts: the
+forwarder's cursors ("sent up to id N") stay valid. The gateway's `seq` and the drop
+counter live in the same file, so they persist with the samples.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger("urbansense.edge")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    urgent INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_urgent ON samples (urgent, id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class WalError(RuntimeError):
+    pass
+
+
+class WriteAheadLog:
+    def __init__(self, path: Path | str, *, max_bytes: int, sync: str = "normal") -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Two agents on one log would both replay it and fight over seq: refuse the second.
+        self._lock = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise WalError(f"another edge agent is using the store-and-forward log {self.path}; stop it "
+                           "first, or give this one its own log (wal.path / --wal)") from None
+        try:
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+            self._db.executescript(_SCHEMA)
+            ok = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            self._lock.close()
+            raise WalError(f"store-and-forward log {self.path} is unusable: {exc}; move it aside "
+                           "(its samples are then lost) and start again") from None
+        if ok != "ok":
+            self._db.close()
+            self._lock.close()
+            raise WalError(f"store-and-forward log {self.path} failed its integrity check: {ok}")
+        depth, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM samples").fetchone()
+        self.depth = int(depth)
+        self.bytes = int(size)
+        self.dropped = self.get_meta("dropped")
+        if self.depth:
+            log.info("store-and-forward log %s holds %d sample(s) from before; they will be replayed",
+                     self.path, self.depth)
+
+    # ------------------------------------------------------------------ meta
+    def get_meta(self, key: str, default: int = 0) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else default
+
+    # ------------------------------------------------------------------ writes
+    def commit(self, appends: Iterable[tuple[bool, bytes]] = (), deletes: Iterable[int] = (),
+               meta: dict[str, int] | None = None) -> list[int]:
+        """One atomic transaction: append samples, delete acknowledged ones, update meta.
+        Returns the ids of the appended samples, in order."""
+        ids: list[int] = []
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for urgent, body in appends:
+                cur = db.execute("INSERT INTO samples (urgent, body) VALUES (?, ?)", (int(urgent), body))
+                assert cur.lastrowid is not None
+                ids.append(cur.lastrowid)
+                self.depth += 1
+                self.bytes += len(body)
+            delete_ids = list(deletes)
+            for start in range(0, len(delete_ids), 500):
+                chunk = delete_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for (size,) in db.execute(f"DELETE FROM samples WHERE id IN ({marks}) RETURNING LENGTH(body)",
+                                          chunk).fetchall():
+                    self.depth -= 1
+                    self.bytes -= int(size)
+            if self.bytes > self.max_bytes:
+                self._drop_oldest()
+            for key, value in (meta or {}).items():
+                db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return ids
+
+    def _drop_oldest(self) -> None:
+        """Size cap: drop the oldest ordinary samples first, urgent ones only when nothing
+        else is left; every drop is counted (persisted as meta 'dropped')."""
+        dropped = 0
+        for urgent in (0, 1):
+            while self.bytes > self.max_bytes:
+                rows = self._db.execute("SELECT id, LENGTH(body) FROM samples WHERE urgent = ? ORDER BY id "
+                                        "LIMIT 500", (urgent,)).fetchall()
+                if not rows:
+                    break
+                victims = []
+                for row_id, size in rows:
+                    victims.append(int(row_id))
+                    self.bytes -= int(size)
+                    if self.bytes <= self.max_bytes:
+                        break
+                marks = ",".join("?" * len(victims))
+                self._db.execute(f"DELETE FROM samples WHERE id IN ({marks})", victims)
+                self.depth -= len(victims)
+                dropped += len(victims)
+        if dropped:
+            self.dropped += dropped
+            self._db.execute("INSERT INTO meta (key, value) VALUES ('dropped', ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (self.dropped,))
+            log.warning("store-and-forward log over its cap of %d bytes: dropped the %d oldest sample(s) "
+                        "(%d dropped in all)", self.max_bytes, dropped, self.dropped)
+
+    # ------------------------------------------------------------------ reads
+    def max_id(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'samples'").fetchone()
+        return int(row[0]) if row else 0
+
+    def read(self, after_id: int, upto_id: int | None, limit: int, *,
+             urgent: bool | None = None) -> list[tuple[int, bytes]]:
+        """Samples with after_id < id <= upto_id, oldest first."""
+        sql = "SELECT id, body FROM samples WHERE id > ?"
+        args: list[int] = [after_id]
+        if upto_id is not None:
+            sql += " AND id <= ?"
+            args.append(upto_id)
+        if urgent is not None:
+            sql += " AND urgent = ?"
+            args.append(int(urgent))
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        return [(int(i), bytes(b)) for i, b in self._db.execute(sql, args).fetchall()]
+
+    def close(self) -> None:
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.close()
+            self._lock.close()  # releases the flock

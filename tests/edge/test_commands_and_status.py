@@ -1,0 +1,101 @@
+"""Commands on .../cmd (write, read back, answer), the retained status message and the
+Prometheus endpoint."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import requests
+
+from tests.edge.conftest import AgentThread, Collector, ModbusSim, tcp_links, unique, write_gateway
+from urbansense import codec
+from urbansense.mqtt import MqttClient, MqttSettings
+from urbansense.stack import Stack, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _setup(tmp_path: Path, **extra: Any) -> tuple[ModbusSim, Path, str]:
+    sim = ModbusSim(tmp_path / "profiles" / "test-meter.yaml", endpoints=1, units=2)
+    gw = unique("gw")
+    cfg = {"gateway": gw, "district": "test", "poll_interval_s": 0.5, "links": tcp_links(sim),
+           "batch": {"max_interval_s": 0.2}, **extra}
+    return sim, write_gateway(tmp_path, cfg), gw
+
+
+def test_commands_write_only_writable_fields_within_limits(tmp_path: Path, stack: Stack,
+                                                           meter_profile_dir: Path) -> None:
+    sim, path, gw = _setup(tmp_path)
+    results = Collector(stack.mqtt_url, f"city/test/{gw}/cmd/result")
+    with sim, AgentThread(path, stack.mqtt_url, tmp_path / "wal") as run:
+        time.sleep(0.5)
+
+        def cmd(**body: Any) -> dict[str, Any]:
+            out: dict[str, Any] = run.call(run.agent.handle_command(orjson.dumps(body)))
+            return out
+
+        ok = cmd(id="c1", dev="dev-0-1", field="setpoint_pct", value=42.5)
+        assert ok["ok"] is True and ok["readback"] == pytest.approx(42.5)
+        assert sim.devices[(sim.ports[0], 1)].values["setpoint_pct"] == pytest.approx(42.5)
+        assert sim.devices[(sim.ports[0], 2)].values["setpoint_pct"] == 50  # only that device
+        coil = cmd(id="c2", dev="dev-0-2", field="lamp_on", value=True)
+        assert coil["ok"] is True and coil["readback"] is True
+        refused = {
+            "above max": cmd(id="r1", dev="dev-0-1", field="setpoint_pct", value=150),
+            "below min": cmd(id="r2", dev="dev-0-1", field="setpoint_pct", value=-1),
+            "read-only": cmd(id="r3", dev="dev-0-1", field="pressure_mpa", value=1.0),
+            "no field": cmd(id="r4", dev="dev-0-1", field="nope", value=1),
+            "no device": cmd(id="r5", dev="dev-9-9", field="setpoint_pct", value=1),
+            "not a bool": cmd(id="r6", dev="dev-0-1", field="lamp_on", value=7),
+            "stale": cmd(id="r7", dev="dev-0-1", field="setpoint_pct", value=5, t=int(time.time() * 1000) - 600_000),
+        }
+        for why, result in refused.items():
+            assert result["ok"] is False and result["reason"], why
+        assert "maximum 100" in refused["above max"]["reason"]
+        assert "read-only" in refused["read-only"]["reason"]
+        assert "s old" in refused["stale"]["reason"]
+        assert sim.devices[(sim.ports[0], 1)].values["setpoint_pct"] == pytest.approx(42.5)
+        # and over MQTT, end to end
+        sender = MqttClient(MqttSettings.from_url(stack.mqtt_url), client_id=unique("operator"))
+        sender.connect()
+        sender.publish_wait(f"city/test/{gw}/cmd", orjson.dumps(
+            {"id": "m1", "dev": "dev-0-1", "field": "setpoint_pct", "value": 10}))
+        sender.publish_wait(f"city/test/{gw}/cmd", b"not json")
+        results.drain(2.0)
+        sender.close()
+    results.close()
+    answers = {orjson.loads(p).get("id"): orjson.loads(p) for _, p in results.raw}
+    assert answers["m1"]["ok"] is True and answers["m1"]["readback"] == pytest.approx(10)
+    assert answers[""]["ok"] is False and "JSON" in answers[""]["reason"]
+
+
+def test_status_message_and_prometheus_metrics(tmp_path: Path, stack: Stack, meter_profile_dir: Path) -> None:
+    port = free_port()
+    sim, path, gw = _setup(tmp_path, metrics={"port": port},
+                           polling={"status_interval_s": 0.5, "backoff_min_s": 5})
+    sim.devices[(sim.ports[0], 2)].exception_code = 2
+    status = Collector(stack.mqtt_url, f"city/test/{gw}/status")
+    with sim, AgentThread(path, stack.mqtt_url, tmp_path / "wal"):
+        time.sleep(2.0)
+        body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    status.drain(1.0)
+    status.close()
+    statuses = [codec.decode_status(p) for _, p in status.raw]
+    online = [s for s in statuses if s.state == "online"]
+    assert len(online) >= 2  # birth + periodic refresh
+    last = online[-1]
+    assert last.devices == {"dev-0-1": "ok", "dev-0-2": "fail"}
+    for key in ("wal_depth", "wal_dropped", "reconnects", "poll_jitter_p99_ms", "poll_latency_p99_ms",
+                "errors_exception_2"):
+        assert key in last.stats, key
+    assert statuses[-1].state == "offline"  # clean stop says so (retained)
+    assert 'edge_poll_errors_total{reason="exception_2"}' in body
+    assert 'edge_device_up{device="dev-0-1"} 1.0' in body
+    assert 'edge_device_up{device="dev-0-2"} 0.0' in body
+    for name in ("edge_wal_depth", "edge_wal_dropped", "edge_mqtt_reconnects", "edge_poll_latency_seconds_bucket",
+                 "edge_poll_jitter_seconds_bucket", "edge_modbus_requests_total"):
+        assert name in body, name

@@ -1,0 +1,112 @@
+"""The agent's Modbus TCP master against a deliberately awkward server: a unit that
+answers late, and an endpoint where nobody answers."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+
+from edge.modbus_pdu import ModbusExceptionResponse, ModbusTimeout, parse_response, read_request
+from edge.modbus_transport import RECONNECT_AFTER_TIMEOUTS, TcpMaster, crc16, rtu_frame
+
+
+class AwkwardServer:
+    """Unit 1 answers after `slow_s`; unit 2 at once; unit 3 never; unit 4 with exception 2.
+    A register read returns the unit id in every register."""
+
+    def __init__(self, slow_s: float) -> None:
+        self.slow_s = slow_s
+        self.connections = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        await asyncio.sleep(0.05)  # let the handlers see the master hang up
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readexactly(7)
+                tid, _, length, unit = struct.unpack(">HHHB", head)
+                pdu = await reader.readexactly(length - 1)
+                _, _, count = struct.unpack(">BHH", pdu[:5])
+                if unit == 3:
+                    continue
+                if unit == 4:
+                    body = bytes([0x83, 2])
+                else:
+                    body = bytes([3, 2 * count]) + struct.pack(f">{count}H", *([unit] * count))
+                frame = struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body
+                task = asyncio.create_task(self._answer(writer, frame, self.slow_s if unit == 1 else 0.0))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter, frame: bytes, delay: float) -> None:
+        await asyncio.sleep(delay)  # the slow unit answers while others are served
+        if not writer.is_closing():
+            writer.write(frame)
+
+
+async def _read(master: TcpMaster, unit: int, timeout: float = 0.2) -> list[int]:
+    req = read_request(unit, "holding", 0, 3)
+    return parse_response(req, await master.transact(req, timeout), 3)
+
+
+def test_a_late_answer_is_dropped_not_paired_with_the_next_request() -> None:
+    async def scenario() -> None:
+        server = AwkwardServer(slow_s=0.4)
+        port = await server.start()
+        master = TcpMaster("127.0.0.1", port)
+        with pytest.raises(ModbusTimeout):
+            await _read(master, 1)
+        assert await _read(master, 2) == [2, 2, 2]  # not unit 1's late [1, 1, 1]
+        await asyncio.sleep(0.3)  # the late answer arrives now and is dropped
+        assert await _read(master, 2) == [2, 2, 2]
+        with pytest.raises(ModbusExceptionResponse) as exc:
+            await _read(master, 4)
+        assert exc.value.code == 2
+        assert server.connections == 1  # one connection for every unit
+        await master.close()
+        await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_connection_is_replaced_only_when_no_unit_answers() -> None:
+    async def scenario() -> None:
+        server = AwkwardServer(slow_s=0.0)
+        port = await server.start()
+        master = TcpMaster("127.0.0.1", port)
+        for _ in range(RECONNECT_AFTER_TIMEOUTS * 3):  # a silent unit between healthy ones
+            with pytest.raises(ModbusTimeout):
+                await _read(master, 3, timeout=0.05)
+            assert await _read(master, 2) == [2, 2, 2]
+        assert server.connections == 1
+        for _ in range(RECONNECT_AFTER_TIMEOUTS):  # nobody answers: the connection is suspect
+            with pytest.raises(ModbusTimeout):
+                await _read(master, 3, timeout=0.05)
+        assert await _read(master, 2) == [2, 2, 2]
+        assert server.connections == 2
+        await master.close()
+        await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_rtu_frame_crc_matches_the_modbus_spec_example() -> None:
+    # Modbus over serial line spec: read 1 holding register at 0x0000 of unit 1 is 01 03 00 00 00 01 84 0A
+    frame = rtu_frame(read_request(1, "holding", 0, 1))
+    assert frame.hex() == "010300000001840a"
+    assert crc16(frame) == 0  # a frame with its CRC appended checks to zero

@@ -1,0 +1,145 @@
+"""MQTT sensors on a gateway-local broker, and Modbus RTU over a serial line (a socat
+pseudo-terminal pair against the simulator's pymodbus RTU server)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer
+
+from simulators.device import DeviceTables
+from simulators.modbus_server import UnitsContext
+from tests.edge.conftest import METER_PROFILE, AgentThread, Collector, unique, write_gateway
+from urbansense.config import load_profile
+from urbansense.mqtt import MqttClient, MqttSettings
+from urbansense.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+AIR_PROFILE = {
+    "profile": "test-air", "measurement": "air", "protocol": "mqtt", "topic": "sensors/{device}/data",
+    "fields": [
+        {"name": "pm25_ugm3", "key": "pm25"},
+        {"name": "no2_ugm3", "key": "no2_ppb", "scale": 1.88},
+        {"name": "temp_c", "deadband": 0.5, "max_silence_s": 60},
+        {"name": "smoke_alarm", "type": "bool", "urgent": True},
+    ],
+}
+
+
+def test_mqtt_sensors_map_through_the_profile(tmp_path: Path, stack: Stack) -> None:
+    gw = unique("gw")
+    dev = unique("aq")
+    host, port = "127.0.0.1", stack.mqtt_port
+    cfg = {"gateway": gw, "district": "test", "batch": {"max_interval_s": 0.2},
+           "links": [{"name": "local-broker", "transport": "mqtt", "host": host, "port": port,
+                      "devices": [{"id": dev, "profile": "test-air"}]}]}
+    path = write_gateway(tmp_path, cfg, [AIR_PROFILE])
+    collector = Collector(stack.mqtt_url, f"city/test/{gw}/telemetry")
+    sensor = MqttClient(MqttSettings.from_url(stack.mqtt_url), client_id=unique("sensor"))
+    sensor.connect()
+    payloads = [
+        {"pm25": 35.0, "no2_ppb": 10, "temp_c": 20.0, "smoke_alarm": False},
+        {"pm25": 36.0, "no2_ppb": 10, "temp_c": 20.2, "smoke_alarm": False},  # temp within deadband
+        {"pm25": 37.0, "no2_ppb": 10, "temp_c": 20.8, "smoke_alarm": True},   # temp moved; alarm
+        {"pm25": "broken", "no2_ppb": 11},                                     # one bad value
+        b"not json at all",
+    ]
+    with AgentThread(path, stack.mqtt_url, tmp_path / "wal") as run:
+        time.sleep(1.0)
+        for p in payloads:
+            sensor.publish_wait(f"sensors/{dev}/data", p if isinstance(p, bytes) else orjson.dumps(p))
+            time.sleep(0.1)
+        collector.drain(1.5)
+        state = run.agent.mqtt_links["local-broker"].devices[dev]
+        assert state.messages == 5
+    sensor.close()
+    collector.close()
+    samples = collector.samples(dev)
+    assert [s.q for s in samples] == ["good", "good", "good", "uncertain", "bad"]
+    assert samples[0].f == {"pm25_ugm3": 35.0, "no2_ugm3": pytest.approx(18.8), "temp_c": 20.0,
+                            "smoke_alarm": False}
+    assert "temp_c" not in samples[1].f
+    assert samples[2].f["temp_c"] == 20.8 and samples[2].urgent is True
+    assert samples[3].f == {"no2_ugm3": pytest.approx(20.68)}
+    assert "JSON" in (samples[4].err or "")
+
+
+@pytest.fixture
+def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    if shutil.which("socat") is None:
+        pytest.fail("socat is not installed; run: sudo apt-get install -y socat (make test does it)")
+    a, b = str(tmp_path / "ttyA"), str(tmp_path / "ttyB")
+    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 5
+    while not (Path(a).exists() and Path(b).exists()):
+        assert time.monotonic() < deadline, "socat did not create the pty pair"
+        time.sleep(0.05)
+    yield a, b
+    proc.terminate()
+    proc.wait(5)
+
+
+class RtuSim:
+    def __init__(self, port: str, units: dict[int, DeviceTables]) -> None:
+        self.context = UnitsContext(units)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = port
+        self.server: ModbusSerialServer | None = None
+
+    async def _start(self) -> None:  # pymodbus servers are built inside their loop
+        self.server = ModbusSerialServer(self.context, framer=FramerType.RTU, port=self.port, baudrate=19200,
+                                         ignore_missing_devices=True)
+        await self.server.serve_forever(background=True)
+
+    def __enter__(self) -> RtuSim:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.server is not None
+        asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def test_modbus_rtu_over_a_serial_line(tmp_path: Path, stack: Stack, pty_pair: tuple[str, str],
+                                       meter_profile_dir: Path) -> None:
+    server_port, agent_port = pty_pair
+    profile = load_profile(meter_profile_dir / "test-meter.yaml")
+    healthy, dead = DeviceTables(profile), DeviceTables(profile)
+    healthy.set("pressure_mpa", 0.45)
+    dead.silent = True
+    gw = unique("gw")
+    cfg = {"gateway": gw, "district": "test", "poll_interval_s": 0.5, "batch": {"max_interval_s": 0.2},
+           "links": [{"name": "rs485", "transport": "rtu", "timeout_s": 0.3, "pause_s": 0.005,
+                      "serial": {"port": agent_port, "baudrate": 19200},
+                      "devices": [{"id": "rtu-1", "profile": "test-meter", "unit": 1},
+                                  {"id": "rtu-2", "profile": "test-meter", "unit": 2}]}]}
+    path = write_gateway(tmp_path, cfg, [METER_PROFILE])
+    collector = Collector(stack.mqtt_url, f"city/test/{gw}/telemetry")
+    with RtuSim(server_port, {1: healthy, 2: dead}), AgentThread(path, stack.mqtt_url, tmp_path / "wal") as run:
+        collector.drain(3.0)
+        # a command goes through the same serial transaction queue
+        result = run.call(run.agent.handle_command(orjson.dumps(
+            {"id": "r1", "dev": "rtu-1", "field": "setpoint_pct", "value": 12.5})))
+    collector.close()
+    good = collector.samples("rtu-1")
+    assert len(good) >= 4 and all(s.q == "good" for s in good)
+    assert good[-1].f["pressure_mpa"] == pytest.approx(0.45, rel=1e-6)
+    assert good[-1].f["volume_m3"] == 123456789012
+    bad = collector.samples("rtu-2")
+    assert bad and all(s.q == "bad" and s.err == "timeout" for s in bad)
+    assert result["ok"] is True and healthy.values["setpoint_pct"] == pytest.approx(12.5)

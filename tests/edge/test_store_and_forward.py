@@ -1,0 +1,111 @@
+"""Store-and-forward against the real broker: PUBACK deletes, urgent first, paced
+replay beside live data, seq persisted across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.store_and_forward import StoreAndForward
+from edge.telemetry import SelfTelemetry
+from edge.wal import WriteAheadLog
+from tests.edge.conftest import Collector, unique
+from urbansense import codec
+from urbansense.config import BatchSpec, WalSpec
+from urbansense.mqtt import MqttClient, MqttSettings
+from urbansense.schema import Sample
+from urbansense.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+
+def _sample(dev: str, n: int, urgent: bool = False) -> Sample:
+    return Sample(dev=dev, m="water", t=1_700_000_000_000 + n, f={"n": n}, urgent=urgent)
+
+
+def _forwarder(stack: Stack, wal: WriteAheadLog, gw: str, **wal_opts: float) -> tuple[StoreAndForward, MqttClient]:
+    box: dict[str, StoreAndForward] = {}
+    client = MqttClient(MqttSettings.from_url(stack.mqtt_url), client_id=unique("edge-test"),
+                        on_publish_ack=lambda mid: box["f"].on_puback(mid),
+                        on_connect=lambda: box["f"].on_connect(),
+                        on_disconnect=lambda why: box["f"].on_disconnect(why))
+    fwd = StoreAndForward(wal, client, f"city/test/{gw}/telemetry", gateway=gw, district="test",
+                          batch=BatchSpec(max_samples=100, max_interval_s=0.1),
+                          wal_spec=WalSpec(commit_interval_s=0.02, **wal_opts),  # type: ignore[arg-type]
+                          telemetry=SelfTelemetry(gw))
+    box["f"] = fwd
+    return fwd, client
+
+
+async def _run_for(fwd: StoreAndForward, seconds: float, live: list[Sample] | None = None) -> None:
+    task = asyncio.create_task(fwd.run())
+    deadline = time.monotonic() + seconds
+    for s in live or []:
+        fwd.add(s)
+        await asyncio.sleep(0.01)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    task.cancel()
+
+
+def test_urgent_first_then_paced_backlog_beside_live_data(tmp_path: Path, stack: Stack) -> None:
+    gw = unique("gw")
+    wal = WriteAheadLog(tmp_path / "f.wal", max_bytes=1 << 24)
+    backlog = [_sample("dev-a", i, urgent=(i in (500, 1500))) for i in range(2000)]
+    wal.commit([(s.urgent, codec.dumps(s.to_wire())) for s in backlog])
+    fwd, client = _forwarder(stack, wal, gw, replay_rate_per_s=1000, max_inflight_batches=4)
+    collector = Collector(stack.mqtt_url, f"city/test/{gw}/telemetry")
+    client.connect()
+    live = [_sample("dev-live", i) for i in range(50)]
+    asyncio.run(_run_for(fwd, 4.0, live))
+    collector.drain(1.0)
+    client.close()
+    batches = collector.batches
+    first = batches[0].samples
+    assert [s.f["n"] for s in first] == [500, 1500] and all(s.urgent for s in first)
+    order: list[tuple[str, int, int]] = [(s.dev, s.f["n"], bi) for bi, b in enumerate(batches)  # type: ignore[misc]
+                                         for s in b.samples]
+    replayed = [n for dev, n, _ in order if dev == "dev-a"]
+    assert sorted(replayed) == list(range(2000))
+    plain = [n for n in replayed if n not in (500, 1500)]
+    assert plain == sorted(plain)  # oldest first
+    last_backlog_batch = max(bi for dev, _, bi in order if dev == "dev-a")
+    first_live_batch = min(bi for dev, _, bi in order if dev == "dev-live")
+    assert first_live_batch < last_backlog_batch  # live data did not wait for the replay
+    assert sorted(n for dev, n, _ in order if dev == "dev-live") == list(range(50))
+    assert wal.depth == 0  # everything acknowledged, so everything deleted
+    seqs = [b.seq for b in batches]
+    assert seqs == list(range(1, len(batches) + 1))
+    wal.close()
+
+
+def test_seq_persists_across_restarts_and_unacked_samples_stay(tmp_path: Path, stack: Stack) -> None:
+    gw = unique("gw")
+    wal = WriteAheadLog(tmp_path / "s.wal", max_bytes=1 << 24)
+    fwd, client = _forwarder(stack, wal, gw)
+    collector = Collector(stack.mqtt_url, f"city/test/{gw}/telemetry")
+    client.connect()
+    asyncio.run(_run_for(fwd, 1.0, [_sample("dev-a", i) for i in range(30)]))
+    client.close()
+    last_seq = fwd.seq
+    assert last_seq >= 1 and wal.depth == 0
+    # offline: samples are logged, nothing is published, nothing is lost
+    offline, _ = _forwarder(stack, wal, gw)
+    asyncio.run(_run_for(offline, 0.5, [_sample("dev-a", 100 + i) for i in range(10)]))
+    assert wal.depth == 10
+    wal.close()
+    wal = WriteAheadLog(tmp_path / "s.wal", max_bytes=1 << 24)
+    again, client = _forwarder(stack, wal, gw)
+    client.connect()
+    asyncio.run(_run_for(again, 1.5))
+    client.close()
+    collector.drain(1.0)
+    collector.close()
+    seqs = [b.seq for b in collector.batches]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and seqs[-1] > last_seq
+    assert sorted(s.f["n"] for s in collector.samples()) == list(range(30)) + list(range(100, 110))
+    assert wal.depth == 0
+    wal.close()

@@ -1,0 +1,96 @@
+"""The store-and-forward log: atomic commits, size cap with drop-oldest, kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edge.wal import WalError, WriteAheadLog
+
+
+def test_commit_delete_and_reopen_keep_depth_and_meta(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path / "a.wal", max_bytes=1 << 20)
+    ids = wal.commit([(False, b'{"n":1}'), (True, b'{"n":2}'), (False, b'{"n":3}')], meta={"seq": 41})
+    assert ids == [1, 2, 3]
+    wal.commit(deletes=[1, 99])  # 99 was never there: ignored, depth stays right
+    assert wal.depth == 2 and wal.bytes == 14
+    assert wal.read(0, None, 10, urgent=True) == [(2, b'{"n":2}')]
+    wal.close()
+    again = WriteAheadLog(tmp_path / "a.wal", max_bytes=1 << 20)
+    assert again.depth == 2 and again.get_meta("seq") == 41
+    # ids never come back, even after the newest row is deleted
+    again.commit(deletes=[3])
+    assert again.commit([(False, b"x")]) == [4]
+    again.close()
+
+
+def test_size_cap_drops_oldest_ordinary_samples_first_and_counts(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path / "cap.wal", max_bytes=1024)
+    wal.commit([(True, b"U" * 100)])
+    for i in range(50):
+        wal.commit([(False, f"{i:04d}".encode() * 25)])  # 100 bytes each
+    assert wal.bytes <= 1024
+    assert wal.dropped == 51 - wal.depth
+    rows = wal.read(0, None, 100)
+    assert rows[0][1] == b"U" * 100  # the urgent one survived
+    assert rows[-1][1].startswith(b"0049")  # the newest survived
+    assert rows[1][1].startswith(f"{50 - wal.depth + 1:04d}".encode())  # contiguous newest
+    wal.close()
+    assert WriteAheadLog(tmp_path / "cap.wal", max_bytes=1024).dropped == 51 - len(rows)
+
+
+WRITER = r"""
+import sys
+import pytest
+
+from edge.wal import WalError, WriteAheadLog
+wal = WriteAheadLog(sys.argv[1], max_bytes=1 << 30)
+n = 0
+while True:
+    ids = wal.commit([(n % 7 == 0, b'{"payload":"%d"}' % (n + i)) for i in range(20)],
+                     deletes=[], meta={"seq": n})
+    n += 20
+    print(ids[-1], flush=True)
+"""
+
+
+def test_survives_kill_9_without_corruption(tmp_path: Path) -> None:
+    path = tmp_path / "kill.wal"
+    repo = Path(__file__).resolve().parents[2]
+    for round_ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, cwd=repo,
+                                env={**os.environ, "PYTHONPATH": str(repo)})
+        assert proc.stdout is not None
+        time.sleep(0.6 + 0.2 * round_)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        acked = [int(line) for line in proc.stdout.read().split()]
+        assert acked, "the writer committed nothing"
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        ids = [r[0] for r in db.execute("SELECT id FROM samples ORDER BY id")]
+        db.close()
+        # every commit the writer saw succeed is there, with no hole
+        assert ids[-1] >= acked[-1]
+        assert ids == list(range(1, ids[-1] + 1))
+    wal = WriteAheadLog(path, max_bytes=1 << 30)
+    assert wal.depth == wal.max_id()
+    wal.close()
+
+
+def test_one_agent_per_log_and_a_damaged_log_says_what_to_do(tmp_path: Path) -> None:
+    first = WriteAheadLog(tmp_path / "one.wal", max_bytes=1 << 20)
+    with pytest.raises(WalError, match="another edge agent is using"):
+        WriteAheadLog(tmp_path / "one.wal", max_bytes=1 << 20)
+    first.close()
+    WriteAheadLog(tmp_path / "one.wal", max_bytes=1 << 20).close()  # free again
+    (tmp_path / "junk.wal").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(WalError, match="move it aside"):
+        WriteAheadLog(tmp_path / "junk.wal", max_bytes=1 << 20)
