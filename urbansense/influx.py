@@ -61,11 +61,12 @@ class InfluxClient:
             return False
 
     def write(self, lines: str | bytes, *, precision: str = "ms", compress: bool = True,
-              database: str | None = None) -> None:
+              database: str | None = None, compresslevel: int = 1) -> None:
         body = lines.encode() if isinstance(lines, str) else lines
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         if compress:
-            body = gzip.compress(body, compresslevel=1)
+            # level 1: line protocol still shrinks ~20:1, at a third of level 6's CPU
+            body = gzip.compress(body, compresslevel=compresslevel)
             headers["Content-Encoding"] = "gzip"
         params = {"db": database or self.database, "precision": precision}
         if self.retention_policy:

@@ -5,29 +5,62 @@ Worked example::
 
     encode_point("water", {"district": "pu dong"}, {"pressure_mpa": 0.31, "n": 3}, 1764190000000)
     -> 'water,district=pu\\ dong pressure_mpa=0.31,n=3i 1764190000000'
+
+Escaping rules (checked against a real InfluxDB 1.6.7):
+
+- measurement: ``,`` and space;
+- tag keys, tag values, field keys: ``,`` ``=`` and space. A backslash is *not* escaped
+  there: InfluxDB stores it as it is (``a\\b`` stays ``a\\b``; doubling it would store
+  two). A backslash right before ``,`` ``=`` space, or at the end, cannot be carried
+  exactly (InfluxDB reads it as an escape), so such a name is refused;
+- string field values: ``"`` and ``\\`` only. A newline inside the quotes is stored as
+  a newline; escaping it as ``\\n`` would store a backslash and an ``n`` instead.
+- A newline or carriage return cannot appear in a measurement, tag or field key at all
+  (it ends the line). They are written as the two characters ``\\n`` / ``\\r`` so the line
+  stays one line; the wire contract's identifier rules keep them out in practice.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
-_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\\": "\\\\"})
-_KEY = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\n": r"\n", "\r": r"\r", "\\": "\\\\"})
-_STRING = str.maketrans({'"': r"\"", "\\": "\\\\", "\n": "\\n"})
+_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r"})
+_KEY = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\n": r"\n", "\r": r"\r"})
+_AMBIGUOUS_BACKSLASH = re.compile(r"\\(?:[,= ]|$)")
+_STRING = str.maketrans({'"': r"\"", "\\": "\\\\"})
+
+# Field keys repeat endlessly (pressure_mpa, ...): their escaped form, with the "=", is
+# cached, bounded so that arbitrary keys cannot grow memory.
+_KEY_CACHE_MAX = 65536
+_key_prefixes: dict[str, str] = {}
 
 
 class LineProtocolError(ValueError):
     pass
 
 
+def _no_trailing_backslash(name: str) -> str:
+    if "\\" in name and _AMBIGUOUS_BACKSLASH.search(name):
+        raise LineProtocolError(
+            f"{name!r} has a backslash before ',', '=', a space or at its end, which line protocol "
+            "cannot carry exactly in a measurement, tag or field key")
+    return name
+
+
 def escape_measurement(name: str) -> str:
-    return name.translate(_MEASUREMENT)
+    return _no_trailing_backslash(name).translate(_MEASUREMENT)
 
 
 def escape_key(key: str) -> str:
     """Tag keys, tag values and field keys."""
-    return key.translate(_KEY)
+    return _no_trailing_backslash(key).translate(_KEY)
+
+
+def escape_string(value: str) -> str:
+    """A string field value, quotes included."""
+    return '"' + value.translate(_STRING) + '"'
 
 
 def format_field(value: object) -> str:
@@ -40,8 +73,47 @@ def format_field(value: object) -> str:
             raise LineProtocolError(f"{value} cannot be stored (InfluxDB has no NaN/infinity)")
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.translate(_STRING) + '"'
+        return escape_string(value)
     raise LineProtocolError(f"unsupported field type {type(value).__name__}")
+
+
+def _key_prefix(key: str) -> str:
+    """'pressure_mpa' -> 'pressure_mpa=' (escaped), cached."""
+    prefix = escape_key(key) + "="
+    if len(_key_prefixes) >= _KEY_CACHE_MAX:
+        _key_prefixes.clear()
+    _key_prefixes[key] = prefix
+    return prefix
+
+
+def encode_fields(fields: Mapping[str, object]) -> str:
+    """The field set of a line, e.g. ``pressure_mpa=0.31,n=3i,ok=true,s="x"``.
+
+    The hot path of the ingester: plain floats (the common case) skip the generic
+    dispatch of :func:`format_field`.
+    """
+    if not fields:
+        raise LineProtocolError("a point needs at least one field")
+    parts = []
+    prefixes = _key_prefixes
+    for key, value in fields.items():
+        prefix = prefixes.get(key) or _key_prefix(key)
+        if type(value) is float and value - value == 0.0:  # finite float
+            parts.append(prefix + repr(value))
+        else:
+            parts.append(prefix + format_field(value))
+    return ",".join(parts)
+
+
+def series_key(measurement: str, tags: Mapping[str, str]) -> str:
+    """Measurement and tag set, tags sorted by key (InfluxDB's preferred order); tags
+    with empty values are omitted (InfluxDB refuses them)."""
+    head = escape_measurement(measurement)
+    for key in sorted(tags):
+        value = tags[key]
+        if value != "":
+            head += f",{escape_key(key)}={escape_key(value)}"
+    return head
 
 
 def encode_point(
@@ -51,12 +123,4 @@ def encode_point(
     t: int,
 ) -> str:
     """One line. Tags with empty values are omitted (InfluxDB refuses them)."""
-    if not fields:
-        raise LineProtocolError("a point needs at least one field")
-    head = escape_measurement(measurement)
-    for key in sorted(tags):
-        value = tags[key]
-        if value != "":
-            head += f",{escape_key(key)}={escape_key(value)}"
-    body = ",".join(f"{escape_key(k)}={format_field(v)}" for k, v in fields.items())
-    return f"{head} {body} {t}"
+    return f"{series_key(measurement, tags)} {encode_fields(fields)} {t}"

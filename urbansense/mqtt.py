@@ -173,6 +173,7 @@ class MqttClient:
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
+        self._client.on_subscribe = self._handle_subscribe
 
     # ------------------------------------------------------------------ lifecycle
     def connect(self, timeout_s: float = 10.0, *, wait: bool = True) -> None:
@@ -338,6 +339,14 @@ class MqttClient:
                 except Exception:  # a handler bug must not kill the network thread
                     log.exception("MQTT handler for %s failed on %s", sub.topic, msg.topic)
                 return
+
+    def _handle_subscribe(self, client: paho.Client, userdata: object, mid: int,
+                          reasons: list[ReasonCode], props: Properties | None) -> None:
+        # stats.extra["subacks"]: SUBACKs received (tests wait on it before publishing)
+        self.stats.extra["subacks"] = self.stats.extra.get("subacks", 0) + 1
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.error("MQTT %s refused a subscription: %s", self.settings.url, ", ".join(failed))
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
                         reason: ReasonCode, props: Properties) -> None:

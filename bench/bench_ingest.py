@@ -1,0 +1,281 @@
+"""Ingester benchmark: readings/s from MQTT publish to InfluxDB, against the raw InfluxDB
+write ceiling measured in the same run on the same private stack.
+
+1. hot path, in this process: µs per reading for decode+validate (codec), line encoding,
+   join+gzip;
+2. ceiling: the same readings as pre-encoded, pre-gzipped 5,000-line bodies posted
+   straight to /write by as many concurrent writers as the ingester uses;
+3. end to end, live: the ingester (its own process, `urbansense ingest run`) while this
+   process publishes every batch with QoS 1 as fast as the broker takes them;
+4. end to end, backlog: the same readings queued in the broker for the ingester's
+   session while it is stopped, then drained (the publisher's CPU out of the picture).
+
+Each phase writes into a fresh database. Rates count until the last point is stored
+(the ingester's own Prometheus counter, polled every 50 ms), and every phase checks the
+stored count. CPU: /proc of the ingester, influxd and mosquitto over each phase.
+
+    .venv/bin/python bench/bench_ingest.py                       # 600,000 readings
+    .venv/bin/python bench/bench_ingest.py --readings 200000 --gateways 10
+    .venv/bin/python bench/bench_ingest.py --instances 2          # two ingesters sharing it
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from ingest.points import LineEncoder, TimeWindow  # noqa: E402
+from urbansense import codec, topics  # noqa: E402
+from urbansense.influx import InfluxClient  # noqa: E402
+from urbansense.mqtt import MqttClient, MqttSettings  # noqa: E402
+from urbansense.stack import Stack, free_port  # noqa: E402
+
+SAMPLES_PER_BATCH = 50
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def make_messages(readings: int, gateways: int, t0: int) -> list[tuple[str, bytes]]:
+    """50-sample batches, 3 float fields each, gateways taking turns; (device, t) unique."""
+    messages = []
+    per_gateway_seq = [0] * gateways
+    for n in range(readings // SAMPLES_PER_BATCH):
+        g = n % gateways
+        seq = per_gateway_seq[g]
+        per_gateway_seq[g] += 1
+        t = t0 + seq * 1000
+        samples = [{"dev": f"wp-{i:04d}", "m": "water", "t": t,
+                    "f": {"pressure_mpa": 0.3 + (seq % 100) / 1000 + i / 1e5, "flow_m3h": 120.5 + i,
+                          "turbidity_ntu": 0.4 + (seq % 7) / 10}, "q": "good"}
+                   for i in range(SAMPLES_PER_BATCH)]
+        gw = f"gw-{g:03d}"
+        messages.append((topics.telemetry("bench", gw), orjson.dumps(
+            {"v": 1, "gw": gw, "district": "bench", "seq": seq, "sent": t, "samples": samples})))
+    return messages
+
+
+def hot_path(messages: list[tuple[str, bytes]]) -> dict[str, float]:
+    sample = messages[: min(len(messages), 2000)]
+    readings = len(sample) * SAMPLES_PER_BATCH
+    encoder = LineEncoder(TimeWindow(retention_ms=0, future_ms=2**62))
+    t = time.perf_counter()
+    batches = [codec.decode_batch_lenient(p)[0] for _, p in sample]
+    decode = time.perf_counter() - t
+    t = time.perf_counter()
+    entries = [encoder.encode(b, 0).chunk for b in batches]  # as the ingester does
+    encode = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(0, len(entries), 100):
+        gzip.compress("\n".join(entries[i:i + 100]).encode(), compresslevel=1)
+    pack = time.perf_counter() - t
+    assert all(entries), "the benchmark's samples should all take the numeric chunk path"
+    return {"decode_validate_us": decode / readings * 1e6, "encode_us": encode / readings * 1e6,
+            "join_gzip_us": pack / readings * 1e6}
+
+
+def ceiling(stack: Stack, messages: list[tuple[str, bytes]], database: str, writers: int) -> tuple[float, dict]:
+    encoder = LineEncoder(TimeWindow(retention_ms=0, future_ms=2**62))
+    lines: list[str] = []
+    for _, payload in messages:
+        encoder.batch_lines(codec.decode_batch_lenient(payload)[0], 0, lines)
+    bodies = [gzip.compress("\n".join(lines[i:i + 5000]).encode(), compresslevel=1)
+              for i in range(0, len(lines), 5000)]
+    InfluxClient(stack.influx_url, database).create_database()
+    todo = list(reversed(bodies))
+    lock = threading.Lock()
+
+    def post() -> None:
+        session = requests.Session()
+        while True:
+            with lock:
+                if not todo:
+                    return
+                body = todo.pop()
+            r = session.post(f"{stack.influx_url}/write", params={"db": database, "precision": "ms"},
+                             data=body, headers={"Content-Encoding": "gzip"}, timeout=60)
+            assert r.status_code == 204, r.text
+
+    cpu = _Cpu(stack)
+    t = time.perf_counter()
+    threads = [threading.Thread(target=post) for _ in range(writers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t
+    _check_count(stack, database, len(lines))
+    return len(lines) / elapsed, cpu.done(elapsed)
+
+
+class _Cpu:
+    def __init__(self, stack: Stack, extra: dict[str, int] | None = None) -> None:
+        running = stack.services()
+        self.pids = {"influxd": running["influxd"].pid, "mosquitto": running["mosquitto"].pid,
+                     "bench (publisher)": os.getpid(), **(extra or {})}
+        self.start = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def done(self, elapsed: float) -> dict[str, float]:
+        """Cores used by each process over the phase."""
+        return {name: (_cpu_seconds(pid) - self.start[name]) / elapsed for name, pid in self.pids.items()}
+
+
+def _check_count(stack: Stack, database: str, expected: int) -> None:
+    rows = InfluxClient(stack.influx_url, database, timeout_s=120).rows("SELECT count(pressure_mpa) FROM water")
+    stored = int(rows[0]["count"]) if rows else 0
+    assert stored == expected, f"{database}: {stored} points stored, {expected} expected"
+
+
+def _points_written(port: int) -> float:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return -1
+    match = re.search(r"^urbansense_ingest_points_total\{[^}]*\} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0
+
+
+def _start_ingester(stack: Stack, database: str, instance: str, port: int, log: Path,
+                    writers: int) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "urbansense.cli", "ingest", "run", "--mqtt", stack.mqtt_url,
+             "--influx", stack.influx_url, "--database", database, "--instance", instance,
+             "--share-group", "bench", "--prometheus-port", str(port), "--metrics-interval", "0",
+             "--writers", str(writers), "--log-level", "WARNING"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def _wait(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def _publish(stack: Stack, messages: list[tuple[str, bytes]]) -> None:
+    pub = MqttClient(MqttSettings.from_url(stack.mqtt_url), "bench-publisher", max_inflight=1000)
+    pub.connect()
+    infos = [pub.publish_tracked(topic, payload, qos=1) for topic, payload in messages]
+    for info in infos:
+        info.wait_for_publish(120)
+    pub.close()
+
+
+def end_to_end(stack: Stack, messages: list[tuple[str, bytes]], database: str, writers: int,
+               backlog: bool, log: Path, instances: int) -> tuple[float, dict, float]:
+    """Readings/s, cores per process (ingesters summed), ingester CPU ms per 1,000 readings."""
+    total = len(messages) * SAMPLES_PER_BATCH
+    ports = [free_port() for _ in range(instances)]
+    names = [f"bench-{n}" for n in range(instances)]
+
+    def start_all() -> list[subprocess.Popen[bytes]]:
+        procs = [_start_ingester(stack, database, name, port, log, writers)
+                 for name, port in zip(names, ports, strict=True)]
+        # the clock starts when the processes are up (their metrics endpoints answer before
+        # they connect to the broker), not while Python imports
+        _wait(lambda: all(_points_written(port) >= 0 for port in ports), 30, "the ingesters' metrics")
+        return procs
+
+    def written() -> float:
+        return sum(max(0.0, _points_written(port)) for port in ports)
+
+    procs = start_all()
+    try:
+        time.sleep(1.0)  # subscribed
+        if backlog:
+            for proc in procs:  # the sessions (and their subscriptions) stay in the broker
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+            _publish(stack, messages)
+            procs = start_all()
+        cpu = _Cpu(stack, {f"ingester{n}": proc.pid for n, proc in enumerate(procs)})
+        t = time.perf_counter()
+        publisher = None
+        if not backlog:
+            publisher = threading.Thread(target=_publish, args=(stack, messages))
+            publisher.start()
+        _wait(lambda: written() >= total, 600, "every reading written")
+        elapsed = time.perf_counter() - t
+        per_process = cpu.done(elapsed)
+        if publisher is not None:
+            publisher.join()
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(60)
+    _check_count(stack, database, total)
+    ingester_cores = sum(v for k, v in per_process.items() if k.startswith("ingester"))
+    usage = {k: v for k, v in per_process.items() if not k.startswith("ingester")}
+    usage["ingester" if instances == 1 else f"{instances} ingesters"] = ingester_cores
+    return total / elapsed, usage, ingester_cores * elapsed / (total / 1000) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readings", type=int, default=600_000)
+    parser.add_argument("--gateways", type=int, default=20)
+    parser.add_argument("--writers", type=int, default=2, help="concurrent writes (ingester and ceiling)")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="ingester processes sharing the stream (the acceptance figure is for 1)")
+    args = parser.parse_args()
+
+    t0 = int(time.time() * 1000) - 7 * 86_400_000  # inside the 30-day window, 1 s apart per seq
+    messages = make_messages(args.readings, args.gateways, t0)
+    total = len(messages) * SAMPLES_PER_BATCH
+    print(f"{total:,} readings in {len(messages):,} batches of {SAMPLES_PER_BATCH} samples x 3 fields, "
+          f"{args.gateways} gateways; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
+
+    hot = hot_path(messages)
+    print(f"hot path per reading: decode+validate {hot['decode_validate_us']:.2f} µs, "
+          f"encode {hot['encode_us']:.2f} µs, join+gzip(1) {hot['join_gzip_us']:.2f} µs")
+
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        stack = Stack(Path(tmp) / "stack")
+        stack.up()
+        try:
+            # the ceiling before and after the end-to-end phases: the spread shows the noise
+            rate_before, cpu_ceiling = ceiling(stack, messages, "ceiling_before", args.writers)
+            print(f"raw InfluxDB write ceiling (before): {rate_before:,.0f} points/s "
+                  f"(influxd {cpu_ceiling['influxd']:.2f} cores)")
+            results = {}
+            for name, backlog in (("live", False), ("backlog", True)):
+                results[name] = end_to_end(stack, messages, f"e2e_{name}", args.writers, backlog,
+                                           Path(tmp) / f"ingest-{name}.log", args.instances)
+            rate_after, cpu_ceiling = ceiling(stack, messages, "ceiling_after", args.writers)
+            print(f"raw InfluxDB write ceiling (after):  {rate_after:,.0f} points/s "
+                  f"(influxd {cpu_ceiling['influxd']:.2f} cores)")
+            rate_ceiling = (rate_before + rate_after) / 2
+            for name, (rate, usage, cpu_per_k) in results.items():
+                cores = ", ".join(f"{k} {v:.2f}" for k, v in usage.items())
+                print(f"end to end ({name}): {rate:,.0f} readings/s = {rate / rate_ceiling:.2f} of the "
+                      f"mean ceiling; ingester CPU {cpu_per_k:.1f} ms per 1,000 readings; cores: {cores}")
+            print(f"load average at the end {os.getloadavg()[0]:.2f}")
+        finally:
+            stack.down()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Every option of the ingester, with its default, loadable from a YAML file
+(see ingest/ingest.example.yaml) and overridden by command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from urbansense.config import ConfigError
+
+
+@dataclass(slots=True)
+class IngestSettings:
+    #: Lines per InfluxDB write (InfluxDB's own advice: 5,000-10,000).
+    batch_lines: int = 5000
+    #: Longest a reading waits in a partly filled batch.
+    batch_delay_s: float = 1.0
+    #: Writes in flight to InfluxDB at once.
+    max_concurrent_writes: int = 2
+    #: MQTT 5 Receive Maximum: unacknowledged messages the broker may have in flight to
+    #: this instance. This is the backpressure bound: while InfluxDB is down nothing is
+    #: acknowledged, so the broker stops sending after this many (memory stays bounded).
+    receive_maximum: int = 1000
+    #: How long the broker keeps this instance's session (and queues its messages) while
+    #: it is away; must be longer than any restart.
+    session_expiry_s: int = 3600
+    #: gzip level of write bodies (1 = fastest; line protocol compresses ~20:1 even so).
+    gzip_level: int = 1
+    #: Retry back-off of failed writes: starts at min, doubles, capped at max. A
+    #: Retry-After header of a 429/503 answer takes precedence.
+    retry_min_s: float = 0.2
+    retry_max_s: float = 10.0
+    #: Per-request timeout of InfluxDB writes.
+    write_timeout_s: float = 30.0
+    #: Samples further ahead of this instance's clock go to the dead letter.
+    max_future_s: float = 300.0
+    #: Samples older than this go to the dead letter. None = the retention of the
+    #: retention policy written to (read from InfluxDB at start); 0 = no limit.
+    max_age_s: float | None = None
+    #: Retention policy to write into; None = the database's default (`raw`).
+    retention_policy: str | None = None
+    #: Largest accepted payload.
+    max_payload_bytes: int = 256 * 1024
+    #: MQTT 5 shared-subscription group: instances in the same group split the stream.
+    #: Mosquitto keeps a stopped member's persistent session in the group and queues its
+    #: share of messages there until it returns, so a group's members must come back
+    #: under their own instance names (or stop with leave_on_stop).
+    share_group: str = "ingest"
+    #: Also store gateway birth/last-will messages (city/+/+/status) in gateway_status.
+    gateway_status: bool = True
+    #: Self-metrics point into InfluxDB (measurement urbansense_ingest) every N s; 0 = off.
+    metrics_interval_s: float = 10.0
+    #: Serve Prometheus metrics on this port (127.0.0.1 unless prometheus_host); 0 = off.
+    prometheus_port: int = 0
+    prometheus_host: str = "127.0.0.1"
+    #: On stop: how long to wait for in-flight writes before disconnecting anyway (what
+    #: is not written then is not acknowledged, and is redelivered on return).
+    drain_timeout_s: float = 30.0
+    #: On stop: leave the shared subscription and end the session (an instance removed
+    #: for good). Default False: a restart keeps the session, messages wait for it.
+    leave_on_stop: bool = False
+
+    def check(self) -> IngestSettings:
+        problems = []
+        for name in ("batch_lines", "max_concurrent_writes", "receive_maximum", "max_payload_bytes"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.receive_maximum > 65535:
+            problems.append(f"receive_maximum: MQTT allows at most 65535, got {self.receive_maximum}")
+        if not 0 <= self.gzip_level <= 9:
+            problems.append(f"gzip_level: must be 0 (off) to 9, got {self.gzip_level}")
+        if self.batch_delay_s <= 0:
+            problems.append(f"batch_delay_s: must be > 0, got {self.batch_delay_s}")
+        if self.retry_min_s <= 0 or self.retry_max_s < self.retry_min_s:
+            problems.append("retry_min_s/retry_max_s: need 0 < retry_min_s <= retry_max_s")
+        if not self.share_group or any(c in self.share_group for c in "/+#"):
+            problems.append(f"share_group: a non-empty name without / + #, got {self.share_group!r}")
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    @classmethod
+    def load(cls, path: Path | None, **overrides: Any) -> IngestSettings:
+        """Settings from a YAML file (keys as above, under `ingest:` or at the top),
+        then `overrides` that are not None."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                raw = yaml.safe_load(path.read_text()) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise ConfigError([f"{path}: cannot read ingester config: {exc}"]) from None
+            if not isinstance(raw, dict):
+                raise ConfigError([f"{path}: must be a mapping of option: value"])
+            values = raw.get("ingest", raw)
+            if not isinstance(values, dict):
+                raise ConfigError([f"{path}: ingest: must be a mapping of option: value"])
+        values = {**values, **{k: v for k, v in overrides.items() if v is not None}}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            where = f"{path}: " if path else ""
+            raise ConfigError([f"{where}unknown option {key!r}; known options: {', '.join(sorted(known))}"
+                               for key in unknown])
+        type_problems = [_type_problem(name, value, path) for name, value in values.items()]
+        if any(type_problems):
+            raise ConfigError([why for why in type_problems if why])
+        return cls(**values).check()
+
+
+def _type_problem(name: str, value: Any, path: Path | None) -> str | None:
+    default = getattr(IngestSettings(), name)
+    where = f"{path}: " if path else ""
+    if default is None and name in ("max_age_s",):
+        ok = value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+    elif default is None:
+        ok = value is None or isinstance(value, str)
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if ok:
+        return None
+    expected = "a number" if isinstance(default, float) else type(default).__name__
+    return f"{where}{name}: expected {expected}, got {value!r}"
