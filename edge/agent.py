@@ -200,7 +200,8 @@ class EdgeAgent:
                 await self._stop.wait()
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), duration_s)
+                    async with asyncio.timeout(duration_s):
+                        await self._stop.wait()
         finally:
             for t in tasks:
                 t.cancel()

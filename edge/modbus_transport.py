@@ -89,8 +89,10 @@ class TcpMaster:
             return proto
         loop = asyncio.get_running_loop()
         try:
-            _transport, fresh = await asyncio.wait_for(
-                loop.create_connection(_MbapProtocol, self.host, self.port), self.connect_timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the awaited future completes, and the agent would never stop.
+            async with asyncio.timeout(self.connect_timeout_s):
+                _transport, fresh = await loop.create_connection(_MbapProtocol, self.host, self.port)
         except (TimeoutError, OSError) as exc:
             why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             raise ModbusLinkError(f"cannot connect to {self.host}:{self.port}: {why}") from None
@@ -108,7 +110,8 @@ class TcpMaster:
         proto.transport.write(frame)
         self.requests += 1
         try:
-            answer = await asyncio.wait_for(fut, timeout_s)
+            async with asyncio.timeout(timeout_s):  # see _connection: never wait_for here
+                answer = await fut
         except TimeoutError:
             proto.pending.pop(tid, None)
             self._timeouts += 1

@@ -113,8 +113,10 @@ class StoreAndForward:
     # ------------------------------------------------------------------ loop
     async def run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for (3.11's wait_for can swallow a cancellation)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.commit_interval_s)
+                async with asyncio.timeout(self.commit_interval_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 self.tick()

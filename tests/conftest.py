@@ -1,6 +1,9 @@
 """Shared fixtures: real Mosquitto and InfluxDB from the project's own stack runner.
 
-`stack` is one private stack per test session (free loopback ports, a temp run dir).
+`stack` is one private stack per test module (free loopback ports, a temp run dir): a
+module never sees the broker sessions or shared-subscription members that another
+module's ingesters left behind (Mosquitto keeps queueing a share of the stream for a
+disconnected member with a persistent session).
 Tests that stop or kill a service use `private_stack`, their own, so they never disturb
 the others. Each test that writes data uses its own database name (`influx_db`).
 """
@@ -17,7 +20,7 @@ from urbansense.influx import InfluxClient
 from urbansense.stack import Stack
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(tmp_path_factory.mktemp("stack"))
     s.up()

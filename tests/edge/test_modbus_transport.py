@@ -110,3 +110,28 @@ def test_rtu_frame_crc_matches_the_modbus_spec_example() -> None:
     frame = rtu_frame(read_request(1, "holding", 0, 1))
     assert frame.hex() == "010300000001840a"
     assert crc16(frame) == 0  # a frame with its CRC appended checks to zero
+
+
+def test_a_cancel_that_meets_the_answer_is_not_swallowed() -> None:
+    """Regression: with asyncio.wait_for (Python 3.11) a cancellation arriving in the same
+    loop iteration as the answer was swallowed, the link task went on polling, and the
+    agent never stopped. The master must let the CancelledError through."""
+
+    async def scenario() -> None:
+        server = AwkwardServer(slow_s=5.0)  # unit 1 answers too late: we answer it ourselves
+        port = await server.start()
+        master = TcpMaster("127.0.0.1", port)
+        assert await _read(master, 2) == [2, 2, 2]  # connected
+        task = asyncio.create_task(_read(master, 1, timeout=2.0))
+        await asyncio.sleep(0.05)  # the request is out, the master waits for the answer
+        proto = master._protocol
+        assert proto is not None and len(proto.pending) == 1
+        (fut,) = proto.pending.values()
+        fut.set_result(bytes([1, 3, 6, 0, 7, 0, 7, 0, 7]))  # the answer lands ...
+        task.cancel()  # ... in the same iteration as the stop
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await master.close()
+        await server.stop()
+
+    asyncio.run(scenario())
