@@ -91,6 +91,12 @@ def outage(tmp_path: Path, private_stack: Stack, meter_profile_dir: Path) -> Ite
     steady, killed = Gateway(tmp_path, "steady", mqtt_url), Gateway(tmp_path, "killed", mqtt_url)
     with steady.sim, killed.sim:
         thread.start()
+        # Samples published before the ingester has subscribed have no session to go to:
+        # start the agents only once both its subscriptions are acknowledged.
+        deadline = time.monotonic() + 30
+        while ingester.mqtt.stats.extra.get("subacks", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ingester.mqtt.stats.extra.get("subacks", 0) >= 2, "ingester did not subscribe"
         try:
             yield private_stack, influx, steady, killed
         finally:
