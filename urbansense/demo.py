@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -31,11 +29,14 @@ from rich.table import Table
 from urbansense import codec, topics
 from urbansense.clock import ScenarioClock
 from urbansense.demo_view import DemoState
+from urbansense.district import port_offset as _port_offset
+from urbansense.district import tune_gateway_configs
+from urbansense.district import wait_ports as _wait_ports
 from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient, InfluxError
 from urbansense.mqtt import MqttClient, MqttSettings
 from urbansense.processes import ProcessGroup
-from urbansense.stack import Stack, default_run_dir, free_port
+from urbansense.stack import Stack, default_run_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,43 +50,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--headless", action="store_true", help="no live view")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=run_demo)
-
-
-def _port_offset(ports: list[int]) -> int:
-    """An offset at which every shipped simulator port is free on loopback."""
-    for _ in range(50):
-        offset = free_port() % 20000 + 20000 - min(ports)
-        if all(_free(p + offset) for p in ports):
-            return offset
-    raise RuntimeError("could not find free loopback ports for the simulators")
-
-
-def _free(port: int) -> bool:
-    if not 1024 < port < 65536:
-        return False
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _wait_ports(ports: list[int], procs: ProcessGroup, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    pending = set(ports)
-    while pending and time.monotonic() < deadline:
-        if procs.check():
-            raise RuntimeError(f"component exited at start: {', '.join(procs.check())}\n{procs.log_tail('sim')}")
-        for port in list(pending):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                pending.discard(port)
-            except OSError:
-                pass
-        time.sleep(0.2)
-    if pending:
-        raise RuntimeError(f"simulator ports {sorted(pending)} did not open within {timeout_s:.0f} s")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -136,15 +100,8 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     env = {**stack.env(), "URBANSENSE_CLOCK": clock.to_env()}
 
     gw_paths = scenario.write_gateway_configs(run_dir / "gateways", mqtt_port=stack.mqtt_port)
-    for path in gw_paths:  # the demo's poll period, in wall seconds
-        cfg = yaml.safe_load(path.read_text())
-        cfg["poll_interval_s"] = max(args.poll, scenario.step_s / speed)
-        cfg["batch"]["max_interval_s"] = 0.5
-        # A Modbus time-out of 1 s wall is `speed` seconds of city time: keep a dead device
-        # from holding up its link's healthy neighbours long enough to look silent.
-        for link in cfg["links"]:
-            link["timeout_s"] = min(float(link.get("timeout_s", 1.0)), 0.2)
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # the demo's poll period, in wall seconds; short link time-outs (see tune_gateway_configs)
+    tune_gateway_configs(gw_paths, poll_s=max(args.poll, scenario.step_s / speed))
 
     state = DemoState(scenario.name, speed, start_ms, start_ms + int(scenario.duration_s * 1000))
     watcher = MqttClient(MqttSettings.from_url(stack.mqtt_url), client_id=f"demo-view-{time.time_ns()}")

@@ -1,0 +1,72 @@
+"""Pieces for starting a whole simulated district on real parts, shared by the demo
+(`urbansense demo`) and the whole-pipeline chaos runs (tests/chaos/).
+
+A district run: simulator ports remapped to free loopback ports, one scenario clock for
+every process (URBANSENSE_CLOCK), gateway configs written per run with short link
+time-outs, and edges started only once the simulators listen and the clock has started.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import yaml
+
+from urbansense.processes import ProcessGroup
+from urbansense.stack import free_port
+
+
+def port_offset(ports: list[int]) -> int:
+    """An offset at which every shipped simulator port is free on loopback."""
+    for _ in range(50):
+        offset = free_port() % 20000 + 20000 - min(ports)
+        if all(port_free(p + offset) for p in ports):
+            return offset
+    raise RuntimeError("could not find free loopback ports for the simulators")
+
+
+def port_free(port: int) -> bool:
+    if not 1024 < port < 65536:
+        return False
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_ports(ports: list[int], procs: ProcessGroup, timeout_s: float = 30.0, sim_name: str = "sim") -> None:
+    """Wait until every simulator port accepts connections; fail early if a child died."""
+    deadline = time.monotonic() + timeout_s
+    pending = set(ports)
+    while pending and time.monotonic() < deadline:
+        if procs.check():
+            raise RuntimeError(f"component exited at start: {', '.join(procs.check())}\n{procs.log_tail(sim_name)}")
+        for port in list(pending):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                pending.discard(port)
+            except OSError:
+                pass
+        time.sleep(0.2)
+    if pending:
+        raise RuntimeError(f"simulator ports {sorted(pending)} did not open within {timeout_s:.0f} s")
+
+
+def tune_gateway_configs(paths: list[Path], poll_s: float, batch_interval_s: float = 0.5,
+                         link_timeout_s: float = 0.2) -> None:
+    """Rewrite per-run gateway configs for an accelerated scenario.
+
+    A Modbus time-out of 1 s wall is `speed` seconds of city time: a short link time-out
+    keeps a dead device from holding up its link's healthy neighbours long enough to look
+    silent."""
+    for path in paths:
+        cfg = yaml.safe_load(path.read_text())
+        cfg["poll_interval_s"] = poll_s
+        cfg["batch"]["max_interval_s"] = batch_interval_s
+        for link in cfg["links"]:
+            link["timeout_s"] = min(float(link.get("timeout_s", 1.0)), link_timeout_s)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
