@@ -41,6 +41,7 @@ from ingest.batch import Delivery, WriteBatch
 from ingest.deadletter import DeadLetters
 from ingest.metrics import IngestCounts, IngestMetrics
 from ingest.points import LineEncoder, TimeWindow, status_line
+from ingest.ratelimit import GatewayRateLimit
 from ingest.sequence import SequenceTracker
 from ingest.settings import IngestSettings
 from ingest.writer import BatchWriter
@@ -91,6 +92,8 @@ class Ingester:
                                session_expiry_s=s.session_expiry_s, manual_ack=True,
                                receive_maximum=s.receive_maximum, on_connect=self._on_connect)
         self.deadletters = DeadLetters(self.mqtt, instance, self.metrics)
+        self._rate_limit = (GatewayRateLimit(s.gateway_rate_bytes_per_s, s.gateway_rate_burst_s)
+                            if s.gateway_rate_bytes_per_s > 0 else None)
         self._telemetry_filter = f"$share/{s.share_group}/{topics.ALL_TELEMETRY}"
         self.mqtt.subscribe(self._telemetry_filter, self._receive, qos=1)
         if s.gateway_status:
@@ -194,6 +197,9 @@ class Ingester:
                 status = codec.decode_status(payload)
                 batch.add_line(status_line(where.district, where.gateway, status))
             else:
+                if self._rate_limit is not None and not self._rate_limit.allow(
+                        where.district, where.gateway, len(payload)):
+                    raise codec.PayloadError(self._rate_limit.reason(where.district, where.gateway))
                 decoded, problems = codec.decode_batch_lenient(
                     payload, max_bytes=self.settings.max_payload_bytes)
                 if decoded.gw != where.gateway or decoded.district != where.district:

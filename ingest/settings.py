@@ -63,6 +63,13 @@ class IngestSettings:
     #: On stop: leave the shared subscription and end the session (an instance removed
     #: for good). Default False: a restart keeps the session, messages wait for it.
     leave_on_stop: bool = False
+    #: Per-gateway rate limit in payload bytes/s (0 = off): a gateway sending more is
+    #: refused before decoding, to the dead letter, so one flooding gateway cannot starve
+    #: the others (ingest/ratelimit.py). Edge batches are ~100 bytes per sample.
+    gateway_rate_bytes_per_s: float = 0.0
+    #: Burst the rate limit allows, in seconds of the rate (a gateway's backlog replay
+    #: after an outage comes as a burst); rate x burst must hold the largest payload.
+    gateway_rate_burst_s: float = 10.0
 
     def check(self) -> IngestSettings:
         problems = []
@@ -79,6 +86,13 @@ class IngestSettings:
             problems.append("retry_min_s/retry_max_s: need 0 < retry_min_s <= retry_max_s")
         if not self.share_group or any(c in self.share_group for c in "/+#"):
             problems.append(f"share_group: a non-empty name without / + #, got {self.share_group!r}")
+        if self.gateway_rate_bytes_per_s < 0 or self.gateway_rate_burst_s <= 0:
+            problems.append("gateway_rate_bytes_per_s/gateway_rate_burst_s: need rate >= 0 (0 = off) "
+                            "and burst > 0")
+        elif 0 < self.gateway_rate_bytes_per_s * self.gateway_rate_burst_s < self.max_payload_bytes:
+            problems.append(f"gateway_rate_bytes_per_s x gateway_rate_burst_s must hold one payload of "
+                            f"max_payload_bytes ({self.max_payload_bytes}), got "
+                            f"{self.gateway_rate_bytes_per_s * self.gateway_rate_burst_s:.0f}")
         if problems:
             raise ConfigError(problems)
         return self

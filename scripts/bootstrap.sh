@@ -7,12 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto influxdb mbpoll socat)
+APT_PACKAGES=(mosquitto influxdb mbpoll socat openssl)
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 command -v mbpoll >/dev/null 2>&1 || missing+=(mbpoll)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+# the security tests make their TLS certificates with the openssl CLI
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
     echo "bootstrap: installing Debian packages: ${missing[*]}"

@@ -303,8 +303,15 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError([f"{shown}: file not found; check the path"]) from None
     except OSError as exc:
         raise ConfigError([f"{shown}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"{shown}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x})\n"
+                           "  fix: save the file as UTF-8"]) from None
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError([f"{shown}: nested too deeply to be a config file\n"
+                           "  fix: check the brackets and indentation"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""

@@ -28,6 +28,8 @@ from collections.abc import Mapping
 
 _MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r"})
 _KEY = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\n": r"\n", "\r": r"\r"})
+# InfluxDB skips tabs and NUL bytes at the start of a line and of a field key.
+_TRIMMED = "\t\x00"
 _AMBIGUOUS_BACKSLASH = re.compile(r"\\(?:[,= ]|$)")
 _STRING = str.maketrans({'"': r"\"", "\\": "\\\\"})
 
@@ -50,7 +52,21 @@ def _no_trailing_backslash(name: str) -> str:
 
 
 def escape_measurement(name: str) -> str:
+    # A line that starts with '#' is a comment: InfluxDB would drop the point silently
+    # (found by tests/security/test_lineprotocol_property.py).
+    if not name or name[0] == "#" or name[0] in _TRIMMED:
+        raise LineProtocolError(f"measurement {name!r} cannot be stored exactly: it must not be empty or "
+                                "start with '#', a tab or a NUL")
     return _no_trailing_backslash(name).translate(_MEASUREMENT)
+
+
+def _check_key(key: str, what: str) -> str:
+    """Tag and field keys InfluxDB refuses or changes: empty, `time` (refused with a
+    partial write), a leading tab or NUL (trimmed from field keys)."""
+    if not key or key == "time" or key[0] in _TRIMMED:
+        raise LineProtocolError(f"{what} {key!r} cannot be stored exactly: it must not be empty, "
+                                "'time', or start with a tab or a NUL")
+    return key
 
 
 def escape_key(key: str) -> str:
@@ -79,7 +95,7 @@ def format_field(value: object) -> str:
 
 def _key_prefix(key: str) -> str:
     """'pressure_mpa' -> 'pressure_mpa=' (escaped), cached."""
-    prefix = escape_key(key) + "="
+    prefix = escape_key(_check_key(key, "field key")) + "="
     if len(_key_prefixes) >= _KEY_CACHE_MAX:
         _key_prefixes.clear()
     _key_prefixes[key] = prefix
@@ -112,7 +128,7 @@ def series_key(measurement: str, tags: Mapping[str, str]) -> str:
     for key in sorted(tags):
         value = tags[key]
         if value != "":
-            head += f",{escape_key(key)}={escape_key(value)}"
+            head += f",{escape_key(_check_key(key, 'tag key'))}={escape_key(value)}"
     return head
 
 

@@ -151,6 +151,8 @@ class MqttClient:
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._reconnect_thread: threading.Thread | None = None
+        # a connection dropped before any CONNACK is logged once per failure streak
+        self._warned_unanswered = False
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -289,6 +291,7 @@ class MqttClient:
             log.error("MQTT %s: %s", self.settings.url, self.stats.last_error)
             return
         self.stats.connects += 1
+        self._warned_unanswered = False
         for sub in self._subs:
             self._do_subscribe(sub)
         self._connected.set()
@@ -302,9 +305,16 @@ class MqttClient:
         if self._stopping:
             return
         self.stats.disconnects += int(was_connected)
+        refused = self.stats.last_error.startswith("broker refused")  # logged by _handle_connect
         self.stats.last_error = str(reason)
         if was_connected:
             log.warning("MQTT connection to %s lost (%s); reconnecting", self.settings.url, reason)
+        elif not refused and not self._warned_unanswered:
+            # Without this, a plaintext client at a TLS-only listener retried silently forever.
+            self._warned_unanswered = True
+            hint = "" if self.settings.tls else " (a TLS listener drops plaintext clients: use mqtts://)"
+            log.warning("MQTT broker at %s closed the connection without accepting it%s; retrying",
+                        self.settings.url, hint)
         if self._on_disconnect_cb:
             self._on_disconnect_cb(str(reason))
         self._start_reconnect_loop()
