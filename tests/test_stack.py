@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import requests
@@ -49,6 +50,12 @@ def test_stale_pid_is_cleaned_and_restart_reuses_port(private_stack: Stack) -> N
     port = private_stack.mqtt_port
     pid = private_stack.services()["mosquitto"].pid
     os.kill(pid, 9)
+    # SIGKILL is delivered asynchronously: wait (bounded) until the kernel has ended it,
+    # otherwise status() may truthfully still see it running (CI caught this race)
+    deadline = time.monotonic() + 10
+    while pid_alive(pid, "mosquitto") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pid_alive(pid, "mosquitto"), "mosquitto survived SIGKILL for 10 s"
     # status notices the dead process and clears its pid, keeping the port for a restart
     assert private_stack.status()["mosquitto"] is None
     state = json.loads(private_stack.state_file.read_text())
