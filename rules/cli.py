@@ -13,6 +13,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from urbansense.clock import TimeFormatError, parse_time_ms
+
 if TYPE_CHECKING:
     from rules.catalog import Rule
     from urbansense.mqtt import MqttClient
@@ -46,8 +48,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bt.add_argument("--scenario", help="scenario name (simulators/scenarios/NAME.yaml) or path")
     bt.add_argument("--rules", type=Path)
     bt.add_argument("--seed", type=int, default=1)
-    bt.add_argument("--from", dest="from_", metavar="TIME", help="replay InfluxDB data from (ISO 8601 or epoch ms)")
-    bt.add_argument("--to", metavar="TIME", help="replay InfluxDB data up to (ISO 8601 or epoch ms)")
+    bt.add_argument("--from", dest="from_", metavar="TIME",
+                    help="replay InfluxDB data from (ISO 8601 or epoch s/ms/us/ns)")
+    bt.add_argument("--to", metavar="TIME", help="replay InfluxDB data up to (ISO 8601 or epoch s/ms/us/ns)")
     bt.add_argument("--influx", help="InfluxDB URL for --from/--to")
     bt.add_argument("--database", default="city")
     bt.add_argument("--truth", type=Path, help="ground-truth JSON lines (urbansense sim run --truth) for --from/--to")
@@ -119,15 +122,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _time_ms(text: str) -> int:
-    if text.isdigit():
-        return int(text)
     try:
-        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise SystemExit(f"error: time {text!r}: use ISO 8601 (2026-11-26T14:00:00+08:00) or epoch ms") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return int(value.timestamp() * 1000)
+        return parse_time_ms(text)
+    except TimeFormatError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def _backtest(args: argparse.Namespace) -> int:

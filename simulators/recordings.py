@@ -14,12 +14,12 @@ Escapes (\\, \\space \\= \\") are honoured; `device_error` becomes a q="bad" sam
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from urbansense.clock import TimeFormatError, parse_time_ms
 from urbansense.schema import FieldValue, Sample
 
 
@@ -36,26 +36,10 @@ class Row:
 
 def epoch_ms(value: str | int | float) -> int:
     """Epoch milliseconds from s, ms, us or ns (by magnitude) or an ISO 8601 string."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = float(text) if "." in text else int(text)
-        except ValueError:
-            try:
-                parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                raise RecordingError(f"time {text!r} is neither epoch (s/ms/us/ns) nor ISO 8601") from None
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=dt.UTC)
-            return int(parsed.timestamp() * 1000)
-    v = float(value)
-    if v > 1e17:
-        return int(v // 1_000_000)
-    if v > 1e14:
-        return int(v // 1_000)
-    if v > 1e11:
-        return int(v)
-    return int(v * 1000)
+    try:
+        return parse_time_ms(value)
+    except TimeFormatError as exc:
+        raise RecordingError(str(exc)) from None
 
 
 def _csv_value(text: str) -> FieldValue:

@@ -12,6 +12,7 @@ its clock reaches the wall clock exactly when the run ends and never runs ahead 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 from dataclasses import dataclass
@@ -70,3 +71,41 @@ def now_ms() -> int:
     if not value:
         return int(time.time() * 1000)
     return ScenarioClock.from_env(value).now_ms()
+
+
+class TimeFormatError(ValueError):
+    """A time given by a user (CLI option, recording column) that is not a time."""
+
+
+def parse_time_ms(value: str | int | float) -> int:
+    """Epoch milliseconds from epoch s, ms, us or ns (told apart by magnitude: any date after
+    1973 is unambiguous) or an ISO 8601 string (UTC when it has no offset)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = float(text) if "." in text else int(text)
+        except ValueError:
+            try:
+                parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise TimeFormatError(
+                    f"time {text!r} is neither epoch (s/ms/us/ns) nor ISO 8601 "
+                    "(e.g. 2026-11-26T14:00:00+08:00)") from None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=dt.UTC)
+            return int(parsed.timestamp() * 1000)
+    if isinstance(value, int):  # exact: a float loses the last digits of epoch ns
+        for limit, divisor in ((10**17, 1_000_000), (10**14, 1_000), (10**11, 1)):
+            if value > limit:
+                return value // divisor
+        return value * 1000
+    v = float(value)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise TimeFormatError(f"time {value!r} is not a finite number")
+    if v > 1e17:
+        return int(v // 1_000_000)
+    if v > 1e14:
+        return int(v // 1_000)
+    if v > 1e11:
+        return int(v)
+    return int(v * 1000)
