@@ -7,11 +7,13 @@ evaluates a round with a few numpy operations, the lifecycle (rules/lifecycle.py
 runs over the resulting arrays, and only the transitions become Python objects.
 
 `alert_line(event)` encodes an event as an InfluxDB `alerts` point (also used by the
-dashboards' tests to write test alerts).
+dashboards' tests to write test alerts); `alert_lines(event)` adds, on an escalation, the
+point that closes the replaced severity's entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable
@@ -301,9 +303,11 @@ class RulesEngine:
         labels: dict[str, str | None] = {"rule": rule.id, "domain": rule.domain, "district": district,
                                          "device": device, "severity": severity}
         silenced = change is not Change.RESOLVED and self.silences.silenced(labels, t)
+        before = self.publisher.published_severity(alert_id)
         out = self.publisher.offer(alert_id, change, sev, t, silenced)
         if out is Change.NONE:
             return []
+        supersedes = SEVERITY_LEVELS[before] if out is Change.ESCALATED and 0 <= before != sev else None
         metric = ev.metrics[0] if ev.metrics else None
         val = None if math.isnan(value) else value
         thr = None if math.isnan(threshold) else threshold
@@ -325,7 +329,8 @@ class RulesEngine:
         return [AlertEvent(id=alert_id, rule=rule.id, domain=rule.domain, severity=severity,
                            state="resolved" if out is Change.RESOLVED else "firing", district=district,
                            device=device, metric=metric, value=val, threshold=thr,
-                           started=int(ev.lifecycle.since[key]), t=t, message=message, forecast=forecast)]
+                           started=int(ev.lifecycle.since[key]), t=t, message=message, forecast=forecast,
+                           supersedes=supersedes)]
 
     def _owed(self, alert_id: str, change: Change, sev: int) -> list[AlertEvent]:
         """The event an alert that stopped flapping owes (it ended up firing)."""
@@ -380,3 +385,15 @@ def alert_line(event: AlertEvent) -> str:
     if event.forecast is not None:
         fields["eta_s"] = float(event.forecast.eta_s)
     return encode_point("alerts", tags, fields, event.t)
+
+
+def alert_lines(event: AlertEvent) -> list[str]:
+    """The `alerts` points of an event. An escalation also closes the entry of the severity
+    it replaces (state `resolved`, same alert id and time), so that the warning entry of an
+    alert now critical does not stay active on the dashboards until the alert resolves."""
+    lines = [alert_line(event)]
+    if event.supersedes and event.supersedes != event.severity:
+        closed = dataclasses.replace(event, severity=event.supersedes, state="resolved", forecast=None,
+                                     message=f"Escalated to {event.severity}: {event.message}", supersedes=None)
+        lines.append(alert_line(closed))
+    return lines

@@ -192,6 +192,11 @@ class Publisher:
         p = self._alerts.get(alert_id)
         return bool(p and p.flapping)
 
+    def published_severity(self, alert_id: str) -> int:
+        """The severity subscribers last saw firing for this alert, or -1."""
+        p = self._alerts.get(alert_id)
+        return p.published_severity if p is not None else -1
+
     def offer(self, alert_id: str, change: Change, severity: int, t: int, silenced: bool) -> Change:
         p = self._alerts.setdefault(alert_id, _Published())
         if change in (Change.FIRING, Change.RESOLVED):

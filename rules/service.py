@@ -19,7 +19,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 
 from rules.catalog import CATALOG_DIR, Rule, load_catalog
-from rules.engine import RulesEngine, alert_line
+from rules.engine import RulesEngine, alert_lines
 from rules.inventory import load_inventory
 from rules.silences import ALL_SILENCES, SilenceError
 from rules.warmstart import warm_start
@@ -174,7 +174,7 @@ class RulesService:
         self.mqtt.publish(topic, codec.encode_alert(event), qos=1)
         self.events_published += 1
         log.info("%s %s [%s] %s", event.state.upper(), event.id, event.severity, event.message)
-        self._pending_lines.append(alert_line(event))
+        self._pending_lines.extend(alert_lines(event))
 
     def _flush_influx(self) -> None:
         if not self._pending_lines:

@@ -99,6 +99,9 @@ class AlertEvent:
     message: str
     forecast: Forecast | None = None
     v: int = 1
+    #: On an escalation, the severity this event replaces (not on the wire: the `alerts`
+    #: measurement closes that severity's entry, so a dashboard shows the alert once).
+    supersedes: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
