@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 from pathlib import Path
 
 
@@ -64,6 +65,11 @@ def _run(args: argparse.Namespace) -> int:
                    database=args.database, instance=args.instance, settings=settings)
     signal.signal(signal.SIGTERM, lambda *_: ing.stop())
     signal.signal(signal.SIGINT, lambda *_: ing.stop())
+    # The network thread holds the GIL most of the time; with the default 5 ms switch
+    # interval the writer threads waited that long for it at every step of a request, and
+    # InfluxDB idled between writes. 0.5 ms: +5-25 % end to end in paired runs
+    # (docs/benchmarks/ingest.md).
+    sys.setswitchinterval(0.0005)
     ing.run(args.duration)
     return 0
 

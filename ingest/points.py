@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 
+import msgspec
 import orjson
 
+from urbansense.codec import PlainBatch
 from urbansense.lineprotocol import encode_fields, encode_point, escape_key, series_key
 from urbansense.schema import GatewayStatus, TelemetryBatch
 
@@ -170,6 +173,40 @@ def _chunk(rows: list[tuple[str, object, int]]) -> str:
     line protocol (shortest round-trip floats, true/false)."""
     text = orjson.dumps(rows).translate(_CHUNK_CHARS, b'"')[2:-2]
     return text.replace(b",{", b" ").replace(b"},", b" ").replace(b"],[", b"\n").decode()
+
+
+_plain_encoder = msgspec.json.Encoder()
+_T = attrgetter("t")
+_PLAIN_CHARS = bytes.maketrans(b":", b"=")
+
+
+def transcode_plain(batch: PlainBatch, window: TimeWindow, now_ms: int) -> EncodedBatch | None:
+    """A plain batch (codec.decode_plain_batch) straight to line protocol: one msgspec
+    encode, four replaces and a translate for the whole batch, no per-sample Python::
+
+        [{"m":"water","dev":"d0","f":{"p":0.3,"on":true},"t":1764190000000},{"m":...
+        -> water,device=d0,district=x,gateway=g p=0.3,on=true 1764190000000\n...
+
+    The same text as LineEncoder.encode gives (floats may be spelled differently, e.g.
+    1e16 for 1e+16: the same number). Safe because the names are identifiers and metric
+    names (no character of JSON's punctuation or line protocol's escapes), the values
+    floats and booleans, and the samples' fields are encoded in the order m, dev, f, t.
+    None when a sample is outside the time window (LineEncoder says why)."""
+    samples = batch.samples
+    if not samples:
+        return EncodedBatch([], "", 0, [])
+    times = list(map(_T, samples))
+    if min(times) < (now_ms - window.retention_ms if window.retention_ms else 0) or \
+            max(times) > now_ms + window.future_ms:
+        return None
+    tags = f",district={batch.district},gateway={batch.gw} ".encode()
+    # same-length replacements (padded with NULs, dropped by the translate) are done in
+    # place by bytes.replace, at a third of the cost of the others
+    text = (_plain_encoder.encode(samples)[7:-2]  # '[{"m":"' ... '}]'
+            .replace(b'","dev":"', b",device=\0").replace(b'},"t":', b" \0\0\0\0\0")
+            .replace(b'},{"m":"', b"\n\0\0\0\0\0\0\0").replace(b'","f":{"', tags)
+            .translate(_PLAIN_CHARS, b'"\0'))
+    return EncodedBatch([], text.decode(), len(samples), [])
 
 
 def batch_lines(batch: TelemetryBatch) -> list[str]:

@@ -40,7 +40,7 @@ import paho.mqtt.client as paho
 from ingest.batch import Delivery, WriteBatch
 from ingest.deadletter import DeadLetters
 from ingest.metrics import IngestCounts, IngestMetrics
-from ingest.points import LineEncoder, TimeWindow, status_line
+from ingest.points import EncodedBatch, LineEncoder, TimeWindow, status_line, transcode_plain
 from ingest.ratelimit import GatewayRateLimit
 from ingest.sequence import SequenceTracker
 from ingest.settings import IngestSettings
@@ -49,10 +49,12 @@ from urbansense import codec, topics
 from urbansense.influx import InfluxClient, InfluxError
 from urbansense.lineprotocol import LineProtocolError
 from urbansense.mqtt import MqttClient, MqttSettings
+from urbansense.schema import TelemetryBatch
 
 log = logging.getLogger("urbansense.ingest")
 
 _DEFAULT_RETENTION_MS = 30 * 86_400_000
+_TOPIC_CACHE_MAX = 65536
 
 
 class Ingester:
@@ -72,6 +74,7 @@ class Ingester:
         self.metrics = IngestMetrics(instance)
         self.encoder = LineEncoder()
         self.sequences = SequenceTracker()
+        self._topics: dict[str, topics.GatewayTopic] = {}
         # unbounded, yet never holds more than receive_maximum messages (see above)
         self._ready: queue.SimpleQueue[WriteBatch | None] = queue.SimpleQueue()
         self._batch_lock = threading.Lock()
@@ -189,10 +192,11 @@ class Ingester:
             self._batch_due = self._batch.first_received + self.settings.batch_delay_s
         batch = self._batch
         payload = msg.payload if type(msg.payload) is bytes else bytes(msg.payload)
-        delivery = Delivery(msg.mid, msg.qos, generation, msg.topic, payload)
+        topic = msg.topic  # decoded by paho on every access
+        delivery = Delivery(msg.mid, msg.qos, generation, topic, payload)
         first_line = len(batch.lines)
         try:
-            where = topics.parse_gateway_topic(msg.topic)
+            where = self._topics.get(topic) or self._parse_topic(topic)
             if where.kind == "status":
                 status = codec.decode_status(payload)
                 batch.add_line(status_line(where.district, where.gateway, status))
@@ -200,8 +204,7 @@ class Ingester:
                 if self._rate_limit is not None and not self._rate_limit.allow(
                         where.district, where.gateway, len(payload)):
                     raise codec.PayloadError(self._rate_limit.reason(where.district, where.gateway))
-                decoded, problems = codec.decode_batch_lenient(
-                    payload, max_bytes=self.settings.max_payload_bytes)
+                decoded, encoded, problems = self._decode(payload)
                 if decoded.gw != where.gateway or decoded.district != where.district:
                     raise codec.PayloadError(
                         f"batch says district={decoded.district} gw={decoded.gw} but arrived on "
@@ -209,7 +212,6 @@ class Ingester:
                 gaps, repeats = self.sequences.observe(where.district, where.gateway, decoded.seq)
                 if gaps or repeats:
                     self.metrics.sequence(gaps, repeats)
-                encoded = self.encoder.encode(decoded, int(time.time() * 1000))
                 for line in encoded.lines:
                     batch.add_line(line)
                 if encoded.chunk:
@@ -226,6 +228,29 @@ class Ingester:
             self.deadletters.payload(delivery, f"ingester error (please report it): {exc!r}")
         batch.add(delivery, first_line)
         self.metrics.messages(1)
+
+    def _parse_topic(self, topic: str) -> topics.GatewayTopic:
+        """Parsed once per topic (a gateway publishes on the same few), bounded."""
+        where = topics.parse_gateway_topic(topic)
+        if len(self._topics) >= _TOPIC_CACHE_MAX:
+            self._topics.clear()
+        self._topics[topic] = where
+        return where
+
+    def _decode(self, payload: bytes) -> tuple[codec.PlainBatch | TelemetryBatch, EncodedBatch, list[str]]:
+        """A telemetry payload to its points and the reasons for refused samples. The
+        ordinary batch in one go (codec.decode_plain_batch, points.transcode_plain);
+        anything else, or a sample outside the time window, the full path (same points,
+        and the reasons)."""
+        now_ms = int(time.time() * 1000)
+        max_bytes = self.settings.max_payload_bytes
+        plain = codec.decode_plain_batch(payload, max_bytes=max_bytes)
+        if plain is not None:
+            encoded = transcode_plain(plain, self.encoder.window, now_ms)
+            if encoded is not None:
+                return plain, encoded, []
+        decoded, problems = codec.decode_batch_lenient(payload, max_bytes=max_bytes)
+        return decoded, self.encoder.encode(decoded, now_ms), problems
 
     # ------------------------------------------------------------------ writing
     def _write_loop(self) -> None:

@@ -75,7 +75,10 @@ def test_broker_restart_mid_stream(private_stack: Stack) -> None:
     district, gw = unique("dist"), "gw-1"
     t0 = now_ms() - 60_000
     influx = InfluxClient(private_stack.influx_url, database)
-    settings = isolated_settings(receive_maximum=20, batch_delay_s=0.5)
+    # one message per write and one write at a time, so the stream lasts seconds: with 20
+    # in flight the ingester (since the fast path) sometimes took all 1,500 before the
+    # broker was down
+    settings = isolated_settings(receive_maximum=4, max_concurrent_writes=1, batch_delay_s=0.5)
     with running_ingester(private_stack.mqtt_url, private_stack.influx_url, database,
                           settings=settings) as ing:
         pub = Publisher(private_stack.mqtt_url)
