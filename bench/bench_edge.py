@@ -73,6 +73,8 @@ def main() -> int:
     ap.add_argument("--endpoints", type=int, default=10, help="Modbus TCP endpoints (devices spread evenly)")
     ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--duration", type=float, default=60.0, help="measured seconds")
+    ap.add_argument("--interval", type=float, default=1.0, help="poll interval per device, s (default 1)")
+    ap.add_argument("--pipeline", action="store_true", help="links send a device's reads back to back")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -98,9 +100,11 @@ def main() -> int:
         if not units:
             break
         endpoints.append(ModbusEndpoint("127.0.0.1", port, units))
-        links.append({"name": f"ep-{e:02d}", "host": "127.0.0.1", "port": port, "timeout_s": 1.0, "devices": devs})
+        links.append({"name": f"ep-{e:02d}", "host": "127.0.0.1", "port": port, "timeout_s": 1.0,
+                      "pipeline": args.pipeline, "devices": devs})
     metrics_port = free_port()
-    cfg = {"gateway": "bench-gw", "district": "bench", "poll_interval_s": 1.0, "profiles_dir": str(tmp / "profiles"),
+    cfg = {"gateway": "bench-gw", "district": "bench", "poll_interval_s": args.interval,
+           "profiles_dir": str(tmp / "profiles"),
            "batch": {"max_samples": 500, "max_interval_s": 1.0}, "polling": {"status_interval_s": 5.0},
            "metrics": {"port": metrics_port}, "links": links}
     gw_path = tmp / "bench-gw.yaml"
@@ -162,10 +166,12 @@ def main() -> int:
         log.close()
     stats = status.get("stats", {})
     fields = len(BENCH_PROFILE["fields"])
-    per_cycle = requests / elapsed
+    per_cycle = requests / elapsed * args.interval
     result = {
         "devices": n, "fields_per_device": fields, "endpoints": len(endpoints), "measured_s": round(elapsed, 1),
+        "interval_s": args.interval, "pipeline": args.pipeline,
         "agent_cpu_share_of_one_core": round(cpu, 3),
+        "agent_cpu_us_per_poll": round(1e6 * cpu * args.interval / n, 1),
         "agent_rss_mb": round(rss_max / 1024, 1), "agent_rss_peak_mb": round(hwm / 1024, 1),
         "poll_jitter_p50_ms": stats.get("poll_jitter_p50_ms"), "poll_jitter_p99_ms": stats.get("poll_jitter_p99_ms"),
         "poll_latency_p99_ms": stats.get("poll_latency_p99_ms"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from pathlib import Path
@@ -184,6 +185,9 @@ class EdgeAgent:
     # ------------------------------------------------------------------ run
     async def run(self, duration_s: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        # Everything built so far (configs, profiles, metric families) lives as long as the
+        # agent: keep it out of the cyclic collector's full passes, which polling triggers often.
+        gc.freeze()
         if self.cfg.metrics.port:
             self.telemetry.serve(self.cfg.metrics.host, self.cfg.metrics.port)
         self.mqtt.subscribe(self.cmd_topic, self._on_command, qos=1)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 
 from edge.planner import ReadRequest
 from urbansense import registers
@@ -21,13 +22,52 @@ def field_value(spec: FieldSpec, profile: Profile, words: Sequence[int]) -> Fiel
     return round(float(raw) * spec.scale + spec.offset, 9)
 
 
+FieldDecoder = Callable[[Sequence[int]], FieldValue]
+
+
+def field_decoder(spec: FieldSpec, profile: Profile) -> FieldDecoder:
+    """`field_value` for one field with its type, order and scaling worked out once: the
+    polling hot path calls this for every field of every poll. Same results as
+    `field_value` (a test checks every shipped profile field)."""
+    order = spec.order_in(profile)
+    if spec.type == "string" or order not in registers.ORDER_ALIASES or spec.type not in registers.WORDS:
+        return lambda words: field_value(spec, profile, words)
+    if spec.type in ("bit", "bool"):
+        bit = spec.bit
+        if bit is None:
+            return lambda words: bool(words[0])
+        return lambda words: bool((words[0] >> bit) & 1)
+    n = registers.WORDS[spec.type]
+    byte_order, word_order = registers.ORDER_ALIASES[order]
+    pack = struct.Struct(("<" if byte_order == "little" else ">") + f"{n}H").pack
+    unpack = struct.Struct(registers._STRUCT[spec.type]).unpack
+    reverse = word_order == "little" and n > 1
+    enum, scale, offset = spec.enum, spec.scale, spec.offset
+    plain = scale == 1.0 and offset == 0.0
+    is_float = spec.type.startswith("float")
+
+    def decode(words: Sequence[int]) -> FieldValue:
+        if len(words) != n:
+            return field_value(spec, profile, words)  # raises the codec's error
+        raw = unpack(pack(*(words[::-1] if reverse else words)))[0]
+        if enum is not None:
+            return enum.get(int(raw), f"unknown-{int(raw)}")
+        if plain and not is_float:
+            return raw
+        return round(float(raw) * scale + offset, 9)
+    return decode
+
+
 def decode_read(request: ReadRequest, profile: Profile, data: Sequence[int]) -> dict[str, FieldValue]:
-    out: dict[str, FieldValue] = {}
-    for spec in request.fields:
-        assert spec.address is not None
-        start = spec.address - request.address
-        out[spec.name] = field_value(spec, profile, data[start : start + spec.registers])
-    return out
+    compiled = request.compiled
+    if compiled is None or compiled[0] is not profile:
+        decoders = []
+        for spec in request.fields:
+            assert spec.address is not None
+            decoders.append((spec.name, spec.address - request.address, spec.registers,
+                             field_decoder(spec, profile)))
+        compiled = request.compiled = (profile, decoders)
+    return {name: decode(data[start : start + count]) for name, start, count, decode in compiled[1]}
 
 
 class WriteRefused(ValueError):

@@ -26,6 +26,7 @@ from edge.modbus_pdu import (
     ModbusLinkError,
     ModbusProtocolError,
     ModbusTimeout,
+    Request,
     parse_response,
     read_request,
     write_coil_request,
@@ -34,13 +35,14 @@ from edge.modbus_pdu import (
 from edge.modbus_transport import ModbusMaster, RtuMaster, TcpMaster
 from edge.planner import ReadRequest, plan_reads, split_per_field
 from edge.telemetry import SelfTelemetry
-from urbansense.clock import now_ms
+from urbansense import clock
 from urbansense.config import DeviceSpec, FieldSpec, LinkSpec, PollingSpec, Profile
 from urbansense.schema import FieldValue, Sample
 
 log = logging.getLogger("urbansense.edge")
 
 SampleSink = Callable[[Sample], None]
+
 POLL_ERRORS = (ModbusTimeout, ModbusLinkError, ModbusExceptionResponse, ModbusProtocolError, OSError)
 
 
@@ -60,12 +62,16 @@ class DeviceState:
     polls: int = 0
     failures: int = 0
     split_reads: bool = False
+    #: A pipelined read was refused: this device is read one request at a time.
+    one_by_one: bool = False
     unreadable: list[str] = field(default_factory=list)
     urgent_last: dict[str, FieldValue] = field(default_factory=dict)
 
-    @property
-    def urgent_fields(self) -> list[str]:
-        return [f.name for f in self.profile.fields if f.urgent]
+    #: The profile's urgent fields (worked out once: every poll looks at them).
+    urgent_fields: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.urgent_fields = [f.name for f in self.profile.fields if f.urgent]
 
 
 def error_reason(exc: BaseException) -> tuple[str, str]:
@@ -100,6 +106,13 @@ def is_urgent(state: UrgentTracking, fields: dict[str, FieldValue]) -> bool:
     return urgent
 
 
+def _values(req: ReadRequest, request: Request, answer: bytes) -> list[int]:
+    data = parse_response(request, answer, req.count)
+    if len(data) < req.count:
+        raise ModbusProtocolError(f"asked {req.count} values of {req.table} {req.address}, got {len(data)}")
+    return data
+
+
 def make_master(link: LinkSpec) -> ModbusMaster:
     if link.transport == "rtu":
         assert link.serial is not None
@@ -118,6 +131,10 @@ class ModbusLink:
         self.sink = sink
         self.telemetry = telemetry
         self.master = master or make_master(link)
+        self.pipelined = link.pipeline and link.transport == "tcp"
+        # Event time (the scenario clock from the environment, else the wall clock),
+        # parsed once rather than on every poll.
+        self.now_ms = clock.current().now_ms
         self.lock = asyncio.Lock()  # the transaction queue
         self.devices: dict[str, DeviceState] = {}
         for dev in link.devices:
@@ -183,35 +200,15 @@ class ModbusLink:
     async def poll(self, state: DeviceState) -> Sample | None:
         """Read every planned request of one device (caller holds the link)."""
         state.polls += 1
-        fields: dict[str, FieldValue] = {}
-        unreadable: list[str] = []
         try:
-            i = 0
-            while i < len(state.plan):
-                req = state.plan[i]
-                try:
-                    data = await self._read(state, req)
-                except ModbusExceptionResponse as exc:
-                    if exc.code != ILLEGAL_DATA_ADDRESS:
-                        raise
-                    if len(req.fields) > 1:
-                        self._fall_back(state, i, req)
-                        continue  # the same index now holds the first smaller read
-                    if not unreadable or unreadable[-1] != req.fields[0].name:
-                        unreadable.append(req.fields[0].name)
-                    i += 1
-                    if i == len(state.plan) and not fields:
-                        raise  # nothing at all is readable: the device (or its profile) is wrong
-                    continue
-                fields.update(decode_read(req, state.profile, data))
-                i += 1
+            fields, unreadable = await self._read_fields(state)
         except POLL_ERRORS as exc:
             return self._failed(state, exc)
         if unreadable and unreadable != state.unreadable:
             log.warning("device %s refuses %s (illegal data address); check those addresses in profile %s",
                         state.spec.id, ", ".join(unreadable), state.profile.profile)
         state.unreadable = unreadable
-        t = now_ms()
+        t = self.now_ms()
         if state.ok is False:
             log.info("device %s on %s answers again", state.spec.id, self.link.name)
         state.ok, state.fail_streak, state.last_error = True, 0, ""
@@ -226,6 +223,52 @@ class ModbusLink:
                           err=f"unreadable: {', '.join(unreadable)}", urgent=urgent)
         return Sample(dev=state.spec.id, m=state.profile.measurement, t=t, f=fields, urgent=urgent)
 
+    async def _read_fields(self, state: DeviceState) -> tuple[dict[str, FieldValue], list[str]]:
+        """Every field of one device, and the fields it refuses (illegal data address)."""
+        fields: dict[str, FieldValue] = {}
+        unreadable: list[str] = []
+        if self.pipelined and len(state.plan) > 1 and not state.one_by_one:
+            try:
+                return await self._read_pipelined(state), []
+            except ModbusExceptionResponse as exc:
+                if exc.code != ILLEGAL_DATA_ADDRESS:
+                    raise
+                # A read is refused: the one-by-one path below finds which (and splits it).
+                state.one_by_one = True
+        i = 0
+        while i < len(state.plan):
+            req = state.plan[i]
+            try:
+                data = await self._read(state, req)
+            except ModbusExceptionResponse as exc:
+                if exc.code != ILLEGAL_DATA_ADDRESS:
+                    raise
+                if len(req.fields) > 1:
+                    self._fall_back(state, i, req)
+                    continue  # the same index now holds the first smaller read
+                if not unreadable or unreadable[-1] != req.fields[0].name:
+                    unreadable.append(req.fields[0].name)
+                i += 1
+                if i == len(state.plan) and not fields:
+                    raise  # nothing at all is readable: the device (or its profile) is wrong
+                continue
+            fields.update(decode_read(req, state.profile, data))
+            i += 1
+        return fields, unreadable
+
+    async def _read_pipelined(self, state: DeviceState) -> dict[str, FieldValue]:
+        """All planned reads of a device sent back to back (link `pipeline: true`)."""
+        requests = [self._request(state, req) for req in state.plan]
+        try:
+            answers = await self.master.transact_many(requests, state.timeout_s)
+        finally:
+            if state.pause_s:
+                await asyncio.sleep(state.pause_s)
+        fields: dict[str, FieldValue] = {}
+        for req, request, answer in zip(state.plan, requests, answers, strict=True):
+            fields.update(decode_read(req, state.profile, _values(req, request, answer)))
+        return fields
+
     def _fall_back(self, state: DeviceState, i: int, req: ReadRequest) -> None:
         state.plan[i : i + 1] = split_per_field(req)
         state.split_reads = True
@@ -233,17 +276,24 @@ class ModbusLink:
                     "reading those fields one by one from now on", state.spec.id, req.table,
                     req.address, req.count)
 
+    def _request(self, state: DeviceState, req: ReadRequest) -> Request:
+        """The read's request; built once per device (the same bytes every poll)."""
+        unit = state.spec.unit
+        cached = req.request
+        if cached is not None and cached[0] == unit:
+            return cached[1]
+        request = read_request(unit, req.table, req.address, req.count)
+        req.request = (unit, request)
+        return request
+
     async def _read(self, state: DeviceState, req: ReadRequest) -> list[int]:
-        request = read_request(state.spec.unit, req.table, req.address, req.count)
+        request = self._request(state, req)
         try:
             answer = await self.master.transact(request, state.timeout_s)
         finally:
             if state.pause_s:
                 await asyncio.sleep(state.pause_s)
-        data = parse_response(request, answer, req.count)
-        if len(data) < req.count:
-            raise ModbusProtocolError(f"asked {req.count} values of {req.table} {req.address}, got {len(data)}")
-        return data
+        return _values(req, request, answer)
 
     def _failed(self, state: DeviceState, exc: BaseException) -> Sample:
         code, reason = error_reason(exc)
@@ -255,7 +305,7 @@ class ModbusLink:
         state.ok, state.last_error = False, reason
         self.telemetry.poll_failed(code)
         self.telemetry.device_state(state.spec.id, False)
-        return Sample(dev=state.spec.id, m=state.profile.measurement, t=now_ms(), f={}, q="bad", err=reason)
+        return Sample(dev=state.spec.id, m=state.profile.measurement, t=self.now_ms(), f={}, q="bad", err=reason)
 
     # ------------------------------------------------------------------ commands
     async def write_and_verify(self, state: DeviceState, spec: FieldSpec, words: list[int]) -> FieldValue:

@@ -4,16 +4,23 @@ Why our own and not pymodbus's client: the agent needs a timeout per device on a
 connection, must drop a late answer instead of pairing it with the next request, and
 must never close the shared connection because one unit is silent (pymodbus closes it
 after a few timeouts, which stalls every other device on the endpoint). Both masters
-are small; the simulators keep using pymodbus on the server side, so every test is an
-interoperability test against an independent implementation.
+are small. The RTU tests run against pymodbus' RTU server; the simulators' TCP slave is
+our own too, and is itself tested against mbpoll (libmodbus) and pymodbus' client.
+
+A TCP link with `pipeline: true` sends a device's reads back to back with distinct
+transaction ids (`transact_many`) and waits for all answers: one round trip per poll
+instead of one per read. Only for devices (or gateways) that queue requests; the
+default is one transaction at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 import threading
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
 from edge.modbus_pdu import (
@@ -30,6 +37,8 @@ class ModbusMaster(Protocol):
 
     async def transact(self, request: Request, timeout_s: float) -> bytes: ...
 
+    async def transact_many(self, requests: Sequence[Request], timeout_s: float) -> list[bytes]: ...
+
     async def close(self) -> None: ...
 
 
@@ -38,6 +47,8 @@ class ModbusMaster(Protocol):
 #: Timeouts in a row, with no unit on the endpoint answering in between, after which the
 #: TCP connection is replaced. A single silent unit never triggers it while others answer.
 RECONNECT_AFTER_TIMEOUTS = 3
+_MBAP = struct.Struct(">HHHB")
+_MBAP_HEAD = struct.Struct(">HHH")
 
 
 class _MbapProtocol(asyncio.Protocol):
@@ -52,9 +63,10 @@ class _MbapProtocol(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
+        buf = self.buffer + data if self.buffer else data
+        self.buffer = buf
         while len(self.buffer) >= 7:
-            tid, _proto, length = struct.unpack(">HHH", self.buffer[:6])
+            tid, _proto, length = _MBAP_HEAD.unpack_from(self.buffer)
             if len(self.buffer) < 6 + length:
                 return
             frame, self.buffer = self.buffer[6 : 6 + length], self.buffer[6 + length :]
@@ -82,6 +94,10 @@ class TcpMaster:
         self._protocol: _MbapProtocol | None = None
         self._tid = 0
         self._timeouts = 0  # in a row, across all units: one healthy answer resets it
+        self._deadlines: dict[int, tuple[float, asyncio.Future[bytes]]] = {}  # tid -> (deadline, answer)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     async def _connection(self) -> _MbapProtocol:
         proto = self._protocol
@@ -100,31 +116,78 @@ class TcpMaster:
         return fresh
 
     async def transact(self, request: Request, timeout_s: float) -> bytes:
+        return (await self.transact_many([request], timeout_s))[0]
+
+    async def transact_many(self, requests: Sequence[Request], timeout_s: float) -> list[bytes]:
+        """Send the requests back to back in one write (Modbus TCP pipelining: distinct
+        transaction ids) and return their answers in order; one request is a plain
+        transaction. All share one deadline. Raises on the first that fails."""
         proto = await self._connection()
-        self._tid = self._tid % 0xFFFF + 1
-        tid = self._tid
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        proto.pending[tid] = fut
-        frame = struct.pack(">HHHB", tid, 0, len(request.pdu) + 1, request.unit) + request.pdu
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        sent: list[tuple[int, asyncio.Future[bytes], Request]] = []
+        frames: list[bytes] = []
+        for request in requests:
+            self._tid = tid = self._tid % 0xFFFF + 1
+            fut: asyncio.Future[bytes] = loop.create_future()
+            proto.pending[tid] = fut
+            self._deadlines[tid] = (deadline, fut)
+            sent.append((tid, fut, request))
+            frames.append(_MBAP.pack(tid, 0, len(request.pdu) + 1, request.unit) + request.pdu)
         assert proto.transport is not None
-        proto.transport.write(frame)
-        self.requests += 1
+        proto.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        self.requests += len(frames)
+        # Not asyncio.timeout (never wait_for: see _connection): one timer per transaction,
+        # cancelled a millisecond later, costs more than the rest of the transaction; the
+        # master's single timer (_arm) fires only when the earliest deadline has passed.
+        if deadline < self._timer_at or self._timer_loop is not loop:
+            self._arm(loop, deadline)
+        answers: list[bytes] = []
+        ok = False
         try:
-            async with asyncio.timeout(timeout_s):  # see _connection: never wait_for here
-                answer = await fut
-        except TimeoutError:
-            proto.pending.pop(tid, None)
-            self._timeouts += 1
-            if self._timeouts >= RECONNECT_AFTER_TIMEOUTS:
-                # No unit on this endpoint answers any more: the connection itself may be
-                # dead without a reset (gateway rebooted, NAT dropped it). Start a new one.
-                await self.close()
+            for _tid, fut, request in sent:
+                try:
+                    answer = await fut
+                except ModbusTimeout:
+                    self._timeouts += 1
+                    if self._timeouts >= RECONNECT_AFTER_TIMEOUTS:
+                        # No unit on this endpoint answers any more: the connection itself may be
+                        # dead without a reset (gateway rebooted, NAT dropped it). Start a new one.
+                        await self.close()
+                        self._timeouts = 0
+                    raise ModbusTimeout(f"no answer within {timeout_s:g} s") from None
                 self._timeouts = 0
-            raise ModbusTimeout(f"no answer within {timeout_s:g} s") from None
-        self._timeouts = 0
-        if answer[0] != request.unit:
-            raise ModbusProtocolError(f"answer from unit {answer[0]}, asked unit {request.unit}")
-        return answer[1:]
+                if answer[0] != request.unit:
+                    raise ModbusProtocolError(f"answer from unit {answer[0]}, asked unit {request.unit}")
+                answers.append(answer[1:])
+            ok = True
+        finally:
+            for tid, fut, _request in sent:
+                proto.pending.pop(tid, None)  # a late answer then has no future: dropped
+                self._deadlines.pop(tid, None)
+                if not ok and fut.done() and not fut.cancelled():
+                    fut.exception()  # the ones after the failure: retrieved, so asyncio does not log them
+        return answers
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at, self._timer_loop = when, loop
+        self._timer = loop.call_at(when, self._expire_due, loop)
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the transactions whose deadline has passed; re-arm for the next one."""
+        self._timer, self._timer_at = None, math.inf
+        now = loop.time() + 0.001  # call_at may fire up to the clock's resolution early
+        upcoming = math.inf
+        for deadline, fut in list(self._deadlines.values()):
+            if deadline <= now:
+                if not fut.done():
+                    fut.set_exception(ModbusTimeout("timed out"))
+            else:
+                upcoming = min(upcoming, deadline)
+        if upcoming < math.inf:
+            self._arm(loop, upcoming)
 
     async def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
@@ -218,6 +281,10 @@ class RtuMaster:
     async def transact(self, request: Request, timeout_s: float) -> bytes:
         self.requests += 1
         return await asyncio.to_thread(self._transact_blocking, request, timeout_s)
+
+    async def transact_many(self, requests: Sequence[Request], timeout_s: float) -> list[bytes]:
+        """A serial line carries one transaction at a time: in turn."""
+        return [await self.transact(request, timeout_s) for request in requests]
 
     def _close_blocking(self) -> None:
         with self._lock:  # not while a transaction is using the port

@@ -7,9 +7,12 @@ A read never exceeds 125 registers or 2000 bits (the Modbus PDU limits).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from edge.modbus_pdu import Request
 from urbansense.config import FieldSpec
+from urbansense.schema import FieldValue
 
 MAX_REGISTERS = 125
 MAX_BITS = 2000
@@ -21,6 +24,11 @@ class ReadRequest:
     address: int
     count: int
     fields: list[FieldSpec] = field(default_factory=list)
+    #: (profile, [(name, offset, registers, decoder)]): built by edge.decoding on first use.
+    compiled: tuple[object, list[tuple[str, int, int, Callable[[Sequence[int]], FieldValue]]]] | None = \
+        field(default=None, compare=False, repr=False)
+    #: (unit, request PDU) of the last read built for it: the same bytes every poll.
+    request: tuple[int, Request] | None = field(default=None, compare=False, repr=False)
 
     @property
     def end(self) -> int:

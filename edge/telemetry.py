@@ -4,22 +4,62 @@ configured, as Prometheus metrics."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 from collections import Counter, deque
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from prometheus_client import Counter as PromCounter
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("urbansense.edge")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
+def _percentile(ordered: list[float], q: float) -> float:
+    """The q-quantile of values sorted ascending."""
+    if not ordered:
         return 0.0
-    ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _observe(hists: dict[str, tuple[list[int], list[float]]], link: str, value: float) -> None:
+    hist = hists.get(link)
+    if hist is None:
+        hist = hists[link] = ([0] * (len(_LATENCY_BUCKETS) + 1), [0.0])
+    hist[0][bisect.bisect_left(_LATENCY_BUCKETS, value)] += 1
+    hist[1][0] += value
+
+
+def _histogram(name: str, doc: str, hists: dict[str, tuple[list[int], list[float]]]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=["link"])
+    bounds = [*(str(b) for b in _LATENCY_BUCKETS), "+Inf"]
+    for link, (counts, total) in list(hists.items()):
+        cumulative = list(itertools.accumulate(list(counts)))
+        family.add_metric([link], list(zip(bounds, cumulative, strict=True)), total[0])
+    return family
+
+
+class _HotCounters(Collector):
+    """Counters and histograms updated on every poll, kept as plain numbers and exposed at
+    scrape time (prometheus_client's own take a lock and more on every update)."""
+
+    def __init__(self, telemetry: SelfTelemetry) -> None:
+        self.telemetry = telemetry
+
+    def collect(self) -> Iterator[Metric]:
+        t = self.telemetry
+        requests = CounterMetricFamily("edge_modbus_requests", "Modbus requests sent", labels=["link"])
+        for link, n in list(t.requests_by_link.items()):
+            requests.add_metric([link], n)
+        yield requests
+        yield CounterMetricFamily("edge_samples", "Samples taken (appended to the log)", value=t.samples)
+        yield _histogram("edge_poll_latency_seconds", "Time to poll one device", t.latency_hist)
+        yield _histogram("edge_poll_jitter_seconds", "Poll start minus scheduled time", t.jitter_hist)
 
 
 class SelfTelemetry:
@@ -36,14 +76,14 @@ class SelfTelemetry:
         self.latency_s: deque[float] = deque(maxlen=20000)
         self.registry = CollectorRegistry()
         r = self.registry
-        self._latency = Histogram("edge_poll_latency_seconds", "Time to poll one device", ["link"],
-                                  buckets=_LATENCY_BUCKETS, registry=r)
-        self._jitter = Histogram("edge_poll_jitter_seconds", "Poll start minus scheduled time", ["link"],
-                                 buckets=_LATENCY_BUCKETS, registry=r)
+        # Per-poll histograms: [bucket counts..., +Inf count] and sum, per link (_HotCounters).
+        self.latency_hist: dict[str, tuple[list[int], list[float]]] = {}
+        self.jitter_hist: dict[str, tuple[list[int], list[float]]] = {}
         self._errors = PromCounter("edge_poll_errors", "Failed polls by reason (timeout, exception_N, link)",
                                    ["reason"], registry=r)
-        self._requests = PromCounter("edge_modbus_requests", "Modbus requests sent", ["link"], registry=r)
-        self._samples = PromCounter("edge_samples", "Samples taken (appended to the log)", registry=r)
+        # Per-poll counters are plain ints, read when Prometheus scrapes (_HotCounters).
+        self.requests_by_link: Counter[str] = Counter()
+        r.register(_HotCounters(self))
         self.wal_depth = Gauge("edge_wal_depth", "Samples in the log awaiting PUBACK", registry=r)
         self.wal_bytes = Gauge("edge_wal_bytes", "Payload bytes in the log", registry=r)
         self.wal_dropped = Gauge("edge_wal_dropped", "Samples dropped by the size cap (ever)", registry=r)
@@ -52,6 +92,8 @@ class SelfTelemetry:
         self.device_up = Gauge("edge_device_up", "1 when the device answered its last poll", ["device"],
                                registry=r)
         self._commands = PromCounter("edge_commands", "Commands by outcome", ["outcome"], registry=r)
+        # Labelled children looked up once (labels() costs more than the setting).
+        self._device_up: dict[str, tuple[Gauge, list[int]]] = {}
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
@@ -63,9 +105,9 @@ class SelfTelemetry:
         self.modbus_requests += requests
         self.jitter_s.append(jitter_s)
         self.latency_s.append(latency_s)
-        self._jitter.labels(link).observe(max(0.0, jitter_s))
-        self._latency.labels(link).observe(latency_s)
-        self._requests.labels(link).inc(requests)
+        _observe(self.jitter_hist, link, max(0.0, jitter_s))
+        _observe(self.latency_hist, link, latency_s)
+        self.requests_by_link[link] += requests
 
     def poll_failed(self, reason_code: str) -> None:
         self.errors[reason_code] += 1
@@ -73,10 +115,15 @@ class SelfTelemetry:
 
     def sample_taken(self) -> None:
         self.samples += 1
-        self._samples.inc()
 
     def device_state(self, device: str, ok: bool) -> None:
-        self.device_up.labels(device).set(1 if ok else 0)
+        entry = self._device_up.get(device)
+        if entry is None:
+            entry = self._device_up[device] = (self.device_up.labels(device), [-1])
+        value = 1 if ok else 0
+        if entry[1][0] != value:  # set on a change only: every poll calls this
+            entry[1][0] = value
+            entry[0].set(value)
 
     def command(self, outcome: str) -> None:
         self.commands[outcome] += 1
@@ -84,8 +131,8 @@ class SelfTelemetry:
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> dict[str, float]:
-        jitter = list(self.jitter_s)
-        latency = list(self.latency_s)
+        jitter = sorted(self.jitter_s)
+        latency = sorted(self.latency_s)
         out = {
             "polls": float(self.polls),
             "samples": float(self.samples),

@@ -37,6 +37,17 @@ class WalError(RuntimeError):
     pass
 
 
+def _runs(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """Consecutive ids as (first, last) ranges: [7, 3, 4, 5, 9] -> [(3, 5), (7, 7), (9, 9)]."""
+    runs: list[tuple[int, int]] = []
+    for i in sorted(set(ids)):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
 class WriteAheadLog:
     def __init__(self, path: Path | str, *, max_bytes: int, sync: str = "normal") -> None:
         self.path = Path(path)
@@ -84,20 +95,25 @@ class WriteAheadLog:
         Returns the ids of the appended samples, in order."""
         ids: list[int] = []
         db = self._db
+        rows = [(int(urgent), body) for urgent, body in appends]
         db.execute("BEGIN IMMEDIATE")
         try:
-            for urgent, body in appends:
-                cur = db.execute("INSERT INTO samples (urgent, body) VALUES (?, ?)", (int(urgent), body))
-                assert cur.lastrowid is not None
-                ids.append(cur.lastrowid)
-                self.depth += 1
-                self.bytes += len(body)
-            delete_ids = list(deletes)
-            for start in range(0, len(delete_ids), 500):
-                chunk = delete_ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for (size,) in db.execute(f"DELETE FROM samples WHERE id IN ({marks}) RETURNING LENGTH(body)",
-                                          chunk).fetchall():
+            if rows:
+                # One statement for the whole group. AUTOINCREMENT inside this write
+                # transaction hands out consecutive ids after the sequence's last value.
+                before = self.max_id()
+                db.executemany("INSERT INTO samples (urgent, body) VALUES (?, ?)", rows)
+                after = self.max_id()
+                if after - before != len(rows):
+                    raise WalError(f"log ids moved by {after - before} for {len(rows)} appended samples")
+                ids = list(range(before + 1, after + 1))
+                self.depth += len(rows)
+                self.bytes += sum(len(body) for _, body in rows)
+            # Acknowledged batches are mostly runs of consecutive ids: one range delete per
+            # run (a statement SQLite keeps prepared) instead of an IN list per 500 ids.
+            for low, high in _runs(deletes):
+                for (size,) in db.execute("DELETE FROM samples WHERE id BETWEEN ? AND ? RETURNING LENGTH(body)",
+                                          (low, high)).fetchall():
                     self.depth -= 1
                     self.bytes -= int(size)
             if self.bytes > self.max_bytes:

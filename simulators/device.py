@@ -34,6 +34,10 @@ class DeviceTables:
         self.values: dict[str, float | int | str | bool] = {}
         #: Engineering values a Modbus master wrote (e.g. lamp_on); the scenario honours them.
         self.commands: dict[str, FieldValue] = {}
+        #: Bumped whenever a register changes; the TCP server's cached read answers
+        #: (`responses`: request PDU -> (version, response PDU)) are valid for one version.
+        self.version = 0
+        self.responses: dict[bytes, tuple[int, bytes]] = {}
         self._specs = {spec.name: spec for spec in profile.fields}
         for spec in profile.fields:
             self.set(spec.name, spec.sim.get("initial", 0))
@@ -49,8 +53,11 @@ class DeviceTables:
 
     def update(self, values: Mapping[str, FieldValue]) -> None:
         """Set several fields at once (one scenario step)."""
+        current = self.values
         for name, value in values.items():
-            if name in self._specs:
+            # An unchanged value leaves its registers (and the cached answers) as they are.
+            if name in self._specs and (name not in current or current[name] != value
+                                        or type(current[name]) is not type(value)):
                 self.set(name, value)
 
     def set(self, name: str, value: float | int | str | bool) -> None:
@@ -61,6 +68,7 @@ class DeviceTables:
         table = self.tables[spec.table]
         with self._lock:
             self.values[name] = value
+            self.version += 1
             if spec.type in ("bit", "bool") and spec.bit is not None:
                 word = table.get(spec.address, 0)
                 mask = 1 << spec.bit
@@ -115,6 +123,7 @@ class DeviceTables:
                     else:
                         decoded[spec.name] = raw
             self.tables[table] = staged
+            self.version += 1
             self.values.update(decoded)
             self.commands.update(decoded)
         return 0

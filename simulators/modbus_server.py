@@ -1,22 +1,30 @@
-"""Serve many simulated devices (unit ids) on one Modbus TCP port with pymodbus.
+"""Serve many simulated devices (unit ids) on one Modbus TCP port.
 
-We plug our own datastore into pymodbus's server (a ModbusServerContext subclass taking
-the "old simulator" path), so that one process can serve hundreds of devices whose
-registers the scenario engine updates in place, and can answer like a faulty device:
-silence (timeout), or a Modbus exception.
+The TCP hot path is our own lean asyncio slave (`MbapServerProtocol`): MBAP framing,
+function codes 1/2/3/4 (reads), 5/6/15/16 (writes), exception answers for an illegal
+function, address or value, and unit-id routing to the devices behind the port. A
+device can answer like a faulty one: silence (the master times out) or a Modbus
+exception. Read answers are cached per device and request until the scenario next
+changes that device's registers (`DeviceTables.version`), so a device polled many times
+per tick costs one dictionary lookup per request. See docs/ARCHITECTURE.md ("package
+choices") for why this replaced pymodbus's TCP server: per request it spent ~80 us of
+Python in the simulator, which capped the district-scale soak.
+
+pymodbus still serves Modbus RTU where a test needs it: `UnitsContext` plugs the same
+devices into pymodbus's server as a datastore (the "old simulator" path).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import threading
 from collections.abc import Sequence
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
-from pymodbus.server import ModbusTcpServer
 
 from simulators.device import DeviceTables
 
@@ -25,16 +33,26 @@ logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 _FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input",
              5: "coil", 15: "coil", 6: "holding", 16: "holding", 22: "holding", 23: "holding"}
+_READ_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
+#: Largest quantity per read (Modbus application protocol 1.1b3, 6.1-6.4).
+_MAX_READ = {1: 2000, 2: 2000, 3: 125, 4: 125}
+ILLEGAL_FUNCTION = 1
+ILLEGAL_DATA_ADDRESS = 2
+ILLEGAL_DATA_VALUE = 3
+_MBAP = struct.Struct(">HHHB")
+_ADDR_COUNT = struct.Struct(">HH")
 
 
 class UnitsContext(ModbusServerContext):
-    """All devices behind one Modbus endpoint, by unit id."""
+    """All devices behind one Modbus endpoint, by unit id (also pymodbus's datastore for RTU)."""
 
     def __init__(self, units: dict[int, DeviceTables]) -> None:  # no super(): we replace it
         self.units = units
         self.old_simulator = True
         self.simdevices = []
         self.requests = 0
+        #: TCP segments answered (a pipelining master sends several requests in one).
+        self.segments = 0
 
     def _device(self, unit: int) -> DeviceTables:
         dev = self.units.get(unit)
@@ -76,6 +94,136 @@ class UnitsContext(ModbusServerContext):
         return list(self.units)
 
 
+# --------------------------------------------------------------------------- PDUs
+
+
+def _exception(function: int, code: int) -> bytes:
+    return bytes((function | 0x80, code))
+
+
+def _pack_bits(values: Sequence[int]) -> bytes:
+    out = bytearray((len(values) + 7) // 8)
+    for i, v in enumerate(values):
+        if v:
+            out[i >> 3] |= 1 << (i & 7)
+    return bytes(out)
+
+
+def _read(dev: DeviceTables, function: int, pdu: bytes) -> bytes:
+    if len(pdu) != 5:
+        return _exception(function, ILLEGAL_DATA_VALUE)
+    address, count = _ADDR_COUNT.unpack_from(pdu, 1)
+    if not 1 <= count <= _MAX_READ[function]:
+        return _exception(function, ILLEGAL_DATA_VALUE)
+    values = dev.read(_READ_TABLE[function], address, count)
+    if values is None:
+        return _exception(function, ILLEGAL_DATA_ADDRESS)
+    data = _pack_bits(values) if function <= 2 else struct.pack(f">{count}H", *(v & 0xFFFF for v in values))
+    return bytes((function, len(data))) + data
+
+
+def _write(dev: DeviceTables, function: int, pdu: bytes) -> bytes:
+    if function in (5, 6):
+        if len(pdu) != 5:
+            return _exception(function, ILLEGAL_DATA_VALUE)
+        address, value = _ADDR_COUNT.unpack_from(pdu, 1)
+        if function == 5:
+            if value not in (0xFF00, 0x0000):
+                return _exception(function, ILLEGAL_DATA_VALUE)
+            table, values = "coil", [1 if value else 0]
+        else:
+            table, values = "holding", [value]
+        echo = pdu
+    else:
+        if len(pdu) < 6:
+            return _exception(function, ILLEGAL_DATA_VALUE)
+        address, count = _ADDR_COUNT.unpack_from(pdu, 1)
+        nbytes = pdu[5]
+        data = pdu[6:]
+        if function == 15:
+            ok = 1 <= count <= 1968 and nbytes == (count + 7) // 8 == len(data)
+            table, values = "coil", [(data[i >> 3] >> (i & 7)) & 1 for i in range(count)] if ok else []
+        else:
+            ok = 1 <= count <= 123 and nbytes == 2 * count == len(data)
+            table, values = "holding", list(struct.unpack(f">{count}H", data)) if ok else []
+        if not ok:
+            return _exception(function, ILLEGAL_DATA_VALUE)
+        echo = pdu[:5]
+    code = dev.write(table, address, values)
+    return _exception(function, code) if code else echo
+
+
+def answer(context: UnitsContext, unit: int, pdu: bytes) -> bytes | None:
+    """The response PDU for a request PDU to `unit`, or None to stay silent."""
+    context.requests += 1
+    dev = context.units.get(unit)
+    if dev is None or dev.silent or not pdu:
+        return None
+    function = pdu[0]
+    if dev.exception_code:
+        return _exception(function, dev.exception_code)
+    if function in _READ_TABLE:
+        cache = dev.responses
+        version = dev.version
+        hit = cache.get(pdu)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        response = _read(dev, function, pdu)
+        if len(cache) > 64:  # a client sweeping addresses must not grow it without bound
+            cache.clear()
+        cache[pdu] = (version, response)
+        return response
+    if function in (5, 6, 15, 16):
+        return _write(dev, function, pdu)
+    return _exception(function, ILLEGAL_FUNCTION)
+
+
+class MbapServerProtocol(asyncio.Protocol):
+    """One client connection: MBAP frames in, answers out (several frames per segment
+    are answered in one write)."""
+
+    def __init__(self, endpoint: ModbusEndpoint) -> None:
+        self.endpoint = endpoint
+        self.context = endpoint.context
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.endpoint.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.endpoint.connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer + data if self.buffer else data
+        out: list[bytes] = []
+        context = self.context
+        while len(buf) >= 8:
+            tid, proto, length, unit = _MBAP.unpack_from(buf)
+            if proto != 0 or not 2 <= length <= 254:
+                # Not Modbus TCP: nothing after this can be framed; drop the client.
+                log.warning("Modbus TCP client sent a bad MBAP header (protocol %d, length %d); closing",
+                            proto, length)
+                assert self.transport is not None
+                self.transport.close()
+                self.buffer = b""
+                return
+            end = 6 + length
+            if len(buf) < end:
+                break
+            response = answer(context, unit, buf[7:end])
+            if response is not None:
+                out.append(_MBAP.pack(tid, 0, len(response) + 1, unit) + response)
+            buf = buf[end:]
+        self.buffer = buf
+        if out:
+            context.segments += 1
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+
 class ModbusEndpoint:
     """One TCP port serving a set of units; runs in the caller's asyncio loop."""
 
@@ -83,16 +231,21 @@ class ModbusEndpoint:
         self.host = host
         self.port = port
         self.context = UnitsContext(units)
-        self._server: ModbusTcpServer | None = None
+        self.connections: set[MbapServerProtocol] = set()
+        self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = ModbusTcpServer(self.context, address=(self.host, self.port),
-                                       ignore_missing_devices=True)
-        await self._server.serve_forever(background=True)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: MbapServerProtocol(self), self.host, self.port,
+                                                reuse_address=True)
 
     async def stop(self) -> None:
         if self._server is not None:
-            await self._server.shutdown()
+            self._server.close()
+            for conn in list(self.connections):
+                if conn.transport is not None:
+                    conn.transport.close()
+            await self._server.wait_closed()
             self._server = None
 
 

@@ -180,6 +180,9 @@ class LinkSpec(_Model):
     serial: SerialSpec | None = None
     timeout_s: float = Field(default=1.0, gt=0)
     pause_s: float = Field(default=0.0, ge=0)
+    #: TCP only: send a device's reads back to back (distinct transaction ids) and wait for
+    #: all answers, instead of one read at a time. Only for devices that accept it.
+    pipeline: bool = False
     devices: list[DeviceSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -135,3 +135,35 @@ def test_a_cancel_that_meets_the_answer_is_not_swallowed() -> None:
         await server.stop()
 
     asyncio.run(scenario())
+
+
+def test_pipelined_reads_answer_in_order_and_a_silent_unit_fails_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """transact_many: answers in request order although unit 1 answers last; a silent
+    unit times out once for the whole group, and the futures after it that also expired
+    are not left for asyncio to report as 'exception never retrieved'."""
+    import gc
+
+    async def scenario() -> None:
+        server = AwkwardServer(slow_s=0.05)
+        port = await server.start()
+        master = TcpMaster("127.0.0.1", port)
+        reqs = [read_request(unit, "holding", 0, 2) for unit in (1, 2, 4)]
+        answers = await master.transact_many(reqs, 0.5)
+        assert parse_response(reqs[0], answers[0], 2) == [1, 1]
+        assert parse_response(reqs[1], answers[1], 2) == [2, 2]
+        with pytest.raises(ModbusExceptionResponse):
+            parse_response(reqs[2], answers[2], 2)
+        assert master.requests == 3
+        silent = [read_request(unit, "holding", 0, 2) for unit in (3, 3, 3)]
+        with pytest.raises(ModbusTimeout):
+            await master.transact_many(silent, 0.1)
+        await asyncio.sleep(0.05)
+        assert master.requests == 6
+        assert await _read(master, 2) == [2, 2, 2]  # the link goes on
+        await master.close()
+        await server.stop()
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        asyncio.run(scenario())
+        gc.collect()
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]

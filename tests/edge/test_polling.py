@@ -34,9 +34,11 @@ def _gateway(tmp_path: Path, links: list[dict[str, Any]], profiles: list[dict[st
     return write_gateway(tmp_path, cfg, profiles), gw
 
 
-def test_agent_decodes_every_type_and_merges_reads(tmp_path: Path, stack: Stack, meter_profile_dir: Path) -> None:
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_agent_decodes_every_type_and_merges_reads(tmp_path: Path, stack: Stack, meter_profile_dir: Path,
+                                                   pipeline: bool) -> None:
     sim = ModbusSim(tmp_path / "profiles" / "test-meter.yaml", endpoints=1, units=2)
-    path, gw = _gateway(tmp_path, tcp_links(sim))
+    path, gw = _gateway(tmp_path, tcp_links(sim, pipeline=pipeline))
     sim.devices[(sim.ports[0], 2)].set("alarm", True)
     collector = Collector(stack.mqtt_url, f"city/test/{gw}/#")
     with sim, AgentThread(path, stack.mqtt_url, tmp_path / "wal") as run:
@@ -44,6 +46,9 @@ def test_agent_decodes_every_type_and_merges_reads(tmp_path: Path, stack: Stack,
         run.stop()
     collector.drain(0.5)
     collector.close()
+    # pipelined: a device's three reads arrive in one segment and are answered in one write
+    per_segment = sim.requests() / max(1, sum(ep.context.segments for ep in sim.endpoints))
+    assert per_segment > 2.5 if pipeline else per_segment == 1.0
     samples = collector.samples("dev-0-1")
     assert len(samples) >= 4, collector.raw
     s = samples[-1]
@@ -76,13 +81,15 @@ def _gaps_ms(samples: list[Any]) -> list[int]:
     return [b - a for a, b in itertools.pairwise(ts)]
 
 
-def test_dead_device_does_not_delay_the_others(tmp_path: Path, stack: Stack, meter_profile_dir: Path) -> None:
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_dead_device_does_not_delay_the_others(tmp_path: Path, stack: Stack, meter_profile_dir: Path,
+                                               pipeline: bool) -> None:
     """A silent unit and an erroring unit beside healthy ones on the same TCP link, and a
     healthy second link: the healthy devices keep their 0.5 s schedule."""
     sim = ModbusSim(tmp_path / "profiles" / "test-meter.yaml", endpoints=2, units=4)
     nobody = {"name": "link-down", "host": "127.0.0.1", "port": free_port(), "timeout_s": 0.3,
               "devices": [{"id": "dev-x-1", "profile": "test-meter", "unit": 1}]}
-    path, gw = _gateway(tmp_path, [*tcp_links(sim), nobody])
+    path, gw = _gateway(tmp_path, [*tcp_links(sim, pipeline=pipeline), nobody])
     silent = sim.devices[(sim.ports[0], 2)]
     failing = sim.devices[(sim.ports[0], 3)]
     silent.silent = True
@@ -112,9 +119,11 @@ def test_dead_device_does_not_delay_the_others(tmp_path: Path, stack: Stack, met
         assert max(_gaps_ms(good)) < 500 + 300 + 150, (dev, _gaps_ms(good))
 
 
-def test_illegal_address_falls_back_to_smaller_reads(tmp_path: Path, stack: Stack, meter_profile_dir: Path) -> None:
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_illegal_address_falls_back_to_smaller_reads(tmp_path: Path, stack: Stack, meter_profile_dir: Path,
+                                                     pipeline: bool) -> None:
     sim = ModbusSim(tmp_path / "profiles" / "test-meter.yaml", endpoints=1, units=1, strict_map=True)
-    path, gw = _gateway(tmp_path, tcp_links(sim))
+    path, gw = _gateway(tmp_path, tcp_links(sim, pipeline=pipeline))
     collector = Collector(stack.mqtt_url, f"city/test/{gw}/telemetry")
     with sim, AgentThread(path, stack.mqtt_url, tmp_path / "wal") as run:
         collector.drain(2.0)
@@ -158,13 +167,14 @@ def test_an_exception_in_polling_does_not_end_the_task(tmp_path: Path, stack: St
     assert any(s.q == "good" for s in collector.samples("dev-0-1"))
 
 
+@pytest.mark.parametrize("pipeline", [False, True])
 def test_a_field_the_device_refuses_makes_the_sample_uncertain(tmp_path: Path, stack: Stack,
-                                                              meter_profile_dir: Path) -> None:
+                                                              meter_profile_dir: Path, pipeline: bool) -> None:
     """The profile names a register the device does not have (a datasheet error)."""
     sim = ModbusSim(tmp_path / "profiles" / "test-meter.yaml", endpoints=1, units=1, strict_map=True)
     wrong = copy.deepcopy(METER_PROFILE)
     wrong["fields"].append({"name": "ghost", "table": "holding", "address": 40, "type": "uint16"})
-    path, gw = _gateway(tmp_path / "agent", tcp_links(sim), [wrong])
+    path, gw = _gateway(tmp_path / "agent", tcp_links(sim, pipeline=pipeline), [wrong])
     collector = Collector(stack.mqtt_url, f"city/test/{gw}/telemetry")
     with sim, AgentThread(path, stack.mqtt_url, tmp_path / "wal"):
         collector.drain(2.0)

@@ -97,3 +97,16 @@ def test_one_agent_per_log_and_a_damaged_log_says_what_to_do(tmp_path: Path) -> 
     (tmp_path / "junk.wal").write_bytes(b"this is not a database" * 100)
     with pytest.raises(WalError, match="move it aside"):
         WriteAheadLog(tmp_path / "junk.wal", max_bytes=1 << 20)
+
+
+def test_deleting_acknowledged_ids_removes_exactly_those(tmp_path: Path) -> None:
+    """Acks come as runs of ids with holes (urgent samples sent in their own batch): the
+    samples in the holes stay in the log."""
+    wal = WriteAheadLog(tmp_path / "runs.wal", max_bytes=1 << 20)
+    ids = wal.commit([(n % 5 == 0, b'{"n":%d}' % n) for n in range(30)])
+    acked = [i for i in ids if i % 5 != 1] + [ids[3], ids[3]]  # holes, out of order, repeated
+    wal.commit(deletes=reversed(acked))
+    left = [i for i, _ in wal.read(0, None, 100)]
+    assert left == [i for i in ids if i % 5 == 1]
+    assert wal.depth == len(left) and wal.bytes == sum(len(b'{"n":%d}' % (i - 1)) for i in left)
+    wal.close()
