@@ -66,7 +66,8 @@ class EdgeAgent:
         )
         self.forwarder = StoreAndForward(
             self.wal, self.mqtt, topics.telemetry(cfg.district, cfg.gateway), gateway=cfg.gateway,
-            district=cfg.district, batch=cfg.batch, wal_spec=cfg.wal, telemetry=self.telemetry)
+            district=cfg.district, batch=cfg.batch, wal_spec=cfg.wal, telemetry=self.telemetry,
+            resume_delay_s=cfg.uplink.resume_delay_s)
         self.links: dict[str, ModbusLink] = {}
         self.mqtt_links: dict[str, MqttInputLink] = {}
         for link in cfg.links:

@@ -43,7 +43,8 @@ Outgoing = tuple[list[int], bytes, bool]
 
 class StoreAndForward:
     def __init__(self, wal: WriteAheadLog, mqtt: MqttClient, topic: str, *, gateway: str, district: str,
-                 batch: BatchSpec, wal_spec: WalSpec, telemetry: SelfTelemetry) -> None:
+                 batch: BatchSpec, wal_spec: WalSpec, telemetry: SelfTelemetry,
+                 resume_delay_s: float = 0.0) -> None:
         self.wal = wal
         self.mqtt = mqtt
         self.topic = topic
@@ -66,6 +67,9 @@ class StoreAndForward:
         # when it sees a new one, however many drops happened between two ticks.
         self._epoch = 0
         self._seen_epoch = 0
+        # after a reconnect, publishing waits resume_delay_s (UplinkSpec.resume_delay_s)
+        self.resume_delay_s = resume_delay_s
+        self._connected_at = 0.0
         self._urgent_waiting = False
         self._wake = asyncio.Event()
         # cursors
@@ -92,6 +96,7 @@ class StoreAndForward:
         self._acks.append(mid)
 
     def on_connect(self) -> None:  # network thread
+        self._connected_at = time.monotonic()
         self._epoch += 1
 
     def on_disconnect(self, reason: str) -> None:  # network thread
@@ -148,7 +153,7 @@ class StoreAndForward:
                     self._urgent_waiting = True
         if self._online and (not connected or epoch != self._seen_epoch):
             self._go_offline()
-        if not self._online and connected and epoch != self._seen_epoch:
+        if not self._online and connected and epoch != self._seen_epoch and self._resumable(epoch):
             self._seen_epoch = epoch
             self._go_online()
         if not self._online:
@@ -180,6 +185,10 @@ class StoreAndForward:
             self.wal.commit(pending)
 
     # ------------------------------------------------------------------ state
+    def _resumable(self, epoch: int) -> bool:
+        """The first connection publishes at once; a reconnection after resume_delay_s."""
+        return epoch <= 1 or time.monotonic() - self._connected_at >= self.resume_delay_s
+
     def _go_offline(self) -> None:
         if self._online:
             log.warning("uplink lost; samples stay in the log (%d waiting)", self.wal.depth)

@@ -93,7 +93,11 @@ class Ingester:
         self._prometheus: Any = None
         self.mqtt = MqttClient(mqtt, client_id=f"urbansense-{instance}", clean_start=False,
                                session_expiry_s=s.session_expiry_s, manual_ack=True,
-                               receive_maximum=s.receive_maximum, on_connect=self._on_connect)
+                               receive_maximum=s.receive_maximum, on_connect=self._on_connect,
+                               # back quickly after a broker restart: until an ingester has
+                               # reconnected, Mosquitto drops what is published to the shared
+                               # group (see UplinkSpec.resume_delay_s); the edges wait 2 s
+                               reconnect_min_s=0.25, reconnect_max_s=1.0)
         self.deadletters = DeadLetters(self.mqtt, instance, self.metrics)
         self._rate_limit = (GatewayRateLimit(s.gateway_rate_bytes_per_s, s.gateway_rate_burst_s)
                             if s.gateway_rate_bytes_per_s > 0 else None)

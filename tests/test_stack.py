@@ -97,3 +97,46 @@ def test_broker_does_not_drop_a_burst_for_a_slow_subscriber(stack: Stack) -> Non
     done.wait(30)
     sub.close()
     assert len(received) == n
+
+
+def test_restored_shared_group_takes_nothing_until_a_member_reconnects(private_stack: Stack) -> None:
+    """Why the edges wait `uplink.resume_delay_s` after a reconnect and the ingesters retry
+    every second: Mosquitto 2.0 restores a shared-subscription member's session and queue
+    from its persistence file, but routes nothing new to the group until a member has
+    reconnected, while acknowledging the publisher all the same. A plain persistent
+    subscription keeps receiving. If this test fails, the broker has changed: the
+    workaround (edge/store_and_forward.py) can go."""
+    settings = MqttSettings.from_url(private_stack.mqtt_url)
+    got: dict[str, list[bytes]] = {"shared": [], "plain": []}
+    members = {"shared": ("$share/ingest/test/restart/#", "member-shared"),
+               "plain": ("test/restart/#", "member-plain")}
+
+    def session(kind: str) -> MqttClient:
+        topic, client_id = members[kind]
+        client = MqttClient(settings, client_id, clean_start=False, session_expiry_s=600)
+        client.subscribe(topic, lambda m: got[kind].append(bytes(m.payload)), qos=1)
+        client.connect()
+        return client
+
+    for kind in members:
+        session(kind).close()  # offline; the sessions keep queueing
+
+    def publish(payload: bytes) -> None:
+        pub = MqttClient(MqttSettings.from_url(private_stack.mqtt_url), f"restart-pub-{os.getpid()}")
+        pub.connect()
+        pub.publish_wait("test/restart/a", payload)  # acknowledged by the broker
+        pub.close()
+
+    publish(b"before")
+    private_stack.stop("mosquitto")  # SIGTERM: the broker saves its sessions
+    private_stack.start("mosquitto")
+    publish(b"after")
+    clients = [session(kind) for kind in members]
+    deadline = time.monotonic() + 5
+    while len(got["plain"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    for client in clients:
+        client.close()
+    assert sorted(got["plain"]) == [b"after", b"before"]
+    assert got["shared"] == [b"before"], "Mosquitto now routes to a restored shared group"

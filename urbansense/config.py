@@ -206,6 +206,12 @@ class UplinkSpec(_Model):
     #: Reconnect back-off: starts at the minimum, doubles, capped, with jitter.
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    #: After a reconnect (not the first connect), publishing waits this long. A broker
+    #: restarted from its persistence file (Mosquitto 2.0) drops what is published to the
+    #: ingesters' shared subscription until one of them has reconnected, and the broker
+    #: acknowledges it all the same; the wait lets the ingesters (which retry every second)
+    #: come back first. docs/reliability-chaos.md, "Broker restart and shared subscriptions".
+    resume_delay_s: float = Field(default=2.0, ge=0, le=60)
     #: Default: edge-{district}-{gateway}; must be stable so the session survives restarts.
     client_id: str | None = None
 

@@ -109,3 +109,67 @@ def test_seq_persists_across_restarts_and_unacked_samples_stay(tmp_path: Path, s
     assert sorted(s.f["n"] for s in collector.samples()) == list(range(30)) + list(range(100, 110))
     assert wal.depth == 0
     wal.close()
+
+
+def test_after_a_broker_restart_the_edge_waits_for_the_ingesters(tmp_path: Path, private_stack: Stack) -> None:
+    """A restarted Mosquitto drops what is published to a restored shared group until a
+    member reconnects (tests/test_stack.py shows the broker doing it). The ingester here
+    comes back 1.5 s after the broker; the edge, back sooner, waits resume_delay_s before
+    publishing, so the ingester gets every sample. (With resume_delay_s=0 this test lost
+    the samples published in between: found by a chaos run in CI.)"""
+    gw = unique("gw")
+    topic = f"city/test/{gw}/telemetry"
+    settings = MqttSettings.from_url(private_stack.mqtt_url)
+    got: set[int] = set()
+    member_id = unique("ingester")
+
+    def member() -> MqttClient:
+        client = MqttClient(settings, member_id, clean_start=False, session_expiry_s=600, reconnect_max_s=30)
+        client.subscribe(f"$share/ingest/{topic}", lambda m: got.update(
+            int(s.f["n"]) for s in codec.decode_batch(bytes(m.payload)).samples), qos=1)
+        client.connect()
+        return client
+
+    ingester = member()
+    wal = WriteAheadLog(tmp_path / "r.wal", max_bytes=1 << 24)
+    box: dict[str, StoreAndForward] = {}
+    client = MqttClient(settings, client_id=unique("edge-test"), reconnect_min_s=0.1, reconnect_max_s=0.2,
+                        on_publish_ack=lambda mid: box["f"].on_puback(mid),
+                        on_connect=lambda: box["f"].on_connect(),
+                        on_disconnect=lambda why: box["f"].on_disconnect(why))
+    fwd = box["f"] = StoreAndForward(wal, client, topic, gateway=gw, district="test",
+                                     batch=BatchSpec(max_samples=100, max_interval_s=0.1),
+                                     wal_spec=WalSpec(commit_interval_s=0.02), telemetry=SelfTelemetry(gw),
+                                     resume_delay_s=3.0)
+    client.connect()
+    n_samples = 700
+    reconnected_at: list[float] = []
+
+    async def scenario() -> None:
+        nonlocal ingester
+        task = asyncio.create_task(fwd.run())
+        for n in range(n_samples):
+            fwd.add(_sample("dev-r", n))
+            await asyncio.sleep(0.01)
+            if n == 100:
+                ingester.close()
+                await asyncio.to_thread(private_stack.stop, "mosquitto")
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(private_stack.start, "mosquitto")
+                started = time.monotonic()
+                while not client.connected and time.monotonic() - started < 5:
+                    await asyncio.sleep(0.02)
+                reconnected_at.append(time.monotonic() - started)
+            if n == 250:  # well after the edge is back (and its samples would have gone)
+                ingester = await asyncio.to_thread(member)
+        deadline = time.monotonic() + 20
+        while (len(got) < n_samples or wal.depth) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(scenario())
+    ingester.close()
+    client.close()
+    assert reconnected_at and reconnected_at[0] < 1.0, "the edge was not back before the ingester"
+    assert sorted(got) == list(range(n_samples)), f"lost {n_samples - len(got)} sample(s)"
+    assert wal.depth == 0
