@@ -13,6 +13,7 @@ its clock reaches the wall clock exactly when the run ends and never runs ahead 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -73,6 +74,10 @@ def now_ms() -> int:
     return ScenarioClock.from_env(value).now_ms()
 
 
+#: (above this magnitude, divide by this to get ms): epoch ns, us, ms; anything smaller is s
+_EPOCH_UNITS = ((10**17, 1_000_000), (10**14, 1_000), (10**11, 1))
+
+
 class TimeFormatError(ValueError):
     """A time given by a user (CLI option, recording column) that is not a time."""
 
@@ -94,18 +99,10 @@ def parse_time_ms(value: str | int | float) -> int:
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=dt.UTC)
             return int(parsed.timestamp() * 1000)
-    if isinstance(value, int):  # exact: a float loses the last digits of epoch ns
-        for limit, divisor in ((10**17, 1_000_000), (10**14, 1_000), (10**11, 1)):
-            if value > limit:
-                return value // divisor
-        return value * 1000
-    v = float(value)
-    if v != v or v in (float("inf"), float("-inf")):
+    if not isinstance(value, int) and not math.isfinite(value):
         raise TimeFormatError(f"time {value!r} is not a finite number")
-    if v > 1e17:
-        return int(v // 1_000_000)
-    if v > 1e14:
-        return int(v // 1_000)
-    if v > 1e11:
-        return int(v)
-    return int(v * 1000)
+    # ints stay ints: a float loses the last digits of epoch ns
+    for limit, divisor in _EPOCH_UNITS:
+        if value > limit:
+            return int(value // divisor)
+    return int(value * 1000)
