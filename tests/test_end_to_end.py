@@ -14,6 +14,7 @@ import yaml
 
 from simulators.device import DeviceTables
 from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer
+from tests.waiting import wait_for
 from urbansense import codec, topics
 from urbansense.config import PROFILES_DIR, load_profile
 from urbansense.influx import InfluxClient
@@ -37,16 +38,6 @@ rules:
     severity: critical
     message: "Pressure at {device} is {value:.3f} MPa, below {threshold} MPa"
 """
-
-
-def wait_for(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def test_reading_travels_to_influxdb_and_raises_then_resolves_an_alert(stack: Stack, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,6 +14,7 @@ import orjson
 
 from ingest.service import Ingester
 from ingest.settings import IngestSettings
+from tests.waiting import wait_for as wait_for  # re-exported: the ingest tests import it from here
 from urbansense import topics
 from urbansense.influx import InfluxClient
 from urbansense.mqtt import MqttClient, MqttSettings
@@ -73,15 +74,6 @@ class Collector:
 
     def close(self) -> None:
         self.client.close()
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def count(influx: InfluxClient, field: str = "pressure_mpa", measurement: str = "water") -> int:
