@@ -119,6 +119,19 @@ def ingest_metrics(influx: InfluxClient) -> dict[str, dict[str, float]]:
     return out
 
 
+def rules_inbox(influx: InfluxClient, every_s: float) -> dict[str, float]:
+    """The rules engine's inbox (messages received, not yet evaluated): last and peak over
+    the last interval (its self-metrics, every 10 s)."""
+    try:
+        for s in influx.query(f'SELECT last("inbox_depth") AS q, max("inbox_depth") AS peak FROM "urbansense_rules" '
+                              f"WHERE time > now() - {max(10, int(every_s))}s"):
+            for row in s.rows():
+                return {"inbox_depth": float(row.get("q") or 0), "inbox_peak": float(row.get("peak") or 0)}
+    except InfluxError:
+        pass
+    return {}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0, help="soak length after the warm-up (default 30)")
@@ -235,6 +248,7 @@ def main() -> int:
                 "t_s": round(time.time() - t_start, 1),
                 "wire_readings_per_s": round((wire - last_wire) / dt, 1),
                 "ingest": ingest_metrics(influx),
+                "rules": rules_inbox(influx, args.every),
                 "edge_wal_depth": wal,
                 "wire_readings_by_gateway": by_gw,
                 "broker_stored_messages": broker.get("store/messages/count"),
@@ -249,6 +263,8 @@ def main() -> int:
             ir = sum(v["points_per_s"] for v in snap["ingest"].values())
             print(f"t={snap['t_s']:6.0f}s wire {snap['wire_readings_per_s']:8.0f}/s  ingest {ir:8.0f}/s "
                   f"queue {iq:5.0f}  wal {sum(wal.values()):6.0f}  broker stored {snap['broker_stored_messages']}  "
+                  f"rules inbox {snap['rules'].get('inbox_depth', float('nan')):4.0f} "
+                  f"(peak {snap['rules'].get('inbox_peak', float('nan')):4.0f})  "
                   f"RSS {sum(snap['rss_mb'].values()):6.0f} MB  CPU {sum(snap['cpu_pct'].values()):4.0f} %",
                   flush=True)
         for name in [n for n in procs.procs if n.startswith("edge-")] + ["sim"]:
@@ -270,9 +286,10 @@ def main() -> int:
             "wire_readings_per_s_mean": round(sum(s["wire_readings_per_s"] for s in measured) / len(measured), 1),
             "rss_start_mb": first["rss_mb"], "rss_end_mb": end["rss_mb"],
             "queues_start": {"ingest": first["ingest"], "edge_wal": first["edge_wal_depth"],
-                             "broker_stored": first["broker_stored_messages"]},
+                             "broker_stored": first["broker_stored_messages"], "rules": first["rules"]},
             "queues_end": {"ingest": end["ingest"], "edge_wal": end["edge_wal_depth"],
-                           "broker_stored": end["broker_stored_messages"]},
+                           "broker_stored": end["broker_stored_messages"], "rules": end["rules"]},
+            "rules_inbox_peak": max((s["rules"].get("inbox_peak", 0.0) for s in measured), default=0.0),
             "samples": samples,
         }
         print("\nprocess              RSS start MB   RSS end MB   growth    CPU % (last interval)")
@@ -288,6 +305,8 @@ def main() -> int:
               f"{json.dumps(result['queues_end']['edge_wal'])}")
         print(f"  broker stored messages {result['queues_start']['broker_stored']} -> "
               f"{result['queues_end']['broker_stored']}")
+        print(f"  rules inbox {json.dumps(result['queues_start']['rules'])} -> "
+              f"{json.dumps(result['queues_end']['rules'])}, peak over the window {result['rules_inbox_peak']:.0f}")
         with mon.lock:
             edge_stats = dict(mon.edge_stats)
         result["edge_stats_end"] = edge_stats

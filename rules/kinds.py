@@ -8,7 +8,6 @@ no information never resolves nor fires an alert.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,7 +29,7 @@ from rules.catalog import (
 )
 from rules.devices import NEVER, Devices, Index, Round
 from rules.lifecycle import SEVERITY_LEVELS, LifecycleArrays, Signal
-from rules.windows import TimeBuckets, linear_fit
+from rules.windows import TimeBuckets, linear_fit, row_nanmedian
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -198,10 +197,9 @@ class AnomalyEval(Evaluator):
         buf = self.buffers.fed(rnd, r.measurement, r.metric, r.window_s, r.buckets)
         means, _x, valid = buf.view(rnd.dev, rnd.t)
         masked = np.where(valid, means, np.nan)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: not enough data yet
-            med = np.nanmedian(masked, axis=1)
-            mad = np.nanmedian(np.abs(masked - med[:, None]), axis=1)
+        with np.errstate(invalid="ignore"):  # all-NaN rows: not enough data yet
+            med = row_nanmedian(masked)
+            mad = row_nanmedian(np.abs(masked - med[:, None]))
         m = 0.6745 * (v - med) / np.maximum(np.nan_to_num(mad), r.mad_floor)
         score = np.abs(m) if r.direction == "both" else (m if r.direction == "up" else -m)
         enough = valid.sum(axis=1) >= r.min_points

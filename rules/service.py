@@ -210,6 +210,8 @@ class RulesService:
         line = encode_point("urbansense_rules", {"instance": self.config.instance},
                             {"samples_per_s": float(samples_per_s),
                              "alerts_active": self.engine.active_alerts(),
-                             "eval_latency_ms": float(self.last_latency_ms)},
+                             "eval_latency_ms": float(self.last_latency_ms),
+                             # messages received and not yet evaluated (a soak watches it)
+                             "inbox_depth": self._inbox.qsize()},
                             int(time.time() * 1000))
         self._pending_lines.append(line)

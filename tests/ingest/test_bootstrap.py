@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ingest.bootstrap import ROLLUPS, continuous_query, init_database
+from ingest.bootstrap import ROLLUPS, Rollup, continuous_queries, continuous_query, duration_s, init_database
 from urbansense.cli import main
 from urbansense.influx import InfluxClient
 from urbansense.stack import Stack
@@ -18,13 +18,14 @@ pytestmark = pytest.mark.integration
 def test_init_creates_policies_and_queries_idempotently(influx_db: InfluxClient) -> None:
     db = influx_db.database
     ran = init_database(influx_db, db)
-    assert sum(s.startswith("CREATE CONTINUOUS QUERY") for s in ran) == 10
+    assert sum(s.startswith("CREATE CONTINUOUS QUERY") for s in ran) == 15  # 5 x (1m, 1m_late, 1h)
     policies = {r["name"]: r for r in influx_db.rows(f'SHOW RETENTION POLICIES ON "{db}"')}
     assert policies["raw"]["default"] is True and policies["raw"]["duration"] == "720h0m0s"
     assert policies["rollup_1m"]["duration"] == "8760h0m0s"
     assert policies["rollup_1h"]["duration"] == "43800h0m0s"
     shown = {row[0] for s in influx_db.query("SHOW CONTINUOUS QUERIES") if s.name == db for row in s.values}
-    assert shown == {f"{m}_{i}" for m in ("water", "gas", "lighting", "elevator", "air") for i in ("1m", "1h")}
+    assert shown == {f"{m}_{i}" for m in ("water", "gas", "lighting", "elevator", "air")
+                     for i in ("1m", "1m_late", "1h")}
     again = init_database(influx_db, db)
     assert not any("CONTINUOUS QUERY" in s for s in again)  # nothing to change
     assert init_database(influx_db, db, raw_duration="7d")[1].startswith('ALTER RETENTION POLICY "raw"')
@@ -63,3 +64,79 @@ def test_cli_init_dry_run_prints_statements(stack: Stack, capsys: pytest.Capture
     assert any('INTO "never_created"."rollup_1h"."air_1h"' in line for line in out)
     names = [r["name"] for r in InfluxClient(stack.influx_url).rows("SHOW DATABASES")]
     assert "never_created" not in names
+
+
+def test_rollups_cover_late_readings_with_a_short_frequent_look_back() -> None:
+    one_minute, one_hour = ROLLUPS
+    # what the 1 m roll-up re-reads from raw per minute: 2 min + 20 min / 10 (was 10 min)
+    assert sum(duration_s(f) / duration_s(e) for _s, e, f in one_minute.schedules()) == 4
+    assert one_minute.late_bound_s() == 600  # store-and-forward up to 10 min late, as before
+    assert one_hour.late_bound_s() == 2 * 3600
+    statements = dict(continuous_queries("city", "water", one_minute))
+    assert "RESAMPLE EVERY 1m FOR 2m BEGIN" in statements["water_1m"]
+    assert "RESAMPLE EVERY 10m FOR 20m BEGIN" in statements["water_1m_late"]
+    assert statements["water_1m"].split(" BEGIN ")[1] == statements["water_1m_late"].split(" BEGIN ")[1]
+    with pytest.raises(ValueError, match="leaves windows out"):
+        Rollup("1m", "r", "1d", "2m", catch_up=("10m", "5m")).late_bound_s()
+    with pytest.raises(ValueError, match="not a simple InfluxQL duration"):
+        duration_s("10 minutes")
+
+
+def _run_cq_at(influx: InfluxClient, statement: str, every: str, look_back: str, run_ms: int) -> None:
+    """What InfluxDB runs for a continuous query at `run_ms` (a multiple of EVERY):
+    its SELECT over [run - FOR, run)."""
+    assert run_ms % (duration_s(every) * 1000) == 0
+    select = statement.split(" BEGIN ", 1)[1].removesuffix(" END")
+    where = f" WHERE time >= {run_ms - duration_s(look_back) * 1000}ms AND time < {run_ms}ms GROUP BY"
+    influx.query(select.replace(" GROUP BY", where, 1))
+
+
+def test_a_reading_minutes_late_reaches_the_1m_rollup_through_the_catch_up_query(
+        influx_db: InfluxClient) -> None:
+    db = influx_db.database
+    init_database(influx_db, db)
+    rollup = ROLLUPS[0]
+    (main_name, main_cq), (late_name, late_cq) = continuous_queries(db, "water", rollup)
+    assert late_name == main_name + "_late"
+    schedules = {suffix: (every, look_back) for suffix, every, look_back in rollup.schedules()}
+    ten_min = 600_000
+    w = (int(time.time() * 1000) // ten_min - 12) * ten_min  # a minute two hours ago, on a 10-min boundary
+
+    def line(value: float, t: int) -> str:
+        return f"water,device=wp-1,district=pd,gateway=gw pressure_mpa={value} {t}"
+
+    def mean_at_w() -> float:
+        rows = influx_db.rows(f'SELECT mean_pressure_mpa FROM "{db}"."rollup_1m"."water_1m" '
+                              f"WHERE time = {w}ms")
+        return float(rows[0]["mean_pressure_mpa"])
+
+    influx_db.write("\n".join(line(0.2, w + i * 10_000) for i in range(5)))  # on time
+    for minute in (1, 2):
+        _run_cq_at(influx_db, main_cq, *schedules[""], w + minute * 60_000)
+    assert mean_at_w() == pytest.approx(0.2)
+    # Late by 5 min: the edge's store-and-forward delivers a reading from minute w after an
+    # uplink cut. The frequent query no longer looks back that far ...
+    influx_db.write(line(0.8, w + 55_000))
+    for minute in range(6, 10):
+        _run_cq_at(influx_db, main_cq, *schedules[""], w + minute * 60_000)
+    assert mean_at_w() == pytest.approx(0.2)
+    # ... the catch-up query's next run (every 10 min over the last 20) does.
+    _run_cq_at(influx_db, late_cq, *schedules["_late"], w + ten_min)
+    assert mean_at_w() == pytest.approx(0.3)
+
+
+def test_init_replaces_an_older_rollup_schedule_and_drops_a_catch_up_no_longer_wanted(
+        influx_db: InfluxClient) -> None:
+    db = influx_db.database
+    old = (Rollup("1m", "rollup_1m", "365d", "10m"), ROLLUPS[1])
+    init_database(influx_db, db, rollups=old)
+    ran = init_database(influx_db, db)
+    assert f'DROP CONTINUOUS QUERY "water_1m" ON "{db}"' in ran
+    assert any(s.startswith('CREATE CONTINUOUS QUERY "water_1m_late"') for s in ran)
+    shown = {row[0]: row[1] for s in influx_db.query("SHOW CONTINUOUS QUERIES") if s.name == db
+             for row in s.values}
+    assert "FOR 2m" in shown["water_1m"] and "FOR 20m" in shown["water_1m_late"]
+    back = init_database(influx_db, db, rollups=old)
+    assert f'DROP CONTINUOUS QUERY "water_1m_late" ON "{db}"' in back
+    names = {row[0] for s in influx_db.query("SHOW CONTINUOUS QUERIES") if s.name == db for row in s.values}
+    assert "water_1m_late" not in names and "water_1m" in names

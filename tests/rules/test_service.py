@@ -105,8 +105,9 @@ def test_alert_published_on_mqtt_and_written_to_influx(harness: Harness, influx_
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not influx_db.rows('SELECT * FROM "urbansense_rules"'):
         time.sleep(0.2)
-    metrics = influx_db.rows('SELECT "samples_per_s", "alerts_active" FROM "urbansense_rules"')
-    assert metrics and {"samples_per_s", "alerts_active"} <= set(metrics[-1])
+    metrics = influx_db.rows('SELECT "samples_per_s", "alerts_active", "inbox_depth" FROM "urbansense_rules"')
+    assert metrics and {"samples_per_s", "alerts_active", "inbox_depth"} <= set(metrics[-1])
+    assert isinstance(metrics[-1]["inbox_depth"], int) and metrics[-1]["inbox_depth"] >= 0
 
 
 def test_other_districts_belong_to_other_instances(harness: Harness) -> None:
