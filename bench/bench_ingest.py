@@ -1,9 +1,10 @@
 """Ingester benchmark: readings/s from MQTT publish to InfluxDB, against the raw InfluxDB
 write ceiling measured in the same run on the same private stack.
 
-1. hot path, in this process: µs per reading for the plain fast path the ingester takes
-   (codec.decode_plain_batch, points.transcode_plain), the full path (decode+validate,
-   line encoding), join+gzip;
+1. hot path, in this process: µs per reading for the C accelerator's one pass
+   (points.transcode_payload, where it is built and URBANSENSE_PURE_PYTHON is not set),
+   the Python plain fast path (codec.decode_plain_batch, points.transcode_plain), the full
+   path (decode+validate, line encoding), join+gzip;
 2. ceiling: the same readings as pre-encoded, pre-gzipped 5,000-line bodies posted
    straight to /write by as many concurrent writers as the ingester uses;
 3. end to end, live: the ingester (its own process, `urbansense ingest run`) while this
@@ -19,6 +20,7 @@ stored count. CPU: /proc of the ingester, influxd and mosquitto over each phase.
     .venv/bin/python bench/bench_ingest.py                       # 600,000 readings
     .venv/bin/python bench/bench_ingest.py --readings 200000 --gateways 10
     .venv/bin/python bench/bench_ingest.py --instances 2          # two ingesters sharing it
+    URBANSENSE_PURE_PYTHON=1 .venv/bin/python bench/bench_ingest.py  # without the C accelerator
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ingest.points import LineEncoder, TimeWindow, transcode_plain  # noqa: E402
+from ingest.points import ACCELERATOR, LineEncoder, TimeWindow, transcode_payload, transcode_plain  # noqa: E402
 from urbansense import codec, topics  # noqa: E402
 from urbansense.influx import InfluxClient  # noqa: E402
 from urbansense.stack import Stack, free_port  # noqa: E402
@@ -79,11 +81,17 @@ def make_messages(readings: int, gateways: int, t0: int) -> list[tuple[str, byte
 
 
 def hot_path(messages: list[tuple[str, bytes]]) -> dict[str, float]:
-    """µs per reading, over up to 2,000 messages held in memory: the plain fast path the
-    ingester takes for these batches, the full path it falls back to, join+gzip."""
+    """µs per reading, over up to 2,000 messages held in memory: the C accelerator's one
+    pass (when in use), the Python plain fast path the ingester takes for these batches
+    without it, the full path it falls back to, join+gzip."""
     sample = messages[: min(len(messages), 2000)]
     readings = len(sample) * SAMPLES_PER_BATCH
     window = TimeWindow(retention_ms=0, future_ms=2**62)
+    t = time.perf_counter()
+    accelerated = [transcode_payload(p, window, 0, codec.MAX_PAYLOAD_BYTES) for _, p in sample]
+    c_path = time.perf_counter() - t
+    in_use = all(accelerated)
+    assert in_use or not any(accelerated), "the benchmark's batches should all take the C path"
     t = time.perf_counter()
     plain = [codec.decode_plain_batch(p) for _, p in sample]
     fast_decode = time.perf_counter() - t
@@ -102,7 +110,8 @@ def hot_path(messages: list[tuple[str, bytes]]) -> dict[str, float]:
     for i in range(0, len(entries), 100):
         gzip.compress("\n".join(entries[i:i + 100]).encode(), compresslevel=1)
     pack = time.perf_counter() - t
-    return {"fast_decode_us": fast_decode / readings * 1e6, "fast_encode_us": fast_encode / readings * 1e6,
+    return {"c_path_us": c_path / readings * 1e6 if in_use else float("nan"),
+            "fast_decode_us": fast_decode / readings * 1e6, "fast_encode_us": fast_encode / readings * 1e6,
             "decode_validate_us": decode / readings * 1e6, "encode_us": encode / readings * 1e6,
             "join_gzip_us": pack / readings * 1e6}
 
@@ -363,8 +372,10 @@ def main() -> None:
     print(f"{total:,} readings in {len(messages):,} batches of {SAMPLES_PER_BATCH} samples x 3 fields, "
           f"{args.gateways} gateways; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
 
+    print(f"telemetry decoded by the {ACCELERATOR} (here and in the ingester)")
     hot = hot_path(messages)
-    print(f"hot path per reading: plain fast path decode+validate {hot['fast_decode_us']:.2f} µs, "
+    print(f"hot path per reading: C accelerator decode+validate+transcode {hot['c_path_us']:.2f} µs; "
+          f"plain fast path decode+validate {hot['fast_decode_us']:.2f} µs, "
           f"transcode {hot['fast_encode_us']:.2f} µs; full path decode+validate "
           f"{hot['decode_validate_us']:.2f} µs, encode {hot['encode_us']:.2f} µs; "
           f"join+gzip(1) {hot['join_gzip_us']:.2f} µs")

@@ -11,9 +11,14 @@ A ``q:"bad"`` sample becomes ``device_error="timeout"``; a ``q:"uncertain"`` one
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import attrgetter
+from pathlib import Path
+from types import ModuleType
+from typing import NamedTuple
 
 import msgspec
 import orjson
@@ -207,6 +212,56 @@ def transcode_plain(batch: PlainBatch, window: TimeWindow, now_ms: int) -> Encod
             .replace(b'},{"m":"', b"\n\0\0\0\0\0\0\0").replace(b'","f":{"', tags)
             .translate(_PLAIN_CHARS, b'"\0'))
     return EncodedBatch([], text.decode(), len(samples), [])
+
+
+# ------------------------------------------------------------ the optional C accelerator
+#: Set to 1 to run the pure-Python path even where the C accelerator is built (to test and
+#: benchmark the fallback).
+PURE_PYTHON_ENV = "URBANSENSE_PURE_PYTHON"
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _load_accelerator() -> tuple[ModuleType | None, str]:
+    """ingest._fastline (built by setup.py when a C compiler exists), or None and why not."""
+    if os.environ.get(PURE_PYTHON_ENV, "") not in ("", "0"):
+        return None, f"pure Python ({PURE_PYTHON_ENV} is set)"
+    try:
+        from ingest import _fastline
+    except ImportError:
+        return None, "pure Python (the C accelerator ingest._fastline is not built; `pip install -e .` builds it)"
+    source = Path(__file__).with_name("_fastline.c")
+    if source.exists() and hashlib.sha256(source.read_bytes()).hexdigest() != _fastline.SOURCE_SHA256:
+        return None, ("pure Python (ingest._fastline was built from another version of _fastline.c; "
+                      "`pip install -e .` rebuilds it)")
+    return _fastline, "C accelerator (ingest._fastline)"
+
+
+_fastline, ACCELERATOR = _load_accelerator()
+
+
+class PlainEnvelope(NamedTuple):
+    """What the ingester needs of a batch's envelope once its points are encoded."""
+
+    gw: str
+    district: str
+    seq: int
+
+
+def transcode_payload(payload: bytes, window: TimeWindow, now_ms: int,
+                      max_bytes: int) -> tuple[PlainEnvelope, EncodedBatch] | None:
+    """The C accelerator's one pass over the raw payload: the same points as
+    codec.decode_plain_batch + transcode_plain give (floats copied as written, e.g. 1E+16
+    for 1e16: the same number for InfluxDB). None when the accelerator is not in use, or
+    for anything but the ordinary batch (see ingest/_fastline.c): then take the Python
+    paths, which give the same points or the exact refusals."""
+    if _fastline is None:
+        return None
+    earliest = max(now_ms - window.retention_ms, _INT64_MIN) if window.retention_ms else 0
+    got = _fastline.transcode(payload, max_bytes, earliest, min(now_ms + window.future_ms, _INT64_MAX))
+    if got is None:
+        return None
+    gw, district, seq, chunk, points = got
+    return PlainEnvelope(gw, district, seq), EncodedBatch([], chunk, points, [])
 
 
 def batch_lines(batch: TelemetryBatch) -> list[str]:

@@ -44,7 +44,8 @@ if [ ! -x .venv/bin/python ]; then
   }
 fi
 stamp=.venv/.urbansense-installed
-want=$(sha256sum pyproject.toml | cut -c1-16)
+# reinstall (and rebuild the optional C accelerator) when the build inputs change
+want=$(cat pyproject.toml setup.py ingest/_fastline.c | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "bootstrap: installing urbansense and its dev extras into .venv"
   log=.venv/pip-install.log
