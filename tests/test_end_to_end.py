@@ -8,6 +8,7 @@ import queue
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -122,9 +123,11 @@ def test_reading_travels_to_influxdb_and_raises_then_resolves_an_alert(stack: St
     influx = InfluxClient(stack.influx_url, database)
     good = [s for s in samples if s.q == "good"]
     assert len(good) == len(samples) >= 10
-    rows = wait_for(lambda: (r := influx.rows(
-        f"SELECT * FROM water WHERE district = '{district}' ORDER BY time")) and len(r) >= len(good) and r,
-        10, "all points in InfluxDB")
+    def stored() -> list[dict[str, Any]]:
+        rows = influx.rows(f"SELECT * FROM water WHERE district = '{district}' ORDER BY time")
+        return rows if len(rows) >= len(good) else []
+
+    rows = wait_for(stored, 10, "all points in InfluxDB")
     assert [r["time"] for r in rows] == [s.t for s in good]
     for row, s in zip(rows, good, strict=True):
         assert row["device"] == "wp-0001" and row["gateway"] == "gw-e2e"
