@@ -75,6 +75,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=60.0, help="measured seconds")
     ap.add_argument("--interval", type=float, default=1.0, help="poll interval per device, s (default 1)")
     ap.add_argument("--pipeline", action="store_true", help="links send a device's reads back to back")
+    ap.add_argument("--coalesce-ms", type=float, default=0.0,
+                    help="with --pipeline: devices due within this many ms are polled in one exchange "
+                         "(link coalesce_ms; default 0: one device per exchange)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -101,7 +104,7 @@ def main() -> int:
             break
         endpoints.append(ModbusEndpoint("127.0.0.1", port, units))
         links.append({"name": f"ep-{e:02d}", "host": "127.0.0.1", "port": port, "timeout_s": 1.0,
-                      "pipeline": args.pipeline, "devices": devs})
+                      "pipeline": args.pipeline, "coalesce_ms": args.coalesce_ms, "devices": devs})
     metrics_port = free_port()
     cfg = {"gateway": "bench-gw", "district": "bench", "poll_interval_s": args.interval,
            "profiles_dir": str(tmp / "profiles"),
@@ -169,7 +172,7 @@ def main() -> int:
     per_cycle = requests / elapsed * args.interval
     result = {
         "devices": n, "fields_per_device": fields, "endpoints": len(endpoints), "measured_s": round(elapsed, 1),
-        "interval_s": args.interval, "pipeline": args.pipeline,
+        "interval_s": args.interval, "pipeline": args.pipeline, "coalesce_ms": args.coalesce_ms,
         "agent_cpu_share_of_one_core": round(cpu, 3),
         "agent_cpu_us_per_poll": round(1e6 * cpu * args.interval / n, 1),
         "agent_rss_mb": round(rss_max / 1024, 1), "agent_rss_peak_mb": round(hwm / 1024, 1),

@@ -6,6 +6,10 @@ so a command waits for at most the poll in progress). Each device keeps its own
 schedule, staggered across the interval so that fifty devices on a link do not all
 fall due at the same instant. A device that fails is backed off exponentially (capped)
 and reported as a `q: "bad"` sample; nothing a device does ends the link's task.
+
+With `coalesce_ms` (pipelined TCP links), the devices due within that window of the one
+the scheduler woke for are polled in one exchange: all their reads in one write, each
+device still with its own time-out, back-off, fallback and sample.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -113,6 +117,14 @@ def _values(req: ReadRequest, request: Request, answer: bytes) -> list[int]:
     return data
 
 
+def _decode_all(state: DeviceState, requests: list[Request], answers: list[bytes]) -> dict[str, FieldValue]:
+    """A device's fields from the answers to its planned reads, in plan order."""
+    fields: dict[str, FieldValue] = {}
+    for req, request, answer in zip(state.plan, requests, answers, strict=True):
+        fields.update(decode_read(req, state.profile, _values(req, request, answer)))
+    return fields
+
+
 def make_master(link: LinkSpec) -> ModbusMaster:
     if link.transport == "rtu":
         assert link.serial is not None
@@ -132,6 +144,9 @@ class ModbusLink:
         self.telemetry = telemetry
         self.master = master or make_master(link)
         self.pipelined = link.pipeline and link.transport == "tcp"
+        #: Devices due within this many seconds of the one the scheduler woke for are
+        #: polled with it in one exchange (link `coalesce_ms`; 0: one device at a time).
+        self.coalesce_s = link.coalesce_ms / 1000.0 if self.pipelined else 0.0
         # Event time (the scenario clock from the environment, else the wall clock),
         # parsed once rather than on every poll.
         self.now_ms = clock.current().now_ms
@@ -161,20 +176,47 @@ class ModbusLink:
         try:
             while True:
                 due, i = heapq.heappop(heap)
-                state = states[i]
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                try:
-                    await self._poll_and_emit(state, due)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # a bug on one device must not end the link's task
-                    log.exception("polling %s failed unexpectedly; it stays scheduled", state.spec.id)
-                    state.next_due = time.monotonic() + self.polling.backoff_max_s
+                if self.coalesce_s:
+                    group = self._take_group(heap, states, due, i)
+                    await self._guarded(self._poll_group([(states[j], d) for d, j in group]),
+                                        [states[j] for _d, j in group])
+                    for _d, j in group:
+                        heapq.heappush(heap, (states[j].next_due, j))
+                    continue
+                state = states[i]
+                await self._guarded(self._poll_and_emit(state, due), [state])
                 heapq.heappush(heap, (state.next_due, i))
         finally:
             await self.master.close()
+
+    async def _guarded(self, poll: Coroutine[object, object, None], states: list[DeviceState]) -> None:
+        try:
+            await poll
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug on one device must not end the link's task
+            names = ", ".join(state.spec.id for state in states)
+            log.exception("polling %s failed unexpectedly; it stays scheduled", names)
+            for state in states:
+                state.next_due = time.monotonic() + self.polling.backoff_max_s
+
+    def _take_group(self, heap: list[tuple[float, int]], states: list[DeviceState], due: float,
+                    i: int) -> list[tuple[float, int]]:
+        """The device the scheduler woke for and every device due within `coalesce_ms`
+        of it (or already overdue), up to `max_outstanding` requests in flight."""
+        group = [(due, i)]
+        room = self.link.max_outstanding - len(states[i].plan)
+        horizon = max(due, time.monotonic()) + self.coalesce_s
+        while heap and heap[0][0] <= horizon:
+            need = len(states[heap[0][1]].plan)
+            if need > room:
+                break
+            group.append(heapq.heappop(heap))
+            room -= need
+        return group
 
     def _reschedule(self, state: DeviceState, due: float, now: float) -> None:
         nxt = due + state.interval_s
@@ -197,6 +239,65 @@ class ModbusLink:
         if sample is not None:
             self.sink(sample)
 
+    async def _poll_group(self, group: list[tuple[DeviceState, float]]) -> None:
+        """Poll several devices in one exchange: every read of every device in one write
+        (each device with its own time-out), the answers collected as they come; then
+        each device's sample as `_poll_and_emit` makes it. A device read one by one (it
+        refused a pipelined read) is polled on its own, after the others."""
+        batched = [(state, due) for state, due in group if not state.one_by_one]
+        alone = [(state, due) for state, due in group if state.one_by_one]
+        polled: list[tuple[DeviceState, float, Sample | None, int]] = []
+        async with self.lock:
+            started = time.monotonic()
+            requests = [[self._request(state, req) for req in state.plan] for state, _due in batched]
+            results: list[list[bytes] | Exception] = []
+            if batched:
+                try:
+                    results = await self.master.transact_batches(
+                        [(reqs, state.timeout_s) for (state, _due), reqs in zip(batched, requests, strict=True)])
+                except POLL_ERRORS as exc:  # no connection: every device fails alike
+                    results = [exc] * len(batched)
+                finally:
+                    pause = max(state.pause_s for state, _due in batched)
+                    if pause:
+                        await asyncio.sleep(pause)
+            for (state, due), reqs, result in zip(batched, requests, results, strict=True):
+                before = self.master.requests  # a refused read re-reads one by one
+                sample = await self._batched_sample(state, reqs, result)
+                polled.append((state, due, sample, len(reqs) + self.master.requests - before))
+            for state, due in alone:
+                before = self.master.requests
+                sample = await self.poll(state)
+                polled.append((state, due, sample, self.master.requests - before))
+        done = time.monotonic()
+        for state, due, sample, sent in polled:
+            self.telemetry.poll_done(self.link.name, started - due, done - started, sent)
+            self._reschedule(state, due, done)
+            if sample is not None:
+                self.sink(sample)
+
+    async def _batched_sample(self, state: DeviceState, requests: list[Request],
+                              result: list[bytes] | Exception) -> Sample | None:
+        """One device's sample from its answers in a coalesced exchange."""
+        state.polls += 1
+        try:
+            if isinstance(result, Exception):
+                raise result
+            fields = _decode_all(state, requests, result)
+            unreadable: list[str] = []
+        except ModbusExceptionResponse as exc:
+            if exc.code != ILLEGAL_DATA_ADDRESS:
+                return self._failed(state, exc)
+            # A read is refused: from now on this device is read one by one (as `_read_fields`).
+            state.one_by_one = True
+            try:
+                fields, unreadable = await self._read_fields(state)
+            except POLL_ERRORS as exc2:
+                return self._failed(state, exc2)
+        except POLL_ERRORS as exc:
+            return self._failed(state, exc)
+        return self._succeeded(state, fields, unreadable)
+
     async def poll(self, state: DeviceState) -> Sample | None:
         """Read every planned request of one device (caller holds the link)."""
         state.polls += 1
@@ -204,6 +305,10 @@ class ModbusLink:
             fields, unreadable = await self._read_fields(state)
         except POLL_ERRORS as exc:
             return self._failed(state, exc)
+        return self._succeeded(state, fields, unreadable)
+
+    def _succeeded(self, state: DeviceState, fields: dict[str, FieldValue],
+                   unreadable: list[str]) -> Sample | None:
         if unreadable and unreadable != state.unreadable:
             log.warning("device %s refuses %s (illegal data address); check those addresses in profile %s",
                         state.spec.id, ", ".join(unreadable), state.profile.profile)
@@ -264,10 +369,7 @@ class ModbusLink:
         finally:
             if state.pause_s:
                 await asyncio.sleep(state.pause_s)
-        fields: dict[str, FieldValue] = {}
-        for req, request, answer in zip(state.plan, requests, answers, strict=True):
-            fields.update(decode_read(req, state.profile, _values(req, request, answer)))
-        return fields
+        return _decode_all(state, requests, answers)
 
     def _fall_back(self, state: DeviceState, i: int, req: ReadRequest) -> None:
         state.plan[i : i + 1] = split_per_field(req)

@@ -39,6 +39,9 @@ class ModbusMaster(Protocol):
 
     async def transact_many(self, requests: Sequence[Request], timeout_s: float) -> list[bytes]: ...
 
+    async def transact_batches(self, batches: Sequence[tuple[Sequence[Request], float]]
+                               ) -> list[list[bytes] | Exception]: ...
+
     async def close(self) -> None: ...
 
 
@@ -49,6 +52,7 @@ class ModbusMaster(Protocol):
 RECONNECT_AFTER_TIMEOUTS = 3
 _MBAP = struct.Struct(">HHHB")
 _MBAP_HEAD = struct.Struct(">HHH")
+_Sent = tuple[int, "asyncio.Future[bytes]", Request]
 
 
 class _MbapProtocol(asyncio.Protocol):
@@ -118,56 +122,99 @@ class TcpMaster:
     async def transact(self, request: Request, timeout_s: float) -> bytes:
         return (await self.transact_many([request], timeout_s))[0]
 
-    async def transact_many(self, requests: Sequence[Request], timeout_s: float) -> list[bytes]:
-        """Send the requests back to back in one write (Modbus TCP pipelining: distinct
-        transaction ids) and return their answers in order; one request is a plain
-        transaction. All share one deadline. Raises on the first that fails."""
-        proto = await self._connection()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        sent: list[tuple[int, asyncio.Future[bytes], Request]] = []
+    def _send(self, proto: _MbapProtocol, loop: asyncio.AbstractEventLoop,
+              batches: Sequence[tuple[Sequence[Request], float]]) -> list[list[_Sent]]:
+        """Write every batch's requests in one write (distinct transaction ids); each
+        batch has its own deadline. Returns each batch's (tid, answer, request)."""
+        now = loop.time()
+        earliest = math.inf
+        out: list[list[_Sent]] = []
         frames: list[bytes] = []
-        for request in requests:
-            self._tid = tid = self._tid % 0xFFFF + 1
-            fut: asyncio.Future[bytes] = loop.create_future()
-            proto.pending[tid] = fut
-            self._deadlines[tid] = (deadline, fut)
-            sent.append((tid, fut, request))
-            frames.append(_MBAP.pack(tid, 0, len(request.pdu) + 1, request.unit) + request.pdu)
+        for requests, timeout_s in batches:
+            deadline = now + timeout_s
+            earliest = min(earliest, deadline)
+            sent: list[_Sent] = []
+            for request in requests:
+                self._tid = tid = self._tid % 0xFFFF + 1
+                fut: asyncio.Future[bytes] = loop.create_future()
+                proto.pending[tid] = fut
+                self._deadlines[tid] = (deadline, fut)
+                sent.append((tid, fut, request))
+                frames.append(_MBAP.pack(tid, 0, len(request.pdu) + 1, request.unit) + request.pdu)
+            out.append(sent)
         assert proto.transport is not None
         proto.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
         self.requests += len(frames)
         # Not asyncio.timeout (never wait_for: see _connection): one timer per transaction,
         # cancelled a millisecond later, costs more than the rest of the transaction; the
         # master's single timer (_arm) fires only when the earliest deadline has passed.
-        if deadline < self._timer_at or self._timer_loop is not loop:
-            self._arm(loop, deadline)
+        if earliest < self._timer_at or self._timer_loop is not loop:
+            self._arm(loop, earliest)
+        return out
+
+    async def _collect(self, sent: list[_Sent], timeout_s: float) -> list[bytes]:
+        """The answers of one batch, in order; raises on the first that fails."""
         answers: list[bytes] = []
+        for _tid, fut, request in sent:
+            try:
+                answer = await fut
+            except ModbusTimeout:
+                self._timeouts += 1
+                if self._timeouts >= RECONNECT_AFTER_TIMEOUTS:
+                    # No unit on this endpoint answers any more: the connection itself may be
+                    # dead without a reset (gateway rebooted, NAT dropped it). Start a new one.
+                    await self.close()
+                    self._timeouts = 0
+                raise ModbusTimeout(f"no answer within {timeout_s:g} s") from None
+            self._timeouts = 0
+            if answer[0] != request.unit:
+                raise ModbusProtocolError(f"answer from unit {answer[0]}, asked unit {request.unit}")
+            answers.append(answer[1:])
+        return answers
+
+    def _forget(self, proto: _MbapProtocol, sent: list[_Sent], ok: bool) -> None:
+        for tid, fut, _request in sent:
+            proto.pending.pop(tid, None)  # a late answer then has no future: dropped
+            self._deadlines.pop(tid, None)
+            if not ok and fut.done() and not fut.cancelled():
+                fut.exception()  # the ones after the failure: retrieved, so asyncio does not log them
+
+    async def transact_many(self, requests: Sequence[Request], timeout_s: float) -> list[bytes]:
+        """Send the requests back to back in one write (Modbus TCP pipelining: distinct
+        transaction ids) and return their answers in order; one request is a plain
+        transaction. All share one deadline. Raises on the first that fails."""
+        proto = await self._connection()
+        sent = self._send(proto, asyncio.get_running_loop(), [(requests, timeout_s)])[0]
         ok = False
         try:
-            for _tid, fut, request in sent:
-                try:
-                    answer = await fut
-                except ModbusTimeout:
-                    self._timeouts += 1
-                    if self._timeouts >= RECONNECT_AFTER_TIMEOUTS:
-                        # No unit on this endpoint answers any more: the connection itself may be
-                        # dead without a reset (gateway rebooted, NAT dropped it). Start a new one.
-                        await self.close()
-                        self._timeouts = 0
-                    raise ModbusTimeout(f"no answer within {timeout_s:g} s") from None
-                self._timeouts = 0
-                if answer[0] != request.unit:
-                    raise ModbusProtocolError(f"answer from unit {answer[0]}, asked unit {request.unit}")
-                answers.append(answer[1:])
+            answers = await self._collect(sent, timeout_s)
             ok = True
         finally:
-            for tid, fut, _request in sent:
-                proto.pending.pop(tid, None)  # a late answer then has no future: dropped
-                self._deadlines.pop(tid, None)
-                if not ok and fut.done() and not fut.cancelled():
-                    fut.exception()  # the ones after the failure: retrieved, so asyncio does not log them
+            self._forget(proto, sent, ok)
         return answers
+
+    async def transact_batches(self, batches: Sequence[tuple[Sequence[Request], float]]
+                               ) -> list[list[bytes] | Exception]:
+        """Several devices' requests in one write (link `coalesce_ms`): each batch (one
+        device's reads, its own time-out) gets its answers or the error that ended it; a
+        batch that fails does not fail the others. The answers are collected as they come."""
+        proto = await self._connection()
+        sent_all = self._send(proto, asyncio.get_running_loop(), batches)
+        results: list[list[bytes] | Exception] = []
+        try:
+            for sent, (_requests, timeout_s) in zip(sent_all, batches, strict=True):
+                ok = False
+                try:
+                    results.append(await self._collect(sent, timeout_s))
+                    ok = True
+                except (ModbusTimeout, ModbusLinkError, ModbusProtocolError) as exc:
+                    results.append(exc)
+                finally:
+                    self._forget(proto, sent, ok)
+        finally:
+            for sent in sent_all[len(results):]:  # cancelled part-way: nothing left pending
+                self._forget(proto, sent, False)
+        return results
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
@@ -285,6 +332,17 @@ class RtuMaster:
     async def transact_many(self, requests: Sequence[Request], timeout_s: float) -> list[bytes]:
         """A serial line carries one transaction at a time: in turn."""
         return [await self.transact(request, timeout_s) for request in requests]
+
+    async def transact_batches(self, batches: Sequence[tuple[Sequence[Request], float]]
+                               ) -> list[list[bytes] | Exception]:
+        """In turn too (the link only coalesces on TCP; here for the protocol's sake)."""
+        results: list[list[bytes] | Exception] = []
+        for requests, timeout_s in batches:
+            try:
+                results.append(await self.transact_many(requests, timeout_s))
+            except (ModbusTimeout, ModbusLinkError, ModbusProtocolError) as exc:
+                results.append(exc)
+        return results
 
     def _close_blocking(self) -> None:
         with self._lock:  # not while a transaction is using the port

@@ -183,12 +183,22 @@ class LinkSpec(_Model):
     #: TCP only: send a device's reads back to back (distinct transaction ids) and wait for
     #: all answers, instead of one read at a time. Only for devices that accept it.
     pipeline: bool = False
+    #: TCP with `pipeline: true` only: when the link's scheduler wakes, every device due
+    #: within the next `coalesce_ms` is polled with it, all their reads in one write.
+    #: 0 (the default): one device per exchange.
+    coalesce_ms: float = Field(default=0.0, ge=0, le=1000)
+    #: Cap on the requests one coalesced exchange has in flight (gateways limit them).
+    max_outstanding: int = Field(default=32, ge=1, le=1000)
     devices: list[DeviceSpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> LinkSpec:
         if self.transport == "rtu" and self.serial is None:
             raise ValueError("an rtu link needs 'serial: {port: /dev/ttyUSB0, baudrate: 9600}'")
+        if self.coalesce_ms > 0 and (self.transport != "tcp" or not self.pipeline):
+            raise ValueError(f"link {self.name}: coalesce_ms needs a tcp link with 'pipeline: true' "
+                             f"(it sends several devices' reads in one write); got transport "
+                             f"{self.transport!r}, pipeline {self.pipeline}")
         return self
 
 
