@@ -9,7 +9,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(cond: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
+def wait_for(cond: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.1) -> T:
     """Poll `cond` until it returns something truthy and return that; fail with `what`
     after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

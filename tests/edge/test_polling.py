@@ -19,6 +19,7 @@ from tests.edge.conftest import (
     unique,
     write_gateway,
 )
+from tests.waiting import wait_for
 from urbansense.config import load_profile
 from urbansense.stack import Stack, free_port
 
@@ -127,11 +128,24 @@ def test_illegal_address_falls_back_to_smaller_reads(tmp_path: Path, stack: Stac
     collector = Collector(stack.mqtt_url, f"city/test/{gw}/telemetry")
     with sim, AgentThread(path, stack.mqtt_url, tmp_path / "wal") as run:
         collector.drain(2.0)
-        state = run.agent.links["link-0"].devices["dev-0-1"]
+        link = run.agent.links["link-0"]
+        state = link.devices["dev-0-1"]
         plan = [(r.table, r.address, r.count) for r in state.plan]
-        before, polls_before = sim.requests(), state.polls
+
+        def between_polls() -> tuple[int, int] | None:
+            """(requests served, polls started) while no poll is in progress: a poll counts
+            itself when it starts and its requests as they arrive, so reading in the middle
+            of one skews requests per poll (a flake seen in CI: 6.0 instead of 8)."""
+            polls, idle = state.polls, not link.lock.locked()
+            served = sim.requests()
+            if idle and not link.lock.locked() and state.polls == polls:
+                return served, polls
+            return None
+
+        before, polls_before = wait_for(between_polls, 5, "a moment between two polls", interval_s=0.01)
         collector.drain(1.5)
-        per_poll = (sim.requests() - before) / max(1, state.polls - polls_before)
+        after, polls_after = wait_for(between_polls, 5, "a moment between two polls", interval_s=0.01)
+        per_poll = (after - before) / max(1, polls_after - polls_before)
         run.stop()
     collector.close()
     assert state.split_reads
