@@ -53,6 +53,8 @@ RECONNECT_AFTER_TIMEOUTS = 3
 _MBAP = struct.Struct(">HHHB")
 _MBAP_HEAD = struct.Struct(">HHH")
 _Sent = tuple[int, "asyncio.Future[bytes]", Request]
+#: What ends one device's batch in `transact_batches` without failing the others.
+_DEVICE_ERRORS = (ModbusTimeout, ModbusLinkError, ModbusProtocolError)
 
 
 class _MbapProtocol(asyncio.Protocol):
@@ -207,7 +209,7 @@ class TcpMaster:
                 try:
                     results.append(await self._collect(sent, timeout_s))
                     ok = True
-                except (ModbusTimeout, ModbusLinkError, ModbusProtocolError) as exc:
+                except _DEVICE_ERRORS as exc:
                     results.append(exc)
                 finally:
                     self._forget(proto, sent, ok)
@@ -340,7 +342,7 @@ class RtuMaster:
         for requests, timeout_s in batches:
             try:
                 results.append(await self.transact_many(requests, timeout_s))
-            except (ModbusTimeout, ModbusLinkError, ModbusProtocolError) as exc:
+            except _DEVICE_ERRORS as exc:
                 results.append(exc)
         return results
 

@@ -26,20 +26,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from urbansense.grafana.influxql import parse_duration_ms
 from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient, InfluxError
 
 RAW_RP = "raw"
 
 
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def duration_s(text: str) -> int:
     """Seconds of a simple InfluxQL duration (`90s`, `10m`, `3h`, `1d`)."""
     try:
-        return int(text[:-1]) * _UNIT_S[text[-1]]
-    except (KeyError, ValueError, IndexError):
+        return parse_duration_ms(text) // 1000
+    except ValueError:
         raise ValueError(f"not a simple InfluxQL duration: {text!r}") from None
 
 

@@ -289,13 +289,9 @@ class _BufferedClient(paho.Client):
                            "remaining_mult": 1, "remaining_length": len(body),
                            "packet": bytearray(body), "to_process": 0, "pos": 0}
         try:
-            rc = self._packet_handle()
+            return self._packet_handle()
         except MalformedPacket as exc:
-            rc = self._malformed(f"{exc} (packet type {header >> 4})")
-        self._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [],
-                           "remaining_mult": 1, "remaining_length": 0, "packet": bytearray(b""),
-                           "to_process": 0, "pos": 0}
-        return rc
+            return self._malformed(f"{exc} (packet type {header >> 4})")
 
     def _malformed(self, what: str) -> MQTTErrorCode:
         log.error("MQTT broker at %s:%s sent a malformed packet (%s); dropping the connection "
