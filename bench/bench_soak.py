@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 import yaml
 
+from ingest.metrics import DECODE_PATHS
 from simulators.scenario import load_scenario
 from urbansense import topics
 from urbansense.clock import ScenarioClock
@@ -109,12 +110,15 @@ class Monitor:
 def ingest_metrics(influx: InfluxClient) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     try:
+        paths = ", ".join(f'last("decoded_{p}") AS "decoded_{p}"' for p in DECODE_PATHS)
         for s in influx.query('SELECT last("queue_depth") AS q, last("points_per_s") AS r, last("points_total") '
-                              'AS n FROM "urbansense_ingest" WHERE time > now() - 1m GROUP BY "instance"'):
+                              f'AS n, {paths} FROM "urbansense_ingest" WHERE time > now() - 1m GROUP BY "instance"'):
             for row in s.rows():
                 out[s.tags.get("instance", "?")] = {"queue_depth": float(row.get("q") or 0),
                                                     "points_per_s": float(row.get("r") or 0),
-                                                    "points_total": float(row.get("n") or 0)}
+                                                    "points_total": float(row.get("n") or 0),
+                                                    **{f"decoded_{p}": float(row.get(f"decoded_{p}") or 0)
+                                                       for p in DECODE_PATHS}}
     except InfluxError:
         pass
     return out
@@ -313,6 +317,11 @@ def main() -> int:
               f"{result['queues_end']['broker_stored']}")
         print(f"  rules inbox {json.dumps(result['queues_start']['rules'])} -> "
               f"{json.dumps(result['queues_end']['rules'])}, peak over the window {result['rules_inbox_peak']:.0f}")
+        decoded = {p: sum(v.get(f"decoded_{p}", 0.0) for v in end["ingest"].values()) for p in DECODE_PATHS}
+        result["decoded_messages"] = decoded
+        total = sum(decoded.values()) or 1.0
+        print("  telemetry messages by decode path: " + ", ".join(
+            f"{p} {n:,.0f} ({100 * n / total:.0f} %)" for p, n in decoded.items()))
         with mon.lock:
             edge_stats = dict(mon.edge_stats)
         result["edge_stats_end"] = edge_stats

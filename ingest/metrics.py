@@ -28,6 +28,14 @@ class IngestCounts:
     seq_repeats: int = 0
     last_batch_latency_ms: float = 0.0
     deadletter_kinds: dict[str, int] = field(default_factory=dict)
+    #: telemetry messages by the path that decoded them (see DECODE_PATHS)
+    decoded: dict[str, int] = field(default_factory=dict)
+
+
+#: How a telemetry message was decoded: "c", the C accelerator's one pass; "python", the
+#: Python fast path (codec.decode_plain_batch + points.transcode_plain); "full", the full
+#: lenient path (anything else: bad samples, late samples, unusual but valid JSON).
+DECODE_PATHS = ("c", "python", "full")
 
 
 class IngestMetrics:
@@ -60,15 +68,31 @@ class IngestMetrics:
             ["instance"], registry=r,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         ).labels(**labels)
+        decoded = Counter("urbansense_ingest_decoded_messages",
+                          "telemetry messages by decode path: c (the C accelerator), python (the Python "
+                          "fast path), full (the full path: bad or late samples, unusual JSON)",
+                          ["instance", "path"], registry=r)
+        self._p_decoded = {path: decoded.labels(instance=instance, path=path) for path in DECODE_PATHS}
+        self._p_accelerator = Gauge("urbansense_ingest_accelerator",
+                                    "1 when the C accelerator (ingest._fastline) decodes telemetry, 0 when "
+                                    "pure Python", ["instance"], registry=r).labels(**labels)
         self._p_queue = Gauge("urbansense_ingest_queue_depth",
                               "messages received and not yet acknowledged", ["instance"],
                               registry=r).labels(**labels)
 
     # ------------------------------------------------------------------ events
-    def messages(self, n: int) -> None:
+    def messages(self, n: int, decoded_by: str | None = None) -> None:
+        """n messages handled; `decoded_by` (one of DECODE_PATHS) for telemetry decoded."""
         with self._lock:
             self.counts.messages += n
+            if decoded_by is not None:
+                self.counts.decoded[decoded_by] = self.counts.decoded.get(decoded_by, 0) + n
         self._p_messages.inc(n)
+        if decoded_by is not None:
+            self._p_decoded[decoded_by].inc(n)
+
+    def accelerator(self, in_use: bool) -> None:
+        self._p_accelerator.set(1 if in_use else 0)
 
     def batch_written(self, points: int, latency_s: float) -> None:
         with self._lock:
@@ -111,7 +135,7 @@ class IngestMetrics:
             return {"messages": c.messages, "points": c.points, "batches": c.batches,
                     "deadletters": c.deadletters, "samples_refused": c.samples_refused,
                     "retries": c.retries, "seq_gaps": c.seq_gaps, "seq_repeats": c.seq_repeats,
-                    "deadletter_kinds": dict(c.deadletter_kinds)}
+                    "deadletter_kinds": dict(c.deadletter_kinds), "decoded": dict(c.decoded)}
 
     def influx_line(self, now_ms: int, queue_depth: int) -> str:
         """One `urbansense_ingest` point; points_per_s is the rate since the last call."""
@@ -132,6 +156,8 @@ class IngestMetrics:
                 "points_total": c.points,
                 "messages_total": c.messages,
             }
+            for path in DECODE_PATHS:
+                fields[f"decoded_{path}"] = c.decoded.get(path, 0)
         return encode_point("urbansense_ingest", {"instance": self.instance}, fields, now_ms)
 
     def serve(self, host: str, port: int) -> Any:

@@ -239,6 +239,11 @@ def _load_accelerator() -> tuple[ModuleType | None, str]:
 _fastline, ACCELERATOR = _load_accelerator()
 
 
+def accelerator_in_use() -> bool:
+    """Whether transcode_payload runs the C accelerator (else it always returns None)."""
+    return _fastline is not None
+
+
 class PlainEnvelope(NamedTuple):
     """What the ingester needs of a batch's envelope once its points are encoded."""
 

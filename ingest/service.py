@@ -46,6 +46,7 @@ from ingest.points import (
     LineEncoder,
     PlainEnvelope,
     TimeWindow,
+    accelerator_in_use,
     status_line,
     transcode_payload,
     transcode_plain,
@@ -144,6 +145,7 @@ class Ingester:
         log.info("ingester %s: %s -> %s database %s", self.instance, self.mqtt.settings.url,
                  self.influx_url, self.database)
         log.info("ingester %s: telemetry decoded by the %s", self.instance, ACCELERATOR)
+        self.metrics.accelerator(accelerator_in_use())
         deadline = None if duration_s is None else time.monotonic() + duration_s
         try:
             while not self._stop.wait(0.05):
@@ -209,6 +211,7 @@ class Ingester:
         topic = msg.topic  # read once: a property that decodes the bytes on a paho MQTTMessage (QoS 2)
         delivery = Delivery(msg.mid, msg.qos, generation, topic, payload)
         first_line = len(batch.lines)
+        decoded_by: str | None = None
         try:
             where = self._topics.get(topic) or self._parse_topic(topic)
             if where.kind == "status":
@@ -218,7 +221,7 @@ class Ingester:
                 if self._rate_limit is not None and not self._rate_limit.allow(
                         where.district, where.gateway, len(payload)):
                     raise codec.PayloadError(self._rate_limit.reason(where.district, where.gateway))
-                decoded, encoded, problems = self._decode(payload)
+                decoded, encoded, problems, decoded_by = self._decode(payload)
                 if decoded.gw != where.gateway or decoded.district != where.district:
                     raise codec.PayloadError(
                         f"batch says district={decoded.district} gw={decoded.gw} but arrived on "
@@ -241,7 +244,7 @@ class Ingester:
             batch.discard_from(first_line)
             self.deadletters.payload(delivery, f"ingester error (please report it): {exc!r}")
         batch.add(delivery, first_line)
-        self.metrics.messages(1)
+        self.metrics.messages(1, decoded_by)
 
     def _parse_topic(self, topic: str) -> topics.GatewayTopic:
         """Parsed once per topic (a gateway publishes on the same few), bounded."""
@@ -252,8 +255,9 @@ class Ingester:
         return where
 
     def _decode(self, payload: bytes) -> tuple[PlainEnvelope | codec.PlainBatch | TelemetryBatch, EncodedBatch,
-                                               list[str]]:
-        """A telemetry payload to its points and the reasons for refused samples. The
+                                               list[str], str]:
+        """A telemetry payload to its points, the reasons for refused samples and the path
+        that decoded it (metrics.DECODE_PATHS). The
         ordinary batch in one go (the C accelerator, points.transcode_payload, where it is
         built; else codec.decode_plain_batch + points.transcode_plain); anything else, or a
         sample outside the time window, the full path (same points, and the reasons)."""
@@ -261,14 +265,14 @@ class Ingester:
         max_bytes = self.settings.max_payload_bytes
         fast = transcode_payload(payload, self.encoder.window, now_ms, max_bytes)
         if fast is not None:
-            return fast[0], fast[1], []
+            return fast[0], fast[1], [], "c"
         plain = codec.decode_plain_batch(payload, max_bytes=max_bytes)
         if plain is not None:
             encoded = transcode_plain(plain, self.encoder.window, now_ms)
             if encoded is not None:
-                return plain, encoded, []
+                return plain, encoded, [], "python"
         decoded, problems = codec.decode_batch_lenient(payload, max_bytes=max_bytes)
-        return decoded, self.encoder.encode(decoded, now_ms), problems
+        return decoded, self.encoder.encode(decoded, now_ms), problems, "full"
 
     # ------------------------------------------------------------------ writing
     def _write_loop(self) -> None:

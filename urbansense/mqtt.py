@@ -47,6 +47,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 log = logging.getLogger(__name__)
+#: reconnect jitter: its own generator, so that no client thread moves the global `random` state
+_JITTER = random.Random()
 _time_func = paho.time_func
 
 Message = paho.MQTTMessage
@@ -599,7 +601,7 @@ class MqttClient:
     def _reconnect_loop(self) -> None:
         delay = self._reconnect_min_s
         while not self._stopping and not self._connected.is_set():
-            time.sleep(delay * random.uniform(0.5, 1.0) if delay > self._reconnect_min_s else delay)
+            time.sleep(delay * _JITTER.uniform(0.5, 1.0) if delay > self._reconnect_min_s else delay)
             if self._stopping or self._connected.is_set():
                 return
             try:

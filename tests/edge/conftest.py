@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -169,9 +169,13 @@ class AgentThread:
 
 
 class Collector:
-    """Subscribes to a topic filter and keeps every decoded telemetry batch / message."""
+    """Subscribes to a topic filter and keeps every decoded telemetry batch / message.
+    Closed at the end of the test that made it (`_close_collectors`), if the test did not."""
+
+    open_now: ClassVar[list[Collector]] = []
 
     def __init__(self, mqtt_url: str, topic: str) -> None:
+        Collector.open_now.append(self)
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.client = MqttClient(MqttSettings.from_url(mqtt_url), client_id=unique("collector"))
         self.client.subscribe(topic, lambda m: self.messages.put((m.topic, bytes(m.payload))), qos=1)
@@ -195,6 +199,18 @@ class Collector:
 
     def close(self) -> None:
         self.client.close()
+        if self in Collector.open_now:
+            Collector.open_now.remove(self)
+
+
+@pytest.fixture(autouse=True)
+def _close_collectors() -> Iterator[None]:
+    """A collector left open outlives its test; one whose broker was a private stack's
+    then retries the connection for the rest of the session (found as a stray
+    reconnect thread while later tests ran)."""
+    yield
+    for collector in list(Collector.open_now):
+        collector.close()
 
 
 @pytest.fixture

@@ -372,13 +372,24 @@ def test_ingester_decode_takes_the_c_path_then_python(stack: Stack) -> None:
         pytest.skip(points.ACCELERATOR)
     ingester = Ingester(MqttSettings.from_url(stack.mqtt_url), stack.influx_url, instance="fastline-test")
     t = int(time.time() * 1000) - 1000  # the ingester's time window is on the wall clock
-    envelope, encoded, problems = ingester._decode(BASE.replace(str(NOW).encode(), str(t).encode()))
-    assert isinstance(envelope, points.PlainEnvelope) and envelope.seq == 7 and problems == []
+    envelope, encoded, problems, path = ingester._decode(BASE.replace(str(NOW).encode(), str(t).encode()))
+    assert isinstance(envelope, points.PlainEnvelope) and envelope.seq == 7 and problems == [] and path == "c"
     assert encoded.chunk == f"water,device=wp-0007,district=pudong,gateway=pd-gw-01 pressure_mpa=0.312,on=true {t}"
     # an integer field: the full path, which keeps it as an integer
-    decoded, encoded, problems = ingester._decode(_with_sample(f={"count": 3}, t=t))
-    assert not isinstance(decoded, points.PlainEnvelope) and problems == []
+    decoded, encoded, problems, path = ingester._decode(_with_sample(f={"count": 3}, t=t))
+    assert not isinstance(decoded, points.PlainEnvelope) and problems == [] and path == "full"
     assert encoded.all_lines() == [f"water,device=wp-0007,district=pudong,gateway=pd-gw-01 count=3i {t}"]
+
+
+def test_without_the_accelerator_the_python_fast_path_decodes(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(points, "_fastline", None)  # as when it is not built or URBANSENSE_PURE_PYTHON is set
+    assert not points.accelerator_in_use()
+    ingester = Ingester(MqttSettings.from_url(stack.mqtt_url), stack.influx_url, instance="fastline-python")
+    t = int(time.time() * 1000) - 1000
+    envelope, encoded, problems, path = ingester._decode(BASE.replace(str(NOW).encode(), str(t).encode()))
+    assert path == "python" and problems == [] and envelope.seq == 7
+    line = f"water,device=wp-0007,district=pudong,gateway=pd-gw-01 pressure_mpa=0.312,on=true {t}"
+    assert encoded.all_lines() == [line]
 
 
 def test_c_path_floats_are_stored_exactly(influx_db: InfluxClient) -> None:

@@ -9,6 +9,7 @@ import urllib.request
 import orjson
 import pytest
 
+from ingest import points
 from tests.ingest.harness import (
     Collector,
     Publisher,
@@ -68,6 +69,13 @@ def test_seq_gaps_status_and_self_metrics(stack: Stack, influx_db: InfluxClient)
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
             assert 'urbansense_ingest_points_total{instance="metrics-1"} 36.0' in text
             assert "urbansense_ingest_batch_latency_seconds_bucket" in text
+            # the 7 batches carry an integer field (n): the full path, which keeps it an integer
+            # (the fast paths take floats and booleans); the status message is not telemetry
+            assert 'urbansense_ingest_decoded_messages_total{instance="metrics-1",path="full"} 7.0' in text
+            assert 'urbansense_ingest_decoded_messages_total{instance="metrics-1",path="c"} 0.0' in text
+            in_use = float(points.accelerator_in_use())
+            assert f'urbansense_ingest_accelerator{{instance="metrics-1"}} {in_use}' in text
+            assert ing.stats.decoded == {"full": 7}
         rows = influx_db.rows(f"SELECT * FROM gateway_status WHERE district = '{district}'")
         assert len(rows) == 1
         assert rows[0]["online"] is True and rows[0]["devices_ok"] == 1 and rows[0]["devices_fail"] == 1
@@ -103,6 +111,7 @@ def test_bad_samples_and_bad_times_dead_lettered_good_neighbours_kept(
         with running_ingester(stack.mqtt_url, stack.influx_url, influx_db.database, settings=settings) as ing:
             pub.publish_all([(topics.telemetry(district, gw), payload)])
             wait_for(lambda: ing.stats.messages == 1 and ing.held == 0, 20, "message handled")
+            assert ing.stats.decoded == {"full": 1}  # bad samples: the full path, with the reasons
         wait_for(lambda: any(d["topic"].startswith(f"city/{district}/") for d in dead.payloads), 10,
                  "the dead letter")
         mine = [d for d in dead.payloads if d["topic"] == topics.telemetry(district, gw)]
