@@ -15,10 +15,16 @@
  *   - a sample: exactly the keys m (a measurement), dev (an identifier), f, t (>= 1,
  *     inside [earliest, latest]), and optionally q "good", err null, urgent false;
  *   - f: 1 to 64 distinct metric names other than time/device/district/gateway, whose
- *     values are true, false or a JSON number written with a fraction or an exponent
- *     (an integer token keeps its `i` type on the full path) of at most 40 characters,
- *     zero or between 1e-307 and 1e308 in magnitude (no overflow, no subnormal), with
- *     an exponent of at most 400;
+ *     values are
+ *       - true or false;
+ *       - a JSON number written with a fraction or an exponent, of at most 40
+ *         characters, zero or between 1e-307 and 1e308 in magnitude (no overflow, no
+ *         subnormal), with an exponent of at most 400: a float, copied as written;
+ *       - a JSON integer of at most 18 digits, other than -0: an integer, written with
+ *         InfluxDB's `i` suffix (3 -> 3i), as the full path does;
+ *       - a string of at most 1024 characters of [a-z0-9_-] (an enumerated state such as
+ *         "up" or "unknown-7"): a string field, copied with its quotes (nothing in it
+ *         needs escaping in line protocol);
  *   - integers (seq, sent, t) of at most 18 digits (they fit in 64 bits);
  *   - strings of [a-z0-9_-] only: no escape, no other character (names with anything
  *     else are refused or escaped by the Python path);
@@ -41,6 +47,7 @@
 #define MAX_NAME 63
 #define MAX_FLOAT_TOKEN 40
 #define MAX_INT_DIGITS 18
+#define MAX_STRING_FIELD 1024 /* urbansense.codec.MAX_STRING_FIELD */
 
 enum { OK = 0, NOT_PLAIN = -1, NO_MEMORY = -2 };
 
@@ -54,7 +61,8 @@ typedef struct {
 
 typedef struct {
     Span key;
-    Span value;
+    Span value;      /* as written; a string with its quotes */
+    char is_integer; /* written with the `i` suffix */
 } Field;
 
 typedef struct {
@@ -178,18 +186,29 @@ static int small_uint(Ctx *c, long long *value, Span *text)
     return OK;
 }
 
-/* A field value: true, false, or a JSON float token (fraction or exponent) whose value
- * is zero or a normal double, never out of range. */
-static int field_value(Ctx *c, Span *value)
+/* A field value (see the top of the file): true, false, a JSON float token (fraction or
+ * exponent) whose value is zero or a normal double, a JSON integer that fits in 64 bits
+ * (`is_integer`), or a string of [a-z0-9_-]. */
+static int field_value(Ctx *c, Span *value, char *is_integer)
 {
     skip_ws(c);
     const char *p = c->p, *end = c->end, *start = p;
+    *is_integer = 0;
     if (literal(c, "true", 4) || literal(c, "false", 5)) {
         value->start = start;
         value->len = c->p - start;
         return OK;
     }
-    if (p < end && *p == '-')
+    if (p < end && *p == '"') {
+        Span text;
+        if (simple_string(c, &text) != OK || text.len > MAX_STRING_FIELD)
+            return NOT_PLAIN;
+        value->start = start; /* with its quotes */
+        value->len = c->p - start;
+        return OK;
+    }
+    int minus = p < end && *p == '-';
+    if (minus)
         p++;
     /* integer part: 0 | [1-9][0-9]* */
     const char *int_start = p;
@@ -232,7 +251,17 @@ static int field_value(Ctx *c, Span *value)
             return NOT_PLAIN;
         lead += negative ? -exponent : exponent;
     }
-    if (!is_float || p - start > MAX_FLOAT_TOKEN)
+    if (!is_float) {
+        /* an integer: at most 18 digits fit in 64 bits; -0 is 0i on the full path */
+        if (int_digits > MAX_INT_DIGITS || (minus && !nonzero))
+            return NOT_PLAIN;
+        *is_integer = 1;
+        value->start = start;
+        value->len = p - start;
+        c->p = p;
+        return OK;
+    }
+    if (p - start > MAX_FLOAT_TOKEN)
         return NOT_PLAIN;
     if (nonzero && (lead < -307 || lead > 307))
         return NOT_PLAIN; /* 1e-307 <= |x| < 1e308: a normal double, never infinity */
@@ -264,7 +293,7 @@ static int fields_object(Ctx *c, int *count)
         for (int i = 0; i < n; i++)
             if (c->fields[i].key.len == f->key.len && memcmp(c->fields[i].key.start, f->key.start, (size_t)f->key.len) == 0)
                 return NOT_PLAIN; /* a repeated name: the full path says which value counts */
-        if (field_value(c, &f->value) != OK)
+        if (field_value(c, &f->value, &f->is_integer) != OK)
             return NOT_PLAIN;
         n++;
     } while (expect(c, ','));
@@ -350,7 +379,7 @@ static int sample(Ctx *c, int emit)
     /* m ",device=" dev tags k=v[,k=v] " " t "\n" */
     Py_ssize_t need = m.len + 8 + dev.len + c->tags_len + 1 + t_text.len + 1;
     for (int i = 0; i < nfields; i++)
-        need += c->fields[i].key.len + c->fields[i].value.len + 2;
+        need += c->fields[i].key.len + c->fields[i].value.len + 3; /* '=', ',' or ' ', 'i' */
     if (reserve(c, need) != OK)
         return NO_MEMORY;
     if (c->points)
@@ -365,6 +394,8 @@ static int sample(Ctx *c, int emit)
         put(c, c->fields[i].key.start, c->fields[i].key.len);
         put(c, "=", 1);
         put(c, c->fields[i].value.start, c->fields[i].value.len);
+        if (c->fields[i].is_integer)
+            put(c, "i", 1);
     }
     put(c, " ", 1);
     put(c, t_text.start, t_text.len);

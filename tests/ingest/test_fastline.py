@@ -1,12 +1,15 @@
-"""The C accelerator (ingest/_fastline.c) against the Python plain path
-(codec.decode_plain_batch + points.transcode_plain) and the full path: whenever it takes
-a payload, the Python paths take it too and give the same points (floats as numbers:
-the C path copies them as written); everything else it leaves to them (None).
+"""The C accelerator (ingest/_fastline.c) against the full path (codec.decode_batch_lenient
++ LineEncoder) and the Python plain path (codec.decode_plain_batch + points.transcode_plain):
+whenever it takes a payload, the full path takes it too and gives the same points (floats
+as numbers: the C path copies them as written); so does the plain path when the fields
+are floats and booleans (it leaves integers and strings to the full path). Everything
+else the C path leaves to them (None).
 
 The payloads are valid batches written in many ways (white space, key order, float
-spellings) and near misses of them (escapes, non-ASCII, integers, NaN-like words, huge
-exponents, missing, extra and repeated keys, truncation, trailing bytes, deep nesting,
-wrong types), plus random bytes."""
+spellings, integers and enumerated strings as real edges send them) and near misses of
+them (escapes, non-ASCII, big integers, NaN-like words, huge exponents, missing, extra
+and repeated keys, truncation, trailing bytes, deep nesting, wrong types), plus random
+bytes."""
 
 from __future__ import annotations
 
@@ -50,39 +53,56 @@ def c_path(payload: bytes, max_bytes: int = codec.MAX_PAYLOAD_BYTES) -> tuple[st
 
 
 def _point(line: str) -> tuple[str, list[tuple[str, object]], str]:
-    """A plain line with its float values as numbers (1E+16 and 1e16 are one number)."""
+    """A line of names, booleans, floats (as numbers: 1E+16 and 1e16 are one number),
+    integers (3i) and strings without escapes ("up")."""
     series, fields, t = line.split(" ")
     values: list[tuple[str, object]] = []
     for field in fields.split(","):
         key, value = field.split("=")
-        if value not in ("true", "false"):
-            number = float(value)
-            assert math.isfinite(number) and not value.endswith("i"), line
-            values.append((key, number))
-        else:
+        if value in ("true", "false"):
             values.append((key, value))
+        elif value.startswith('"'):
+            assert value.endswith('"') and "\\" not in value, line
+            values.append((key, ("string", value[1:-1])))
+        elif value.endswith("i"):
+            values.append((key, ("integer", int(value[:-1]))))
+        else:
+            number = float(value)
+            assert math.isfinite(number), line
+            values.append((key, number))
     return series, values, t
 
 
+def _floats_and_booleans(point: tuple[str, list[tuple[str, object]], str]) -> bool:
+    return all(not isinstance(value, tuple) for _key, value in point[1])
+
+
 def agrees(payload: bytes) -> bool:
-    """True when the C path took the payload; then the Python plain path and the full
-    path take it too, with the same envelope and the same points."""
+    """True when the C path took the payload; then the full path takes it too, with the
+    same envelope and the same points, and so does the Python plain path when every
+    value is a float or a boolean."""
     got = c_path(payload)
     if got is None:
         return False
     gw, district, seq, chunk, count = got
-    plain = codec.decode_plain_batch(payload)
-    assert plain is not None, "the C path took a batch the Python plain path does not"
-    python = transcode_plain(plain, WINDOW, NOW)
-    assert python is not None, "the C path took a sample outside the time window"
-    assert (gw, district, seq) == (plain.gw, plain.district, plain.seq)
     c_lines = chunk.split("\n") if chunk else []
-    assert count == len(c_lines) == python.points
-    assert [_point(x) for x in c_lines] == [_point(x) for x in python.all_lines()]
+    c_points = [_point(x) for x in c_lines]
+    assert count == len(c_lines)
     full, problems = codec.decode_batch_lenient(payload)
     encoded = points.LineEncoder(WINDOW).encode(full, NOW)
-    assert problems == [] and encoded.problems == []
-    assert [_point(x) for x in encoded.all_lines()] == [_point(x) for x in c_lines]
+    assert problems == [] and encoded.problems == [], "the C path took a batch the full path refuses in part"
+    assert (gw, district, seq) == (full.gw, full.district, full.seq)
+    # the same points; the full path writes the lines of samples with integers or strings
+    # before the chunk of float-and-boolean samples, the C path all in payload order
+    assert sorted(map(repr, map(_point, encoded.all_lines()))) == sorted(map(repr, c_points))
+    plain = codec.decode_plain_batch(payload)
+    if all(map(_floats_and_booleans, c_points)):
+        assert plain is not None, "the C path took a float batch the Python plain path does not"
+    if plain is not None:
+        python = transcode_plain(plain, WINDOW, NOW)
+        assert python is not None, "the C path took a sample outside the time window"
+        assert (gw, district, seq) == (plain.gw, plain.district, plain.seq)
+        assert [_point(x) for x in python.all_lines()] == c_points
     return True
 
 
@@ -152,7 +172,10 @@ def float_tokens(draw: st.DrawFn) -> Raw:
     return Raw(text)
 
 
-field_values = float_tokens() | st.booleans()
+#: integers and enumerated states, as real edges send them (a counter, a floor, "up")
+integer_values = st.integers(-(10**18) + 1, 10**18 - 1) | st.integers(-1000, 1000)
+state_values = st.from_regex(r"[a-z0-9_-]{0,24}", fullmatch=True)
+field_values = float_tokens() | st.booleans() | integer_values | state_values
 
 
 @st.composite
@@ -228,10 +251,20 @@ def _with_sample(**over: Any) -> bytes:
 
 
 BASE = json.dumps(_plain()).encode()
+#: what real edges send beside floats and booleans: the C path takes them
+FIELD_TAKEN = [
+    _with_sample(f={"count": 3}), _with_sample(f={"count": -3}), _with_sample(f={"count": 0}),
+    _with_sample(f={"count": 10**18 - 1}), _with_sample(f={"count": -(10**18) + 1}),
+    _with_sample(f={"state": "open"}), _with_sample(f={"state": ""}), _with_sample(f={"fault": "unknown-7"}),
+    _with_sample(f={"state": "a" * 1024}), _with_sample(f={"floor": 3, "direction": "up", "speed_ms": 1.5,
+                                                          "running": True}),
+]
 FIELD_LEFT_TO_PYTHON = [
-    _with_sample(f={"count": 3}),                 # an integer: 3i on the full path
-    _with_sample(f={"x": 2**70}),
-    _with_sample(f={"state": "open"}),            # a string
+    _with_sample(f={"x": 2**70}), _with_sample(f={"x": 10**18}), _with_sample(f={"x": -(10**18)}),
+    _with_sample(f={"x": 2**63}), _with_sample(f={"x": -(2**63) - 1}),   # 19 digits and more
+    _with_sample(f={"state": "Open"}), _with_sample(f={"state": "a b"}), _with_sample(f={"state": "a,b=c"}),
+    _with_sample(f={"state": 'say "hi"'}), _with_sample(f={"state": "back\\slash"}),
+    _with_sample(f={"state": "line\nbreak"}), _with_sample(f={"state": "é"}), _with_sample(f={"state": "a" * 1025}),
     _with_sample(f={"x": None}), _with_sample(f={"x": [1.5]}), _with_sample(f={"x": {"y": 1.5}}),
     _with_sample(f={}), _with_sample(f=[]), _with_sample(f=None),
     _with_sample(f={"time": 1.0}), _with_sample(f={"device": 1.0}),  # reserved names
@@ -270,8 +303,11 @@ TEXT_LEFT_TO_PYTHON = [
     BASE.replace(b"0.312", b"0e401"), BASE.replace(b"0.312", b"1e0000000000000000000000001"),
     BASE.replace(b"0.312", b"1." + b"0" * 60), BASE.replace(b"0.312", b"0.312e"), BASE.replace(b"0.312", b"0.312e+"),
     BASE.replace(b"0.312", b".312"), BASE.replace(b"0.312", b"00.312"), BASE.replace(b"0.312", b"+0.312"),
-    BASE.replace(b"0.312", b"0.312.5"), BASE.replace(b"0.312", b"0x1p3"), BASE.replace(b"0.312", b"312"),
-    BASE.replace(b"0.312", b"-0"), BASE.replace(b"0.312", b"0.312i"), BASE.replace(b"0.312", b"1.5 2.5"),
+    BASE.replace(b"0.312", b"0.312.5"), BASE.replace(b"0.312", b"0x1p3"), BASE.replace(b"0.312", b"-0"),
+    BASE.replace(b"0.312", b"0.312i"), BASE.replace(b"0.312", b"1.5 2.5"), BASE.replace(b"0.312", b"007"),
+    BASE.replace(b"0.312", b"-"), BASE.replace(b"0.312", b"--3"), BASE.replace(b"0.312", b"3i"),
+    BASE.replace(b"0.312", b'"up'), BASE.replace(b"0.312", b'"u\\p"'), BASE.replace(b"0.312", b'"\\u0075p"'),
+    BASE.replace(b"0.312", b"'up'"), BASE.replace(b"0.312", b'"up""down"'),
     BASE.replace(b"true", b"True"), BASE.replace(b"true", b"tru"), BASE.replace(b"true", b"truex"),
     BASE.replace(b'"seq": 7', b'"seq": 07'), BASE.replace(b'"seq": 7', b'"seq": 7.0'),
     BASE.replace(b'"seq": 7', b'"seq": 7e0'), BASE.replace(b'"seq": 7', b'"seq": -0'),
@@ -292,13 +328,16 @@ TEXT_LEFT_TO_PYTHON = [
 ]
 
 
-@pytest.mark.parametrize("payload", FIELD_LEFT_TO_PYTHON + ENVELOPE_LEFT_TO_PYTHON + TEXT_LEFT_TO_PYTHON)
+@pytest.mark.parametrize("payload", FIELD_TAKEN + FIELD_LEFT_TO_PYTHON + ENVELOPE_LEFT_TO_PYTHON
+                         + TEXT_LEFT_TO_PYTHON)
 def test_near_misses_agree_or_are_left_to_python(payload: bytes) -> None:
     agrees(payload)
 
 
 def test_what_the_c_path_leaves_to_python() -> None:
     assert agrees(BASE) and agrees(BASE + b" \n\t\r")
+    assert all(agrees(p) for p in FIELD_TAKEN)
+    assert agrees(BASE.replace(b"0.312", b"312"))
     left = [p for p in FIELD_LEFT_TO_PYTHON + ENVELOPE_LEFT_TO_PYTHON + TEXT_LEFT_TO_PYTHON if c_path(p) is not None]
     # JSON allows both: trailing white space, leading zeros in an exponent (Go reads it too)
     assert left == [BASE.replace(b"0.312", b"1e0000000000000000000000001"), BASE + b" \n\t\r"]
@@ -375,10 +414,15 @@ def test_ingester_decode_takes_the_c_path_then_python(stack: Stack) -> None:
     envelope, encoded, problems, path = ingester._decode(BASE.replace(str(NOW).encode(), str(t).encode()))
     assert isinstance(envelope, points.PlainEnvelope) and envelope.seq == 7 and problems == [] and path == "c"
     assert encoded.chunk == f"water,device=wp-0007,district=pudong,gateway=pd-gw-01 pressure_mpa=0.312,on=true {t}"
-    # an integer field: the full path, which keeps it as an integer
-    decoded, encoded, problems, path = ingester._decode(_with_sample(f={"count": 3}, t=t))
+    # an integer and an enumerated state, as edges send them: the C path too
+    decoded, encoded, problems, path = ingester._decode(_with_sample(f={"floor": 3, "direction": "up"}, t=t))
+    assert path == "c" and problems == []
+    assert encoded.all_lines() == [f'water,device=wp-0007,district=pudong,gateway=pd-gw-01 floor=3i,direction="up" {t}']
+    # a string with a capital letter (needs no escaping, but the C path leaves every
+    # doubt to Python): the full path
+    decoded, encoded, problems, path = ingester._decode(_with_sample(f={"state": "Open"}, t=t))
     assert not isinstance(decoded, points.PlainEnvelope) and problems == [] and path == "full"
-    assert encoded.all_lines() == [f"water,device=wp-0007,district=pudong,gateway=pd-gw-01 count=3i {t}"]
+    assert encoded.all_lines() == [f'water,device=wp-0007,district=pudong,gateway=pd-gw-01 state="Open" {t}']
 
 
 def test_without_the_accelerator_the_python_fast_path_decodes(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -414,3 +458,25 @@ def test_c_path_floats_are_stored_exactly(influx_db: InfluxClient) -> None:
         assert row["x"] == float(x), x
         assert row["ok"] is (i % 2 == 1)
         assert (row["gateway"], row["district"]) == ("g-1", "d-1")
+
+
+def test_c_path_integers_and_states_are_stored_as_such(influx_db: InfluxClient) -> None:
+    """Integers stay integers (3i) and enumerated states strings, as on the full path."""
+    values = [0, 3, -3, 10**18 - 1, -(10**18) + 1, 4_294_967_295]
+    states = ["up", "", "unknown-7", "door_fails_to_close", "a" * 1024, "0"]
+    samples = ",".join(f'{{"dev":"e-{i}","m":"elevator","t":{NOW - i},"f":{{"n":{n},"s":"{state}"}}}}'
+                       for i, (n, state) in enumerate(zip(values, states, strict=True)))
+    payload = f'{{"v":1,"gw":"g-1","district":"d-1","seq":1,"sent":1,"samples":[{samples}]}}'.encode()
+    got = c_path(payload)
+    assert got is not None and got[4] == len(values)
+    assert agrees(payload)
+    influx_db.write(got[3])
+    stored = {row["device"]: row for row in influx_db.rows('SELECT "n", "s", "device" FROM elevator')}
+    assert len(stored) == len(values)
+    for i, (n, state) in enumerate(zip(values, states, strict=True)):
+        row = stored[f"e-{i}"]
+        assert type(row["n"]) is int and row["n"] == n
+        assert row["s"] == state
+    field_types = {s.values[i][0]: s.values[i][1] for s in influx_db.query("SHOW FIELD KEYS FROM elevator")
+                   for i in range(len(s.values))}
+    assert field_types == {"n": "integer", "s": "string"}
