@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from ingest.bootstrap import ROLLUPS, continuous_query, init_database
+from ingest.metrics import IngestMetrics
 from ingest.points import batch_lines, status_line
 from rules.engine import alert_line
 from simulators.scenario import load_scenario
@@ -137,13 +138,23 @@ def _aqi(data: CityData, rng: random.Random) -> list[str]:
 
 
 def _self_metrics(data: CityData) -> list[str]:
+    """The ingester's points as its own IngestMetrics writes them (so a panel on a field
+    it stops writing has no data), and the rules engine's."""
     lines = []
+    ingest = IngestMetrics("ingest-1")
     for tick in range(TICKS):
         t = data.start_ms + tick * TICK_MS
-        lines.append(encode_point("urbansense_ingest", {"instance": "ingest-1"}, {
-            "points_per_s": 100.0 + tick, "batch_latency_ms": 12.5, "queue_depth": tick % 3,
-            "retries": 0, "deadletters": tick // 20, "seq_gaps": 0, "seq_repeats": tick // 15,
-            "points_total": 1000 * tick, "messages_total": 10 * tick}, t))
+        ingest.messages(8, decoded_by="c")
+        ingest.messages(1, decoded_by="python")
+        ingest.messages(1, decoded_by="full")
+        ingest.batch_written(1000, 0.0125)
+        if tick % 20 == 19:
+            ingest.deadletter("payload")
+        if tick % 15 == 14:
+            ingest.sequence(0, 1)
+        if tick % 7 == 6:
+            ingest.retry()
+        lines.append(ingest.influx_line(t, queue_depth=tick % 3))
         lines.append(encode_point("urbansense_rules", {"instance": "rules-1"}, {
             "samples_per_s": 90.0, "alerts_active": 5.0, "eval_latency_ms": 0.8}, t))
     return lines

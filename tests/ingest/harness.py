@@ -57,6 +57,35 @@ class Publisher:
         self.client.close()
 
 
+class PacedPublisher(threading.Thread):
+    """Publishes `messages` at about `rate` per second, each acknowledged by the broker."""
+
+    def __init__(self, mqtt_url: str, messages: list[tuple[str, bytes]], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.pub = Publisher(mqtt_url)
+        self.messages = messages
+        self.rate = rate
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            step = max(1, int(self.rate / 10))
+            for i in range(0, len(self.messages), step):
+                self.pub.publish_all(self.messages[i:i + step])
+                self.sent = min(len(self.messages), i + step)
+                time.sleep(step / self.rate)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            self.pub.close()
+
+    def finish(self, timeout_s: float = 60) -> None:
+        self.join(timeout_s)
+        assert not self.is_alive(), "publisher did not finish"
+        assert self.error is None, self.error
+
+
 class Collector:
     """Subscribes to a topic and keeps the payloads (dead letters)."""
 

@@ -5,13 +5,13 @@ once (the stored set of (device, time, value) equals what was published)."""
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.ingest.harness import (
+    PacedPublisher,
     Publisher,
     expected_keys,
     isolated_settings,
@@ -29,35 +29,6 @@ from urbansense.stack import Stack
 pytestmark = pytest.mark.integration
 
 DEVICES = 10
-
-
-class PacedPublisher(threading.Thread):
-    """Publishes `messages` at about `rate` per second, each acknowledged by the broker."""
-
-    def __init__(self, mqtt_url: str, messages: list[tuple[str, bytes]], rate: float) -> None:
-        super().__init__(daemon=True)
-        self.pub = Publisher(mqtt_url)
-        self.messages = messages
-        self.rate = rate
-        self.sent = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            step = max(1, int(self.rate / 10))
-            for i in range(0, len(self.messages), step):
-                self.pub.publish_all(self.messages[i:i + step])
-                self.sent = min(len(self.messages), i + step)
-                time.sleep(step / self.rate)
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-        finally:
-            self.pub.close()
-
-    def finish(self, timeout_s: float = 60) -> None:
-        self.join(timeout_s)
-        assert not self.is_alive(), "publisher did not finish"
-        assert self.error is None, self.error
 
 
 def _count(influx: InfluxClient, district: str) -> int:

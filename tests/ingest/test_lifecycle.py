@@ -3,11 +3,14 @@ or left to the broker, never lost."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
 
 from tests.ingest.harness import (
+    PacedPublisher,
     Publisher,
     expected_keys,
     isolated_settings,
@@ -33,26 +36,31 @@ def test_stop_mid_stream_then_restart_under_the_same_name(stack: Stack, influx_d
     district, gw = unique("dist"), "gw-1"
     t0 = now_ms() - 60_000
     group, instance = unique("g"), unique("restart")
-    # Before the stop: 4 messages in flight, one write at a time, each waiting out the batch
-    # delay, so the stream lasts seconds and most of it is still in the broker at the stop.
-    # (With 20 in flight, the C transcoder took all 600 before the stop: CI failed on
-    # "3000 < 3000".) After the restart, under the same name and group: full speed.
-    slow = isolated_settings(share_group=group, receive_maximum=4, max_concurrent_writes=1, batch_delay_s=0.5)
-    pub = Publisher(stack.mqtt_url)
+    # The stream is paced (600 batches at 60/s, 10 s) and the stop comes after the first
+    # 20 batches, so it is mid-stream whatever the ingester's speed: with the whole stream
+    # published up front, the C path took all 600 before the stop (CI: "3000 < 3000", and
+    # with one message per write, "600 < 600").
+    publisher = PacedPublisher(stack.mqtt_url, telemetry_messages(district, gw, range(600), t0), 60)
     try:
-        with running_ingester(stack.mqtt_url, stack.influx_url, influx_db.database, instance, slow) as ing:
-            pub.publish_all(telemetry_messages(district, gw, range(600), t0))
-            wait_for(lambda: ing.stats.messages >= 8, 20, "the stream flowing")
+        with running_ingester(stack.mqtt_url, stack.influx_url, influx_db.database, instance,
+                              isolated_settings(share_group=group)) as ing:
+            publisher.start()
+            wait_for(lambda: ing.stats.messages >= 20, 20, "the stream flowing")
         first_part = _count(influx_db, district)
         assert ing.held == 0  # whatever it took was written and acknowledged before it stopped
-        assert ing.mqtt.stats.received < 600, "the stream was over before the stop"
+        assert publisher.sent < 600, "the stop did not come mid-stream"
         assert 0 < first_part < 600 * 5
+        # the rest is published while it is away: the broker keeps it in the session
+        publisher.finish()
         with running_ingester(stack.mqtt_url, stack.influx_url, influx_db.database, instance,
                               isolated_settings(share_group=group)):
             wait_for(lambda: _count(influx_db, district) == 600 * 5, 30, "the rest, after the restart")
         assert stored_keys(influx_db, district) == expected_keys(range(600), t0, 5)
     finally:
-        pub.close()
+        if publisher.ident is None:  # never started: its connection is still open
+            publisher.pub.close()
+        else:
+            publisher.join(60)
 
 
 def test_leaving_the_group_hands_the_stream_to_the_others(stack: Stack, influx_db: InfluxClient) -> None:
@@ -81,14 +89,21 @@ def test_broker_restart_mid_stream(private_stack: Stack) -> None:
     district, gw = unique("dist"), "gw-1"
     t0 = now_ms() - 60_000
     influx = InfluxClient(private_stack.influx_url, database)
-    # one message per write and one write at a time, so the stream lasts seconds: with 20
-    # in flight the ingester (since the fast path) sometimes took all 1,500 before the
-    # broker was down
+    # One message per write and one write at a time, so the stream lasts seconds; and
+    # influxd frozen while the stream is published, so the ingester (4 in flight, none
+    # acknowledged) cannot take it while it is being published: all but 4 wait in the
+    # broker. (Published up front with influxd running, the fast paths took all 1,500
+    # before the broker was down.)
     settings = isolated_settings(receive_maximum=4, max_concurrent_writes=1, batch_delay_s=0.5)
+    influxd = private_stack.services()["influxd"].pid
     with running_ingester(private_stack.mqtt_url, private_stack.influx_url, database,
                           settings=settings) as ing:
         pub = Publisher(private_stack.mqtt_url)
-        pub.publish_all(telemetry_messages(district, gw, range(1500), t0))  # all in the broker
+        os.kill(influxd, signal.SIGSTOP)
+        try:
+            pub.publish_all(telemetry_messages(district, gw, range(1500), t0))  # all in the broker
+        finally:
+            os.kill(influxd, signal.SIGCONT)
         pub.close()
         wait_for(lambda: ing.stats.messages >= 40, 20, "the stream flowing")
         private_stack.stop("mosquitto")  # it saves the sessions and their queues

@@ -448,6 +448,15 @@ def system_health() -> Json:
                    description="Gaps: batches lost between edge and ingester. Repeats: re-sent "
                                "batches (store-and-forward), harmless."),
         timeseries("Write retries per interval", [counter("urbansense_ingest", "retries")], w=8),
+        timeseries("Telemetry by decode path per interval", [
+            counter("urbansense_ingest", "decoded_c", alias="C $tag_instance"),
+            counter("urbansense_ingest", "decoded_python", ref="B", alias="Python fast $tag_instance"),
+            counter("urbansense_ingest", "decoded_full", ref="C", alias="full $tag_instance")], w=24,
+                   description="Telemetry messages by the ingester's decode path: C (the accelerator), "
+                               "the Python fast path, or the full path (bad, uncertain or urgent samples, "
+                               "unusual JSON). Ordinary traffic on the full path means the accelerator is "
+                               "not built or the gateways send something it leaves alone; each costs "
+                               "about 4x the CPU of the C path (ingest/README.md, Performance)."),
         row("Rules engine"),
         timeseries("Rules throughput", [svc("urbansense_rules", "samples_per_s")], unit="short", w=8),
         timeseries("Alerts active", [svc("urbansense_rules", "alerts_active", "max")], w=8),
