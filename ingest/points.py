@@ -254,11 +254,13 @@ class PlainEnvelope(NamedTuple):
 
 def transcode_payload(payload: bytes, window: TimeWindow, now_ms: int,
                       max_bytes: int) -> tuple[PlainEnvelope, EncodedBatch] | None:
-    """The C accelerator's one pass over the raw payload: the same points as
-    codec.decode_plain_batch + transcode_plain give (floats copied as written, e.g. 1E+16
-    for 1e16: the same number for InfluxDB). None when the accelerator is not in use, or
-    for anything but the ordinary batch (see ingest/_fastline.c): then take the Python
-    paths, which give the same points or the exact refusals."""
+    """The C accelerator's one pass over the raw payload: the same points as the full
+    path (codec.decode_batch_lenient + LineEncoder) gives, and as codec.decode_plain_batch
+    + transcode_plain give for batches of floats and booleans (floats copied as written,
+    e.g. 1E+16 for 1e16: the same number for InfluxDB; integers as 3i, states as strings).
+    None when the accelerator is not in use, or for anything but the ordinary batch (see
+    ingest/_fastline.c): then take the Python paths, which give the same points or the
+    exact refusals."""
     if _fastline is None:
         return None
     earliest = max(now_ms - window.retention_ms, _INT64_MIN) if window.retention_ms else 0

@@ -257,10 +257,11 @@ class Ingester:
     def _decode(self, payload: bytes) -> tuple[PlainEnvelope | codec.PlainBatch | TelemetryBatch, EncodedBatch,
                                                list[str], str]:
         """A telemetry payload to its points, the reasons for refused samples and the path
-        that decoded it (metrics.DECODE_PATHS). The
-        ordinary batch in one go (the C accelerator, points.transcode_payload, where it is
-        built; else codec.decode_plain_batch + points.transcode_plain); anything else, or a
-        sample outside the time window, the full path (same points, and the reasons)."""
+        that decoded it (metrics.DECODE_PATHS). The ordinary batch in one go: the C
+        accelerator (points.transcode_payload: float, integer, boolean and state fields)
+        where it is built; else, for floats and booleans only, codec.decode_plain_batch +
+        points.transcode_plain. Anything else, or a sample outside the time window, the
+        full path (same points, and the reasons)."""
         now_ms = int(time.time() * 1000)
         max_bytes = self.settings.max_payload_bytes
         fast = transcode_payload(payload, self.encoder.window, now_ms, max_bytes)

@@ -11,10 +11,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from urbansense.mqtt import MqttClient, MqttSettings
-from urbansense.stack import Stack, mqtt_answers, pid_alive
+from urbansense.stack import Stack, StackError, mqtt_answers, pid_alive
 
 
 def cli(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -62,6 +63,17 @@ def test_stale_pid_is_cleaned_and_restart_reuses_port(private_stack: Stack) -> N
     assert state["mosquitto"]["pid"] == 0 and state["mosquitto"]["port"] == port
     private_stack.start("mosquitto")
     assert private_stack.mqtt_port == port and mqtt_answers("127.0.0.1", port)
+
+
+def test_a_paused_service_answers_nothing_until_resumed(private_stack: Stack) -> None:
+    ping = f"{private_stack.influx_url}/ping"
+    with private_stack.paused("influxd"), pytest.raises(requests.Timeout):
+        requests.get(ping, timeout=1)
+    assert requests.get(ping, timeout=5).status_code == 204
+    private_stack.stop("influxd")
+    with pytest.raises(StackError, match="cannot pause influxd: it is not running"):
+        private_stack.pause("influxd")
+    private_stack.resume("influxd")  # nothing to thaw: no error
 
 
 def test_broker_does_not_drop_a_burst_for_a_slow_subscriber(stack: Stack) -> None:

@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -317,6 +318,29 @@ class Stack:
         state.pid = 0
         self._save(states)
         # the entry (and its port) stays, so that start() brings it back on the same port
+
+    def pause(self, name: str) -> None:
+        """Freeze a running service (SIGSTOP): its connections stay open and nothing is
+        answered, as a hung or very slow server; `resume` thaws it."""
+        state = self.services().get(name)
+        if state is None:
+            raise StackError(f"cannot pause {name}: it is not running")
+        os.kill(state.pid, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        """Thaw a service paused by `pause` (SIGCONT); nothing to do if it is not running."""
+        state = self.services().get(name)
+        if state is not None:
+            os.kill(state.pid, signal.SIGCONT)
+
+    @contextlib.contextmanager
+    def paused(self, name: str) -> Iterator[None]:
+        """The service frozen for the duration of the block, thawed however it ends."""
+        self.pause(name)
+        try:
+            yield
+        finally:
+            self.resume(name)
 
     def down(self) -> list[str]:
         stopped = []

@@ -7,7 +7,6 @@ scenario's event time and drains."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -56,7 +55,7 @@ class DistrictRun:
         self.end_ms = 0
         self.log: list[str] = []  # what was done when, for the report
         self.down: set[str] = set()  # components killed on purpose and not yet restarted
-        self.frozen_pid = 0
+        self.influxd_frozen = False
 
     # ------------------------------------------------------------------ start / stop
     def start(self, startup_s: float = 6.0) -> None:
@@ -186,14 +185,14 @@ class DistrictRun:
 
     def freeze_influxd_until_thawed(self) -> Callable[[], None]:
         def act() -> None:
-            self.frozen_pid = self.stack.services()["influxd"].pid
-            os.kill(self.frozen_pid, signal.SIGSTOP)
+            self.stack.pause("influxd")
+            self.influxd_frozen = True
         return act
 
     def thaw_influxd(self) -> None:
-        if self.frozen_pid:
-            os.kill(self.frozen_pid, signal.SIGCONT)
-            self.frozen_pid = 0
+        if self.influxd_frozen:
+            self.stack.resume("influxd")
+            self.influxd_frozen = False
 
     def restart_service(self, service: str, down_s: float = 3.0) -> Callable[[], None]:
         def act() -> None:
@@ -205,12 +204,8 @@ class DistrictRun:
     def freeze_influxd(self, for_s: float) -> Callable[[], None]:
         """A slow InfluxDB: influxd stopped (SIGSTOP) for `for_s`; writes hang, then finish."""
         def act() -> None:
-            pid = self.stack.services()["influxd"].pid
-            os.kill(pid, signal.SIGSTOP)
-            try:
+            with self.stack.paused("influxd"):
                 time.sleep(for_s)
-            finally:
-                os.kill(pid, signal.SIGCONT)
         return act
 
     def cut_uplink(self) -> Callable[[], None]:

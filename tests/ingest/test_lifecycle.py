@@ -3,8 +3,6 @@ or left to the broker, never lost."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
@@ -95,15 +93,11 @@ def test_broker_restart_mid_stream(private_stack: Stack) -> None:
     # broker. (Published up front with influxd running, the fast paths took all 1,500
     # before the broker was down.)
     settings = isolated_settings(receive_maximum=4, max_concurrent_writes=1, batch_delay_s=0.5)
-    influxd = private_stack.services()["influxd"].pid
     with running_ingester(private_stack.mqtt_url, private_stack.influx_url, database,
                           settings=settings) as ing:
         pub = Publisher(private_stack.mqtt_url)
-        os.kill(influxd, signal.SIGSTOP)
-        try:
+        with private_stack.paused("influxd"):
             pub.publish_all(telemetry_messages(district, gw, range(1500), t0))  # all in the broker
-        finally:
-            os.kill(influxd, signal.SIGCONT)
         pub.close()
         wait_for(lambda: ing.stats.messages >= 40, 20, "the stream flowing")
         private_stack.stop("mosquitto")  # it saves the sessions and their queues
