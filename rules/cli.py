@@ -36,6 +36,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                           "(default: firmware-configs/gateways)")
     run.add_argument("--lookback", type=float, default=900.0, metavar="S",
                      help="warm start: seconds of stored telemetry to replay (0: none)")
+    run.add_argument("--flap-changes", type=int, default=6, metavar="N",
+                     help="an alert changing state N times within the flap window is flapping (default 6)")
+    run.add_argument("--flap-window", type=float, default=1800.0, metavar="S", help="flap window (default 1800 s)")
+    run.add_argument("--flap-clear", type=float, default=14400.0, metavar="S",
+                     help="a flapping episode ends after S seconds without a change (default 14400)")
     run.add_argument("--instance", default="rules-1", help="instance name (MQTT client id, self-metrics)")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.set_defaults(func=_run)
@@ -48,6 +53,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bt.add_argument("--scenario", help="scenario name (simulators/scenarios/NAME.yaml) or path")
     bt.add_argument("--rules", type=Path)
     bt.add_argument("--seed", type=int, default=1)
+    bt.add_argument("--start", metavar="TIME",
+                    help="when the scenario starts (ISO 8601 or epoch; default: the latest day that ends before now, "
+                         "at the scenario's start_local): the same start gives the same result on any day")
     bt.add_argument("--from", dest="from_", metavar="TIME",
                     help="replay InfluxDB data from (ISO 8601 or epoch s/ms/us/ns)")
     bt.add_argument("--to", metavar="TIME", help="replay InfluxDB data up to (ISO 8601 or epoch s/ms/us/ns)")
@@ -104,7 +112,12 @@ def _run(args: argparse.Namespace) -> int:
     cfg = ServiceConfig(rules_path=args.rules or CATALOG_DIR, mqtt=MqttSettings.from_url(mqtt_url),
                         influx_url=influx_url, database=args.database, instance=args.instance,
                         districts=set(args.districts) if args.districts else None,
-                        gateways=args.gateways or [GATEWAYS_DIR], lookback_s=args.lookback)
+                        gateways=args.gateways or [GATEWAYS_DIR], lookback_s=args.lookback,
+                        flap_changes=args.flap_changes, flap_window_s=args.flap_window, flap_clear_s=args.flap_clear)
+    if args.flap_changes < 2 or args.flap_clear < args.flap_window:
+        print(f"error: --flap-changes must be at least 2 (got {args.flap_changes}) and --flap-clear at least "
+              f"--flap-window ({args.flap_clear:g} < {args.flap_window:g} s)", file=sys.stderr)
+        return 2
     svc = RulesService(cfg)
     signal.signal(signal.SIGTERM, lambda *_: svc.stop())
     signal.signal(signal.SIGINT, lambda *_: svc.stop())
@@ -134,7 +147,8 @@ def _backtest(args: argparse.Namespace) -> int:
 
     rules = _load(args.rules)
     if args.scenario:
-        result = backtest.run_scenario(args.scenario, rules, seed=args.seed, progress=True)
+        start = _time_ms(args.start) if args.start else None
+        result = backtest.run_scenario(args.scenario, rules, seed=args.seed, start_ms=start, progress=True)
     elif args.from_ and args.to:
         _mqtt, influx_url = _urls(args)
         truth = [json.loads(line) for line in args.truth.read_text().splitlines() if line.strip()] \

@@ -33,7 +33,17 @@ from rules.kinds import (
     Evaluator,
     Signals,
 )
-from rules.lifecycle import SEVERITY_LEVELS, AlertState, Change, Publisher, Signal, State, step, step_many
+from rules.lifecycle import (
+    SEVERITY_LEVELS,
+    AlertState,
+    Change,
+    EpisodeChange,
+    Publisher,
+    Signal,
+    State,
+    step,
+    step_many,
+)
 from rules.silences import SilenceSet
 from rules.sun import sun_elevation_deg
 from urbansense.lineprotocol import encode_point
@@ -41,6 +51,9 @@ from urbansense.schema import AlertEvent, Forecast, GatewayStatus, TelemetryBatc
 
 log = logging.getLogger("urbansense.rules")
 _CLEAR, _BREACH = int(Signal.CLEAR), int(Signal.BREACH)
+
+#: The rule id of a device's flapping (sensor-health) episode; not a catalogue rule.
+FLAPPING_RULE = "system.flapping"
 
 DEFAULT_MESSAGES = {
     "threshold": "{metric} at {device} is {value:.4g}, {op} {threshold:g}",
@@ -79,11 +92,11 @@ class _GatewayAlert:
 
 class RulesEngine:
     def __init__(self, rules: list[Rule], inventory: list[InventoryDevice] | None = None, *,
-                 flap_changes: int = 6, flap_window_s: float = 1800.0) -> None:
+                 flap_changes: int = 6, flap_window_s: float = 1800.0, flap_clear_s: float = 4 * 3600.0) -> None:
         self.devices = Devices()
         self.buffers = Buffers(self.devices)
         self.silences = SilenceSet()
-        self.publisher = Publisher(flap_changes, int(flap_window_s * 1000))
+        self.publisher = Publisher(flap_changes, int(flap_window_s * 1000), int(flap_clear_s * 1000))
         self.evaluators: dict[str, Evaluator] = {}
         self.gateway_rules: list[GatewayOfflineRule] = []
         self._gateway_alerts: dict[tuple[str, str, str], _GatewayAlert] = {}
@@ -193,6 +206,8 @@ class RulesEngine:
         events.extend(self._gateway_tick())
         for alert_id, change, sev in self.publisher.settle(self.newest_t):
             events.extend(self._owed(alert_id, change, sev))
+        for ep in self.publisher.episode_changes():
+            events.extend(self._episode_event(ep))
         return events
 
     def _rounds(self, m: str, dev: Index, t: np.ndarray, fs: list[dict[str, object]]) -> list[Round]:
@@ -333,17 +348,51 @@ class RulesEngine:
                            supersedes=supersedes)]
 
     def _owed(self, alert_id: str, change: Change, sev: int) -> list[AlertEvent]:
-        """The event an alert that stopped flapping owes (it ended up firing)."""
+        """The event a flapping alert owes once a firing has held for a flap window."""
         rule_id, district, device = alert_id.split(":", 2)
         ev = self.evaluators.get(rule_id)
-        if ev is None:
-            return []
-        rule = ev.rule
-        return [AlertEvent(id=alert_id, rule=rule_id, domain=rule.domain, severity=SEVERITY_LEVELS[sev],
-                           state="firing", district=district, device=device,
-                           metric=ev.metrics[0] if ev.metrics else None, value=None, threshold=None,
+        if ev is None and not any(r.id == rule_id for r in self.gateway_rules):
+            return []  # the rule was removed meanwhile
+        return [AlertEvent(id=alert_id, rule=rule_id, domain=self._rule_domain(rule_id),
+                           severity=SEVERITY_LEVELS[sev], state="firing", district=district, device=device,
+                           metric=ev.metrics[0] if ev is not None and ev.metrics else None, value=None,
+                           threshold=None,
                            started=self.newest_t, t=self.newest_t,
-                           message=f"{rule_id} at {device} is firing (was flapping)")]
+                           message=f"{rule_id} at {device} is firing (held for "
+                                   f"{self.publisher.flap_window_ms / 60_000:g} min while flapping)")]
+
+    def _rule_domain(self, rule_id: str) -> str:
+        ev = self.evaluators.get(rule_id)
+        return ev.rule.domain if ev is not None else "system"
+
+    def _episode_event(self, ep: EpisodeChange) -> list[AlertEvent]:
+        """The sensor-health event of a device's flapping episode (rules/README.md)."""
+        district, device = ep.subject.split(":", 1)
+        alert_id = f"{FLAPPING_RULE}:{ep.subject}"
+        rules = sorted({a.split(":", 1)[0] for a in ep.alerts})
+        domain = self._rule_domain(rules[0])
+        severity = SEVERITY_LEVELS[ep.severity]
+        labels: dict[str, str | None] = {"rule": FLAPPING_RULE, "domain": domain, "district": district,
+                                         "device": device, "severity": severity}
+        silenced = ep.change is not Change.RESOLVED and self.silences.silenced(labels, ep.t)
+        before = self.publisher.published_severity(alert_id)
+        out = self.publisher.offer(alert_id, ep.change, ep.severity, ep.t, silenced)
+        if out is Change.NONE:
+            return []
+        pub = self.publisher
+        if out is Change.RESOLVED:
+            message = (f"Resolved: {device} stopped flapping (no change of {', '.join(rules)} for "
+                       f"{pub.flap_clear_ms / 3_600_000:g} h)")
+        else:
+            message = (f"{device} is flapping: {', '.join(rules)} changed state {pub.flap_changes} times within "
+                       f"{pub.flap_window_ms / 60_000:g} min; a sensor-health problem, not new incidents. Its "
+                       f"alerts are held until one lasts {pub.flap_window_ms / 60_000:g} min; the episode ends "
+                       f"after {pub.flap_clear_ms / 3_600_000:g} h without a change")
+        supersedes = SEVERITY_LEVELS[before] if out is Change.ESCALATED and 0 <= before != ep.severity else None
+        return [AlertEvent(id=alert_id, rule=FLAPPING_RULE, domain=domain, severity=severity,
+                           state="resolved" if out is Change.RESOLVED else "firing", district=district,
+                           device=device, metric=None, value=None, threshold=None, started=ep.started, t=ep.t,
+                           message=message, supersedes=supersedes)]
 
     # ------------------------------------------------------------------ outputs
     def aqi_lines(self) -> list[str]:

@@ -21,10 +21,11 @@ arrays of many alerts at once (the engine's hot path); a test checks they agree.
 
 After the state machine, two gates decide what is *published* (`Publisher`):
 flapping suppression (an alert that changed state `flap_changes` times within
-`flap_window_ms` stays quiet until it has been stable for that window, then one event
-states where it ended up) and silences (matchers with an expiry). A resolved event is
-always sent for an alert whose firing was sent, whatever the gates say, so no
-subscriber is left with an alert that never ends.
+`flap_window_ms` starts a flapping episode of its device: one sensor-health event opens
+it; the alert's own firings are held until one has lasted a whole flap window; the
+episode ends when the alert has not changed for `flap_clear_ms`) and silences (matchers
+with an expiry). A resolved event is always sent for an alert whose firing was sent,
+whatever the gates say, so no subscriber is left with an alert that never ends.
 """
 
 from __future__ import annotations
@@ -166,31 +167,78 @@ def step_many(
 
 @dataclass(slots=True)
 class _Published:
-    changes: deque[int] = field(default_factory=deque)  # event times of recent state changes
-    flapping: bool = False
+    changes: deque[int]  # event times of the last `flap_changes` firings and resolves
+    firings: deque[int]  # event times of the last `flap_changes` firings
+    flapping: bool = False  # in a flapping episode
+    last_change: int = 0  # event time of the last firing or resolve of the state machine
     published_firing: bool = False
     published_severity: int = -1
     firing: bool = False  # where the state machine is now
     severity: int = 0
 
 
+@dataclass(slots=True)
+class Episode:
+    """A device's flapping episode: one sensor-health problem, however many of its alerts
+    flap and however often they re-fire, until all of them have been clean for a while."""
+
+    subject: str  # "district:device" (the alert id without its rule)
+    alerts: set[str]  # every alert that flapped in it
+    active: set[str]  # those still flapping
+    started: int
+    severity: int  # the highest severity any of its alerts reached
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeChange:
+    """An episode began (FIRING), got a more severe alert (ESCALATED) or ended (RESOLVED)."""
+
+    subject: str
+    change: Change
+    severity: int
+    alerts: tuple[str, ...]
+    started: int
+    t: int
+
+
 class Publisher:
     """Decides which lifecycle changes become published events (flapping, silences).
 
     `offer(alert_id, change, severity, t, silenced)` returns the change to publish (or
-    NONE). `settle(t)` returns the (alert_id, change, severity) an alert that stopped
-    flapping owes its subscribers.
+    NONE). `settle(t)` returns the (alert_id, change, severity) a flapping alert owes its
+    subscribers (it has held firing for a flap window). `episode_changes()` drains the
+    flapping episodes that began, escalated or ended, one per device (`Episode`).
+
+    An alert that changes state `flap_changes` times within `flap_window_ms`, or fires
+    `flap_changes` times within `flap_clear_ms`, starts a flapping episode. While the
+    episode lasts its changes are held: a firing is published only once it has held for
+    a whole flap window (a real condition still gets through), a resolve is published
+    whenever a firing was. The episode ends when the alert has not
+    changed state for `flap_clear_ms` (longer than the window), so a sensor that flaps
+    again after a quiet spell is still the same episode, not a new storm.
     """
 
-    def __init__(self, flap_changes: int = 6, flap_window_ms: int = 30 * 60_000) -> None:
+    def __init__(self, flap_changes: int = 6, flap_window_ms: int = 30 * 60_000,
+                 flap_clear_ms: int = 4 * 3_600_000) -> None:
+        if flap_changes < 2:
+            raise ValueError(f"flap_changes must be at least 2 (got {flap_changes})")
+        if flap_clear_ms < flap_window_ms:
+            raise ValueError(f"flap_clear ({flap_clear_ms} ms) must be at least the flap window "
+                             f"({flap_window_ms} ms)")
         self.flap_changes = flap_changes
         self.flap_window_ms = flap_window_ms
+        self.flap_clear_ms = flap_clear_ms
         self._alerts: dict[str, _Published] = {}
         self._flapping: set[str] = set()
+        self._episodes: dict[str, Episode] = {}
+        self._episode_changes: list[EpisodeChange] = []
 
     def is_flapping(self, alert_id: str) -> bool:
         p = self._alerts.get(alert_id)
         return bool(p and p.flapping)
+
+    def episode(self, subject: str) -> Episode | None:
+        return self._episodes.get(subject)
 
     def published_severity(self, alert_id: str) -> int:
         """The severity subscribers last saw firing for this alert, or -1."""
@@ -198,14 +246,20 @@ class Publisher:
         return p.published_severity if p is not None else -1
 
     def offer(self, alert_id: str, change: Change, severity: int, t: int, silenced: bool) -> Change:
-        p = self._alerts.setdefault(alert_id, _Published())
+        p = self._alerts.get(alert_id)
+        if p is None:
+            n = self.flap_changes
+            p = self._alerts[alert_id] = _Published(deque(maxlen=n), deque(maxlen=n))
         if change in (Change.FIRING, Change.RESOLVED):
+            p.last_change = t
             p.changes.append(t)
-            while p.changes and t - p.changes[0] > self.flap_window_ms:
-                p.changes.popleft()
-            if len(p.changes) >= self.flap_changes:
+            if change is Change.FIRING:
+                p.firings.append(t)
+            if not p.flapping and (self._crowded(p.changes, t, self.flap_window_ms)
+                                   or self._crowded(p.firings, t, self.flap_clear_ms)):
                 p.flapping = True
                 self._flapping.add(alert_id)
+                self._join_episode(alert_id, max(severity, p.severity), t)
         p.firing = change in (Change.FIRING, Change.ESCALATED)
         p.severity = severity
         if change is Change.RESOLVED:
@@ -215,7 +269,9 @@ class Publisher:
                 p.published_severity = -1
                 return Change.RESOLVED
             return Change.NONE
-        if p.flapping or silenced:
+        if p.flapping:
+            self._raise_episode(alert_id, severity, t)
+        if silenced or (p.flapping and not p.published_firing):
             return Change.NONE
         out = Change.FIRING if not p.published_firing else Change.ESCALATED
         if out is Change.ESCALATED and severity <= p.published_severity:
@@ -224,16 +280,63 @@ class Publisher:
         return out
 
     def settle(self, t: int) -> list[tuple[str, Change, int]]:
-        """Alerts that have been stable for a flap window stop flapping; publish where they are."""
+        """Flapping alerts that have held firing for a flap window are published; those
+        quiet for `flap_clear_ms` end their episode."""
         owed: list[tuple[str, Change, int]] = []
         for alert_id in list(self._flapping):
             p = self._alerts[alert_id]
-            if p.changes and t - p.changes[-1] < self.flap_window_ms:
-                continue
-            p.flapping = False
-            self._flapping.discard(alert_id)
-            p.changes.clear()
-            if p.firing and not p.published_firing:
+            quiet = t - p.last_change
+            if p.firing and not p.published_firing and quiet >= self.flap_window_ms:
                 p.published_firing, p.published_severity = True, p.severity
                 owed.append((alert_id, Change.FIRING, p.severity))
+            if quiet >= self.flap_clear_ms:
+                p.flapping = False
+                self._flapping.discard(alert_id)
+                p.changes.clear()
+                p.firings.clear()
+                self._leave_episode(alert_id, t)
         return owed
+
+    def episode_changes(self) -> list[EpisodeChange]:
+        """Episodes that began, escalated or ended since the last call."""
+        out, self._episode_changes = self._episode_changes, []
+        return out
+
+    def _crowded(self, times: deque[int], t: int, window_ms: int) -> bool:
+        return len(times) == self.flap_changes and t - times[0] <= window_ms
+
+    # ------------------------------------------------------------------ episodes
+    @staticmethod
+    def subject(alert_id: str) -> str:
+        return alert_id.split(":", 1)[1] if ":" in alert_id else alert_id
+
+    def _note(self, ep: Episode, change: Change, t: int) -> None:
+        self._episode_changes.append(EpisodeChange(ep.subject, change, ep.severity, tuple(sorted(ep.alerts)),
+                                                   ep.started, t))
+
+    def _join_episode(self, alert_id: str, severity: int, t: int) -> None:
+        subject = self.subject(alert_id)
+        ep = self._episodes.get(subject)
+        if ep is None:
+            ep = self._episodes[subject] = Episode(subject, {alert_id}, {alert_id}, t, severity)
+            self._note(ep, Change.FIRING, t)
+            return
+        ep.alerts.add(alert_id)
+        ep.active.add(alert_id)
+        self._raise_episode(alert_id, severity, t)
+
+    def _raise_episode(self, alert_id: str, severity: int, t: int) -> None:
+        ep = self._episodes.get(self.subject(alert_id))
+        if ep is not None and severity > ep.severity:
+            ep.severity = severity
+            self._note(ep, Change.ESCALATED, t)
+
+    def _leave_episode(self, alert_id: str, t: int) -> None:
+        subject = self.subject(alert_id)
+        ep = self._episodes.get(subject)
+        if ep is None:
+            return
+        ep.active.discard(alert_id)
+        if not ep.active:
+            del self._episodes[subject]
+            self._note(ep, Change.RESOLVED, t)

@@ -48,6 +48,10 @@ class ServiceConfig:
     gateways: list[Path] | None = None
     #: Warm start: seconds of stored telemetry replayed on start (0: none).
     lookback_s: float = 900.0
+    #: Flapping (rules/README.md): changes within the window, the window, clean time that ends an episode.
+    flap_changes: int = 6
+    flap_window_s: float = 1800.0
+    flap_clear_s: float = 4 * 3600.0
     reload_interval_s: float = 2.0
     metrics_interval_s: float = 10.0
     max_chunk: int = 200
@@ -60,7 +64,8 @@ class RulesService:
         self._rule_mtimes = self._mtimes()
         inventory = (load_inventory(config.gateways, config.districts, strict=False)
                      if config.gateways is not None else [])
-        self.engine = RulesEngine(self.rules, inventory)
+        self.engine = RulesEngine(self.rules, inventory, flap_changes=config.flap_changes,
+                                  flap_window_s=config.flap_window_s, flap_clear_s=config.flap_clear_s)
         self.influx = InfluxClient(config.influx_url, config.database) if config.influx_url else None
         self._inbox: queue.Queue[tuple[str, bytes, float]] = queue.Queue(maxsize=100_000)
         self._stop = threading.Event()

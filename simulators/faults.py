@@ -54,6 +54,7 @@ class ActiveFault:
     metric: str | None = None
     params: Mapping[str, float] = field(default_factory=dict)
     key: int = 0  # noise stream for probabilistic faults
+    epoch_ms: int = 0  # draws count event seconds from here (the scenario's start)
 
     def active(self, t_ms: int) -> bool:
         return self.start_ms <= t_ms < self.end_ms
@@ -61,6 +62,10 @@ class ActiveFault:
     def p(self, name: str) -> float:
         return float(self.params[name])
 
+    def draw(self, t_ms: int, salt: int = 0) -> float:
+        """Uniform in [0, 1), one per event second."""
+        return noise.uniform(self.key ^ salt, (t_ms - self.epoch_ms) // 1000)
+
     def hits(self, t_ms: int) -> bool:
         """For probabilistic faults: does it strike in this event second?"""
-        return noise.uniform(self.key, t_ms // 1000) < self.p("probability")
+        return self.draw(t_ms) < self.p("probability")

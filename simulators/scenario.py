@@ -87,7 +87,7 @@ class Scenario:
     def build_world(self, seed: int, start_ms: int) -> World:
         """A new world of its own (live mode: operator writes must not leak into the
         cached one that offline play uses)."""
-        world = World(self.loaded, seed)
+        world = World(self.loaded, seed, epoch_ms=start_ms)
         for ev in self.events:
             start = start_ms + int(ev.at_s * 1000)
             end = start + int(ev.duration_s * 1000)
@@ -97,7 +97,8 @@ class Scenario:
                     dev.incidents.append(ActiveIncident(ev.type, start, end, dict(ev.params)))
                 else:
                     fkey = noise.stream_key(seed, dev_id, "fault", ev.type, str(ev.at_s))
-                    dev.faults.append(ActiveFault(ev.type, start, end, ev.metric, dict(ev.params), fkey))
+                    dev.faults.append(ActiveFault(ev.type, start, end, ev.metric, dict(ev.params), fkey,
+                                                  epoch_ms=start_ms))
         return world
 
     # ------------------------------------------------------------------ time

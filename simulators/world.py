@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from simulators import noise
 from simulators.families import DeviceContext, FamilyModel, model_for
 from simulators.families.base import Values
 from simulators.faults import ERR_TIMEOUT, ActiveFault, exception_error
@@ -70,7 +69,7 @@ class SimDevice:
             elif fault.type == "drift":
                 values[m] = float(values[m]) + fault.p("rate_per_h") * (t_ms - fault.start_ms) / 3_600_000
             elif fault.type == "spikes" and fault.hits(t_ms):
-                sign = 1.0 if noise.uniform(fault.key ^ 0x5151, t_ms // 1000) < 0.5 else -1.0
+                sign = 1.0 if fault.draw(t_ms, 0x5151) < 0.5 else -1.0
                 values[m] = float(values[m]) + sign * fault.p("magnitude")
         return values
 
@@ -126,7 +125,7 @@ class SimGateway:
 class World:
     """All gateways and devices of a scenario for one seed."""
 
-    def __init__(self, gateways: list[LoadedGateway], seed: int) -> None:
+    def __init__(self, gateways: list[LoadedGateway], seed: int, epoch_ms: int = 0) -> None:
         self.seed = seed
         self.gateways: list[SimGateway] = []
         self.devices: dict[str, SimDevice] = {}
@@ -138,7 +137,7 @@ class World:
                 profile = loaded.profiles[spec.profile]
                 if profile.profile not in quantisers:
                     quantisers[profile.profile] = modbus_quantisers(profile)
-                ctx = DeviceContext(spec.id, seed, profile, dict(spec.labels))
+                ctx = DeviceContext(spec.id, seed, profile, dict(spec.labels), epoch_ms=epoch_ms)
                 dev = SimDevice(ctx, cfg.gateway, cfg.district, link, spec, model_for(ctx),
                                 quantisers[profile.profile])
                 devs.append(dev)

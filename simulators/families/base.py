@@ -26,6 +26,9 @@ class DeviceContext:
     labels: dict[str, str] = field(default_factory=dict)
     #: Values an operator wrote over Modbus (live mode), e.g. lamp_on; models honour them.
     commands: dict[str, FieldValue] = field(default_factory=dict)
+    #: Noise counts event seconds from here (the scenario's start), so a scenario gives the
+    #: same noise on whatever day it is played; only the sun and the time of day differ.
+    epoch_ms: int = 0
 
     def key(self, stream: str) -> int:
         return noise.stream_key(self.seed, self.id, stream)
@@ -55,8 +58,8 @@ class FamilyModel:
         raise NotImplementedError
 
     def gauss(self, key: int, t_ms: int) -> float:
-        """Standard normal noise that changes once per event second."""
-        return noise.gauss(key, t_ms // 1000)
+        """Standard normal noise that changes once per event second (counted from the epoch)."""
+        return noise.gauss(key, (t_ms - self.ctx.epoch_ms) // 1000)
 
 
 class GenericDevice(FamilyModel):

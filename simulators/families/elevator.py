@@ -52,12 +52,13 @@ class ElevatorController(FamilyModel):
         self._trip = ctx.key("trip")
         self._dest = ctx.key("dest")
         self._load = ctx.key("load")
+        self._slot0 = ctx.epoch_ms // SLOT_MS  # noise draws count slots from the epoch
 
     def _has_trip(self, slot: int) -> bool:
-        return noise.uniform(self._trip, slot) < traffic(local_hour(slot * SLOT_MS))
+        return noise.uniform(self._trip, slot - self._slot0) < traffic(local_hour(slot * SLOT_MS))
 
     def _destination(self, slot: int) -> int:
-        return 1 + int(noise.uniform(self._dest, slot) * self.floors)
+        return 1 + int(noise.uniform(self._dest, slot - self._slot0) * self.floors)
 
     def floor_after(self, slot: int) -> int:
         """Where the car is at the end of `slot`."""
@@ -89,7 +90,7 @@ class ElevatorController(FamilyModel):
             return out
         origin, dest = self._trip_floors(slot)
         travel = 3.0 + FLOOR_TIME_S * abs(dest - origin)
-        load = int(10 + 70 * noise.uniform(self._load, slot))
+        load = int(10 + 70 * noise.uniform(self._load, slot - self._slot0))
         if u < 4.0:
             out.update(floor=origin, door_open=True, load_pct=load)
         elif u < 6.0:

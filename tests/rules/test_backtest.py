@@ -8,18 +8,19 @@ from pathlib import Path
 import pytest
 
 from rules.backtest import BacktestResult, plot_incidents, run_scenario, score, summary
+from tests.dates import pinned_start
 from urbansense.influx import InfluxClient
 from urbansense.schema import AlertEvent
 
 
 @pytest.fixture(scope="module")
 def pudong() -> BacktestResult:
-    return run_scenario("pudong-incidents", seed=1)
+    return run_scenario("pudong-incidents", seed=1, start_ms=pinned_start("pudong-incidents"))
 
 
 @pytest.fixture(scope="module")
 def quiet() -> BacktestResult:
-    return run_scenario("quiet-day", seed=1)
+    return run_scenario("quiet-day", seed=1, start_ms=pinned_start("quiet-day"))
 
 
 @pytest.mark.slow

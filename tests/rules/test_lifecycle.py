@@ -114,12 +114,52 @@ def test_publisher_table(name: str, offers: list[tuple[Change, int, int, bool]],
     assert got == want
 
 
-def test_flapping_alert_settles_and_owes_its_firing() -> None:
-    pub = Publisher(flap_changes=4, flap_window_ms=100)
+def test_flapping_alert_owes_a_firing_that_holds_and_stays_in_its_episode_until_clean() -> None:
+    pub = Publisher(flap_changes=4, flap_window_ms=100, flap_clear_ms=400)
     for change, t in ((F, 0), (R, 10), (F, 20), (R, 30), (F, 40)):
-        pub.offer("a", change, 1, t, False)
-    assert pub.is_flapping("a")
-    assert pub.settle(100) == []  # 60 ms since the last change: still in the window
-    assert pub.settle(141) == [("a", Change.FIRING, 1)]
-    assert not pub.is_flapping("a")
-    assert pub.offer("a", R, 1, 150, False) is R
+        pub.offer("a:d:dev", change, 1, t, False)
+    assert pub.is_flapping("a:d:dev")
+    [begun] = pub.episode_changes()
+    assert (begun.subject, begun.change, begun.started, begun.alerts) == ("d:dev", Change.FIRING, 30, ("a:d:dev",))
+    assert pub.settle(100) == []  # 60 ms since the last change: not yet held for a window
+    assert pub.settle(141) == [("a:d:dev", Change.FIRING, 1)]  # held a whole window: a real condition
+    assert pub.is_flapping("a:d:dev")  # still the same episode
+    assert pub.offer("a:d:dev", R, 1, 150, False) is R  # what was published is closed
+    assert pub.offer("a:d:dev", F, 1, 160, False) is X  # and the next firing is held again
+    assert pub.offer("a:d:dev", R, 1, 170, False) is X
+    assert pub.settle(569) == [] and pub.episode_changes() == []  # 399 ms clean: not yet
+    assert pub.settle(570) == []
+    [ended] = pub.episode_changes()
+    assert (ended.subject, ended.change, ended.t) == ("d:dev", Change.RESOLVED, 570)
+    assert not pub.is_flapping("a:d:dev")
+    assert pub.offer("a:d:dev", F, 1, 600, False) is F  # a clean alert publishes again at once
+
+
+def test_one_episode_per_device_with_the_highest_severity() -> None:
+    pub = Publisher(flap_changes=4, flap_window_ms=100, flap_clear_ms=400)
+    for alert, sev, t0 in (("spike:d:dev", 0, 0), ("low:d:dev", 2, 200), ("spike:d:other", 0, 0)):
+        for i, change in enumerate((F, R, F, R)):
+            pub.offer(alert, change, sev, t0 + 10 * i, False)
+    got = [(e.subject, e.change, e.severity) for e in pub.episode_changes()]
+    assert got == [("d:dev", Change.FIRING, 0), ("d:dev", Change.ESCALATED, 2), ("d:other", Change.FIRING, 0)]
+    pub.settle(430)  # spike:d:dev and spike:d:other clean for 400 ms, low:d:dev not yet
+    assert [(e.subject, e.change) for e in pub.episode_changes()] == [("d:other", Change.RESOLVED)]
+    pub.settle(630)
+    [ended] = pub.episode_changes()
+    assert (ended.subject, ended.change, ended.alerts) == ("d:dev", Change.RESOLVED, ("low:d:dev", "spike:d:dev"))
+
+
+def test_slow_refiring_is_flapping_too() -> None:
+    """Firings 110 ms apart never make 4 changes within the 100 ms window, but four of
+    them fall within flap_clear: the fourth starts the episode and is held."""
+    pub = Publisher(flap_changes=4, flap_window_ms=100, flap_clear_ms=400)
+    got = []
+    for i in range(6):
+        got += [pub.offer("a:d:dev", F, 1, 110 * i, False), pub.offer("a:d:dev", R, 1, 110 * i + 5, False)]
+    assert got == [F, R, F, R, F, R, X, X, X, X, X, X]
+    assert [e.change for e in pub.episode_changes()] == [Change.FIRING]
+
+
+def test_flap_clear_shorter_than_the_window_is_refused() -> None:
+    with pytest.raises(ValueError, match="flap_clear"):
+        Publisher(flap_changes=4, flap_window_ms=100, flap_clear_ms=50)

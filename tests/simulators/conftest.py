@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -10,10 +9,11 @@ from typing import Any
 import pytest
 
 from simulators.scenario import Scenario, load_scenario
+from tests.dates import PINNED_NOW_MS
 from urbansense.schema import Sample
 
 #: A fixed late-November day, so sun times (and therefore lamp behaviour) are fixed too.
-FIXED_NOW_MS = int(dt.datetime(2026, 11, 21, tzinfo=dt.UTC).timestamp() * 1000)
+FIXED_NOW_MS = PINNED_NOW_MS
 SEED = 7
 
 
