@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
 from urbansense.clock import TimeFormatError, parse_time_ms
 
 if TYPE_CHECKING:
@@ -36,11 +37,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                           "(default: firmware-configs/gateways)")
     run.add_argument("--lookback", type=float, default=900.0, metavar="S",
                      help="warm start: seconds of stored telemetry to replay (0: none)")
-    run.add_argument("--flap-changes", type=int, default=6, metavar="N",
-                     help="an alert changing state N times within the flap window is flapping (default 6)")
-    run.add_argument("--flap-window", type=float, default=1800.0, metavar="S", help="flap window (default 1800 s)")
-    run.add_argument("--flap-clear", type=float, default=14400.0, metavar="S",
-                     help="a flapping episode ends after S seconds without a change (default 14400)")
+    run.add_argument("--flap-changes", type=int, default=FLAP_CHANGES, metavar="N",
+                     help="an alert changing state N times within the flap window is flapping (default %(default)s)")
+    run.add_argument("--flap-window", type=float, default=FLAP_WINDOW_S, metavar="S",
+                     help="flap window (default %(default)g s)")
+    run.add_argument("--flap-clear", type=float, default=FLAP_CLEAR_S, metavar="S",
+                     help="a flapping episode ends after S seconds without a change (default %(default)g)")
     run.add_argument("--instance", default="rules-1", help="instance name (MQTT client id, self-metrics)")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.set_defaults(func=_run)
@@ -67,6 +69,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bt.add_argument("--no-plots", action="store_true")
     bt.add_argument("--json", action="store_true", help="also print the summary as JSON")
     bt.set_defaults(func=_backtest)
+
+    sw = rsub.add_parser("sweep", help="backtest scenarios on dates spread over a year; check every date")
+    sw.add_argument("--scenario", action="append", dest="scenarios", metavar="NAME",
+                    help="scenario name or path (repeat; default: the shipped scenarios)")
+    sw.add_argument("--date", action="append", dest="dates", metavar="YYYY-MM-DD",
+                    help="a date to play on (repeat; default: twelve dates, one a month, solstices and equinoxes)")
+    sw.add_argument("--rules", type=Path, help="rule file or folder (default: rules/catalog)")
+    sw.add_argument("--seed", type=int, help="one seed for every run (default: date i plays with seed i + 1)")
+    sw.add_argument("--max-false-alarms", type=float, default=1.0, metavar="RATE",
+                    help="false alarms allowed per 1,000 device-hours (default %(default)g)")
+    sw.add_argument("--workers", type=int, default=2, help="runs in parallel (default %(default)s)")
+    sw.add_argument("--json", action="store_true", help="print the runs as JSON lines instead of a table")
+    sw.set_defaults(func=_sweep)
 
     sil = rsub.add_parser("silence", help="silence alerts: add, list, expire")
     ssub = sil.add_subparsers(dest="silence_cmd", required=True)
@@ -166,6 +181,58 @@ def _backtest(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(backtest.summary(result), indent=2))
     return 1 if result.missed else 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from rules import sweep
+    from simulators import daylight
+
+    try:
+        dates = [dt.date.fromisoformat(d) for d in args.dates] if args.dates else list(sweep.SWEEP_DATES)
+    except ValueError as exc:
+        print(f"error: --date: {exc} (write it as YYYY-MM-DD)", file=sys.stderr)
+        return 2
+    scenarios = args.scenarios or list(sweep.SHIPPED_SCENARIOS)
+    limits = sweep.Limits(false_alarms_per_1000_device_hours=args.max_false_alarms)
+    runs: list[sweep.SweepRun] = []
+    plays = sweep.sweep(scenarios, dates, seed=args.seed, limits=limits, workers=args.workers,
+                        rules_path=args.rules)
+    if args.json:
+        for run in plays:
+            runs.append(run)
+            print(json.dumps(run.as_dict()), flush=True)
+        return 1 if any(r.violations for r in runs) else 0
+    with Progress(transient=True) as bar:
+        task = bar.add_task("calendar sweep", total=len(scenarios) * len(dates))
+        for run in plays:
+            runs.append(run)
+            bar.advance(task)
+    table = Table(title="calendar sweep: the same checks on every date")
+    for col in ("scenario", "date", "seed", "dusk", "incidents", "false alarms", "busiest alert (events in 4 h)",
+                "least lead", "verdict"):
+        table.add_column(col)
+    for r in runs:
+        dusk = daylight.dawn_dusk_ms(daylight.local_day(r.start_ms))[1]
+        lead = "-" if r.lead_min_s is None else f"{r.lead_min_s / 60:+.1f} min"
+        table.add_row(r.scenario, f"{r.date:%Y-%m-%d %a}", str(r.seed),
+                      dt.datetime.fromtimestamp(dusk / 1000, daylight.TZ).strftime("%H:%M"),
+                      f"{r.incidents - len(r.missed)}/{r.incidents}",
+                      f"{len(r.false_alarms)} ({r.false_alarm_rate:.2f})",
+                      f"{r.busiest_alert} ({r.busiest_events})" if r.busiest_events else "-", lead,
+                      "[green]ok[/]" if not r.violations else "[red]FAIL[/]")
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    for r in runs:
+        for v in r.violations:
+            console.print(f"[red]{r.scenario} {r.date} seed {r.seed}:[/] {v}")
+    bad = sum(1 for r in runs if r.violations)
+    console.print(f"{len(runs) - bad} of {len(runs)} runs hold every property"
+                  + ("" if not bad else f"; {bad} fail (above)"))
+    return 1 if bad else 0
 
 
 def _client(args: argparse.Namespace, tag: str) -> MqttClient:

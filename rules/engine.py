@@ -23,6 +23,7 @@ import numpy as np
 
 from rules.catalog import CompositeRule, GatewayOfflineRule, Rule
 from rules.devices import NEVER, Devices, Index, Round
+from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
 from rules.inventory import InventoryDevice
 from rules.kinds import (
     KIND_EVALUATORS,
@@ -92,7 +93,8 @@ class _GatewayAlert:
 
 class RulesEngine:
     def __init__(self, rules: list[Rule], inventory: list[InventoryDevice] | None = None, *,
-                 flap_changes: int = 6, flap_window_s: float = 1800.0, flap_clear_s: float = 4 * 3600.0) -> None:
+                 flap_changes: int = FLAP_CHANGES, flap_window_s: float = FLAP_WINDOW_S,
+                 flap_clear_s: float = FLAP_CLEAR_S) -> None:
         self.devices = Devices()
         self.buffers = Buffers(self.devices)
         self.silences = SilenceSet()
@@ -384,10 +386,9 @@ class RulesEngine:
             message = (f"Resolved: {device} stopped flapping (no change of {', '.join(rules)} for "
                        f"{pub.flap_clear_ms / 3_600_000:g} h)")
         else:
-            message = (f"{device} is flapping: {', '.join(rules)} changed state {pub.flap_changes} times within "
-                       f"{pub.flap_window_ms / 60_000:g} min; a sensor-health problem, not new incidents. Its "
-                       f"alerts are held until one lasts {pub.flap_window_ms / 60_000:g} min; the episode ends "
-                       f"after {pub.flap_clear_ms / 3_600_000:g} h without a change")
+            message = (f"{device} is flapping: {', '.join(rules)} {ep.reason}; a sensor-health problem, not new "
+                       f"incidents. Its alerts are held until one lasts {pub.flap_window_ms / 60_000:g} min; the "
+                       f"episode ends after {pub.flap_clear_ms / 3_600_000:g} h without a change")
         supersedes = SEVERITY_LEVELS[before] if out is Change.ESCALATED and 0 <= before != ep.severity else None
         return [AlertEvent(id=alert_id, rule=FLAPPING_RULE, domain=domain, severity=severity,
                            state="resolved" if out is Change.RESOLVED else "firing", district=district,

@@ -37,6 +37,8 @@ from enum import IntEnum
 import numpy as np
 import numpy.typing as npt
 
+from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
+
 SEVERITY_LEVELS: tuple[str, ...] = ("info", "warning", "critical")
 
 
@@ -187,6 +189,7 @@ class Episode:
     active: set[str]  # those still flapping
     started: int
     severity: int  # the highest severity any of its alerts reached
+    reason: str = ""  # what made its first alert flap, e.g. "fired 6 times within 240 min"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +202,7 @@ class EpisodeChange:
     alerts: tuple[str, ...]
     started: int
     t: int
+    reason: str = ""
 
 
 class Publisher:
@@ -218,8 +222,8 @@ class Publisher:
     again after a quiet spell is still the same episode, not a new storm.
     """
 
-    def __init__(self, flap_changes: int = 6, flap_window_ms: int = 30 * 60_000,
-                 flap_clear_ms: int = 4 * 3_600_000) -> None:
+    def __init__(self, flap_changes: int = FLAP_CHANGES, flap_window_ms: int = int(FLAP_WINDOW_S * 1000),
+                 flap_clear_ms: int = int(FLAP_CLEAR_S * 1000)) -> None:
         if flap_changes < 2:
             raise ValueError(f"flap_changes must be at least 2 (got {flap_changes})")
         if flap_clear_ms < flap_window_ms:
@@ -255,11 +259,12 @@ class Publisher:
             p.changes.append(t)
             if change is Change.FIRING:
                 p.firings.append(t)
-            if not p.flapping and (self._crowded(p.changes, t, self.flap_window_ms)
-                                   or self._crowded(p.firings, t, self.flap_clear_ms)):
-                p.flapping = True
-                self._flapping.add(alert_id)
-                self._join_episode(alert_id, max(severity, p.severity), t)
+            if not p.flapping:
+                reason = self._flap_reason(p, t)
+                if reason:
+                    p.flapping = True
+                    self._flapping.add(alert_id)
+                    self._join_episode(alert_id, max(severity, p.severity), t, reason)
         p.firing = change in (Change.FIRING, Change.ESCALATED)
         p.severity = severity
         if change is Change.RESOLVED:
@@ -305,6 +310,14 @@ class Publisher:
     def _crowded(self, times: deque[int], t: int, window_ms: int) -> bool:
         return len(times) == self.flap_changes and t - times[0] <= window_ms
 
+    def _flap_reason(self, p: _Published, t: int) -> str:
+        """Why the alert starts flapping now ("" if it does not): its recent changes or firings."""
+        if self._crowded(p.changes, t, self.flap_window_ms):
+            return f"changed state {self.flap_changes} times within {self.flap_window_ms / 60_000:g} min"
+        if self._crowded(p.firings, t, self.flap_clear_ms):
+            return f"fired {self.flap_changes} times within {self.flap_clear_ms / 3_600_000:g} h"
+        return ""
+
     # ------------------------------------------------------------------ episodes
     @staticmethod
     def subject(alert_id: str) -> str:
@@ -312,13 +325,13 @@ class Publisher:
 
     def _note(self, ep: Episode, change: Change, t: int) -> None:
         self._episode_changes.append(EpisodeChange(ep.subject, change, ep.severity, tuple(sorted(ep.alerts)),
-                                                   ep.started, t))
+                                                   ep.started, t, ep.reason))
 
-    def _join_episode(self, alert_id: str, severity: int, t: int) -> None:
+    def _join_episode(self, alert_id: str, severity: int, t: int, reason: str) -> None:
         subject = self.subject(alert_id)
         ep = self._episodes.get(subject)
         if ep is None:
-            ep = self._episodes[subject] = Episode(subject, {alert_id}, {alert_id}, t, severity)
+            ep = self._episodes[subject] = Episode(subject, {alert_id}, {alert_id}, t, severity, reason)
             self._note(ep, Change.FIRING, t)
             return
         ep.alerts.add(alert_id)

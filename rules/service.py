@@ -20,6 +20,7 @@ import paho.mqtt.client as paho
 
 from rules.catalog import CATALOG_DIR, Rule, load_catalog
 from rules.engine import RulesEngine, alert_lines
+from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
 from rules.inventory import load_inventory
 from rules.silences import ALL_SILENCES, SilenceError
 from rules.warmstart import warm_start
@@ -49,9 +50,9 @@ class ServiceConfig:
     #: Warm start: seconds of stored telemetry replayed on start (0: none).
     lookback_s: float = 900.0
     #: Flapping (rules/README.md): changes within the window, the window, clean time that ends an episode.
-    flap_changes: int = 6
-    flap_window_s: float = 1800.0
-    flap_clear_s: float = 4 * 3600.0
+    flap_changes: int = FLAP_CHANGES
+    flap_window_s: float = FLAP_WINDOW_S
+    flap_clear_s: float = FLAP_CLEAR_S
     reload_interval_s: float = 2.0
     metrics_interval_s: float = 10.0
     max_chunk: int = 200
