@@ -14,7 +14,9 @@
  *     (>= 0), sent (>= 1), samples (a list), each once, in any order;
  *   - a sample: exactly the keys m (a measurement), dev (an identifier), f, t (>= 1,
  *     inside [earliest, latest]), and optionally q "good", err null, urgent false;
- *   - f: 1 to 64 distinct metric names other than time/device/district/gateway, whose
+ *   - at most max_samples samples (configure());
+ *   - f: 1 to 64 distinct metric names, none of them reserved (configure() hands over
+ *     urbansense.identifiers.RESERVED_FIELDS: the tags, time and the quality fields), whose
  *     values are
  *       - true or false;
  *       - a JSON number written with a fraction or an exponent, of at most 40
@@ -32,6 +34,8 @@
  * A float is copied as written: InfluxDB (Go's strconv.ParseFloat) reads it as the
  * same double the Python path re-spells it from (e.g. 1E+16 and 1e16).
  *
+ * Until configure() has been called, every batch is None (the Python way).
+ *
  * All of it runs with the GIL held (a 50-sample batch takes a few microseconds). */
 
 #define PY_SSIZE_T_CLEAN
@@ -43,8 +47,9 @@
 #define FASTLINE_SOURCE_SHA256 "unknown"
 #endif
 
-#define MAX_FIELDS 64
+#define MAX_FIELDS 64 /* urbansense.codec.MAX_FIELDS (ingest.points checks they agree) */
 #define MAX_NAME 63
+#define MAX_RESERVED 32
 #define MAX_FLOAT_TOKEN 40
 #define MAX_INT_DIGITS 18
 #define MAX_STRING_FIELD 1024 /* urbansense.codec.MAX_STRING_FIELD */
@@ -149,10 +154,24 @@ static int is_identifier(const Span *s)
     return is_name(s, 1 | 2, 1 | 2 | 4);
 }
 
-/* metric names: ^[a-z][a-z0-9_]{0,62}$, and not a name InfluxDB keeps for itself */
+/* set by configure(): the reserved field names and the largest batch */
+static char reserved[MAX_RESERVED][MAX_NAME + 1];
+static size_t reserved_len[MAX_RESERVED];
+static int n_reserved = -1; /* -1: not configured, every batch goes the Python way */
+static Py_ssize_t max_samples = 0;
+
+static int is_reserved(const Span *s)
+{
+    for (int i = 0; i < n_reserved; i++)
+        if ((size_t)s->len == reserved_len[i] && memcmp(s->start, reserved[i], reserved_len[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* metric names: ^[a-z][a-z0-9_]{0,62}$, and not reserved */
 static int is_plain_field(const Span *s)
 {
-    return is_name(s, 1, 1 | 2 | 8) && !(span_is(s, "time") || span_is(s, "device") || span_is(s, "district") || span_is(s, "gateway"));
+    return is_name(s, 1, 1 | 2 | 8) && !is_reserved(s);
 }
 
 static int is_measurement(const Span *s)
@@ -406,11 +425,14 @@ static int sample(Ctx *c, int emit)
 static int samples_list(Ctx *c, int emit)
 {
     int rc;
+    Py_ssize_t n = 0;
     if (!expect(c, '['))
         return NOT_PLAIN;
     if (expect(c, ']'))
         return OK;
     do {
+        if (++n > max_samples)
+            return NOT_PLAIN;
         rc = sample(c, emit);
         if (rc != OK)
             return rc;
@@ -516,7 +538,7 @@ static PyObject *transcode(PyObject *module, PyObject *const *args, Py_ssize_t n
     if (PyErr_Occurred())
         return NULL;
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
-    if (size > max_bytes)
+    if (size > max_bytes || n_reserved < 0)
         Py_RETURN_NONE;
     Ctx c;
     c.p = PyBytes_AS_STRING(args[0]);
@@ -556,8 +578,47 @@ static PyObject *transcode(PyObject *module, PyObject *const *args, Py_ssize_t n
     return result;
 }
 
+PyDoc_STRVAR(configure_doc,
+"configure(reserved: tuple[str, ...], max_samples: int) -> None\n\n"
+"The field names no sample may use (at most 32, each at most 63 ASCII characters) and the\n"
+"most samples a batch may hold. transcode() returns None until this has been called.");
+
+static PyObject *configure(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *names;
+    Py_ssize_t samples;
+    if (!PyArg_ParseTuple(args, "O!n", &PyTuple_Type, &names, &samples))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    if (n > MAX_RESERVED || samples < 1) {
+        PyErr_Format(PyExc_ValueError, "configure(): at most %d reserved names and max_samples >= 1", MAX_RESERVED);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        Py_ssize_t len;
+        const char *text = PyUnicode_Check(name) ? PyUnicode_AsUTF8AndSize(name, &len) : NULL;
+        if (!text || len < 1 || len > MAX_NAME || !PyUnicode_IS_ASCII(name)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "configure(): reserved names are ASCII strings of 1 to 63 characters");
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t len;
+        const char *text = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(names, i), &len);
+        memcpy(reserved[i], text, (size_t)len);
+        reserved_len[i] = (size_t)len;
+    }
+    n_reserved = (int)n;
+    max_samples = samples;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"transcode", (PyCFunction)(void (*)(void))transcode, METH_FASTCALL, transcode_doc},
+    {"configure", configure, METH_VARARGS, configure_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -578,7 +639,9 @@ PyMODINIT_FUNC PyInit__fastline(void)
     cls['-'] = 4;
     cls['_'] = 8;
     PyObject *module = PyModule_Create(&module_def);
-    if (module && PyModule_AddStringConstant(module, "SOURCE_SHA256", FASTLINE_SOURCE_SHA256) < 0)
+    if (module && (PyModule_AddStringConstant(module, "SOURCE_SHA256", FASTLINE_SOURCE_SHA256) < 0 ||
+                   PyModule_AddIntConstant(module, "MAX_FIELDS", MAX_FIELDS) < 0 ||
+                   PyModule_AddIntConstant(module, "MAX_STRING_FIELD", MAX_STRING_FIELD) < 0))
         Py_CLEAR(module);
     return module;
 }

@@ -6,7 +6,9 @@ Worked example: the batch from pd-gw-01 in pudong carrying
 becomes the line
 ``water,device=wp-0007,district=pudong,gateway=pd-gw-01 pressure_mpa=0.312 1764190000000``.
 A ``q:"bad"`` sample becomes ``device_error="timeout"``; a ``q:"uncertain"`` one gains
-``quality_uncertain=true``.
+``quality_uncertain=true`` and, when it says why, ``quality_reason="unreadable: flow_m3h"``.
+These names, the tags and ``time`` are reserved (identifiers.RESERVED_FIELDS): the codec
+refuses a sample that uses one, and so does the encoder here, for batches built in code.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from typing import NamedTuple
 import msgspec
 import orjson
 
+from urbansense import codec
 from urbansense.codec import PlainBatch
+from urbansense.identifiers import RESERVED_FIELDS
 from urbansense.lineprotocol import encode_fields, encode_point, escape_key, series_key
 from urbansense.schema import GatewayStatus, TelemetryBatch
 
@@ -31,11 +35,6 @@ from urbansense.schema import GatewayStatus, TelemetryBatch
 # reading of a device; caching it saves most of the encoding time. Bounded: a city has
 # far fewer devices than this, and clearing only costs re-escaping.
 _SERIES_CACHE_MAX = 200_000
-
-#: Field names InfluxDB cannot keep apart from the point's own columns: a field `time`
-#: is refused alone and silently dropped next to other fields (InfluxDB 1.6.7); a field
-#: named like a tag makes `WHERE device = '...'` ambiguous. Refused with a reason.
-RESERVED_FIELDS = frozenset({"time", "device", "district", "gateway"})
 
 # Field keys that line protocol takes as they are (no character to escape).
 _PLAIN_KEYS_MAX = 65536
@@ -126,8 +125,9 @@ class LineEncoder:
             f = s.f
             if not RESERVED_FIELDS.isdisjoint(f):
                 names = ", ".join(sorted(RESERVED_FIELDS.intersection(f)))
-                problems.append(f"sample {s.dev} ({index}): field name(s) {names} are reserved in "
-                                "InfluxDB (the time column and the tags); rename the metric")
+                problems.append(f"sample {s.dev} ({index}): field name(s) {names} are reserved: the ingester "
+                                "writes them itself (the point's tags and time, the sample's quality); "
+                                "rename the metric")
                 continue
             key = (s.m, district, gateway, s.dev)
             prefix = series.get(key) or self._series_prefix(key)
@@ -136,6 +136,8 @@ class LineEncoder:
                 continue
             if s.q != "good":
                 f = {**f, "quality_uncertain": True}
+                if s.err:
+                    f["quality_reason"] = s.err
             if prefix in chunkable and _plain_numeric(f):
                 rows.append((prefix, f, t))
             else:
@@ -233,6 +235,12 @@ def _load_accelerator() -> tuple[ModuleType | None, str]:
     if source.exists() and hashlib.sha256(source.read_bytes()).hexdigest() != _fastline.SOURCE_SHA256:
         return None, ("pure Python (ingest._fastline was built from another version of _fastline.c; "
                       "`pip install -e .` rebuilds it)")
+    if (_fastline.MAX_FIELDS, _fastline.MAX_STRING_FIELD) != (codec.MAX_FIELDS, codec.MAX_STRING_FIELD):
+        return None, (f"pure Python (ingest._fastline's limits, {_fastline.MAX_FIELDS} fields and "
+                      f"{_fastline.MAX_STRING_FIELD}-character strings, differ from the codec's "
+                      f"{codec.MAX_FIELDS} and {codec.MAX_STRING_FIELD}; change both)")
+    # the reserved names and the batch bound come from the contract, not from the C source
+    _fastline.configure(tuple(sorted(RESERVED_FIELDS)), codec.MAX_SAMPLES)
     return _fastline, "C accelerator (ingest._fastline)"
 
 
@@ -277,10 +285,14 @@ def batch_lines(batch: TelemetryBatch) -> list[str]:
 
 
 def status_line(district: str, gateway: str, status: GatewayStatus) -> str:
+    """The status as a `gateway_status` point. `online`, `devices_ok` and `devices_fail` are
+    computed here; the codec refuses stats under those names (RESERVED_STATUS_FIELDS), and
+    the computed values win over any that reach this in code."""
     fields: dict[str, object] = {
         "online": status.state == "online",
         "devices_ok": sum(1 for v in status.devices.values() if v == "ok"),
         "devices_fail": sum(1 for v in status.devices.values() if v == "fail"),
     }
-    fields.update({k: float(v) for k, v in status.stats.items()})
+    for key, value in status.stats.items():
+        fields.setdefault(key, float(value))
     return encode_point("gateway_status", {"district": district, "gateway": gateway}, fields, status.t)

@@ -10,13 +10,11 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 from rules.engine import RulesEngine
-from urbansense.identifiers import MEASUREMENTS
+from urbansense.identifiers import MEASUREMENTS, RESERVED_FIELDS
 from urbansense.influx import InfluxClient, InfluxError
 from urbansense.schema import FieldValue, Sample, TelemetryBatch
 
 log = logging.getLogger("urbansense.rules")
-_TAGS = ("district", "gateway", "device")
-_NOT_METRICS = {"time", *_TAGS, "device_error", "quality_uncertain"}
 
 
 def influx_ticks(client: InfluxClient, start_ms: int, end_ms: int, *, step_s: float = 10.0, page_s: float = 600.0,
@@ -37,8 +35,9 @@ def influx_ticks(client: InfluxClient, start_ms: int, end_ms: int, *, step_s: fl
                 district, gateway, device = rec.get("district"), rec.get("gateway"), rec.get("device")
                 if not (district and gateway and device) or (districts and district not in districts):
                     continue
-                fields: dict[str, FieldValue] = {k: v for k, v in rec.items() if k not in _NOT_METRICS and v is not None
-                          and isinstance(v, int | float | bool)}
+                fields: dict[str, FieldValue] = {k: v for k, v in rec.items()
+                                                 if k not in RESERVED_FIELDS and v is not None
+                                                 and isinstance(v, int | float | bool)}
                 if not fields:
                     continue
                 t = int(rec["time"])

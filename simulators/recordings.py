@@ -8,7 +8,8 @@ numbers -> float, anything else -> string.
 
 Line protocol, as the ingester writes it (`urbansense/lineprotocol.py`):
     water,device=wp-0007,district=pudong,gateway=pd-gw-01 pressure_mpa=0.312,n=3i 1764190000000
-Escapes (\\, \\space \\= \\") are honoured; `device_error` becomes a q="bad" sample.
+Escapes (\\, \\space \\= \\") are honoured; `device_error` becomes a q="bad" sample;
+the ingester's quality fields (`quality_uncertain`, `quality_reason`) are dropped.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def _make_row(district: str, gateway: str, device: str, measurement: str, t: int
               fields: dict[str, FieldValue]) -> Row:
     err = fields.pop("device_error", None)
     fields.pop("quality_uncertain", None)
+    fields.pop("quality_reason", None)
     if err is not None and not fields:
         return Row(district, gateway, Sample(dev=device, m=measurement, t=t, f={}, q="bad", err=str(err)))
     return Row(district, gateway, Sample(dev=device, m=measurement, t=t, f=fields))

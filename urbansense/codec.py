@@ -1,4 +1,4 @@
-"""The one codec: JSON (orjson) encode/decode of the wire contract, with validation.
+"""The one codec: JSON encode (orjson) and decode (msgspec) of the wire contract, with validation.
 
 Every refusal raises :class:`PayloadError` whose message names the exact place in the
 payload and what is wrong with it, e.g.
@@ -8,6 +8,14 @@ Decoding a batch is strict about the envelope (a batch whose envelope is wrong i
 refused whole) but lenient per sample: :func:`decode_batch_lenient` returns the good
 samples and the reasons for each bad one, so one bad sample never takes its good
 neighbours down with it.
+
+Bounds, the same on every decode path (the ingester's C accelerator and plain path
+hand anything beyond them to the full path, which refuses with these reasons): the
+payload's size (`max_bytes`), JSON nesting (MAX_DEPTH, anywhere, unknown keys included),
+samples per batch (MAX_SAMPLES), fields per sample (MAX_FIELDS), a string value or
+`err` (MAX_STRING_FIELD characters), integers (64-bit signed; JSON integers of any size
+are read exactly, never rounded to a float), and the reserved field names
+(identifiers.RESERVED_FIELDS).
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from urbansense.identifiers import (
     DOMAINS,
     MEASUREMENTS,
     QUALITIES,
+    RESERVED_FIELDS,
+    RESERVED_STATUS_FIELDS,
     SEVERITIES,
     identifier_problem,
     metric_problem,
@@ -40,7 +50,14 @@ from urbansense.schema import (
 CONTRACT_VERSION = 1
 #: Default largest payload accepted anywhere (broker, ingester); configurable per component.
 MAX_PAYLOAD_BYTES = 256 * 1024
+#: A string field value or an `err` text, in characters.
 MAX_STRING_FIELD = 1024
+#: JSON nesting anywhere in a payload (a telemetry batch needs 4: batch, samples, sample, f).
+MAX_DEPTH = 16
+#: Samples in one batch (an edge sends at most config.BatchSettings.max_samples).
+MAX_SAMPLES = 5000
+#: Fields in one sample, or stats in one gateway status.
+MAX_FIELDS = 64
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -58,10 +75,34 @@ def _loads(payload: bytes | str, what: str, max_bytes: int) -> Any:
             f"{what} is {len(payload)} bytes, larger than the limit of {max_bytes} bytes; "
             "send smaller batches"
         )
+    too_deep = False
     try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
+        # msgspec, not orjson: orjson rounds integers beyond 64 bits to floats, which would
+        # then pass as floats; msgspec reads them exactly and the range checks refuse them
+        value = msgspec.json.decode(payload)
+    except msgspec.DecodeError as exc:
         raise PayloadError(f"{what} is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:  # nested far deeper than MAX_DEPTH
+        too_deep = True
+    if too_deep or _deeper_than(value, MAX_DEPTH):
+        raise PayloadError(f"{what} is nested deeper than {MAX_DEPTH} levels of arrays and objects; "
+                           "send flat data (a batch needs 4)")
+    return value
+
+
+def _deeper_than(value: Any, levels: int) -> bool:
+    """Whether `value` nests more than `levels` arrays and objects inside each other."""
+    kind = type(value)
+    if kind is dict:
+        children = value.values()
+    elif kind is list:
+        children = value
+    else:
+        return False
+    if levels <= 0:
+        return True
+    return any((type(child) is dict or type(child) is list) and _deeper_than(child, levels - 1)
+               for child in children)
 
 
 def _require(obj: dict[str, Any], key: str, path: str) -> Any:
@@ -75,6 +116,8 @@ def _int(value: Any, path: str, *, minimum: int | None = None) -> int:
         raise _problem(path, f"must be an integer, got {_describe(value)}")
     if minimum is not None and value < minimum:
         raise _problem(path, f"must be >= {minimum}, got {value}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise _problem(path, f"integer {value} does not fit in 64 bits")
     return value
 
 
@@ -158,6 +201,19 @@ def _known_metric(value: str) -> bool:
     return True
 
 
+_plain_fields: set[str] = set()  # metric names known not to be reserved
+
+
+def _plain_field(key: str) -> bool:
+    """A valid metric name that is not reserved (the full path refuses those, with a reason)."""
+    if key in RESERVED_FIELDS or not _known_metric(key):
+        return False
+    if len(_plain_fields) >= _KNOWN_CACHE_MAX:
+        _plain_fields.clear()
+    _plain_fields.add(key)
+    return True
+
+
 def _fast_sample(raw: dict[str, Any]) -> Sample | None:
     """The common case (a good or uncertain sample with plain numeric fields) accepted
     with type checks only; returns None for anything else, which then takes the full
@@ -170,9 +226,11 @@ def _fast_sample(raw: dict[str, Any]) -> Sample | None:
     err = raw.get("err")
     urgent = raw.get("urgent", False)
     if not (
-        type(dev) is str and type(m) is str and type(t) is int and t >= 1
-        and type(f) is dict and f and (q == "good" or q == "uncertain") and type(q) is str
-        and (err is None or type(err) is str) and (urgent is False or urgent is True)
+        type(dev) is str and type(m) is str and type(t) is int and 1 <= t <= INT64_MAX
+        and type(f) is dict and f and len(f) <= MAX_FIELDS and (q == "good" or q == "uncertain")
+        and type(q) is str
+        and (err is None or (q == "uncertain" and type(err) is str and len(err) <= MAX_STRING_FIELD))
+        and (urgent is False or urgent is True)
         and m in _MEASUREMENT_SET and (dev in _known_identifiers or _known_identifier(dev))
     ):
         return None
@@ -186,7 +244,7 @@ def _fast_sample(raw: dict[str, Any]) -> Sample | None:
                 return None
         elif kind is not bool:
             return None
-        if key not in _known_metrics and not _known_metric(key):
+        if key not in _plain_fields and not _plain_field(key):  # a metric name, not reserved
             return None
     return Sample(dev, m, t, f, q, err, urgent)
 
@@ -205,6 +263,14 @@ def check_sample(raw: Any, path: str = "sample") -> Sample:
     fields_raw = _require(raw, "f", path)
     if not isinstance(fields_raw, dict):
         raise _problem(f"{path}.f", f"must be an object, got {_describe(fields_raw)}")
+    if len(fields_raw) > MAX_FIELDS:
+        raise _problem(f"{path}.f", f"{len(fields_raw)} fields, more than the limit of {MAX_FIELDS}; "
+                                    "split the device's fields over two samples")
+    reserved = RESERVED_FIELDS.intersection(fields_raw)
+    if reserved:
+        raise _problem(f"{path}.f", f"field name(s) {', '.join(sorted(reserved))} are reserved: the ingester "
+                                    "writes them itself (the point's tags and time, the sample's quality); "
+                                    "rename the metric")
     fields: dict[str, FieldValue] = {}
     for key, value in fields_raw.items():
         why = metric_problem(key)
@@ -214,6 +280,11 @@ def check_sample(raw: Any, path: str = "sample") -> Sample:
     err = raw.get("err")
     if err is not None:
         err = _str(err, f"{path}.err")
+        if len(err) > MAX_STRING_FIELD:
+            raise _problem(f"{path}.err", f"string of {len(err)} characters exceeds {MAX_STRING_FIELD}")
+        if q == "good" and err:
+            raise _problem(f"{path}.err", 'only a sample with q="bad" or q="uncertain" says why; '
+                                          'send q="uncertain" to keep the reason, or leave "err" out')
     if q == "bad":
         if fields:
             raise _problem(f"{path}.f", 'a sample with q="bad" carries no fields')
@@ -240,6 +311,9 @@ def _check_envelope(raw: Any) -> tuple[str, str, int, int, list[Any]]:
     samples = _require(raw, "samples", "")
     if not isinstance(samples, list):
         raise _problem("samples", f"must be a list, got {_describe(samples)}")
+    if len(samples) > MAX_SAMPLES:
+        raise _problem("samples", f"{len(samples)} samples, more than the limit of {MAX_SAMPLES}; "
+                                  "send smaller batches")
     return gw, district, seq, sent, samples
 
 
@@ -288,48 +362,38 @@ def decode_batch_lenient(
 _NoInteger = Annotated[int, msgspec.Meta(ge=1, le=0)]
 
 
-class PlainSample(msgspec.Struct, omit_defaults=True, gc=False):
+class PlainSample(msgspec.Struct, omit_defaults=True, gc=False, forbid_unknown_fields=True):
     """A good sample. The field order is the one ingest.points' transcoder re-encodes:
     measurement, device, fields, time (q, err and urgent left out at their defaults).
     gc=False: it holds no containers that could make a cycle (fewer garbage collections)."""
 
     m: Literal["water", "gas", "lighting", "elevator", "air"]  # == identifiers.MEASUREMENTS
     dev: str
-    f: Annotated[dict[str, float | bool | _NoInteger], msgspec.Meta(min_length=1)]
-    t: Annotated[int, msgspec.Meta(ge=1)]
+    f: Annotated[dict[str, float | bool | _NoInteger], msgspec.Meta(min_length=1, max_length=MAX_FIELDS)]
+    t: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
     q: Literal["good"] = "good"
     err: None = None
     urgent: bool = False
 
 
-class PlainBatch(msgspec.Struct, gc=False):
+class PlainBatch(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """Unknown keys send the batch to the full path (which ignores them, within MAX_DEPTH):
+    skipping them here would take nesting the full path refuses."""
+
     v: Literal[1]
     gw: str
     district: str
-    seq: Annotated[int, msgspec.Meta(ge=0)]
-    sent: Annotated[int, msgspec.Meta(ge=1)]
-    samples: list[PlainSample]
+    seq: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+    sent: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
+    samples: Annotated[list[PlainSample], msgspec.Meta(max_length=MAX_SAMPLES)]
 
 
 _plain_decoder = msgspec.json.Decoder(PlainBatch)
 _DEV, _F, _URGENT = attrgetter("dev"), attrgetter("f"), attrgetter("urgent")
-#: Field names that need more than the metric-name rule (InfluxDB's time column and the
-#: point's tags); they take the full path, which refuses them with a reason.
-_NOT_PLAIN_FIELDS = frozenset({"time", "device", "district", "gateway"})
-_plain_fields: set[str] = set()
 
 
 def _all_known(values: set[str], known: set[str], check: Any) -> bool:
     return values <= known or all(value in known or check(value) for value in values)
-
-
-def _plain_field(key: str) -> bool:
-    if key in _NOT_PLAIN_FIELDS or not _known_metric(key):
-        return False
-    if len(_plain_fields) >= _KNOWN_CACHE_MAX:
-        _plain_fields.clear()
-    _plain_fields.add(key)
-    return True
 
 
 def decode_plain_batch(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> PlainBatch | None:
@@ -342,7 +406,7 @@ def decode_plain_batch(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) ->
         return None
     try:
         batch = _plain_decoder.decode(payload)
-    except msgspec.DecodeError:  # ValidationError is a DecodeError
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
         return None
     if not (_known_identifier(batch.gw) and _known_identifier(batch.district)):
         return None
@@ -385,6 +449,12 @@ def decode_status(payload: bytes | str) -> GatewayStatus:
     stats_raw = raw.get("stats", {})
     if not isinstance(stats_raw, dict):
         raise _problem("stats", f"must be an object, got {_describe(stats_raw)}")
+    if len(stats_raw) > MAX_FIELDS:
+        raise _problem("stats", f"{len(stats_raw)} stats, more than the limit of {MAX_FIELDS}")
+    reserved = RESERVED_STATUS_FIELDS.intersection(stats_raw)
+    if reserved:
+        raise _problem("stats", f"{', '.join(sorted(reserved))} are computed by the ingester from the status "
+                                "(state, devices); rename the stat")
     stats: dict[str, float] = {}
     for key, value in stats_raw.items():
         why = metric_problem(key)

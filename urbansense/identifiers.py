@@ -14,6 +14,21 @@ MEASUREMENTS: tuple[str, ...] = ("water", "gas", "lighting", "elevator", "air")
 #: Alert domains: the measurements plus `system` (gateways, pipeline health).
 DOMAINS: tuple[str, ...] = (*MEASUREMENTS, "system")
 QUALITIES: tuple[str, ...] = ("good", "uncertain", "bad")
+
+#: Tags of every telemetry point and InfluxDB's time column.
+POINT_TAGS: tuple[str, ...] = ("district", "gateway", "device")
+#: Field names the ingester writes itself into every measurement: the tags and the time
+#: column (InfluxDB cannot keep a field apart from them), a bad sample's `device_error`
+#: text, an uncertain sample's `quality_uncertain` flag and `quality_reason` text. A
+#: sample using one as a field name is refused with a reason, on every decode path (the
+#: C accelerator is handed this set at start-up), so no gateway can give one of them
+#: another type for everyone else in the shard.
+RESERVED_FIELDS: frozenset[str] = frozenset(
+    {"time", *POINT_TAGS, "device_error", "quality_uncertain", "quality_reason"})
+#: Fields of `gateway_status` the ingester computes from a status message; its `stats`
+#: may not use them.
+RESERVED_STATUS_FIELDS: frozenset[str] = frozenset(
+    {"time", "district", "gateway", "online", "devices_ok", "devices_fail"})
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 ALERT_STATES: tuple[str, ...] = ("pending", "firing", "resolved")
 

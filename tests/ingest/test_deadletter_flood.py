@@ -61,6 +61,14 @@ def _bad_payloads(district: str, gw: str, now: int, n: int) -> list[tuple[bytes,
         (sample(t=now + 86_400_000), "in the future"),
         (sample(t=now - 400 * 86_400_000), "retention"),
         (sample(f={"time": 1.0}), "reserved"),
+        (sample(f={"device_error": 5.0}), "device_error are reserved"),
+        (sample(q="uncertain", f={"quality_uncertain": 5.0}), "quality_uncertain are reserved"),
+        (sample(err="fouled"), 'only a sample with q="bad" or q="uncertain" says why'),
+        (sample(f={f"m{i}": 1.0 for i in range(65)}), "65 fields, more than the limit of 64"),
+        (sample(f={"pressure_mpa": "BIG"}).replace(b'"BIG"', b"18446744073709551616"), "does not fit in 64 bits"),
+        (sample(f={"pressure_mpa": "BIG"}).replace(b'"BIG"', b"-9223372036854775809"), "does not fit in 64 bits"),
+        (sample(f={"pressure_mpa": "BIG"}).replace(b'"BIG"', b"1" * 30), "does not fit in 64 bits"),
+        (envelope(extra="DEEP").replace(b'"DEEP"', b"[" * 1000 + b"]" * 1000), "nested deeper than 16 levels"),
         (sample(q="bad", f={}), 'must say why in "err"'),
         (b"x" * 300_000, "larger than the limit"),
     ]
@@ -76,7 +84,7 @@ def _bad_payloads(district: str, gw: str, now: int, n: int) -> list[tuple[bytes,
     return out
 
 
-def test_flood_of_malformed_payloads(stack: Stack, influx_db: InfluxClient) -> None:
+def test_flood_of_malformed_payloads(stack: Stack, influx_db: InfluxClient, caplog: pytest.LogCaptureFixture) -> None:
     district, gw = unique("flood"), "gw-1"
     now = now_ms()
     t0 = now - 300_000
@@ -106,6 +114,8 @@ def test_flood_of_malformed_payloads(stack: Stack, influx_db: InfluxClient) -> N
             assert expect in letter["reason"], (expect, letter["reason"])
         assert stored_keys(influx_db, district) == expected_keys(range(GOOD), t0, DEVICES)
         assert ing.stats.deadletters == BAD
+        # bad input is a dead letter with a reason, never an internal error with a traceback
+        assert [r.getMessage() for r in caplog.records if r.exc_info] == []
     finally:
         pub.close()
         dead.close()

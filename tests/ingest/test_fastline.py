@@ -30,8 +30,9 @@ from hypothesis import strategies as st
 from ingest import points
 from ingest.points import TimeWindow, transcode_plain
 from ingest.service import Ingester
+from tests.security.strategies import identifiers, metric_names
 from urbansense import codec
-from urbansense.identifiers import ID_PATTERN, MEASUREMENTS, METRIC_PATTERN
+from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient
 from urbansense.mqtt import MqttSettings
 from urbansense.stack import Stack
@@ -139,9 +140,6 @@ class Pairs:
     items: list[tuple[str, object]]
 
 
-identifiers = st.from_regex(ID_PATTERN.strip("^$"), fullmatch=True)
-metric_names = st.from_regex(METRIC_PATTERN.strip("^$"), fullmatch=True).filter(
-    lambda n: n not in {"time", "device", "district", "gateway"})
 finite = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
     [0.0, -0.0, 1e16, 1e22, 1e-7, 1e-307, 2.2250738585072014e-308, 5e-324, 1.7976931348623157e308,
      0.1 + 0.2, 123456789.0, 1e308, 9.999999999999999e307])

@@ -17,17 +17,15 @@ from hypothesis import strategies as st
 
 from ingest.service import Ingester
 from tests.ingest.harness import Publisher, isolated_settings, now_ms, unique, wait_for
+from tests.security.strategies import identifiers, metric_names
 from urbansense import topics
-from urbansense.identifiers import ID_PATTERN, MEASUREMENTS, METRIC_PATTERN
+from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient
 from urbansense.mqtt import MqttSettings
 from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 
-identifiers = st.from_regex(ID_PATTERN.strip("^$"), fullmatch=True)
-metric_names = st.from_regex(METRIC_PATTERN.strip("^$"), fullmatch=True).filter(
-    lambda n: n not in {"time", "device", "district", "gateway", "quality_uncertain", "device_error"})
 texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=120) | st.sampled_from(
     ['"', "\\", "\\\\", 'a "quoted" \\ path', "a,b=c d", "line\nbreak\r\n", "trailing\\", " ", ""])
 int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)

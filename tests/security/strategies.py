@@ -8,10 +8,11 @@ from typing import Any
 from hypothesis import strategies as st
 
 from urbansense.codec import INT64_MAX, INT64_MIN
-from urbansense.identifiers import ID_PATTERN, MEASUREMENTS, METRIC_PATTERN, QUALITIES
+from urbansense.identifiers import ID_PATTERN, MEASUREMENTS, METRIC_PATTERN, QUALITIES, RESERVED_FIELDS
 
 identifiers = st.from_regex(ID_PATTERN.strip("^$"), fullmatch=True)
-metric_names = st.from_regex(METRIC_PATTERN.strip("^$"), fullmatch=True)
+#: Valid field names: metric names other than the reserved ones (the ingester's own).
+metric_names = st.from_regex(METRIC_PATTERN.strip("^$"), fullmatch=True).filter(lambda n: n not in RESERVED_FIELDS)
 #: Strings that break naive parsers and escapers.
 hostile_strings = st.sampled_from([
     "", " ", "\\", "\\\\", '"', "'", ",", "=", "a,b=c d", "line\nbreak", "\r\n", "\x00", "#comment",
@@ -37,8 +38,8 @@ def valid_samples(draw: st.DrawFn) -> dict[str, Any]:
         sample["err"] = draw(st.text(min_size=1, max_size=20))
     else:
         sample["f"] = draw(st.dictionaries(metric_names, field_values, min_size=1, max_size=4))
-        if draw(st.booleans()):
-            sample["err"] = draw(st.text(max_size=20))
+        if draw(st.booleans()):  # only an uncertain sample says why; a good one may carry ""
+            sample["err"] = draw(st.text(max_size=20)) if q == "uncertain" else ""
     if draw(st.booleans()):
         sample["urgent"] = draw(st.booleans())
     return sample
@@ -47,7 +48,7 @@ def valid_samples(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def valid_batches(draw: st.DrawFn) -> dict[str, Any]:
     return {"v": 1, "gw": draw(identifiers), "district": draw(identifiers),
-            "seq": draw(st.integers(min_value=0, max_value=2**63)),
+            "seq": draw(st.integers(min_value=0, max_value=INT64_MAX)),
             "sent": draw(st.integers(min_value=1, max_value=2**53)),
             "samples": draw(st.lists(valid_samples(), max_size=5))}
 
