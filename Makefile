@@ -15,11 +15,13 @@ demo: bootstrap
 test: bootstrap
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy
+	@$(VENV)/bin/lint-imports --no-logo
 	@$(PY) -m pytest
 
 lint: bootstrap
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy
+	@$(VENV)/bin/lint-imports --no-logo
 
 stack-up: bootstrap
 	@$(US) stack up

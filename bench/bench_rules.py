@@ -38,9 +38,10 @@ from rules.catalog import load_catalog
 from rules.engine import RulesEngine
 from rules.inventory import InventoryDevice
 from urbansense import codec, topics
+from urbansense.identifiers import MEASUREMENTS
 from urbansense.schema import Sample, TelemetryBatch
 
-DOMAINS = ("water", "gas", "lighting", "elevator", "air")
+DOMAINS = MEASUREMENTS
 T0 = 1_764_190_000_000  # 04:46 Shanghai: lamps lit
 
 

@@ -12,7 +12,7 @@
  * refusals). Accepted, and nothing more:
  *   - the envelope: exactly the keys v (the token 1), gw, district (identifiers), seq
  *     (>= 0), sent (>= 1), samples (a list), each once, in any order;
- *   - a sample: exactly the keys m (a measurement), dev (an identifier), f, t (>= 1,
+ *   - a sample: exactly the keys m (a measurement configure() named), dev (an identifier), f, t (>= 1,
  *     inside [earliest, latest]), and optionally q "good", err null, urgent false;
  *   - at most max_samples samples (configure());
  *   - f: 1 to 64 distinct metric names, none of them reserved (configure() hands over
@@ -49,7 +49,7 @@
 
 #define MAX_FIELDS 64 /* urbansense.codec.MAX_FIELDS (ingest.points checks they agree) */
 #define MAX_NAME 63
-#define MAX_RESERVED 32
+#define MAX_NAMES 32 /* reserved field names, measurements */
 #define MAX_FLOAT_TOKEN 40
 #define MAX_INT_DIGITS 18
 #define MAX_STRING_FIELD 1024 /* urbansense.codec.MAX_STRING_FIELD */
@@ -154,30 +154,35 @@ static int is_identifier(const Span *s)
     return is_name(s, 1 | 2, 1 | 2 | 4);
 }
 
-/* set by configure(): the reserved field names and the largest batch */
-static char reserved[MAX_RESERVED][MAX_NAME + 1];
-static size_t reserved_len[MAX_RESERVED];
-static int n_reserved = -1; /* -1: not configured, every batch goes the Python way */
-static Py_ssize_t max_samples = 0;
+/* a set of names handed over by configure() */
+typedef struct {
+    char name[MAX_NAMES][MAX_NAME + 1];
+    size_t len[MAX_NAMES];
+    int count;
+} NameSet;
 
-static int is_reserved(const Span *s)
+static int in_set(const NameSet *set, const Span *s)
 {
-    for (int i = 0; i < n_reserved; i++)
-        if ((size_t)s->len == reserved_len[i] && memcmp(s->start, reserved[i], reserved_len[i]) == 0)
+    for (int i = 0; i < set->count; i++)
+        if ((size_t)s->len == set->len[i] && memcmp(s->start, set->name[i], set->len[i]) == 0)
             return 1;
     return 0;
 }
 
+/* set by configure(): the reserved field names, the measurements, the largest batch */
+static NameSet reserved, measurements;
+static int configured = 0; /* until then every batch goes the Python way */
+static Py_ssize_t max_samples = 0;
+
 /* metric names: ^[a-z][a-z0-9_]{0,62}$, and not reserved */
 static int is_plain_field(const Span *s)
 {
-    return is_name(s, 1, 1 | 2 | 8) && !is_reserved(s);
+    return is_name(s, 1, 1 | 2 | 8) && !in_set(&reserved, s);
 }
 
 static int is_measurement(const Span *s)
 {
-    return span_is(s, "water") || span_is(s, "gas") || span_is(s, "lighting") || span_is(s, "elevator") ||
-           span_is(s, "air");
+    return in_set(&measurements, s);
 }
 
 /* a JSON integer >= 0 of at most 18 digits (no sign, no fraction, no exponent) */
@@ -538,7 +543,7 @@ static PyObject *transcode(PyObject *module, PyObject *const *args, Py_ssize_t n
     if (PyErr_Occurred())
         return NULL;
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
-    if (size > max_bytes || n_reserved < 0)
+    if (size > max_bytes || !configured)
         Py_RETURN_NONE;
     Ctx c;
     c.p = PyBytes_AS_STRING(args[0]);
@@ -579,40 +584,56 @@ static PyObject *transcode(PyObject *module, PyObject *const *args, Py_ssize_t n
 }
 
 PyDoc_STRVAR(configure_doc,
-"configure(reserved: tuple[str, ...], max_samples: int) -> None\n\n"
-"The field names no sample may use (at most 32, each at most 63 ASCII characters) and the\n"
-"most samples a batch may hold. transcode() returns None until this has been called.");
+"configure(reserved: tuple[str, ...], measurements: tuple[str, ...], max_samples: int) -> None\n\n"
+"The field names no sample may use, the measurements a sample may name (at most 32 each,\n"
+"each of 1 to 63 ASCII characters) and the most samples a batch may hold. transcode()\n"
+"returns None until this has been called.");
+
+/* names: a tuple of ASCII str of 1..MAX_NAME characters, at most MAX_NAMES; 0 or -1 with ValueError */
+static int fill_set(NameSet *set, PyObject *names, const char *what)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    if (n > MAX_NAMES) {
+        PyErr_Format(PyExc_ValueError, "configure(): at most %d %s", MAX_NAMES, what);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        Py_ssize_t len = 0;
+        const char *text = PyUnicode_Check(name) && PyUnicode_IS_ASCII(name) ? PyUnicode_AsUTF8AndSize(name, &len)
+                                                                             : NULL;
+        if (!text || len < 1 || len > MAX_NAME) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "configure(): %s are ASCII strings of 1 to 63 characters", what);
+            return -1;
+        }
+        memcpy(set->name[i], text, (size_t)len);
+        set->len[i] = (size_t)len;
+    }
+    set->count = (int)n;
+    return 0;
+}
 
 static PyObject *configure(PyObject *module, PyObject *args)
 {
     (void)module;
-    PyObject *names;
+    PyObject *reserved_names, *measurement_names;
     Py_ssize_t samples;
-    if (!PyArg_ParseTuple(args, "O!n", &PyTuple_Type, &names, &samples))
+    if (!PyArg_ParseTuple(args, "O!O!n", &PyTuple_Type, &reserved_names, &PyTuple_Type, &measurement_names,
+                          &samples))
         return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(names);
-    if (n > MAX_RESERVED || samples < 1) {
-        PyErr_Format(PyExc_ValueError, "configure(): at most %d reserved names and max_samples >= 1", MAX_RESERVED);
+    if (samples < 1) {
+        PyErr_SetString(PyExc_ValueError, "configure(): max_samples must be at least 1");
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *name = PyTuple_GET_ITEM(names, i);
-        Py_ssize_t len;
-        const char *text = PyUnicode_Check(name) ? PyUnicode_AsUTF8AndSize(name, &len) : NULL;
-        if (!text || len < 1 || len > MAX_NAME || !PyUnicode_IS_ASCII(name)) {
-            PyErr_Clear();
-            PyErr_SetString(PyExc_ValueError, "configure(): reserved names are ASCII strings of 1 to 63 characters");
-            return NULL;
-        }
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t len;
-        const char *text = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(names, i), &len);
-        memcpy(reserved[i], text, (size_t)len);
-        reserved_len[i] = (size_t)len;
-    }
-    n_reserved = (int)n;
+    NameSet new_reserved, new_measurements; /* all or nothing: a bad call changes nothing */
+    if (fill_set(&new_reserved, reserved_names, "reserved names") < 0 ||
+        fill_set(&new_measurements, measurement_names, "measurements") < 0)
+        return NULL;
+    reserved = new_reserved;
+    measurements = new_measurements;
     max_samples = samples;
+    configured = 1;
     Py_RETURN_NONE;
 }
 

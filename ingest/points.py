@@ -27,7 +27,7 @@ import orjson
 
 from urbansense import codec
 from urbansense.codec import PlainBatch
-from urbansense.identifiers import RESERVED_FIELDS
+from urbansense.identifiers import MEASUREMENTS, RESERVED_FIELDS
 from urbansense.lineprotocol import encode_fields, encode_point, escape_key, series_key
 from urbansense.schema import GatewayStatus, TelemetryBatch
 
@@ -239,8 +239,9 @@ def _load_accelerator() -> tuple[ModuleType | None, str]:
         return None, (f"pure Python (ingest._fastline's limits, {_fastline.MAX_FIELDS} fields and "
                       f"{_fastline.MAX_STRING_FIELD}-character strings, differ from the codec's "
                       f"{codec.MAX_FIELDS} and {codec.MAX_STRING_FIELD}; change both)")
-    # the reserved names and the batch bound come from the contract, not from the C source
-    _fastline.configure(tuple(sorted(RESERVED_FIELDS)), codec.MAX_SAMPLES)
+    # the reserved names, the measurements and the batch bound come from the contract, not
+    # from the C source
+    _fastline.configure(tuple(sorted(RESERVED_FIELDS)), MEASUREMENTS, codec.MAX_SAMPLES)
     return _fastline, "C accelerator (ingest._fastline)"
 
 

@@ -13,12 +13,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rules.aqi import TABLES_DIR, AqiTable, AqiTableError
-from urbansense.config import ConfigError, _display, format_validation_error, read_yaml
-from urbansense.identifiers import METRIC_PATTERN
+from urbansense.config import ConfigError, MeasurementName, _display, format_validation_error, read_yaml
+from urbansense.identifiers import DOMAINS, METRIC_PATTERN
 
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
 RULE_ID = r"^[a-z][a-z0-9_]*\.[a-z0-9_]+$"
-Measurement = Literal["water", "gas", "lighting", "elevator", "air"]
+Measurement = MeasurementName
 Severity = Literal["info", "warning", "critical"]
 Op = Literal["above", "below"]
 
@@ -226,7 +226,6 @@ RULE_KINDS: dict[str, type[_Rule]] = {
 }
 Rule = (ThresholdRule | RateRule | ForecastRule | AnomalyRule | FlatlineRule | DriftRule
         | DeadmanRule | GatewayOfflineRule | CompositeRule | AqiRule)
-DOMAINS = ("water", "gas", "lighting", "elevator", "air", "system")
 
 
 def _load_file(f: Path, problems: list[str]) -> list[Rule]:

@@ -68,3 +68,27 @@ def test_headless_json_demo_on_a_short_scenario(tmp_path: Path) -> None:
         stack.down()
     # no component survives the demo (the stack itself was kept on purpose, and is down now)
     assert processes_of_run(run_dir) == []
+
+
+def _summary() -> dict[str, object]:
+    return {"scenario": "pudong-incidents", "verified": True, "missing_in_influxdb": 0, "readings_published": 10,
+            "readings_in_influxdb": 10, "readings_distinct": 10, "false_alarms": 0, "false_alarm_rules": [],
+            "incidents": [{"type": "door_open_while_moving", "device": "el-0104", "played": True, "detected": True,
+                           "first_alert_rule": "elevator.door_open_while_moving", "lead_time_s": -12.0}]}
+
+
+def test_the_printed_summary_is_true_as_printed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Piped (as in CI or a log), rule names are not cut at 80 columns; the curl line names
+    the demo's real InfluxDB, and only when --keep left it running."""
+    from types import SimpleNamespace
+
+    from urbansense.demo import _print_summary, summary_console
+
+    stack = SimpleNamespace(influx_url="http://127.0.0.1:41234", run_dir=tmp_path)
+    _print_summary(summary_console(), _summary(), stack, keep=False)  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert "elevator.door_open_while_moving" in out and "0.2 min after" in out
+    assert "curl" not in out and "8086" not in out and "urbansense demo --keep" in out
+    _print_summary(summary_console(), _summary(), stack, keep=True)  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert "curl -G http://127.0.0.1:41234/query" in out and f"--run-dir {tmp_path} down" in out

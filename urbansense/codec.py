@@ -367,7 +367,7 @@ class PlainSample(msgspec.Struct, omit_defaults=True, gc=False, forbid_unknown_f
     measurement, device, fields, time (q, err and urgent left out at their defaults).
     gc=False: it holds no containers that could make a cycle (fewer garbage collections)."""
 
-    m: Literal["water", "gas", "lighting", "elevator", "air"]  # == identifiers.MEASUREMENTS
+    m: str  # one of identifiers.MEASUREMENTS, checked in bulk by decode_plain_batch
     dev: str
     f: Annotated[dict[str, float | bool | _NoInteger], msgspec.Meta(min_length=1, max_length=MAX_FIELDS)]
     t: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)]
@@ -389,7 +389,7 @@ class PlainBatch(msgspec.Struct, gc=False, forbid_unknown_fields=True):
 
 
 _plain_decoder = msgspec.json.Decoder(PlainBatch)
-_DEV, _F, _URGENT = attrgetter("dev"), attrgetter("f"), attrgetter("urgent")
+_M, _DEV, _F, _URGENT = attrgetter("m"), attrgetter("dev"), attrgetter("f"), attrgetter("urgent")
 
 
 def _all_known(values: set[str], known: set[str], check: Any) -> bool:
@@ -411,7 +411,7 @@ def decode_plain_batch(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) ->
     if not (_known_identifier(batch.gw) and _known_identifier(batch.district)):
         return None
     samples = batch.samples
-    if samples and (any(map(_URGENT, samples))
+    if samples and (any(map(_URGENT, samples)) or not _MEASUREMENT_SET.issuperset(map(_M, samples))
                     or not _all_known(set(map(_DEV, samples)), _known_identifiers, _known_identifier)
                     or not _all_known(set().union(*map(_F, samples)), _plain_fields, _plain_field)):
         return None

@@ -11,10 +11,18 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from urbansense.identifiers import ID_PATTERN, MEASUREMENTS, METRIC_PATTERN
 from urbansense.registers import RegisterType, register_count
@@ -25,6 +33,17 @@ GATEWAYS_DIR = REPO_ROOT / "firmware-configs" / "gateways"
 
 M = TypeVar("M", bound=BaseModel)
 Order = Literal["ABCD", "CDAB", "BADC", "DCBA"]
+
+
+def _known_measurement(value: str) -> str:
+    if value not in MEASUREMENTS:
+        raise ValueError(f"must be one of {', '.join(MEASUREMENTS)}")
+    return value
+
+
+#: A measurement (one per family of city elements) from identifiers.MEASUREMENTS, the one
+#: list of them; profiles and rule files name theirs with this type.
+MeasurementName = Annotated[str, AfterValidator(_known_measurement)]
 Table = Literal["holding", "input", "coil", "discrete"]
 
 #: What to do about a bad key, by key name; shown as "fix:" under the error.
@@ -113,7 +132,7 @@ class Profile(_Model):
 
     profile: str = Field(pattern=ID_PATTERN)
     version: int = Field(default=1, ge=1)
-    measurement: Literal["water", "gas", "lighting", "elevator", "air"]
+    measurement: MeasurementName
     protocol: Literal["modbus", "mqtt"] = "modbus"
     description: str = ""
     order: Order = "ABCD"

@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from simulators.scenario import load_scenario  # the orchestrator reads scenario metadata
 
-    console = Console(stderr=args.json, quiet=args.headless)
+    console = summary_console(stderr=args.json, quiet=args.headless)
     probe = load_scenario(args.scenario)
     tcp_ports = sorted({link.port for g in probe.loaded for link in g.config.links if link.transport == "tcp"})
     offset = _port_offset(tcp_ports) if tcp_ports else 0
@@ -252,6 +252,13 @@ def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: 
     }
 
 
+def summary_console(*, stderr: bool = False, quiet: bool = False) -> Console:
+    """The demo's console: the terminal's width, or 140 columns when the output is piped or
+    logged (rich's default of 80 would cut rule names in the summary table)."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, quiet=quiet, width=None if stream.isatty() else 140)
+
+
 def _print_summary(console: Console, summary: dict[str, Any], stack: Stack, keep: bool) -> None:
     console.print()
     verdict = "[green]all verified[/]" if summary["verified"] else \
@@ -277,10 +284,12 @@ def _print_summary(console: Console, summary: dict[str, Any], stack: Stack, keep
     console.print(f"False alarms: {summary['false_alarms']}"
                   + (f" ({', '.join(summary['false_alarm_rules'])})" if summary["false_alarms"] else ""))
     console.print("\n[bold]Next steps[/]")
-    url = stack.influx_url if keep else "http://127.0.0.1:8086"
-    query = "SELECT * FROM alerts WHERE state = 'firing' ORDER BY time DESC LIMIT 5"
-    query = "SELECT * FROM alerts WHERE state = 'firing' ORDER BY time DESC LIMIT 5"
-    console.print(f'  curl -G {url}/query --data-urlencode db=city --data-urlencode "q={query}"')
+    if keep:  # the stack is still running: its InfluxDB is there to query
+        query = "SELECT * FROM alerts WHERE state = 'firing' ORDER BY time DESC LIMIT 5"
+        console.print(f'  curl -G {stack.influx_url}/query --data-urlencode db=city --data-urlencode "q={query}"')
+    else:
+        console.print("  urbansense demo --keep                                     # leave the stack running to "
+                      "query it (this list then shows its InfluxDB URL)")
     console.print(f"  urbansense rules backtest --scenario {summary['scenario']:<16} # tune rules offline, with plots")
     console.print("  docker compose up                                          # the same with Grafana at :3000")
     if keep:

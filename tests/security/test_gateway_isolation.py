@@ -25,7 +25,7 @@ from tests.ingest.harness import (
 )
 from tests.ingest.test_transcode import NOW, WINDOW, _batch, _sample, assert_same, fast_path, full_path
 from urbansense import codec, topics
-from urbansense.identifiers import RESERVED_FIELDS, RESERVED_STATUS_FIELDS
+from urbansense.identifiers import MEASUREMENTS, RESERVED_FIELDS, RESERVED_STATUS_FIELDS
 from urbansense.influx import InfluxClient
 from urbansense.schema import GatewayStatus, Sample, TelemetryBatch
 from urbansense.stack import Stack
@@ -185,10 +185,14 @@ def test_the_accelerator_is_configured_from_the_contract() -> None:
     from ingest import _fastline
 
     assert (_fastline.MAX_FIELDS, _fastline.MAX_STRING_FIELD) == (codec.MAX_FIELDS, codec.MAX_STRING_FIELD)
-    with pytest.raises(ValueError, match="ASCII strings of 1 to 63"):
-        _fastline.configure(("ok", "x" * 64), 10)
-    with pytest.raises(ValueError, match="at most 32"):
-        _fastline.configure(tuple(f"n{i}" for i in range(33)), 10)
+    with pytest.raises(ValueError, match="reserved names are ASCII strings of 1 to 63"):
+        _fastline.configure(("ok", "x" * 64), MEASUREMENTS, 10)
+    with pytest.raises(ValueError, match="at most 32 measurements"):
+        _fastline.configure((), tuple(f"n{i}" for i in range(33)), 10)
+    # a refused call changes nothing: the contract's sets are still in force
+    good = _batch([_sample()])
+    assert c_result(good) is not None
+    assert c_result(_batch([_sample(f={"device_error": 1.0})])) is None
 
 
 # ---------------------------------------------------------------- the whole ingester
@@ -252,3 +256,20 @@ def test_samples_built_in_code_are_checked_by_the_encoder_too() -> None:
     batch = TelemetryBatch("gw-1", "pudong", 1, NOW, [Sample("gs-1", "gas", NOW, {"device_error": 1.0})])
     encoded = LineEncoder(WINDOW).encode(batch, NOW)
     assert encoded.all_lines() == [] and "device_error are reserved" in encoded.problems[0]
+
+
+def test_the_accelerator_takes_its_measurements_at_start_up() -> None:
+    """No family is compiled into the C path: one it was never built with is taken once
+    configure() names it (as the domain registry will), and refused again without it."""
+    if not accelerator_in_use():
+        pytest.skip("the C accelerator is not built here (pure-Python path only)")
+    from ingest import _fastline
+
+    noise = _batch([_sample(m="noise", f={"laeq_db": 55.5})])
+    assert c_result(noise) is None
+    try:
+        _fastline.configure(tuple(sorted(RESERVED_FIELDS)), (*MEASUREMENTS, "noise"), codec.MAX_SAMPLES)
+        assert c_result(noise) == [f"noise,device=wp-0007,district=pudong,gateway=pd-gw-01 laeq_db=55.5 {NOW}"]
+    finally:
+        _fastline.configure(tuple(sorted(RESERVED_FIELDS)), MEASUREMENTS, codec.MAX_SAMPLES)
+    assert c_result(noise) is None
