@@ -409,6 +409,11 @@ class MqttClient:
         # topic against the filters costs more than handling a small message)
         self._routes: tuple[list[_Subscription], dict[str, _Subscription | None]] = (self._subs, {})
         self._connected = threading.Event()
+        # message ids of SUBSCRIBEs sent on this connection and not yet answered (SUBACK),
+        # and of SUBACKs that came before their SUBSCRIBE's id was recorded
+        self._unacked_subs: set[int] = set()
+        self._early_subacks: set[int] = set()
+        self._subs_acked = threading.Condition()
         self._stopping = False
         self._clean_start = clean_start
         self._session_expiry_s = session_expiry_s
@@ -511,6 +516,17 @@ class MqttClient:
     def wait_connected(self, timeout_s: float) -> bool:
         return self._connected.wait(timeout_s)
 
+    def wait_subscribed(self, timeout_s: float) -> bool:
+        """Wait until connected and every subscription made so far has its SUBACK, so that
+        a message published from now on reaches its handler (tests wait on this instead
+        of sleeping). False on time-out."""
+        deadline = time.monotonic() + timeout_s
+        if not self._connected.wait(timeout_s):
+            return False
+        with self._subs_acked:
+            return self._subs_acked.wait_for(lambda: not self._unacked_subs and self._connected.is_set(),
+                                             max(0.0, deadline - time.monotonic()))
+
     # ------------------------------------------------------------------ pub/sub
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
         """Queue a publish; returns its message id (PUBACK arrives via on_publish_ack)."""
@@ -553,7 +569,16 @@ class MqttClient:
         self._client.ack(mid, qos)
 
     def _do_subscribe(self, sub: _Subscription) -> None:
-        self._client.subscribe(sub.topic, options=SubscribeOptions(qos=sub.qos, noLocal=sub.no_local))
+        # paho is called outside our lock (it may take its callback mutex, which the network
+        # thread holds while it hands us a SUBACK); a SUBACK that beat us here is reconciled
+        rc, mid = self._client.subscribe(sub.topic, options=SubscribeOptions(qos=sub.qos, noLocal=sub.no_local))
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return
+        with self._subs_acked:
+            if mid in self._early_subacks:
+                self._early_subacks.discard(mid)
+            else:
+                self._unacked_subs.add(int(mid))
 
     # ------------------------------------------------------------------ callbacks
     def _handle_connect(self, client: paho.Client, userdata: object, flags: object,
@@ -564,6 +589,9 @@ class MqttClient:
             return
         self.stats.connects += 1
         self._warned_unanswered = False
+        with self._subs_acked:
+            self._unacked_subs.clear()  # a new connection: only its own SUBSCRIBEs count
+            self._early_subacks.clear()
         for sub in self._subs:
             self._do_subscribe(sub)
         self._connected.set()
@@ -639,8 +667,14 @@ class MqttClient:
 
     def _handle_subscribe(self, client: paho.Client, userdata: object, mid: int,
                           reasons: list[ReasonCode], props: Properties | None) -> None:
-        # stats.extra["subacks"]: SUBACKs received (tests wait on it before publishing)
+        # stats.extra["subacks"]: SUBACKs received
         self.stats.extra["subacks"] = self.stats.extra.get("subacks", 0) + 1
+        with self._subs_acked:
+            if mid in self._unacked_subs:
+                self._unacked_subs.discard(mid)
+            elif len(self._early_subacks) < 1024:
+                self._early_subacks.add(mid)
+            self._subs_acked.notify_all()
         failed = [str(r) for r in reasons if r.is_failure]
         if failed:
             log.error("MQTT %s refused a subscription: %s", self.settings.url, ", ".join(failed))

@@ -95,7 +95,7 @@ class Collector:
         self.client = MqttClient(MqttSettings.from_url(mqtt_url), unique("collect"))
         self.client.subscribe(topic, self._on, qos=1)
         self.client.connect()
-        time.sleep(0.2)
+        assert self.client.wait_subscribed(10), f"no SUBACK for {topic} within 10 s"
 
     def _on(self, msg: Any) -> None:
         with self._lock:

@@ -50,7 +50,7 @@ class Harness:
         self.thread = threading.Thread(target=self.svc.run, args=(60,), daemon=True)
         self.thread.start()
         assert self.svc.ready.wait(10) and self.svc.mqtt.wait_connected(10)
-        time.sleep(0.3)  # subscriptions settle
+        assert self.client.wait_subscribed(10) and self.svc.mqtt.wait_subscribed(10)
 
     def send(self, dev: str, t: int, pressure: float, *, district: str | None = None, gw: str = "gw-1") -> None:
         d = district or self.district

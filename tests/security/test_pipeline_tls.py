@@ -152,7 +152,7 @@ def _commands_over_tls(secure: SecureStack, district: str, gw: str) -> None:
     ops.subscribe(f"city/{district}/{gw}/cmd/result", lambda m: results.put(orjson.loads(m.payload)))
     ops.connect(timeout_s=10)
     try:
-        time.sleep(0.3)
+        assert ops.wait_subscribed(10)
         sent = {"w": ("setpoint_pct", 42.0), "ro": ("pressure_mpa", 1.0), "max": ("setpoint_pct", 150)}
         for cid, (field, value) in sent.items():
             ops.publish_wait(f"city/{district}/{gw}/cmd", orjson.dumps(
