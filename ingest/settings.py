@@ -1,20 +1,21 @@
 """Every option of the ingester, with its default, loadable from a YAML file
-(see ingest/ingest.example.yaml) and overridden by command-line flags."""
+(see ingest/ingest.example.yaml) and overridden by command-line flags. Read by the one
+config loader (urbansense.config: read_yaml, and its errors naming file, key and fix)."""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from urbansense.config import ConfigError
+from urbansense.config import ConfigError, _display, format_validation_error, read_yaml
 
 
-@dataclass(slots=True)
-class IngestSettings:
+class IngestSettings(BaseModel):
+    # strict: a number in quotes or 1 for true is a mistake in an ingester config
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     #: Lines per InfluxDB write (InfluxDB's own advice: 5,000-10,000).
     batch_lines: int = 5000
     #: Longest a reading waits in a partly filled batch.
@@ -102,45 +103,17 @@ class IngestSettings:
         """Settings from a YAML file (keys as above, under `ingest:` or at the top),
         then `overrides` that are not None."""
         values: dict[str, Any] = {}
+        shown = _display(path) if path is not None else "ingester options"
         if path is not None:
-            try:
-                raw = yaml.safe_load(path.read_text()) or {}
-            except (OSError, yaml.YAMLError) as exc:
-                raise ConfigError([f"{path}: cannot read ingester config: {exc}"]) from None
+            raw = read_yaml(path) or {}
             if not isinstance(raw, dict):
-                raise ConfigError([f"{path}: must be a mapping of option: value"])
+                raise ConfigError([f"{shown}: must be a mapping of option: value"])
             values = raw.get("ingest", raw)
             if not isinstance(values, dict):
-                raise ConfigError([f"{path}: ingest: must be a mapping of option: value"])
+                raise ConfigError([f"{shown}: ingest: must be a mapping of option: value"])
         values = {**values, **{k: v for k, v in overrides.items() if v is not None}}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            where = f"{path}: " if path else ""
-            raise ConfigError([f"{where}unknown option {key!r}; known options: {', '.join(sorted(known))}"
-                               for key in unknown])
-        type_problems = [_type_problem(name, value, path) for name, value in values.items()]
-        if any(type_problems):
-            raise ConfigError([why for why in type_problems if why])
-        return cls(**values).check()
-
-
-def _type_problem(name: str, value: Any, path: Path | None) -> str | None:
-    default = getattr(IngestSettings(), name)
-    where = f"{path}: " if path else ""
-    if default is None and name in ("max_age_s",):
-        ok = value is None or (isinstance(value, int | float) and not isinstance(value, bool))
-    elif default is None:
-        ok = value is None or isinstance(value, str)
-    elif isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, type(default))
-    if ok:
-        return None
-    expected = "a number" if isinstance(default, float) else type(default).__name__
-    return f"{where}{name}: expected {expected}, got {value!r}"
+        try:
+            settings = cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(shown, cls, exc, values)) from None
+        return settings.check()

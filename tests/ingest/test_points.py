@@ -119,9 +119,17 @@ def test_settings_from_example_file_and_errors(tmp_path: Path) -> None:
     bad.write_text("ingest:\n  batch_lines: many\n  recieve_maximum: 5\n")
     with pytest.raises(ConfigError) as err:
         IngestSettings.load(bad)
-    assert "unknown option 'recieve_maximum'" in str(err.value)
-    bad.write_text("ingest:\n  batch_lines: many\n")
-    with pytest.raises(ConfigError, match="batch_lines: expected int, got 'many'"):
+    # the one config loader's messages: file, key, and a fix for a misspelt key
+    assert "bad.yaml: recieve_maximum: unknown key 'recieve_maximum'" in str(err.value)
+    assert "fix: did you mean 'receive_maximum'?" in str(err.value)
+    assert "bad.yaml: batch_lines: Input should be a valid integer (got 'many')" in str(err.value)
+    bad.write_text("ingest:\n  leave_on_stop: 1\n  gzip_level: '3'\n")
+    with pytest.raises(ConfigError) as err:
+        IngestSettings.load(bad)  # strict: no 1 for true, no number in quotes
+    assert "leave_on_stop: Input should be a valid boolean (got 1)" in str(err.value)
+    assert "gzip_level: Input should be a valid integer (got '3')" in str(err.value)
+    bad.write_text("ingest:\n  batch_lines: [\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:3:1: YAML syntax error"):
         IngestSettings.load(bad)
     with pytest.raises(ConfigError, match="receive_maximum: MQTT allows at most 65535"):
         IngestSettings(receive_maximum=70000).check()
