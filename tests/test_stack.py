@@ -152,3 +152,21 @@ def test_restored_shared_group_takes_nothing_until_a_member_reconnects(private_s
         client.close()
     assert sorted(got["plain"]) == [b"after", b"before"]
     assert got["shared"] == [b"before"], "Mosquitto now routes to a restored shared group"
+
+
+def test_the_private_broker_delivers_as_the_deployment_does(stack: Stack) -> None:
+    """One set of delivery settings (deploy/mosquitto/conf.d/delivery.conf): every line of
+    it is in the running broker's config, followed only by the documented differences."""
+    from urbansense.stack import DELIVERY_CONF
+
+    conf = (stack.run_dir / "mosquitto" / "mosquitto.conf").read_text()
+    shared = [line for line in DELIVERY_CONF.read_text().splitlines() if line and not line.startswith("#")]
+    assert {"max_queued_messages 0", "max_queued_bytes 268435456", "message_size_limit 262144"} <= set(shared)
+    for line in shared:
+        assert line in conf.splitlines(), line
+    after = conf.split("this private broker's differences", 1)[1].split("\n", 1)[1]
+    assert [line.split()[0] for line in after.splitlines() if line and not line.startswith("#")] == [
+        "autosave_interval", "message_size_limit"]
+    deployed = (DELIVERY_CONF.parent.parent / "mosquitto.conf").read_text()
+    assert "include_dir /mosquitto/config/conf.d" in deployed
+    assert not any(line.split()[0] in deployed for line in shared if line.split()[0] != "persistence")

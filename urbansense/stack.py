@@ -89,30 +89,37 @@ class ServiceState:
         return f"http://127.0.0.1:{self.port}"
 
 
+#: The delivery settings shared with the deployment (one set for both).
+DELIVERY_CONF = REPO_ROOT / "deploy" / "mosquitto" / "conf.d" / "delivery.conf"
+
 MOSQUITTO_CONF = """\
 # Written by urbansense stack; private broker for this run folder.
 listener {port} 127.0.0.1
 allow_anonymous true
 user {user}
-persistence true
 persistence_location {data}/
-autosave_interval 10
-# Never drop QoS 1 messages silently: the default max_queued_messages 1000 does.
-max_queued_messages 0
-max_queued_bytes 0
-max_inflight_messages 1000
-# Nagle adds ~40 ms per hop on small messages.
-set_tcp_nodelay true
-persistent_client_expiration 2d
 log_dest file {log}
 log_type error
 log_type warning
 log_type notice
 connection_messages {connection_messages}
-# Largest payload the broker takes (0 = no limit, the default here: tests of the
-# ingester's own limit need oversized payloads to reach it; deploy/ sets 262144).
+# ---- the deployment's delivery settings ({delivery_path})
+{delivery}
+# ---- this private broker's differences (later lines win):
+# autosave more often: tests kill brokers, less to lose
+autosave_interval 10
+# largest payload (0 = no limit, the default here: tests of the ingester's own limit need
+# oversized payloads to reach it)
 message_size_limit {message_size_limit}
 {security}"""
+
+
+def _delivery_settings() -> str:
+    try:
+        return DELIVERY_CONF.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise StackError(f"cannot read the broker's delivery settings {DELIVERY_CONF}: {exc.strerror}; "
+                         "run from a complete checkout (deploy/mosquitto/conf.d/)") from None
 
 
 @dataclass
@@ -268,6 +275,7 @@ class Stack:
             security = self.broker_security
             conf.write_text(MOSQUITTO_CONF.format(
                 port=port, user=getpass.getuser(), data=svc_dir / "data", log=log_path,
+                delivery=_delivery_settings(), delivery_path=DELIVERY_CONF.relative_to(REPO_ROOT),
                 message_size_limit=self.max_payload_bytes or 0,
                 # with accounts, the log says who connected: the security tests read it
                 connection_messages="true" if security else "false",

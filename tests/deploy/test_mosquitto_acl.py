@@ -56,9 +56,10 @@ def deploy_config(port: int, run_dir: Path) -> str:
     conf = re.sub(r"^listener 1883$", f"listener {port} 127.0.0.1", conf, flags=re.M)
     conf = conf.replace("/mosquitto/data/passwd", str(run_dir / "passwd"))
     conf = conf.replace("/mosquitto/config/acl", str(DEPLOY / "acl"))
+    conf = conf.replace("/mosquitto/config/conf.d", str(DEPLOY / "conf.d"))
     conf = conf.replace("/mosquitto/data/", f"{run_dir}/")
     conf = conf.replace("log_dest stdout", f"log_dest file {run_dir / 'mosquitto.log'}")
-    assert str(run_dir / "passwd") in conf and str(DEPLOY / "acl") in conf
+    assert str(run_dir / "passwd") in conf and str(DEPLOY / "acl") in conf and str(DEPLOY / "conf.d") in conf
     return conf + f"user {getpass.getuser()}\n"
 
 

@@ -120,8 +120,9 @@ def _listening(port: int) -> bool:
 
 def test_the_deployment_broker_refuses_payloads_above_the_limit(deploy_broker: tuple[int, str]) -> None:
     port, password = deploy_broker
-    conf = (DEPLOY / "mosquitto.conf").read_text()
+    conf = (DEPLOY / "conf.d" / "delivery.conf").read_text()
     assert f"message_size_limit {LIMIT}" in conf
+    assert "include_dir /mosquitto/config/conf.d" in (DEPLOY / "mosquitto.conf").read_text()
     _only_the_limit_passes(port, "city/pudong/pd-gw-big/cmd", "ops", password)
 
 
