@@ -1,4 +1,4 @@
-"""The lean receive path of the MQTT adapter (urbansense/mqtt.py, `_BufferedClient`):
+"""The lean receive path of the MQTT adapter (urbansense/mqtt/lean.py, `_BufferedClient`):
 whole packets framed out of large socket reads, QoS 0/1 PUBLISH parsed without paho's
 per-message machinery, everything else handed to paho.
 
@@ -531,3 +531,17 @@ def test_lean_switch_chooses_the_message_kind_not_what_handlers_get(
     zero, one = sorted(inbox.messages, key=lambda m: m.qos)
     assert (zero.topic, zero.payload, zero.qos, zero.mid, zero.retain) == (topic, b"zero", 0, 0, False)
     assert (one.topic, one.payload, one.qos, one.retain) == (topic, b"one", 1, False) and one.mid > 0
+
+
+def test_paho_still_has_what_the_lean_path_uses() -> None:
+    """paho is pinned to the tested minor; an upgrade that drops or renames a private
+    member the lean reader relies on, or stops reading through loop_read (which the lean
+    client overrides), fails here rather than silently in production."""
+    import inspect
+
+    from urbansense.mqtt.lean import PAHO_INTERNALS
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    assert [name for name in PAHO_INTERNALS if not hasattr(client, name)] == []
+    assert "self.loop_read()" in inspect.getsource(paho.Client._loop)
+    assert _BufferedClient.loop_read is not paho.Client.loop_read

@@ -1,4 +1,4 @@
-"""The MQTT adapter's receive path the ingester leans on (urbansense/mqtt.py): buffered
+"""The MQTT adapter's receive path the ingester leans on (urbansense/mqtt/lean.py): buffered
 socket reads and the cached topic -> handler routes."""
 
 from __future__ import annotations

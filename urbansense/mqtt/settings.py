@@ -1,0 +1,60 @@
+"""MQTT connection settings: the broker URL, credentials and TLS from the environment
+(never from config files), the last will."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+
+class MqttError(RuntimeError):
+    pass
+
+
+@dataclass(slots=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    ca_file: str | None = None
+    keepalive_s: int = 30
+    username: str | None = None
+    password: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: object) -> MqttSettings:
+        """mqtt://host:port or mqtts://host:port; credentials from the environment."""
+        parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+        tls = parsed.scheme in ("mqtts", "ssl", "tls")
+        settings = cls(host=parsed.hostname or "127.0.0.1", port=parsed.port or (8883 if tls else 1883), tls=tls)
+        settings.apply_env()
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(settings, key, value)
+        return settings
+
+    def apply_env(self) -> MqttSettings:
+        env = os.environ
+        self.username = env.get("URBANSENSE_MQTT_USERNAME") or self.username
+        self.password = env.get("URBANSENSE_MQTT_PASSWORD") or self.password
+        self.ca_file = env.get("URBANSENSE_MQTT_CA_FILE") or self.ca_file
+        self.cert_file = env.get("URBANSENSE_MQTT_CERT_FILE") or self.cert_file
+        self.key_file = env.get("URBANSENSE_MQTT_KEY_FILE") or self.key_file
+        if self.ca_file:
+            self.tls = True
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
