@@ -23,7 +23,7 @@ from urbansense.clock import now_ms
 from urbansense.config import LoadedGateway
 from urbansense.mqtt import Message, MqttClient, MqttSettings, Will
 from urbansense.schema import GatewayStatus, Sample
-from urbansense.stack import default_run_dir
+from urbansense.paths import default_run_dir
 
 log = logging.getLogger("urbansense.edge")
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

@@ -10,10 +10,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from urbansense import paths
 from urbansense.config import ConfigError, LoadedGateway, load_gateway
 
 log = logging.getLogger("urbansense.rules")
-GATEWAYS_DIR = Path(__file__).resolve().parents[1] / "firmware-configs" / "gateways"
+GATEWAYS_DIR = paths.GATEWAYS_DIR
 
 
 @dataclass(frozen=True, slots=True)

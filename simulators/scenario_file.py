@@ -15,7 +15,6 @@ from simulators.faults import FAULT_DEFAULTS, FAULT_TYPES, LINK_FAULTS
 from simulators.incidents import INCIDENT_TYPES
 from simulators.timeline import parse_duration
 from urbansense.config import (
-    GATEWAYS_DIR,
     ConfigError,
     LoadedGateway,
     format_validation_error,
@@ -23,6 +22,7 @@ from urbansense.config import (
     read_yaml,
 )
 from urbansense.identifiers import ID_PATTERN
+from urbansense.paths import GATEWAYS_DIR
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 Duration = str | float

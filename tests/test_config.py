@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from urbansense.config import GATEWAYS_DIR, PROFILES_DIR, ConfigError, load_gateway, load_profile, load_profiles
+from urbansense.config import ConfigError, load_gateway, load_profile, load_profiles
+from urbansense.paths import GATEWAYS_DIR, PROFILES_DIR
 
 PROFILE = """\
 profile: test-meter

@@ -25,11 +25,8 @@ from pydantic import (
 )
 
 from urbansense.identifiers import ID_PATTERN, MEASUREMENTS, METRIC_PATTERN
+from urbansense.paths import PROFILES_DIR
 from urbansense.registers import RegisterType, register_count
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PROFILES_DIR = REPO_ROOT / "firmware-configs" / "profiles"
-GATEWAYS_DIR = REPO_ROOT / "firmware-configs" / "gateways"
 
 M = TypeVar("M", bound=BaseModel)
 Order = Literal["ABCD", "CDAB", "BADC", "DCBA"]

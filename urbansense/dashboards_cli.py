@@ -59,8 +59,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _inventory(args: argparse.Namespace) -> int:
-    from urbansense.config import GATEWAYS_DIR
     from urbansense.grafana.inventory import load_inventory, write_inventory
+    from urbansense.paths import GATEWAYS_DIR
 
     devices = load_inventory(args.gateways or GATEWAYS_DIR)
     for path in write_inventory(args.out, devices):

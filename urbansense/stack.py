@@ -24,7 +24,8 @@ from pathlib import Path
 
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from urbansense.paths import BROKER_DELIVERY_CONF, CHECKOUT, default_run_dir
+
 SERVICES = ("mosquitto", "influxd")
 
 
@@ -32,9 +33,6 @@ class StackError(RuntimeError):
     pass
 
 
-def default_run_dir() -> Path:
-    env = os.environ.get("URBANSENSE_RUN_DIR")
-    return Path(env) if env else REPO_ROOT / ".run"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -90,7 +88,7 @@ class ServiceState:
 
 
 #: The delivery settings shared with the deployment (one set for both).
-DELIVERY_CONF = REPO_ROOT / "deploy" / "mosquitto" / "conf.d" / "delivery.conf"
+DELIVERY_CONF = BROKER_DELIVERY_CONF
 
 MOSQUITTO_CONF = """\
 # Written by urbansense stack; private broker for this run folder.
@@ -275,7 +273,7 @@ class Stack:
             security = self.broker_security
             conf.write_text(MOSQUITTO_CONF.format(
                 port=port, user=getpass.getuser(), data=svc_dir / "data", log=log_path,
-                delivery=_delivery_settings(), delivery_path=DELIVERY_CONF.relative_to(REPO_ROOT),
+                delivery=_delivery_settings(), delivery_path=DELIVERY_CONF.relative_to(CHECKOUT),
                 message_size_limit=self.max_payload_bytes or 0,
                 # with accounts, the log says who connected: the security tests read it
                 connection_messages="true" if security else "false",

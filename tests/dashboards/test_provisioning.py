@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from urbansense.config import GATEWAYS_DIR, ConfigError, load_gateway
+from urbansense.config import ConfigError, load_gateway
 from urbansense.grafana import DATASOURCE_UID
 from urbansense.grafana.catalog import AQI_TABLE, POLLUTANT_PANELS, ROLLUP_RP
 from urbansense.grafana.checks import iter_panels, structure_problems, targets, variable_names
 from urbansense.grafana.inventory import gazetteer, geojson, load_inventory
 from urbansense.grafana.provisioning import DASHBOARDS_DIR, load_dashboards, stale_files
 from urbansense.identifiers import DOMAINS, SEVERITIES
+from urbansense.paths import GATEWAYS_DIR
 
 DASHBOARDS = load_dashboards()
 

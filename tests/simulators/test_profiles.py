@@ -97,7 +97,8 @@ def test_offline_readout_equals_what_the_edge_decodes_from_registers(profile) ->
 
 
 def test_the_example_profile_is_valid_and_serves() -> None:
-    from urbansense.config import GATEWAYS_DIR, Profile, load_model
+    from urbansense.config import Profile, load_model
+    from urbansense.paths import GATEWAYS_DIR
 
     example = load_model(GATEWAYS_DIR.parent / "example-profile.yaml", Profile)
     tables = DeviceTables(example)

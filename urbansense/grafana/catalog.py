@@ -34,11 +34,10 @@ from urbansense.grafana.panels import (
     timeseries,
     value_map,
 )
+from urbansense.paths import AQI_TABLE
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The versioned AQI table the rules engine computes with; the air dashboard draws the
 #: same breakpoints (one source of numbers).
-AQI_TABLE = REPO_ROOT / "rules" / "tables" / "aqi-hj633-2012.yaml"
 
 # Roll-ups made by `urbansense ingest init` (continuous queries; see ingest/README.md).
 ROLLUP_RP = "rollup_1h"

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from urbansense.config import GATEWAYS_DIR, ConfigError, load_gateway
+from urbansense.config import ConfigError, load_gateway
+from urbansense.paths import GATEWAYS_DIR
 
 GAZETTEER_FILE = "urbansense-devices.json"
 GEOJSON_FILE = "urbansense-devices.geojson"
