@@ -63,6 +63,9 @@ class RulesService:
         self.config = config
         self.rules: list[Rule] = load_catalog(config.rules_path)
         self._rule_mtimes = self._mtimes()
+        #: rule-file changes applied, and refused as invalid (the running rules kept)
+        self.reloads = 0
+        self.reloads_refused = 0
         inventory = (load_inventory(config.gateways, config.districts, strict=False)
                      if config.gateways is not None else [])
         self.engine = RulesEngine(self.rules, inventory, flap_changes=config.flap_changes,
@@ -206,10 +209,12 @@ class RulesService:
         except ConfigError as exc:
             log.error("rule files changed but are invalid; keeping the running rules:\n  %s",
                       "\n  ".join(exc.problems))
+            self.reloads_refused += 1
             return
         for event in self.engine.reload(rules):
             self.publish(event)
         self.rules = rules
+        self.reloads += 1
         log.info("reloaded %d rules (state of unchanged rules kept)", len(rules))
 
     def _self_metrics(self, samples_per_s: float) -> None:

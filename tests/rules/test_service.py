@@ -14,6 +14,7 @@ import pytest
 
 from rules.service import RulesService, ServiceConfig
 from rules.silences import SILENCE_TOPIC_PREFIX, Silence
+from tests.waiting import wait_for
 from urbansense import codec, topics
 from urbansense.influx import InfluxClient
 from urbansense.mqtt import MqttClient, MqttSettings
@@ -134,7 +135,7 @@ def test_silence_from_a_retained_message(harness: Harness) -> None:
     silence = Silence(sid, {"device": "wp-2", "district": harness.district}, t - 1000, t + 600_000)
     harness.client.publish_wait(SILENCE_TOPIC_PREFIX + sid, silence.to_wire(), retain=True)
     try:
-        time.sleep(0.5)
+        wait_for(lambda: len(harness.svc.engine.silences) >= 1, 10, "the service's copy of the silence")
         harness.send("wp-2", t, 0.1)
         harness.send("wp-3", t, 0.1)
         ev = harness.next_alert()
@@ -149,9 +150,9 @@ def test_hot_reload_keeps_running_and_applies_new_thresholds(harness: Harness, r
     harness.send("wp-4", t, 0.19)
     assert harness.next_alert().state == "firing"
     (rules_dir / "water.yaml").write_text("domain: water\nrules: [ {id: broken") # invalid: kept running
-    time.sleep(0.6)
+    wait_for(lambda: harness.svc.reloads_refused == 1, 10, "the invalid edit refused")
     (rules_dir / "water.yaml").write_text(RULES.replace("THRESHOLD", "0.15"))
-    time.sleep(0.8)
+    wait_for(lambda: harness.svc.reloads == 1, 10, "the valid edit applied")
     harness.send("wp-5", t + 1000, 0.19)  # fine under the new threshold
     harness.send("wp-6", t + 1000, 0.1)
     ev = harness.next_alert()
