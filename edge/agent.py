@@ -22,8 +22,8 @@ from urbansense import __version__, codec, topics
 from urbansense.clock import now_ms
 from urbansense.config import LoadedGateway
 from urbansense.mqtt import Message, MqttClient, MqttSettings, Will
-from urbansense.schema import GatewayStatus, Sample
 from urbansense.paths import default_run_dir
+from urbansense.schema import GatewayStatus, Sample
 
 log = logging.getLogger("urbansense.edge")
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

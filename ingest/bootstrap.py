@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from urbansense.grafana.influxql import parse_duration_ms
 from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient, InfluxError
+from urbansense.influxql import parse_duration_ms
 
 RAW_RP = "raw"
 

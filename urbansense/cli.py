@@ -20,7 +20,7 @@ COMPONENT_CLIS = (
     "edge.cli",
     "ingest.cli",
     "rules.cli",
-    "urbansense.dashboards_cli",
+    "dashboards.cli",
     "urbansense.demo",
 )
 

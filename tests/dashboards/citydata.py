@@ -15,12 +15,12 @@ import random
 import time
 from dataclasses import dataclass
 
+from dashboards.builder.catalog import ROLLUP_RP
 from ingest.bootstrap import ROLLUPS, continuous_query, init_database
 from ingest.metrics import IngestMetrics
 from ingest.points import batch_lines, status_line
 from rules.engine import alert_line
 from simulators.scenario import load_scenario
-from urbansense.grafana.catalog import ROLLUP_RP
 from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient
 from urbansense.lineprotocol import encode_point

@@ -8,20 +8,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.dashboards.citydata import CityData, simulate
-from urbansense.cli import main
-from urbansense.grafana.alerting import rule_query
-from urbansense.grafana.checks import (
+from dashboards.builder.alerting import rule_query
+from dashboards.builder.checks import (
     PanelTarget,
     has_values,
     run_target,
     targets,
     variable_values,
 )
-from urbansense.grafana.influxql import ALL, TimeRange
-from urbansense.grafana.inventory import load_inventory
-from urbansense.grafana.provisioning import load_dashboards
+from dashboards.builder.inventory import load_inventory
+from dashboards.builder.provisioning import load_dashboards
+from tests.dashboards.citydata import CityData, simulate
+from urbansense.cli import main
 from urbansense.influx import InfluxClient
+from urbansense.influxql import ALL, TimeRange
 from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
+from dashboards.builder.alerting import rule_query
+from dashboards.builder.catalog import alerts_table
 from rules.engine import RulesEngine, alert_lines
 from tests.rules.helpers import rule, series
-from urbansense.grafana.alerting import rule_query
-from urbansense.grafana.catalog import alerts_table
-from urbansense.grafana.influxql import ALL, TimeRange, expand
 from urbansense.influx import InfluxClient
+from urbansense.influxql import ALL, TimeRange, expand
 
 pytestmark = pytest.mark.integration
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dashboards.builder import DATASOURCE_UID
+from dashboards.builder.catalog import AQI_TABLE, POLLUTANT_PANELS, ROLLUP_RP
+from dashboards.builder.checks import iter_panels, structure_problems, targets, variable_names
+from dashboards.builder.inventory import gazetteer, geojson, load_inventory
+from dashboards.builder.provisioning import DASHBOARDS_DIR, load_dashboards, stale_files
 from urbansense.config import ConfigError, load_gateway
-from urbansense.grafana import DATASOURCE_UID
-from urbansense.grafana.catalog import AQI_TABLE, POLLUTANT_PANELS, ROLLUP_RP
-from urbansense.grafana.checks import iter_panels, structure_problems, targets, variable_names
-from urbansense.grafana.inventory import gazetteer, geojson, load_inventory
-from urbansense.grafana.provisioning import DASHBOARDS_DIR, load_dashboards, stale_files
 from urbansense.identifiers import DOMAINS, SEVERITIES
 from urbansense.paths import GATEWAYS_DIR
 
@@ -164,8 +164,8 @@ def test_geomap_uses_the_inventory_files() -> None:
 
 
 def test_rollup_names_match_what_the_ingester_creates() -> None:
+    from dashboards.builder.catalog import ROLLUP_INTERVAL, ROLLUP_SUFFIX, rollup_field
     from ingest.bootstrap import ROLLUPS, continuous_query
-    from urbansense.grafana.catalog import ROLLUP_INTERVAL, ROLLUP_SUFFIX, rollup_field
 
     (rollup,) = [r for r in ROLLUPS if r.retention_policy == ROLLUP_RP]
     assert rollup.measurement("water") == "water" + ROLLUP_SUFFIX

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from dashboards.builder.provisioning import load_dashboards
+from dashboards.builder.push import PushError, push
 from urbansense.cli import main
-from urbansense.grafana.provisioning import load_dashboards
-from urbansense.grafana.push import PushError, push
 
 
 class FakeGrafana:

@@ -4,7 +4,7 @@ Grafana.
 
 The files Grafana loads live in ``dashboards/`` (written by ``urbansense dashboards
 build``); a test runs every panel's query against a real InfluxDB (see
-``urbansense.grafana.influxql`` for how Grafana's macros are expanded).
+``urbansense.influxql`` for how Grafana's macros are expanded).
 """
 
 from __future__ import annotations

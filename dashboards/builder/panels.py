@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from urbansense.grafana import DATASOURCE
+from dashboards.builder import DATASOURCE
 
 Json = dict[str, Any]
 #: Threshold steps as (colour, lower bound); the first bound is None (-infinity).
@@ -22,7 +22,7 @@ GREEN_ONLY: Steps = [("green", None)]
 def influxql(query: str, *, ref: str = "A", alias: str | None = None, table: bool = False,
              hide: bool = False) -> Json:
     """A raw InfluxQL target. ``$timeFilter``, ``$__interval`` and the template
-    variables are expanded by Grafana (and by :mod:`urbansense.grafana.influxql`)."""
+    variables are expanded by Grafana (and by :mod:`urbansense.influxql`)."""
     target: Json = {"refId": ref, "datasource": dict(DATASOURCE), "query": query, "rawQuery": True,
                     "resultFormat": "table" if table else "time_series"}
     if alias:

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from urbansense.grafana.inventory import GAZETTEER_PATH, GEOJSON_PATH
-from urbansense.grafana.panels import (
+from dashboards.builder.inventory import GAZETTEER_PATH, GEOJSON_PATH
+from dashboards.builder.panels import (
     Json,
     Panel,
     Steps,

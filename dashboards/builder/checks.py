@@ -7,9 +7,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from urbansense.grafana import DATASOURCE_UID
-from urbansense.grafana.influxql import TimeRange, expand, parse_duration_ms, variables_in
+from dashboards.builder import DATASOURCE_UID
 from urbansense.influx import InfluxClient, Series
+from urbansense.influxql import TimeRange, expand, parse_duration_ms, variables_in
 
 Json = dict[str, Any]
 #: Variables Grafana itself provides to InfluxQL queries.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from urbansense.grafana import DATASOURCE_UID, FOLDER_TITLE
+from dashboards.builder import DATASOURCE_UID, FOLDER_TITLE
 from urbansense.identifiers import DOMAINS, SEVERITIES
 
 Json = dict[str, Any]

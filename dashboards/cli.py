@@ -1,6 +1,6 @@
 """`urbansense dashboards build | inventory | check | push`: Grafana provisioning from code.
 
-    urbansense dashboards build                   # rewrite dashboards/ from urbansense/grafana/
+    urbansense dashboards build                   # rewrite dashboards/ from dashboards/builder/
     urbansense dashboards inventory --out DIR     # device map files from firmware-configs/gateways
     urbansense dashboards check [--influx URL]    # files current + structure (+ every query has data)
     GRAFANA_TOKEN=... urbansense dashboards push --url http://grafana:3000
@@ -46,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from urbansense.grafana.inventory import load_inventory, write_inventory
-    from urbansense.grafana.provisioning import DASHBOARDS_DIR, build
+    from dashboards.builder.inventory import load_inventory, write_inventory
+    from dashboards.builder.provisioning import DASHBOARDS_DIR, build
 
     out = args.out or DASHBOARDS_DIR
     written = build(out)
@@ -59,7 +59,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _inventory(args: argparse.Namespace) -> int:
-    from urbansense.grafana.inventory import load_inventory, write_inventory
+    from dashboards.builder.inventory import load_inventory, write_inventory
     from urbansense.paths import GATEWAYS_DIR
 
     devices = load_inventory(args.gateways or GATEWAYS_DIR)
@@ -70,10 +70,10 @@ def _inventory(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from urbansense.grafana.checks import has_values, structure_problems, targets
-    from urbansense.grafana.influxql import ALL, TimeRange, parse_duration_ms
-    from urbansense.grafana.provisioning import load_dashboards, stale_files
+    from dashboards.builder.checks import has_values, structure_problems, targets
+    from dashboards.builder.provisioning import load_dashboards, stale_files
     from urbansense.influx import InfluxClient, InfluxError
+    from urbansense.influxql import ALL, TimeRange, parse_duration_ms
 
     problems = [f"dashboards/{rel}: differs from the code; run: urbansense dashboards build"
                 for rel in stale_files()]
@@ -105,8 +105,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from urbansense.grafana.provisioning import load_dashboards
-    from urbansense.grafana.push import push, token_from_env
+    from dashboards.builder.provisioning import load_dashboards
+    from dashboards.builder.push import push, token_from_env
 
     result = push(args.url, load_dashboards(), token_from_env(), timeout_s=args.timeout)
     if result.folder_created:

@@ -15,7 +15,7 @@ from typing import Any
 from grafana_client import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException
 
-from urbansense.grafana import FOLDER_TITLE, FOLDER_UID
+from dashboards.builder import FOLDER_TITLE, FOLDER_UID
 
 TOKEN_ENV = "GRAFANA_TOKEN"
 
