@@ -131,5 +131,7 @@ class MqttInputLink:
         fields = state.deadband.filter(fields, t)
         if fields:
             self.telemetry.sample_taken()
+            # an uncertain sample says why (the ingester stores it as quality_reason)
             self.sink(Sample(state.spec.id, state.profile.measurement, t, fields,
-                             q="uncertain" if problems else "good", urgent=urgent))
+                             q="uncertain" if problems else "good",
+                             err="; ".join(problems)[:200] if problems else None, urgent=urgent))

@@ -71,6 +71,7 @@ def test_mqtt_sensors_map_through_the_profile(tmp_path: Path, stack: Stack) -> N
     assert "temp_c" not in samples[1].f
     assert samples[2].f["temp_c"] == 20.8 and samples[2].urgent is True
     assert samples[3].f == {"no2_ugm3": pytest.approx(20.68)}
+    assert samples[3].err is not None and "pm25" in samples[3].err  # the uncertain sample says why
     assert "JSON" in (samples[4].err or "")
 
 
