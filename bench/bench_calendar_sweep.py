@@ -16,19 +16,15 @@ Exit code 1 when a run breaks a property.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 import time
 
 from rules.sweep import SHIPPED_SCENARIOS, SWEEP_DATES, SweepRun, sweep
-from simulators import daylight
 
 
 def row(r: SweepRun) -> str:
-    dusk = daylight.dawn_dusk_ms(daylight.local_day(r.start_ms))[1]
     lead = "–" if r.lead_min_s is None else f"{r.lead_min_s / 60:+.1f} min"
-    return (f"| {r.scenario} | {r.date:%Y-%m-%d %a} | {r.seed} | "
-            f"{dt.datetime.fromtimestamp(dusk / 1000, daylight.TZ):%H:%M} | "
+    return (f"| {r.scenario} | {r.date:%Y-%m-%d %a} | {r.seed} | {r.dusk} | "
             f"{r.incidents - len(r.missed)}/{r.incidents} | {len(r.false_alarms)} | {r.busiest_events} | {lead} | "
             f"{'ok' if not r.violations else 'FAIL: ' + '; '.join(r.violations)} |")
 

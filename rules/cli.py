@@ -189,7 +189,6 @@ def _sweep(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from rules import sweep
-    from simulators import daylight
 
     try:
         dates = [dt.date.fromisoformat(d) for d in args.dates] if args.dates else list(sweep.SWEEP_DATES)
@@ -216,10 +215,8 @@ def _sweep(args: argparse.Namespace) -> int:
                 "least lead", "verdict"):
         table.add_column(col)
     for r in runs:
-        dusk = daylight.dawn_dusk_ms(daylight.local_day(r.start_ms))[1]
         lead = "-" if r.lead_min_s is None else f"{r.lead_min_s / 60:+.1f} min"
-        table.add_row(r.scenario, f"{r.date:%Y-%m-%d %a}", str(r.seed),
-                      dt.datetime.fromtimestamp(dusk / 1000, daylight.TZ).strftime("%H:%M"),
+        table.add_row(r.scenario, f"{r.date:%Y-%m-%d %a}", str(r.seed), r.dusk,
                       f"{r.incidents - len(r.missed)}/{r.incidents}",
                       f"{len(r.false_alarms)} ({r.false_alarm_rate:.2f})",
                       f"{r.busiest_alert} ({r.busiest_events})" if r.busiest_events else "-", lead,

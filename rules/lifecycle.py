@@ -189,7 +189,7 @@ class Episode:
     active: set[str]  # those still flapping
     started: int
     severity: int  # the highest severity any of its alerts reached
-    reason: str = ""  # what made its first alert flap, e.g. "fired 6 times within 240 min"
+    reason: str = ""  # what made its first alert flap, e.g. "fired 6 times within 4 h"
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,14 @@ class SweepRun:
     violations: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
+    @property
+    def dusk(self) -> str:
+        """Civil dusk in Shanghai on the run's first day, HH:MM (where the date shows)."""
+        from simulators import daylight
+
+        dusk_ms = daylight.dawn_dusk_ms(daylight.local_day(self.start_ms))[1]
+        return dt.datetime.fromtimestamp(dusk_ms / 1000, daylight.TZ).strftime("%H:%M")
+
     def as_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "date": self.date.isoformat(), "seed": self.seed,
                 "start_ms": self.start_ms, "incidents": self.incidents, "missed": self.missed,

@@ -157,7 +157,7 @@ def test_restored_shared_group_takes_nothing_until_a_member_reconnects(private_s
 def test_the_private_broker_delivers_as_the_deployment_does(stack: Stack) -> None:
     """One set of delivery settings (deploy/mosquitto/conf.d/delivery.conf): every line of
     it is in the running broker's config, followed only by the documented differences."""
-    from urbansense.stack import DELIVERY_CONF
+    from urbansense.paths import BROKER_DELIVERY_CONF as DELIVERY_CONF
 
     conf = (stack.run_dir / "mosquitto" / "mosquitto.conf").read_text()
     shared = [line for line in DELIVERY_CONF.read_text().splitlines() if line and not line.startswith("#")]

@@ -280,8 +280,7 @@ def check_sample(raw: Any, path: str = "sample") -> Sample:
     err = raw.get("err")
     if err is not None:
         err = _str(err, f"{path}.err")
-        if len(err) > MAX_STRING_FIELD:
-            raise _problem(f"{path}.err", f"string of {len(err)} characters exceeds {MAX_STRING_FIELD}")
+        check_field_value(err, f"{path}.err")  # the string field's length bound, and its message
         if q == "good" and err:
             raise _problem(f"{path}.err", 'only a sample with q="bad" or q="uncertain" says why; '
                                           'send q="uncertain" to keep the reason, or leave "err" out')

@@ -30,6 +30,7 @@ from urbansense.registers import RegisterType, register_count
 
 M = TypeVar("M", bound=BaseModel)
 Order = Literal["ABCD", "CDAB", "BADC", "DCBA"]
+Table = Literal["holding", "input", "coil", "discrete"]
 
 
 def _known_measurement(value: str) -> str:
@@ -41,7 +42,6 @@ def _known_measurement(value: str) -> str:
 #: A measurement (one per family of city elements) from identifiers.MEASUREMENTS, the one
 #: list of them; profiles and rule files name theirs with this type.
 MeasurementName = Annotated[str, AfterValidator(_known_measurement)]
-Table = Literal["holding", "input", "coil", "discrete"]
 
 #: What to do about a bad key, by key name; shown as "fix:" under the error.
 FIX_HINTS: dict[str, str] = {

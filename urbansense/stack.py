@@ -33,8 +33,6 @@ class StackError(RuntimeError):
     pass
 
 
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -87,9 +85,6 @@ class ServiceState:
         return f"http://127.0.0.1:{self.port}"
 
 
-#: The delivery settings shared with the deployment (one set for both).
-DELIVERY_CONF = BROKER_DELIVERY_CONF
-
 MOSQUITTO_CONF = """\
 # Written by urbansense stack; private broker for this run folder.
 listener {port} 127.0.0.1
@@ -101,7 +96,7 @@ log_type error
 log_type warning
 log_type notice
 connection_messages {connection_messages}
-# ---- the deployment's delivery settings ({delivery_path})
+# ---- the deployment's delivery settings ({delivery_path}; one set for both)
 {delivery}
 # ---- this private broker's differences (later lines win):
 # autosave more often: tests kill brokers, less to lose
@@ -114,9 +109,9 @@ message_size_limit {message_size_limit}
 
 def _delivery_settings() -> str:
     try:
-        return DELIVERY_CONF.read_text(encoding="utf-8").strip()
+        return BROKER_DELIVERY_CONF.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise StackError(f"cannot read the broker's delivery settings {DELIVERY_CONF}: {exc.strerror}; "
+        raise StackError(f"cannot read the broker's delivery settings {BROKER_DELIVERY_CONF}: {exc.strerror}; "
                          "run from a complete checkout (deploy/mosquitto/conf.d/)") from None
 
 
@@ -273,7 +268,7 @@ class Stack:
             security = self.broker_security
             conf.write_text(MOSQUITTO_CONF.format(
                 port=port, user=getpass.getuser(), data=svc_dir / "data", log=log_path,
-                delivery=_delivery_settings(), delivery_path=DELIVERY_CONF.relative_to(CHECKOUT),
+                delivery=_delivery_settings(), delivery_path=BROKER_DELIVERY_CONF.relative_to(CHECKOUT),
                 message_size_limit=self.max_payload_bytes or 0,
                 # with accounts, the log says who connected: the security tests read it
                 connection_messages="true" if security else "false",
