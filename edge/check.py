@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.planner import plan_reads, requests_per_field
-from urbansense.config import LoadedGateway, Profile, load_gateway
+from urbansense.config import LoadedGateway, Profile, load_gateway, profile_path, undeclared_fields
 
 
 @dataclass
@@ -18,12 +18,19 @@ class CheckReport:
     summary: list[str] = field(default_factory=list)
 
 
-def _profiles_dir(gw: LoadedGateway) -> Path:
+def _profile_file(gw: LoadedGateway, name: str) -> str:
     env = os.environ.get("URBANSENSE_PROFILES_DIR")
-    return Path(env) if env else (gw.path.parent / gw.config.profiles_dir).resolve()
+    local = Path(env) if env else (gw.path.parent / gw.config.profiles_dir).resolve()
+    return str(profile_path(name, local) or name)
 
 
 def _profile_checks(profile: Profile, shown: str, report: CheckReport) -> None:
+    extra = undeclared_fields(profile)
+    if extra:
+        report.warnings.append(
+            f"{shown}: fields {', '.join(extra)} are not declared by family {profile.measurement!r}: they are "
+            "stored, but no dashboard, range or type knows them\n  fix: declare them under fields: in the "
+            "family's family.yaml (docs/ADDING-A-FAMILY.md)")
     if profile.protocol != "modbus":
         return
     taken: dict[tuple[str, int], str] = {}
@@ -54,9 +61,8 @@ def check(path: Path | str) -> CheckReport:
     cfg = gw.config
     shown = str(path)
     report = CheckReport()
-    pdir = _profiles_dir(gw)
     for name, profile in sorted(gw.profiles.items()):
-        _profile_checks(profile, str(pdir / f"{name}.yaml"), report)
+        _profile_checks(profile, _profile_file(gw, name), report)
     endpoints: dict[tuple[str, int], str] = {}
     for li, link in enumerate(cfg.links):
         where = f"{shown}: links[{li}]"

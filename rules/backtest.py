@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rules.catalog import CATALOG_DIR, Rule, load_catalog
+from rules.catalog import Rule, load_catalog
 from rules.engine import RulesEngine
 from rules.inventory import InventoryDevice
 from urbansense.schema import AlertEvent, TelemetryBatch
@@ -133,7 +133,7 @@ def run_scenario(scenario: str | Path, rules: list[Rule] | None = None, *, seed:
     start = sc.default_start_ms() if start_ms is None else start_ms
     end = start + int(sc.duration_s * 1000)
     inventory = from_gateways(sc.loaded)
-    engine = RulesEngine(rules if rules is not None else load_catalog(CATALOG_DIR), inventory)
+    engine = RulesEngine(rules if rules is not None else load_catalog(), inventory)
     truth = sc.ground_truth(seed, start)
     watch: set[tuple[str, str, str]] = set()
     for rec in truth:
@@ -173,7 +173,7 @@ def run_influx(influx_url: str, database: str, start_ms: int, end_ms: int, rules
     from urbansense.influx import InfluxClient
 
     client = InfluxClient(influx_url, database)
-    engine = RulesEngine(rules if rules is not None else load_catalog(CATALOG_DIR), inventory)
+    engine = RulesEngine(rules if rules is not None else load_catalog(), inventory)
     ticks: Iterator[tuple[int, list[TelemetryBatch]]] = influx_ticks(client, start_ms, end_ms)
     if progress:
         ticks = _with_progress(ticks, start_ms, end_ms, f"{database} {start_ms}..{end_ms}")

@@ -1,7 +1,8 @@
-"""Rule files: YAML under rules/catalog/, one per domain, validated on load.
+"""Rule files: YAML, one per domain, validated on load. By default the catalogue is every
+family's ``rules.yaml`` (urbansense/registry.py) plus the system rules of rules/catalog/.
 
 Every problem names the file, the rule and the key, e.g.
-``rules/catalog/gas.yaml: rule 'gas.methane_rising' (rules[2]): horizon_s: must be > 0``.
+``urbansense/families/gas/rules.yaml: rule 'gas.methane_rising' (rules[2]): horizon_s: must be > 0``.
 The rule kinds and their keys are documented in rules/README.md.
 """
 
@@ -13,9 +14,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rules.aqi import TABLES_DIR, AqiTable, AqiTableError
+from urbansense import registry
 from urbansense.config import ConfigError, MeasurementName, _display, format_validation_error, read_yaml
 from urbansense.identifiers import DOMAINS, METRIC_PATTERN
 
+#: The rules that belong to no family: gateways and the pipeline's health.
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
 RULE_ID = r"^[a-z][a-z0-9_]*\.[a-z0-9_]+$"
 Measurement = MeasurementName
@@ -188,7 +191,7 @@ class AqiRule(_Rule):
     """HJ 633-2012 AQI from rolling means; writes `aqi` points and alerts above threshold."""
 
     kind: Literal["aqi"] = "aqi"
-    measurement: Literal["air"] = "air"
+    measurement: Measurement
     table: str = "aqi-hj633-2012.yaml"
     #: pollutant/period rows that make up the AQI, e.g. pm25/24h, o3/8h.
     inputs: list[str] = Field(default_factory=lambda: ["pm25/24h", "pm10/24h", "so2/1h", "no2/1h",
@@ -267,11 +270,19 @@ def _load_file(f: Path, problems: list[str]) -> list[Rule]:
     return out
 
 
-def load_catalog(path: Path = CATALOG_DIR) -> list[Rule]:
-    """All rules from a folder of rule files (or one file); raises ConfigError with every problem."""
-    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+def rule_files(path: Path | None = None) -> list[Path]:
+    """The files of a catalogue: a folder's *.yaml, one file, or (None) the default
+    catalogue: every family's rules.yaml and the system rules."""
+    if path is None:
+        return [*registry.rule_files(), *sorted(CATALOG_DIR.glob("*.yaml"))]
+    return sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+
+
+def load_catalog(path: Path | None = None) -> list[Rule]:
+    """All rules of a catalogue (see rule_files); raises ConfigError with every problem."""
+    files = rule_files(path)
     if not files:
-        raise ConfigError([f"{_display(path)}: no rule files (*.yaml) here"])
+        raise ConfigError([f"{_display(path or CATALOG_DIR)}: no rule files (*.yaml) here"])
     rules: list[Rule] = []
     problems: list[str] = []
     where: dict[str, str] = {}

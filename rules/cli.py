@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rsub = p.add_subparsers(dest="rules_cmd", required=True)
 
     run = rsub.add_parser("run", help="run the rules engine on live MQTT telemetry")
-    run.add_argument("--rules", type=Path, help="rule file or folder (default: rules/catalog)")
+    run.add_argument("--rules", type=Path, help="rule file or folder (default: every family's rules and rules/catalog)")
     run.add_argument("--mqtt", help="broker URL (default: the local stack / URBANSENSE_MQTT_URL)")
     run.add_argument("--influx", help="InfluxDB URL (default: the local stack / URBANSENSE_INFLUX_URL)")
     run.add_argument("--database", default="city")
@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="scenario name or path (repeat; default: the shipped scenarios)")
     sw.add_argument("--date", action="append", dest="dates", metavar="YYYY-MM-DD",
                     help="a date to play on (repeat; default: twelve dates, one a month, solstices and equinoxes)")
-    sw.add_argument("--rules", type=Path, help="rule file or folder (default: rules/catalog)")
+    sw.add_argument("--rules", type=Path, help="rule file or folder (default: every family's rules and rules/catalog)")
     sw.add_argument("--seed", type=int, help="one seed for every run (default: date i plays with seed i + 1)")
     sw.add_argument("--max-false-alarms", type=float, default=1.0, metavar="RATE",
                     help="false alarms allowed per 1,000 device-hours (default %(default)g)")
@@ -104,9 +104,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _load(path: Path | None) -> list[Rule]:
-    from rules.catalog import CATALOG_DIR, load_catalog
+    from rules.catalog import load_catalog
 
-    return load_catalog(path or CATALOG_DIR)
+    return load_catalog(path)
 
 
 def _urls(args: argparse.Namespace) -> tuple[str, str]:
@@ -117,14 +117,13 @@ def _urls(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from rules.catalog import CATALOG_DIR
     from rules.inventory import GATEWAYS_DIR
     from rules.service import RulesService, ServiceConfig
     from urbansense.mqtt import MqttSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rules %(levelname)s %(message)s")
     mqtt_url, influx_url = _urls(args)
-    cfg = ServiceConfig(rules_path=args.rules or CATALOG_DIR, mqtt=MqttSettings.from_url(mqtt_url),
+    cfg = ServiceConfig(rules_path=args.rules, mqtt=MqttSettings.from_url(mqtt_url),
                         influx_url=influx_url, database=args.database, instance=args.instance,
                         districts=set(args.districts) if args.districts else None,
                         gateways=args.gateways or [GATEWAYS_DIR], lookback_s=args.lookback,

@@ -432,7 +432,7 @@ class AqiEval(Evaluator):
 
     def _mean(self, rnd: Round, rows: Index, metric: str, period: str) -> FloatArray:
         window_s, buckets = self.WINDOWS[period]
-        buf = self.buffers.fed(rnd, "air", metric, window_s, buckets)
+        buf = self.buffers.fed(rnd, self.rule.measurement, metric, window_s, buckets)
         return buf.rolling_mean(rnd.dev[rows], rnd.t[rows])
 
     def evaluate(self, rnd: Round) -> Signals | None:
@@ -443,7 +443,7 @@ class AqiEval(Evaluator):
             metric = self.metric_of[pollutant]
             if metric in rnd.values:
                 for p in {period, "1h", self.table.row(pollutant, period).above_top or period}:
-                    self.buffers.fed(rnd, "air", metric, *self.WINDOWS[p])
+                    self.buffers.fed(rnd, self.rule.measurement, metric, *self.WINDOWS[p])
         rows = np.flatnonzero(rnd.t - self.last_eval[rnd.dev] >= r.write_every_s * 1000)
         if len(rows) == 0:
             return None

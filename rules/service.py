@@ -18,7 +18,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from rules.catalog import CATALOG_DIR, Rule, load_catalog
+from rules.catalog import Rule, load_catalog, rule_files
 from rules.engine import RulesEngine, alert_lines
 from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
 from rules.inventory import load_inventory
@@ -38,7 +38,8 @@ MAX_PENDING_LINES = 200_000
 
 @dataclass
 class ServiceConfig:
-    rules_path: Path = CATALOG_DIR
+    #: A rule file or folder; None: the default catalogue (rules.catalog.rule_files).
+    rules_path: Path | None = None
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     influx_url: str | None = None
     database: str = "city"
@@ -91,9 +92,7 @@ class RulesService:
         self._inbox.put((msg.topic, bytes(msg.payload), time.monotonic()))
 
     def _mtimes(self) -> dict[Path, float]:
-        p = self.config.rules_path
-        files = sorted(p.glob("*.yaml")) if p.is_dir() else [p]
-        return {f: f.stat().st_mtime for f in files if f.exists()}
+        return {f: f.stat().st_mtime for f in rule_files(self.config.rules_path) if f.exists()}
 
     # ------------------------------------------------------------------ main loop
     def run(self, duration_s: float | None = None) -> None:

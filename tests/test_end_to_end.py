@@ -16,8 +16,8 @@ import yaml
 from simulators.device import DeviceTables
 from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer
 from tests.waiting import wait_for
-from urbansense import codec, topics
-from urbansense.config import PROFILES_DIR, load_profile
+from urbansense import codec, registry, topics
+from urbansense.config import load_profile
 from urbansense.influx import InfluxClient
 from urbansense.mqtt import MqttClient, MqttSettings
 from urbansense.processes import ProcessGroup
@@ -47,7 +47,6 @@ def test_reading_travels_to_influxdb_and_raises_then_resolves_an_alert(stack: St
     port = free_port()
     gateway = {
         "gateway": "gw-e2e", "district": district, "poll_interval_s": 0.5,
-        "profiles_dir": str(PROFILES_DIR),
         "batch": {"max_samples": 100, "max_interval_s": 0.5},
         "links": [{"name": "plc", "host": "127.0.0.1", "port": port, "timeout_s": 1.0,
                    "devices": [{"id": "wp-0001", "profile": "water-supply-point", "unit": 3}]}],
@@ -57,7 +56,7 @@ def test_reading_travels_to_influxdb_and_raises_then_resolves_an_alert(stack: St
     rules_path = tmp_path / "water.yaml"
     rules_path.write_text(RULES)
 
-    device = DeviceTables(load_profile(PROFILES_DIR / "water-supply-point.yaml"))
+    device = DeviceTables(load_profile(registry.family("water").profiles_dir / "water-supply-point.yaml"))
     # Values exactly representable in float32 / the profile's scaling, so equality is exact.
     device.set("pressure_mpa", 0.3125)
     device.set("flow_m3h", 120.5)

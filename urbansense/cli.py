@@ -16,6 +16,7 @@ from urbansense.config import ConfigError
 
 COMPONENT_CLIS = (
     "urbansense.stack_cli",
+    "urbansense.broker_cli",
     "simulators.cli",
     "edge.cli",
     "ingest.cli",

@@ -24,8 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from urbansense import registry
 from urbansense.identifiers import ID_PATTERN, MEASUREMENTS, METRIC_PATTERN
-from urbansense.paths import PROFILES_DIR
 from urbansense.registers import RegisterType, register_count
 
 M = TypeVar("M", bound=BaseModel)
@@ -50,7 +50,8 @@ FIX_HINTS: dict[str, str] = {
     "type": "one of int16 uint16 int32 uint32 int64 uint64 float32 float64 string bit bool",
     "order": "one of ABCD (standard), CDAB (word swapped), BADC (byte swapped), DCBA",
     "table": "one of holding, input, coil, discrete",
-    "profile": "name a file in firmware-configs/profiles/ without its .yaml suffix",
+    "profile": "name a profile of a family (urbansense/families/*/profiles/) or of the gateway's "
+               "profiles_dir, without its .yaml suffix",
     "gateway": "use lower-case letters, digits and '-' (e.g. pd-gw-01)",
     "district": "use lower-case letters, digits and '-' (e.g. pudong)",
     "id": "use lower-case letters, digits and '-' (e.g. wp-0001)",
@@ -287,7 +288,8 @@ class GatewayConfig(_Model):
     wal: WalSpec = Field(default_factory=WalSpec)
     polling: PollingSpec = Field(default_factory=PollingSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
-    #: Where profiles live, relative to this file.
+    #: Site-specific profiles, relative to this file; looked up before the families'
+    #: profiles (urbansense/families/*/profiles), which are always available.
     profiles_dir: str = "../profiles"
     links: list[LinkSpec] = Field(min_length=1)
 
@@ -437,18 +439,54 @@ def load_model(path: Path, model: type[M]) -> M:
 
 def load_profile(path: Path) -> Profile:
     profile = load_model(path, Profile)
+    shown = _display(path)
     if profile.profile != path.stem:
         raise ConfigError(
-            [f"{_display(path)}: profile: is {profile.profile!r} but the file is {path.name}\n"
+            [f"{shown}: profile: is {profile.profile!r} but the file is {path.name}\n"
              f"  fix: name the file {profile.profile}.yaml or set profile: {path.stem}"]
         )
+    problems = _family_problems(profile, shown)
+    if problems:
+        raise ConfigError(problems)
     return profile
 
 
-def load_profiles(directory: Path = PROFILES_DIR) -> dict[str, Profile]:
+def _family_problems(profile: Profile, shown: str) -> list[str]:
+    """A profile reports into its family: a field the family declares must be in its
+    unit, and written only if the family allows it; the family's urgent flags carry over.
+    A field the family does not declare passes (`edge check` warns about it)."""
+    fam = registry.family(profile.measurement)
+    fam_file = _display(fam.folder / registry.FAMILY_FILE)
+    problems = []
+    for i, f in enumerate(profile.fields):
+        info = fam.fields.get(f.name)
+        if info is None:
+            continue
+        if f.unit is None:
+            f.unit = info.unit
+        elif info.unit is not None and f.unit != info.unit:
+            problems.append(f"{shown}: fields[{i}].unit: {f.unit!r}, but family {fam.family!r} measures "
+                            f"{f.name} in {info.unit!r}\n  fix: convert with scale/offset and use {info.unit!r}")
+        if f.writable and not info.writable:
+            problems.append(f"{shown}: fields[{i}].writable: family {fam.family!r} does not allow writing "
+                            f"{f.name}\n  fix: set writable: true for it in {fam_file}, or drop it here")
+        f.urgent = f.urgent or info.urgent
+    return problems
+
+
+def undeclared_fields(profile: Profile) -> list[str]:
+    """The profile's fields its family does not declare."""
+    declared = registry.family(profile.measurement).fields
+    return [f.name for f in profile.fields if f.name not in declared]
+
+
+def load_profiles(directory: Path | None = None) -> dict[str, Profile]:
+    """The profiles of one folder, or (None) every family's profiles from the registry."""
+    paths = sorted(directory.glob("*.yaml")) if directory is not None else \
+        [p for d in registry.profile_dirs() for p in sorted(d.glob("*.yaml"))]
     profiles: dict[str, Profile] = {}
     problems: list[str] = []
-    for path in sorted(directory.glob("*.yaml")):
+    for path in paths:
         try:
             profiles[path.stem] = load_profile(path)
         except ConfigError as exc:
@@ -456,6 +494,13 @@ def load_profiles(directory: Path = PROFILES_DIR) -> dict[str, Profile]:
     if problems:
         raise ConfigError(problems)
     return profiles
+
+
+def profile_path(name: str, profiles_dir: Path | None) -> Path | None:
+    """A gateway's own profiles folder first (site-specific devices), then the registry."""
+    if profiles_dir is not None and (profiles_dir / f"{name}.yaml").is_file():
+        return profiles_dir / f"{name}.yaml"
+    return registry.find_profile(name)
 
 
 def load_gateway(path: Path | str) -> LoadedGateway:
@@ -469,19 +514,22 @@ def load_gateway(path: Path | str) -> LoadedGateway:
         profiles_dir = Path(env_dir)
     problems: list[str] = []
     profiles: dict[str, Profile] = {}
-    available = sorted(p.stem for p in profiles_dir.glob("*.yaml")) if profiles_dir.is_dir() else []
+    local = sorted(p.stem for p in profiles_dir.glob("*.yaml")) if profiles_dir.is_dir() else []
+    available = sorted({*local, *registry.profile_names()})
     for li, link in enumerate(config.links):
         for di, dev in enumerate(link.devices):
             where = f"{shown}: links[{li}].devices[{di}].profile"
             if dev.profile in profiles:
                 continue
-            if dev.profile not in available:
+            found = profile_path(dev.profile, profiles_dir)
+            if found is None:
                 close = difflib.get_close_matches(dev.profile, available, n=1)
                 fix = f"did you mean {close[0]!r}?" if close else f"available: {', '.join(available) or '(none)'}"
-                problems.append(f"{where}: no profile {dev.profile!r} in {_display(profiles_dir)}\n  fix: {fix}")
+                problems.append(f"{where}: no profile {dev.profile!r} in {_display(profiles_dir)} or the "
+                                f"families (urbansense/families/*/profiles)\n  fix: {fix}")
                 continue
             try:
-                profiles[dev.profile] = load_profile(profiles_dir / f"{dev.profile}.yaml")
+                profiles[dev.profile] = load_profile(found)
             except ConfigError as exc:
                 problems.extend(exc.problems)
                 continue

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 
+from urbansense import registry
+
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 METRIC_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 _ID_RE = re.compile(ID_PATTERN)
 _METRIC_RE = re.compile(METRIC_PATTERN)
 
-#: Measurements that carry device telemetry, one per domain.
-MEASUREMENTS: tuple[str, ...] = ("water", "gas", "lighting", "elevator", "air")
+#: Measurements that carry device telemetry: one per family of the domain registry.
+MEASUREMENTS: tuple[str, ...] = registry.measurements()
 #: Alert domains: the measurements plus `system` (gateways, pipeline health).
 DOMAINS: tuple[str, ...] = (*MEASUREMENTS, "system")
 QUALITIES: tuple[str, ...] = ("good", "uncertain", "bad")

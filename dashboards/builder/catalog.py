@@ -13,6 +13,7 @@ Conventions every panel follows (the check and the tests rely on them):
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from dashboards.builder.panels import (
     timeseries,
     value_map,
 )
+from urbansense import registry
 from urbansense.paths import AQI_TABLE
 
 #: The versioned AQI table the rules engine computes with; the air dashboard draws the
@@ -142,9 +144,11 @@ def alerts_table(domain: str | None, title: str = "Active alerts") -> Panel:
 
 # ---------------------------------------------------------------------------- overview
 
-def geomap_panel() -> Panel:
+def geomap_panel(domain: str | None = None) -> Panel:
+    """Every device of the inventory, and on top those with an active alert (of `domain`)."""
+    domain_filter = f"\"domain\" = '{domain}' AND " if domain else ""
     alerts_q = ('SELECT "state", "message" FROM (SELECT last("state") AS "state", last("message") '
-                f'AS "message" FROM "alerts" WHERE {DISTRICT_FILTER} AND $timeFilter '
+                f'AS "message" FROM "alerts" WHERE {domain_filter}{DISTRICT_FILTER} AND $timeFilter '
                 'GROUP BY "device", "severity", "rule", "domain") '
                 f'WHERE {ACTIVE} GROUP BY "device", "severity", "rule", "domain"')
     p = Panel({
@@ -481,14 +485,21 @@ def system_health() -> Json:
                      time_from="now-1h")
 
 
+def family_dashboards() -> dict[str, Json]:
+    """One per family of the domain registry: its hand-written builder, else generated."""
+    from dashboards.builder.generated import family_dashboard
+
+    out: dict[str, Json] = {}
+    for fam in registry.families().values():
+        hook = fam.dashboard.builder
+        if hook is None:
+            out[fam.dashboard_file] = family_dashboard(fam)
+            continue
+        module, _, name = hook.partition(":")
+        out[fam.dashboard_file] = getattr(importlib.import_module(module), name)()
+    return out
+
+
 def all_dashboards() -> dict[str, Json]:
     """File name (without .json) -> dashboard model."""
-    return {
-        "overview": overview(),
-        "water": water(),
-        "gas": gas(),
-        "lighting": lighting(),
-        "elevators": elevators(),
-        "air-quality": air_quality(),
-        "system-health": system_health(),
-    }
+    return {"overview": overview(), **family_dashboards(), "system-health": system_health()}

@@ -1,32 +1,44 @@
-"""Signal models of the five device families, one module each, keyed by profile name.
+"""Signal models of the device families, keyed by profile name.
 
 A model turns event time into engineering values for one device: `values(t_ms, incidents)`
 where `incidents` are those of the device that started by `t_ms`. Models are pure
 functions of time (see simulators/noise.py), so live and offline runs agree.
+
+Which model a profile gets is the domain registry's say: a family's ``simulation:``
+names a Python hook ("module:Class") where physics needs code (a water network, a
+lift's state machine); every other profile is simulated from its data
+(simulators/families/declarative.py).
 """
 
 from __future__ import annotations
 
-from simulators.families.air import AirQualityStation
-from simulators.families.base import DeviceContext, FamilyModel, GenericDevice
-from simulators.families.elevator import ElevatorController
-from simulators.families.gas import GasRegulatorStation, MethaneDetector
-from simulators.families.lighting import LampController
-from simulators.families.water import WaterSupplyPoint
+import importlib
+from functools import cache
 
-MODELS: dict[str, type[FamilyModel]] = {
-    "water-supply-point": WaterSupplyPoint,
-    "gas-regulator-station": GasRegulatorStation,
-    "methane-detector": MethaneDetector,
-    "lamp-controller": LampController,
-    "elevator-controller": ElevatorController,
-    "air-quality-station": AirQualityStation,
-}
+from simulators.families.base import DeviceContext, FamilyModel
+from simulators.families.declarative import DeclarativeDevice
+from urbansense import registry
+
+
+def _import(hook: str) -> type[FamilyModel]:
+    module, _, name = hook.partition(":")
+    cls = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, FamilyModel)):
+        raise ImportError(f"simulation hook {hook!r} is not a simulators.families.base.FamilyModel "
+                          "(write it as module:Class)")
+    return cls
+
+
+@cache
+def models() -> dict[str, type[FamilyModel]]:
+    """Profile name -> the Python model of every simulation hook in the registry."""
+    return {profile: _import(hook) for fam in registry.families().values()
+            for profile, hook in fam.simulation.items()}
 
 
 def model_for(ctx: DeviceContext) -> FamilyModel:
-    """The family model of a device's profile; profiles without one get nominal + noise."""
-    return MODELS.get(ctx.profile.profile, GenericDevice)(ctx)
+    """The family model of a device's profile; profiles without a hook are declarative."""
+    return models().get(ctx.profile.profile, DeclarativeDevice)(ctx)
 
 
-__all__ = ["MODELS", "DeviceContext", "FamilyModel", "model_for"]
+__all__ = ["DeviceContext", "FamilyModel", "model_for", "models"]

@@ -61,19 +61,3 @@ class FamilyModel:
         """Standard normal noise that changes once per event second (counted from the epoch)."""
         return noise.gauss(key, (t_ms - self.ctx.epoch_ms) // 1000)
 
-
-class GenericDevice(FamilyModel):
-    """Profiles without a family model: each field's sim.nominal plus sim.noise."""
-
-    def __init__(self, ctx: DeviceContext) -> None:
-        super().__init__(ctx)
-        self._fields = [(s.name, float(s.sim["nominal"]), float(s.sim.get("noise", 0.0)), ctx.key(s.name))
-                        for s in ctx.profile.fields if "nominal" in s.sim]
-        self._fixed: Values = {s.name: s.sim["initial"] for s in ctx.profile.fields
-                               if "nominal" not in s.sim and "initial" in s.sim}
-
-    def values(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> Values:
-        out: Values = dict(self._fixed)
-        for name, nominal, sigma, key in self._fields:
-            out[name] = nominal + sigma * self.gauss(key, t_ms)
-        return out

@@ -41,37 +41,39 @@ class Broker:
     log: Path
 
 
-def _accounts() -> list[tuple[str, str]]:
+def _accounts(deploy: Path = DEPLOY) -> list[tuple[str, str]]:
     out = []
-    for line in (DEPLOY / "accounts").read_text().splitlines():
+    for line in (deploy / "accounts").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             user, var = line.split()[:2]
             out.append((user, var))
     return out
 
 
-def deploy_config(port: int, run_dir: Path) -> str:
+def deploy_config(port: int, run_dir: Path, deploy: Path = DEPLOY) -> str:
     """deploy/mosquitto/mosquitto.conf with the listener, paths and user adapted to a test."""
-    conf = (DEPLOY / "mosquitto.conf").read_text()
+    conf = (deploy / "mosquitto.conf").read_text()
     conf = re.sub(r"^listener 1883$", f"listener {port} 127.0.0.1", conf, flags=re.M)
     conf = conf.replace("/mosquitto/data/passwd", str(run_dir / "passwd"))
-    conf = conf.replace("/mosquitto/config/acl", str(DEPLOY / "acl"))
-    conf = conf.replace("/mosquitto/config/conf.d", str(DEPLOY / "conf.d"))
+    conf = conf.replace("/mosquitto/config/acl", str(deploy / "acl"))
+    conf = conf.replace("/mosquitto/config/conf.d", str(deploy / "conf.d"))
     conf = conf.replace("/mosquitto/data/", f"{run_dir}/")
     conf = conf.replace("log_dest stdout", f"log_dest file {run_dir / 'mosquitto.log'}")
-    assert str(run_dir / "passwd") in conf and str(DEPLOY / "acl") in conf and str(DEPLOY / "conf.d") in conf
+    assert str(run_dir / "passwd") in conf and str(deploy / "acl") in conf and str(deploy / "conf.d") in conf
     return conf + f"user {getpass.getuser()}\n"
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    run_dir = tmp_path_factory.mktemp("acl-broker")
-    passwords = {user: secrets.token_urlsafe(12) for user, _ in _accounts()}
-    env = {**os.environ, **{var: passwords[user] for user, var in _accounts()}}
-    subprocess.run([str(DEPLOY / "make-passwd.sh"), str(DEPLOY / "accounts"), str(run_dir / "passwd")],
+@contextlib.contextmanager
+def running_broker(run_dir: Path, deploy: Path = DEPLOY) -> Iterator[Broker]:
+    """Mosquitto on a free loopback port with `deploy`'s config, ACL and accounts
+    (passwords generated here)."""
+    accounts = _accounts(deploy)
+    passwords = {user: secrets.token_urlsafe(12) for user, _ in accounts}
+    env = {**os.environ, **{var: passwords[user] for user, var in accounts}}
+    subprocess.run([str(DEPLOY / "make-passwd.sh"), str(deploy / "accounts"), str(run_dir / "passwd")],
                    env=env, check=True, capture_output=True, timeout=60)
     port = free_port()
-    (run_dir / "mosquitto.conf").write_text(deploy_config(port, run_dir))
+    (run_dir / "mosquitto.conf").write_text(deploy_config(port, run_dir, deploy))
     proc = subprocess.Popen([find_binary("mosquitto"), "-c", str(run_dir / "mosquitto.conf")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 15
@@ -83,13 +85,21 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
             assert proc.poll() is None, (run_dir / "mosquitto.log").read_text(errors="replace")
             assert time.monotonic() < deadline, "mosquitto did not start"
             time.sleep(0.05)
-    yield Broker(port, passwords, proc, run_dir / "mosquitto.log")
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+        yield Broker(port, passwords, proc, run_dir / "mosquitto.log")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    with running_broker(tmp_path_factory.mktemp("acl-broker")) as b:
+        yield b
 
 
 @dataclass
@@ -128,8 +138,9 @@ class Client:
         return out
 
 
-@pytest.fixture
-def connect(broker: Broker) -> Iterator[Any]:
+@contextlib.contextmanager
+def connector(broker: Broker) -> Iterator[Any]:
+    """connect(user, password=None) -> Client on `broker`; all closed at the end."""
     clients: list[paho.Client] = []
 
     def _connect(user: str | None, password: str | None = None) -> Client:
@@ -149,10 +160,18 @@ def connect(broker: Broker) -> Iterator[Any]:
         client.connack = connacks.get(timeout=5)
         return client
 
-    yield _connect
-    for c in clients:
-        c.disconnect()
-        c.loop_stop()
+    try:
+        yield _connect
+    finally:
+        for c in clients:
+            c.disconnect()
+            c.loop_stop()
+
+
+@pytest.fixture
+def connect(broker: Broker) -> Iterator[Any]:
+    with connector(broker) as c:
+        yield c
 
 
 def test_anonymous_and_wrong_passwords_are_refused(connect: Any) -> None:

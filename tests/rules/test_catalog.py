@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from rules.catalog import CATALOG_DIR, load_catalog
+from rules.catalog import load_catalog
 from urbansense.config import ConfigError
 
 
 def test_shipped_catalog_loads_with_every_kind() -> None:
-    rules = load_catalog(CATALOG_DIR)
+    rules = load_catalog()
     kinds = {r.kind for r in rules}
     assert kinds == {"threshold", "rate", "forecast", "anomaly", "flatline", "drift", "deadman",
                      "gateway_offline", "composite", "aqi"}
@@ -101,8 +101,9 @@ def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
 
 
 def test_aqi_inputs_are_checked_against_the_table(tmp_path: Path) -> None:
-    text = problems_of(_write(tmp_path, "domain: air\nrules:\n  - {id: air.aqi, kind: aqi, inputs: [pm25/48h]}\n",
-                              "air.yaml"))
+    text = problems_of(_write(
+        tmp_path, "domain: air\nrules:\n  - {id: air.aqi, kind: aqi, measurement: air, inputs: [pm25/48h]}\n",
+        "air.yaml"))
     assert "rule 'air.aqi'" in text and "no AQI row pm25/48h" in text
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from urbansense import registry
 from urbansense.cli import main
 from urbansense.stack import Stack
 
@@ -45,7 +46,7 @@ def test_silence_add_refuses_bad_matchers(capsys: pytest.CaptureFixture[str]) ->
 
 def test_sweep_fails_a_rule_set_that_misses_an_incident(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Water rules only: district-scale's gas leak goes undetected, on every date."""
-    (tmp_path / "water.yaml").write_text(Path("rules/catalog/water.yaml").read_text())
+    (tmp_path / "water.yaml").write_text((registry.family("water").folder / "rules.yaml").read_text())
     args = ["rules", "sweep", "--rules", str(tmp_path), "--scenario", "district-scale", "--date", "2026-06-21",
             "--workers", "1"]
     assert main([*args, "--json"]) == 1

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 
-from rules.catalog import CATALOG_DIR, load_catalog
+from rules.catalog import load_catalog
 from rules.engine import FLAPPING_RULE, RulesEngine
 from urbansense.schema import AlertEvent
 
@@ -32,7 +32,7 @@ def bursts(at_h: list[float], spikes: int = 4, spacing_min: float = 5) -> list[f
 
 
 def play(spike_minutes: list[float]) -> list[AlertEvent]:
-    rule = next(r for r in load_catalog(CATALOG_DIR) if r.id == "water.turbidity_spike")
+    rule = next(r for r in load_catalog() if r.id == "water.turbidity_spike")
     engine = RulesEngine([rule])
     n = HOURS * 3600 // STEP_S
     rng = np.random.default_rng(5)

@@ -218,7 +218,8 @@ def test_silence_keeps_a_matching_alert_quiet() -> None:
 
 
 def test_aqi_points_and_alert() -> None:
-    eng = RulesEngine([rule(kind="aqi", id="air.aqi", threshold=150, critical_threshold=200, write_every_s=60)])
+    eng = RulesEngine([rule(kind="aqi", id="air.aqi", measurement="air", threshold=150, critical_threshold=200,
+                            write_every_s=60)])
     clean = {"pm25_ugm3": 30, "pm10_ugm3": 50, "no2_ugm3": 40, "so2_ugm3": 8, "o3_ugm3": 70, "co_mgm3": 0.6}
     ev = run(eng, [batch(T0 + i * 60_000, "air", {"aq-1": clean}, gw="gw-a") for i in range(3)])
     assert ev == []
