@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from urbansense import registry, topics
+from urbansense.config import ConfigError
 
 BEGIN = "# ---- utilities: generated from the domain registry by `urbansense broker acl`; do not edit"
 END = "# ---- end of the generated utilities"
@@ -39,7 +40,8 @@ def with_block(text: str, block: list[str], shown: str) -> str:
     try:
         start, end = lines.index(BEGIN), lines.index(END)
     except ValueError:
-        raise ValueError(f"{shown}: no generated block; add the two marker lines\n  {BEGIN}\n  {END}") from None
+        raise ConfigError([f"{shown}: no generated block\n  fix: add the two marker lines\n  {BEGIN}\n"
+                           f"  {END}"]) from None
     return "\n".join([*lines[: start + 1], *block, *lines[end:]]) + "\n"
 
 

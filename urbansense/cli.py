@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from urbansense import __version__
 from urbansense.config import ConfigError
+from urbansense.registry import RegistryError
 
 COMPONENT_CLIS = (
     "urbansense.stack_cli",
@@ -45,11 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        # the parser imports the component CLIs, which may read the domain registry
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except (ConfigError, RegistryError) as exc:
         print("configuration error:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from urbansense import registry
-from urbansense.identifiers import ID_PATTERN, MEASUREMENTS, METRIC_PATTERN
+from urbansense.identifiers import ID_PATTERN, METRIC_PATTERN
 from urbansense.registers import RegisterType, register_count
 
 M = TypeVar("M", bound=BaseModel)
@@ -34,13 +34,14 @@ Table = Literal["holding", "input", "coil", "discrete"]
 
 
 def _known_measurement(value: str) -> str:
-    if value not in MEASUREMENTS:
-        raise ValueError(f"must be one of {', '.join(MEASUREMENTS)}")
+    known = registry.measurements()
+    if value not in known:
+        raise ValueError(f"must be one of {', '.join(known)}")
     return value
 
 
-#: A measurement (one per family of city elements) from identifiers.MEASUREMENTS, the one
-#: list of them; profiles and rule files name theirs with this type.
+#: A measurement: the name of a family of the domain registry; profiles and rule files
+#: name theirs with this type.
 MeasurementName = Annotated[str, AfterValidator(_known_measurement)]
 
 #: What to do about a bad key, by key name; shown as "fix:" under the error.
@@ -56,7 +57,7 @@ FIX_HINTS: dict[str, str] = {
     "district": "use lower-case letters, digits and '-' (e.g. pudong)",
     "id": "use lower-case letters, digits and '-' (e.g. wp-0001)",
     "name": "use lower-case letters, digits and '_' starting with a letter (e.g. pressure_mpa)",
-    "measurement": f"one of {', '.join(MEASUREMENTS)}",
+    "measurement": "name a family: a folder of urbansense/families/ or of URBANSENSE_FAMILIES",
     "port": "a TCP port number 1..65535",
     "transport": "one of tcp, rtu, mqtt",
 }

@@ -11,10 +11,13 @@ METRIC_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 _ID_RE = re.compile(ID_PATTERN)
 _METRIC_RE = re.compile(METRIC_PATTERN)
 
-#: Measurements that carry device telemetry: one per family of the domain registry.
-MEASUREMENTS: tuple[str, ...] = registry.measurements()
-#: Alert domains: the measurements plus `system` (gateways, pipeline health).
-DOMAINS: tuple[str, ...] = (*MEASUREMENTS, "system")
+#: MEASUREMENTS (the measurements that carry device telemetry: one per family of the
+#: domain registry) and DOMAINS (alert domains: the measurements plus `system`, for
+#: gateways and pipeline health) are read from the registry on first use (module
+#: __getattr__ below), so a broken family file is reported by the command that needs it,
+#: with its file and key, not as an import error.
+MEASUREMENTS: tuple[str, ...]
+DOMAINS: tuple[str, ...]
 QUALITIES: tuple[str, ...] = ("good", "uncertain", "bad")
 
 #: Tags of every telemetry point and InfluxDB's time column.
@@ -64,3 +67,11 @@ def metric_problem(value: object) -> str | None:
         f"{value!r} is not a valid metric name: use 1-63 characters of lower-case letters, "
         "digits and '_', starting with a letter (e.g. pressure_mpa)"
     )
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    if name == "MEASUREMENTS":
+        return registry.measurements()
+    if name == "DOMAINS":
+        return (*registry.measurements(), "system")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -106,15 +106,72 @@ class IncidentKind(_Model):
     effect: Effect | None = None
 
 
+Steps = list[tuple[str, float | None]]
+
+
+class PanelHint(_Model):
+    """One panel of a family's dashboard (dashboards/builder/generated.py draws it).
+
+    ``timeseries`` of a field by device (``agg`` per interval) or of a ``query``;
+    ``stat``: how many devices' newest ``field`` meets ``condition`` (e.g. ``>= 20``),
+    or one ``query``'s value; ``state``: a boolean or enum field's timeline, ``values``
+    naming and colouring each state; ``table``: a ``query`` as a table (default: the
+    latest value of every field by device); ``row``: a row title; ``aqi``: the AQI
+    panels the rules engine's `aqi` rule feeds. A ``query`` may use {measurement} and
+    {device_filter} (district and device variables)."""
+
+    kind: Literal["timeseries", "stat", "state", "table", "row", "aqi"] = "timeseries"
+    field: str | None = None
+    title: str | None = None
+    agg: Literal["mean", "max", "min", "last"] = "mean"
+    #: Grafana unit id ("none": no unit); default: from the field's unit.
+    unit: str | None = None
+    #: Colour bands: [colour, from-value] pairs, the first from null.
+    steps: Steps | None = None
+    #: Colour bands at the AQI table's breakpoints of "pollutant/period" (e.g. pm25/24h).
+    steps_from: str | None = None
+    condition: str | None = None
+    values: dict[str, tuple[str, str]] | None = None
+    query: str | None = None
+    alias: str | None = None
+    description: str | None = None
+    #: Width (of 24) and height; default width: 24 for a table, else 12.
+    w: int | None = Field(default=None, ge=1, le=24)
+    h: int = Field(default=8, ge=1, le=40)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _field_name(cls, raw: Any) -> Any:
+        return {"field": raw} if isinstance(raw, str) else raw
+
+    @model_validator(mode="after")
+    def _complete(self) -> PanelHint:
+        needs = {"stat": self.condition or self.query, "state": self.field and self.values,
+                 "row": self.title, "timeseries": self.field or self.query}
+        if self.kind in needs and not needs[self.kind]:
+            raise ValueError({
+                "stat": "a stat needs field and condition, or query",
+                "state": "a state timeline needs field and values ({true: [label, colour], ...})",
+                "row": "a row needs a title",
+                "timeseries": "a time series needs field or query"}[self.kind])
+        if self.condition and not self.field:
+            raise ValueError("condition needs the field it tests")
+        return self
+
+
 class DashboardHints(_Model):
     title: str
     #: File name under dashboards/json/ (without .json); default: the family's name.
     file: str | None = None
-    #: A hand-written builder "module:function" returning the dashboard; without one the
-    #: dashboard is generated from the fields (dashboards/builder/generated.py).
-    builder: str | None = None
-    #: Fields drawn in the "Long range" row from the 1 h roll-up.
-    long_range: list[str] = Field(default_factory=list)
+    #: Grafana uid; default: urbansense-<family>.
+    uid: str | None = None
+    #: The "Now" panels; default: one per field (a time series, or a state timeline for
+    #: a boolean field) and the latest values by device. Alerts, devices not answering,
+    #: the map and the long-range row are always added.
+    panels: list[PanelHint] = Field(default_factory=list)
+    #: Fields drawn in the "Long range" row from the 1 h roll-up (a name, or a panel
+    #: with steps).
+    long_range: list[PanelHint] = Field(default_factory=list)
 
 
 class Family(_Model):
@@ -145,9 +202,12 @@ class Family(_Model):
                     if param not in inc.defaults:
                         raise ValueError(f"incident {inc.name}: effect uses parameter {param!r}; "
                                          "give it a value under defaults")
-        for name in self.dashboard.long_range:
-            if name not in self.fields:
-                raise ValueError(f"dashboard.long_range: {name!r} is not one of the fields")
+        for where, hints in (("panels", self.dashboard.panels), ("long_range", self.dashboard.long_range)):
+            for i, hint in enumerate(hints):
+                if hint.field is not None and hint.field not in self.fields:
+                    raise ValueError(f"dashboard.{where}[{i}]: field {hint.field!r} is not one of the fields")
+            if where == "long_range" and any(h.field is None for h in hints):
+                raise ValueError("dashboard.long_range: each entry names a field")
         return self
 
     @property
@@ -205,8 +265,9 @@ def read_family(folder: Path) -> Family:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            problems.append(f"{_shown(path)}: {where}: {err['msg'].removeprefix('Value error, ')}")
+            where = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{_shown(path)}: {where}: {msg}" if where else f"{_shown(path)}: {msg}")
         raise RegistryError(problems) from None
 
 

@@ -13,9 +13,8 @@ Conventions every panel follows (the check and the tests rely on them):
 
 from __future__ import annotations
 
-import importlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -215,146 +214,25 @@ def overview() -> Json:
                                  "gateways.", time_from="now-3h")
 
 
-# ---------------------------------------------------------------------------- domains
+# ---------------------------------------------------------------------------- families
+# Each family's dashboard is drawn from its data (dashboards/builder/generated.py); the
+# helpers below are the panels that belong to no one family.
 
-def water() -> Json:
-    m = "water"
-    panels = [
-        row("Now"),
-        metric_panel(m, "pressure_mpa", "Pressure", "pressurempa",
-                     steps=[("red", None), ("green", 0.2)],
-                     description="Red band: below the 0.20 MPa minimum service pressure "
-                                 "(rules/catalog/water.yaml)."),
-        metric_panel(m, "flow_m3h", "Flow", "m3/h"),
-        metric_panel(m, "turbidity_ntu", "Turbidity (GB 5749-2022: <= 1 NTU)", "NTU", w=8,
-                     steps=[("green", None), ("red", 1)]),
-        metric_panel(m, "chlorine_mgl", "Residual chlorine (0.05-2 mg/L)", "mg/L", w=8,
-                     steps=[("red", None), ("green", 0.05), ("red", 2)]),
-        metric_panel(m, "ph", "pH (6.5-8.5)", None, w=8,
-                     steps=[("red", None), ("green", 6.5), ("red", 8.5)]),
-        timeseries("Consumption per interval", [influxql(
-            f'SELECT non_negative_difference(last("volume_total_m3")) FROM "{m}" WHERE {DEVICE_FILTER} '
-            'AND $timeFilter GROUP BY time($__interval), "device" fill(null)', alias="$tag_device")],
-            unit="m3", w=24, description="Difference of the totaliser between intervals."),
-        alerts_table("water", "Active water alerts"),
-        device_errors_panel(m),
-        row("Long range"),
-        long_range_panel(m, "pressure_mpa", "Pressure", "pressurempa", [("red", None), ("green", 0.2)]),
-        long_range_panel(m, "flow_m3h", "Flow", "m3/h"),
-    ]
-    return dashboard("urbansense-water", "UrbanSense - Water supply", panels,
-                     variables=[district_variable(m), device_variable(m)], tags=["water"])
+@dataclass(frozen=True)
+class AqiTableDoc:
+    """The AQI table's breakpoints, as the dashboards draw them."""
+
+    standard: str
+    rows: dict[tuple[str, str], list[float]]
+
+    def breakpoints(self, pollutant: str, period: str) -> tuple[str, list[float]]:
+        return self.standard, self.rows[(pollutant, period)]
 
 
-def gas() -> Json:
-    m = "gas"
-    lel: Steps = [("green", None), ("orange", 20), ("red", 25), ("dark-red", 50)]
-    panels = [
-        row("Now"),
-        metric_panel(m, "methane_lel_pct", "Methane (%LEL)", "percent", agg="max", steps=lel,
-                     description="GB/T 50493-2019: first-level alarm <= 25 %LEL, second-level "
-                                 "<= 50 %LEL; 20 %LEL is the utility-tunnel practice."),
-        stat("Methane detectors at or above 20 %LEL", [influxql(count_active(
-            m, "methane_lel_pct", '"methane_lel_pct" >= 20'))], steps=[("green", None), ("red", 1)],
-            w=6, h=8, no_value="0"),
-        stat("Stations with alarm", [influxql(count_active(
-            m, "station_alarm", '"station_alarm" = true'))], steps=[("green", None), ("red", 1)],
-            w=6, h=8, no_value="0"),
-        metric_panel(m, "pressure_kpa", "Outlet pressure", "pressurekpa"),
-        metric_panel(m, "inlet_pressure_kpa", "Inlet pressure", "pressurekpa"),
-        metric_panel(m, "temperature_c", "Station temperature", "celsius", w=8),
-        state_timeline("Valve open", [influxql(last_by_device(m, "valve_open"), alias="$tag_device")],
-                       mappings=value_map({"true": ("open", "green"), "false": ("closed", "red")}), w=8),
-        state_timeline("Detector faults", [influxql(last_by_device(m, "sensor_fault"),
-                                                    alias="$tag_device")],
-                       mappings=value_map({"true": ("fault", "red"), "false": ("ok", "green")}), w=8),
-        alerts_table("gas", "Active gas alerts"),
-        device_errors_panel(m),
-        row("Long range"),
-        long_range_panel(m, "methane_lel_pct", "Methane (%LEL)", "percent", lel),
-        long_range_panel(m, "pressure_kpa", "Outlet pressure", "pressurekpa"),
-    ]
-    return dashboard("urbansense-gas", "UrbanSense - Gas distribution", panels,
-                     variables=[district_variable(m), device_variable(m)], tags=["gas"])
-
-
-def lighting() -> Json:
-    m = "lighting"
-    panels = [
-        row("Now"),
-        stat("Lamps on", [influxql(count_active(m, "lamp_on", '"lamp_on" = true'))], w=6, h=5,
-             no_value="0"),
-        stat("Lamps off", [influxql(count_active(m, "lamp_on", '"lamp_on" = false'))], w=6, h=5,
-             no_value="0"),
-        stat("Lamp faults", [influxql(count_active(m, "lamp_fault", '"lamp_fault" = true'))],
-             steps=[("green", None), ("red", 1)], w=6, h=5, no_value="0"),
-        stat("Circuit power now", [influxql(
-            f'SELECT sum("power_w") FROM (SELECT last("power_w") AS "power_w" FROM "{m}" '
-            f'WHERE {DEVICE_FILTER} AND $timeFilter GROUP BY "device")')], unit="watt", w=6, h=5),
-        timeseries("Total power", [influxql(
-            f'SELECT sum("power_w") FROM (SELECT mean("power_w") AS "power_w" FROM "{m}" '
-            f'WHERE {DEVICE_FILTER} AND $timeFilter GROUP BY time($__interval), "device") '
-            'WHERE $timeFilter GROUP BY time($__interval) fill(null)', alias="total")],
-            unit="watt", description="Sum over lamps of each lamp's mean power; a sudden drop of a "
-                                     "whole circuit at night is the cable-theft signature."),
-        metric_panel(m, "voltage_v", "Supply voltage", "volt", steps=[("red", None), ("green", 198),
-                                                                       ("red", 242)],
-                     description="220 V +/-10 %."),
-        metric_panel(m, "current_a", "Lamp current", "amp"),
-        metric_panel(m, "dim_level_pct", "Dim level", "percent"),
-        state_timeline("Lamp on/off", [influxql(last_by_device(m, "lamp_on"), alias="$tag_device")],
-                       mappings=value_map({"true": ("on", "yellow"), "false": ("off", "dark-blue")}),
-                       w=24, h=10),
-        table("Burning hours", [influxql(
-            f'SELECT last("burning_hours") AS "burning hours", last("lamp_fault") AS "fault" FROM "{m}" '
-            f'WHERE {DEVICE_FILTER} AND $timeFilter GROUP BY "gateway", "device"', table=True)], w=24),
-        alerts_table("lighting", "Active lighting alerts"),
-        device_errors_panel(m),
-        row("Long range"),
-        long_range_panel(m, "power_w", "Lamp power", "watt"),
-        long_range_panel(m, "voltage_v", "Supply voltage", "volt"),
-    ]
-    return dashboard("urbansense-lighting", "UrbanSense - Road lighting", panels,
-                     variables=[district_variable(m), device_variable(m)], tags=["lighting"])
-
-
-def elevators() -> Json:
-    m = "elevator"
-    panels = [
-        row("Now"),
-        stat("Trapped passengers", [influxql(count_active(m, "trapped_passenger",
-                                                          '"trapped_passenger" = true'))],
-             steps=[("green", None), ("red", 1)], w=8, h=5, no_value="0"),
-        stat("Door open while moving", [influxql(count_active(m, "door_open_while_moving",
-                                                              '"door_open_while_moving" = true'))],
-             steps=[("green", None), ("red", 1)], w=8, h=5, no_value="0"),
-        stat("Lifts with a fault code", [influxql(count_active(m, "fault_code", '"fault_code" > 0'))],
-             steps=[("green", None), ("orange", 1)], w=8, h=5, no_value="0"),
-        state_timeline("Running", [influxql(last_by_device(m, "running"), alias="$tag_device")],
-                       mappings=value_map({"true": ("running", "green"), "false": ("stopped", "gray")})),
-        state_timeline("Door open", [influxql(last_by_device(m, "door_open"), alias="$tag_device")],
-                       mappings=value_map({"true": ("open", "orange"), "false": ("closed", "green")})),
-        metric_panel(m, "floor", "Floor", None, agg="last"),
-        metric_panel(m, "load_pct", "Load", "percent", steps=[("green", None), ("orange", 90),
-                                                              ("red", 110)]),
-        metric_panel(m, "speed_ms", "Speed", "velocityms", agg="max"),
-        table("Lift state", [influxql(
-            'SELECT last("running") AS "running", last("direction") AS "direction", last("floor") AS '
-            '"floor", last("door_open") AS "door open", last("fault_code") AS "fault code", '
-            'last("trapped_passenger") AS "trapped", last("outside_door_zone") AS "outside door zone" '
-            f'FROM "{m}" WHERE {DEVICE_FILTER} AND $timeFilter GROUP BY "gateway", "device"', table=True)]),
-        alerts_table("elevator", "Active elevator alerts"),
-        device_errors_panel(m),
-        row("Long range"),
-        long_range_panel(m, "load_pct", "Load", "percent"),
-        long_range_panel(m, "speed_ms", "Speed", "velocityms"),
-    ]
-    return dashboard("urbansense-elevators", "UrbanSense - Elevators", panels,
-                     variables=[district_variable(m), device_variable(m)], tags=["elevator"])
-
-
-def _aqi_rows(path: Path = AQI_TABLE) -> dict[str, Any]:
-    return dict(yaml.safe_load(path.read_text()))
+def aqi_table(path: Path = AQI_TABLE) -> AqiTableDoc:
+    doc = dict(yaml.safe_load(path.read_text()))
+    return AqiTableDoc(doc.get("standard", "HJ 633-2012"),
+                       {(r["pollutant"], r["period"]): r["breakpoints"] for r in doc["rows"]})
 
 
 def pollutant_steps(breakpoints: list[float]) -> Steps:
@@ -364,58 +242,26 @@ def pollutant_steps(breakpoints: list[float]) -> Steps:
                                 for i, bp in enumerate(breakpoints[1:-1]) if i + 1 < len(colours)]
 
 
-#: Which averaging period's breakpoints each panel draws: the 1 h rows where the standard
-#: has them (they match what a duty officer watches), the 24 h rows for PM.
-POLLUTANT_PANELS = (
-    ("pm25", "24h", "pm25_ugm3", "PM2.5", "conµgm3"),
-    ("pm10", "24h", "pm10_ugm3", "PM10", "conµgm3"),
-    ("no2", "1h", "no2_ugm3", "NO2", "conµgm3"),
-    ("so2", "1h", "so2_ugm3", "SO2", "conµgm3"),
-    ("o3", "1h", "o3_ugm3", "O3", "conµgm3"),
-    ("co", "1h", "co_mgm3", "CO", "conmgm3"),
-)
-
-
-def air_quality() -> Json:
-    m = "air"
-    table_doc = _aqi_rows()
-    breakpoints = {(r["pollutant"], r["period"]): r["breakpoints"] for r in table_doc["rows"]}
-    standard = table_doc.get("standard", "HJ 633-2012")
-    aqi_filter = DEVICE_FILTER
-    panels: list[Panel] = [
+def aqi_panels() -> list[Panel]:
+    """The index the rules engine's `aqi` rule writes into the `aqi` measurement."""
+    standard = aqi_table().standard
+    return [
         row("AQI"),
         timeseries("AQI by station", [influxql(
-            f'SELECT max("aqi") FROM "aqi" WHERE {aqi_filter} AND $timeFilter '
+            f'SELECT max("aqi") FROM "aqi" WHERE {DEVICE_FILTER} AND $timeFilter '
             'GROUP BY time($__interval), "device" fill(null)', alias="$tag_device")],
             steps=AQI_STEPS, threshold_style="area", w=16, min_value=0,
             description=f"China AQI ({standard}), computed by the rules engine into `aqi`. Bands: "
                         "0-50 excellent, 51-100 good, 101-150 light, 151-200 moderate, "
                         "201-300 heavy, >300 severe."),
         bargauge("Current AQI", [influxql(
-            f'SELECT last("aqi") FROM "aqi" WHERE {aqi_filter} AND $timeFilter GROUP BY "device"',
+            f'SELECT last("aqi") FROM "aqi" WHERE {DEVICE_FILTER} AND $timeFilter GROUP BY "device"',
             alias="$tag_device")], steps=AQI_STEPS, w=8, min_value=0, max_value=500),
         table("Level and primary pollutant", [influxql(
             'SELECT last("aqi") AS "aqi", last("level") AS "level", last("primary") AS "primary" '
-            f'FROM "aqi" WHERE {aqi_filter} AND $timeFilter GROUP BY "district", "device"',
+            f'FROM "aqi" WHERE {DEVICE_FILTER} AND $timeFilter GROUP BY "district", "device"',
             table=True)], w=24, h=6),
-        row("Pollutants against their breakpoints"),
     ]
-    for pollutant, period, field, label, unit in POLLUTANT_PANELS:
-        bps = breakpoints[(pollutant, period)]
-        panels.append(metric_panel(
-            m, field, f"{label} ({period} breakpoints)", unit, steps=pollutant_steps(bps), w=8,
-            description=f"{standard} {label} {period} breakpoints: {', '.join(str(b) for b in bps)}."))
-    panels += [
-        metric_panel(m, "temperature_c", "Temperature", "celsius"),
-        metric_panel(m, "humidity_pct", "Humidity", "humidity"),
-        alerts_table("air", "Active air-quality alerts"),
-        row("Long range"),
-        long_range_panel(m, "pm25_ugm3", "PM2.5", "conµgm3",
-                         pollutant_steps(breakpoints[("pm25", "24h")])),
-        long_range_panel(m, "no2_ugm3", "NO2", "conµgm3"),
-    ]
-    return dashboard("urbansense-air", "UrbanSense - Air quality", panels,
-                     variables=[district_variable(m), device_variable(m)], tags=["air"])
 
 
 def system_health() -> Json:
@@ -486,18 +332,10 @@ def system_health() -> Json:
 
 
 def family_dashboards() -> dict[str, Json]:
-    """One per family of the domain registry: its hand-written builder, else generated."""
+    """One per family of the domain registry, drawn from its data."""
     from dashboards.builder.generated import family_dashboard
 
-    out: dict[str, Json] = {}
-    for fam in registry.families().values():
-        hook = fam.dashboard.builder
-        if hook is None:
-            out[fam.dashboard_file] = family_dashboard(fam)
-            continue
-        module, _, name = hook.partition(":")
-        out[fam.dashboard_file] = getattr(importlib.import_module(module), name)()
-    return out
+    return {fam.dashboard_file: family_dashboard(fam) for fam in registry.families().values()}
 
 
 def all_dashboards() -> dict[str, Json]:

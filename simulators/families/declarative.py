@@ -35,7 +35,7 @@ from typing import Any
 
 from simulators.daylight import TZ, local_hour
 from simulators.families.base import DeviceContext, FamilyModel, Values
-from simulators.incidents import INCIDENT_TYPES, ActiveIncident
+from simulators.incidents import ActiveIncident
 from urbansense import registry
 from urbansense.registry import Effect
 
@@ -102,6 +102,8 @@ class DeclarativeDevice(FamilyModel):
         super().__init__(ctx)
         fam = registry.families().get(ctx.profile.measurement)
         infos = fam.fields if fam is not None else {}
+        self._effects = {name: inc.effect for name, (_fam, inc) in registry.incident_kinds().items()
+                         if inc.effect is not None}
         self._fixed: Values = {}
         self._signals: list[_FieldSignal] = []
         for spec in ctx.profile.fields:
@@ -135,7 +137,7 @@ class DeclarativeDevice(FamilyModel):
                 v += s.weekend
             raw[s.name] = v + s.noise * self.gauss(s.key, t_ms)
         for inc in incidents:
-            effect = INCIDENT_TYPES[inc.type].effect if inc.type in INCIDENT_TYPES else None
+            effect = self._effects.get(inc.type)
             if effect is None or not inc.active(t_ms):
                 continue
             e = envelope(effect, inc, t_ms)

@@ -19,6 +19,7 @@ from dashboards.builder.checks import (
 from dashboards.builder.inventory import load_inventory
 from dashboards.builder.provisioning import load_dashboards
 from tests.dashboards.citydata import CityData, simulate
+from urbansense import registry
 from urbansense.cli import main
 from urbansense.influx import InfluxClient
 from urbansense.influxql import ALL, TimeRange
@@ -28,9 +29,7 @@ pytestmark = pytest.mark.integration
 
 DASHBOARDS = load_dashboards()
 ALL_TARGETS = [t for d in DASHBOARDS.values() for t in targets(d)]
-MEASUREMENT_OF = {"urbansense-water": "water", "urbansense-gas": "gas",
-                  "urbansense-lighting": "lighting", "urbansense-elevators": "elevator",
-                  "urbansense-air": "air"}
+MEASUREMENT_OF = {fam.dashboard.uid or f"urbansense-{name}": name for name, fam in registry.families().items()}
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +52,8 @@ def _all_variables(target: PanelTarget) -> dict[str, str]:
 
 
 def test_every_dashboard_has_panels_and_queries() -> None:
-    assert set(DASHBOARDS) == {"overview", "water", "gas", "lighting", "elevators", "air-quality",
-                               "system-health"}
+    assert set(DASHBOARDS) == {"overview", "system-health",
+                               *(fam.dashboard_file for fam in registry.families().values())}
     for name, dash in DASHBOARDS.items():
         assert len(targets(dash)) >= 4, name
 

@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from dashboards.builder import DATASOURCE_UID
-from dashboards.builder.catalog import AQI_TABLE, POLLUTANT_PANELS, ROLLUP_RP
+from dashboards.builder.catalog import AQI_TABLE, ROLLUP_RP
 from dashboards.builder.checks import iter_panels, structure_problems, targets, variable_names
 from dashboards.builder.inventory import gazetteer, geojson, load_inventory
 from dashboards.builder.provisioning import DASHBOARDS_DIR, load_dashboards, stale_files
+from urbansense import registry
 from urbansense.config import ConfigError, load_gateway
 from urbansense.identifiers import DOMAINS, SEVERITIES
 from urbansense.paths import GATEWAYS_DIR
@@ -86,12 +87,19 @@ def test_long_range_panels_read_the_rollups_and_short_ones_do_not() -> None:
     assert sum(1 for d in DASHBOARDS.values() for t in targets(d) if t.time_from) >= 10
 
 
-def test_air_dashboard_draws_the_rules_engines_aqi_breakpoints() -> None:
+def test_dashboards_draw_the_rules_engines_aqi_breakpoints() -> None:
+    """A panel with steps_from (the air family's pollutants) has its colour bands at the
+    AQI table's breakpoints, the same numbers the rules engine computes with."""
     table = yaml.safe_load(AQI_TABLE.read_text())
     rows = {(r["pollutant"], r["period"]): r["breakpoints"] for r in table["rows"]}
-    panels = {p["title"]: p for p in iter_panels(DASHBOARDS["air-quality"])}
-    for pollutant, period, _field, label, _unit in POLLUTANT_PANELS:
-        panel = panels[f"{label} ({period} breakpoints)"]
+    drawn = [(fam, hint) for fam in registry.families().values() for hint in fam.dashboard.panels
+             if hint.steps_from is not None]
+    assert len(drawn) >= 6
+    for fam, hint in drawn:
+        assert hint.steps_from is not None and hint.field is not None
+        pollutant, _, period = hint.steps_from.partition("/")
+        panels = {p["title"]: p for p in iter_panels(DASHBOARDS[fam.dashboard_file])}
+        panel = panels[f"{fam.fields[hint.field].display} ({period} breakpoints)"]
         steps = [s["value"] for s in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
         assert steps[1:] == [float(b) for b in rows[(pollutant, period)][1:-1]][: len(steps) - 1]
         assert len(steps) >= 4
