@@ -1,6 +1,6 @@
 """Calendar sweep: every shipped scenario on twelve dates spread over a year (one a month,
 both solstices and equinoxes, every weekday), date i with seed i + 1, through the shipped
-catalog, offline. Checks on every run what `rules/sweep.py` says must hold on any date
+catalog, offline. Checks on every run what `application/sweep.py` says must hold on any date
 (every incident detected, false alarms within 1 per 1,000 device-hours, no alert storm)
 and prints a Markdown table for docs/benchmarks/rules.md. `--seeds K` plays K seeds per
 date (seeds i*K + 1 .. i*K + K) for wider coverage of noise and fault timings.
@@ -19,7 +19,7 @@ import argparse
 import sys
 import time
 
-from rules.sweep import SHIPPED_SCENARIOS, SWEEP_DATES, SweepRun, sweep
+from application.sweep import SHIPPED_SCENARIOS, SWEEP_DATES, SweepRun, sweep
 
 
 def row(r: SweepRun) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from application.stack import Stack  # noqa: E402
 from dashboards.builder.checks import has_values, targets  # noqa: E402
 from dashboards.builder.provisioning import load_dashboards  # noqa: E402
 from ingest.bootstrap import ROLLUPS, continuous_query, init_database  # noqa: E402
@@ -32,7 +33,6 @@ from simulators.scenario import load_scenario  # noqa: E402
 from urbansense.identifiers import MEASUREMENTS  # noqa: E402
 from urbansense.influx import InfluxClient  # noqa: E402
 from urbansense.influxql import ALL, TimeRange  # noqa: E402
-from urbansense.stack import Stack  # noqa: E402
 
 
 def fill(influx: InfluxClient, hours: float, step_s: float) -> tuple[int, int, int]:

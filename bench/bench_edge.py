@@ -28,12 +28,12 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from application.stack import Stack, free_port  # noqa: E402
 from simulators.device import DeviceTables  # noqa: E402
 from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer  # noqa: E402
 from urbansense import codec  # noqa: E402
 from urbansense.config import load_profile  # noqa: E402
 from urbansense.mqtt import MqttClient, MqttSettings  # noqa: E402
-from urbansense.stack import Stack, free_port  # noqa: E402
 
 #: Ten fields in two tables, the layout of a typical station RTU: nine holding fields
 #: (two word-swapped floats, bits packed in one status register) and one input counter.
@@ -120,7 +120,7 @@ def main() -> int:
     collector.subscribe("city/bench/bench-gw/#", lambda m: inbox.put((m.topic, bytes(m.payload))), qos=1)
     collector.connect()
     log = open(tmp / "agent.log", "wb")  # noqa: SIM115
-    agent = subprocess.Popen([sys.executable, "-m", "urbansense.cli", "edge", "run", "--config", str(gw_path),
+    agent = subprocess.Popen([sys.executable, "-m", "application.cli", "edge", "run", "--config", str(gw_path),
                               "--mqtt", mqtt_url, "--wal", str(tmp / "edge.wal"), "--log-level", "WARNING"],
                              cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     samples = bad = 0

@@ -48,11 +48,11 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from application.stack import Stack, free_port  # noqa: E402
 from ingest.points import ACCELERATOR, LineEncoder, TimeWindow, transcode_payload, transcode_plain  # noqa: E402
 from urbansense import codec, topics  # noqa: E402
 from urbansense.config import Profile, load_profiles  # noqa: E402
 from urbansense.influx import InfluxClient  # noqa: E402
-from urbansense.stack import Stack, free_port  # noqa: E402
 
 SAMPLES_PER_BATCH = 50
 
@@ -224,7 +224,7 @@ def _start_ingester(stack: Stack, database: str, instance: str, port: int, log: 
                     writers: int) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "urbansense.cli", "ingest", "run", "--mqtt", stack.mqtt_url,
+            [sys.executable, "-m", "application.cli", "ingest", "run", "--mqtt", stack.mqtt_url,
              "--influx", stack.influx_url, "--database", database, "--instance", instance,
              "--share-group", "bench", "--prometheus-port", str(port), "--metrics-interval", "0",
              "--writers", str(writers), "--log-level", "WARNING"],

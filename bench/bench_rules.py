@@ -119,15 +119,15 @@ def bench_throughput(devices: int, seconds: int) -> None:
 
 
 def bench_latency(devices: int, seconds: int) -> None:
+    from application.stack import Stack
     from urbansense.mqtt import MqttClient, MqttSettings
-    from urbansense.stack import Stack
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench-rules-"))
     stack = Stack(run_dir / "stack")
     stack.up()
     empty = run_dir / "gateways"
     empty.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "urbansense.cli", "rules", "run", "--mqtt", stack.mqtt_url,
+    proc = subprocess.Popen([sys.executable, "-m", "application.cli", "rules", "run", "--mqtt", stack.mqtt_url,
                              "--influx", stack.influx_url, "--database", "bench", "--gateways", str(empty),
                              "--lookback", "0", "--instance", "bench-rules"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -22,12 +22,12 @@ import time
 from itertools import islice
 from pathlib import Path
 
+from application.stack import Stack
 from edge.modbus_pdu import parse_response, read_request
 from edge.modbus_transport import TcpMaster
 from edge.planner import ReadRequest, plan_reads
 from simulators.scenario import load_scenario
 from urbansense.config import LinkSpec, load_gateway
-from urbansense.stack import Stack
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: district-scale's devices without its incidents and faults: a dropout would show up as
@@ -122,7 +122,7 @@ def bench_live(seconds: float, warmup: float, interval_s: float) -> None:
         stack = Stack(Path(tmp) / "stack")
         stack.up()
         gw_dir = Path(tmp) / "gateways"
-        cmd = [sys.executable, "-m", "urbansense.cli", "sim", "run", "--scenario", str(scenario_path), "--speed", "1",
+        cmd = [sys.executable, "-m", "application.cli", "sim", "run", "--scenario", str(scenario_path), "--speed", "1",
                "--free-ports", "--write-gateways", str(gw_dir), "--mqtt", stack.mqtt_url, "--tick", "1.0",
                "--duration", str(seconds + warmup + 15)]
         log = open(Path(tmp) / "sim.log", "wb")  # noqa: SIM115

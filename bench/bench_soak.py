@@ -38,15 +38,15 @@ from typing import Any
 import orjson
 import yaml
 
+from application.district import port_offset, tune_gateway_configs, wait_ports
+from application.processes import ProcessGroup
+from application.stack import Stack
 from ingest.metrics import DECODE_PATHS
 from simulators.scenario import load_scenario
 from urbansense import topics
 from urbansense.clock import ScenarioClock
-from urbansense.district import port_offset, tune_gateway_configs, wait_ports
 from urbansense.influx import InfluxClient, InfluxError
 from urbansense.mqtt import MqttClient, MqttSettings
-from urbansense.processes import ProcessGroup
-from urbansense.stack import Stack
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -177,7 +177,7 @@ def main() -> int:
     procs: ProcessGroup | None = None
     watcher: MqttClient | None = None
     try:
-        init = subprocess.run([sys.executable, "-m", "urbansense.cli", "ingest", "init", "--influx",
+        init = subprocess.run([sys.executable, "-m", "application.cli", "ingest", "init", "--influx",
                                stack.influx_url], capture_output=True, text=True, timeout=60)
         if init.returncode != 0:
             raise RuntimeError(init.stderr or init.stdout)

@@ -50,8 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
 def _run(args: argparse.Namespace) -> int:
     from ingest.service import Ingester
     from ingest.settings import IngestSettings
+    from urbansense.endpoints import default_urls
     from urbansense.mqtt import MqttSettings
-    from urbansense.stack import default_urls
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s ingest %(levelname)s %(message)s")
     settings = IngestSettings.load(
@@ -76,8 +76,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _init(args: argparse.Namespace) -> int:
     from ingest.bootstrap import init_database
+    from urbansense.endpoints import default_urls
     from urbansense.influx import InfluxClient
-    from urbansense.stack import default_urls
 
     influx = InfluxClient(args.influx or default_urls()[1], args.database)
     for statement in init_database(influx, args.database, raw_duration=args.raw_retention,

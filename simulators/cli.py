@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
                      help="serve on free loopback ports instead (see --write-gateways for the configs)")
     run.add_argument("--write-gateways", type=Path, metavar="DIR",
                      help="write the gateway configs as served (for edge agents)")
-    run.add_argument("--with-edge", action="store_true", help="also run one edge agent per gateway")
     run.add_argument("--no-align", action="store_true",
                      help="start the clock at now-D+D/S even if the scenario has start_local")
     run.add_argument("--tick", type=float, metavar="S",
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
 def _mqtt_url(arg: str | None) -> str:
     if arg:
         return arg
-    from urbansense.stack import default_urls
+    from urbansense.endpoints import default_urls
 
     return default_urls()[0]
 
@@ -86,7 +86,6 @@ def _run(args: argparse.Namespace) -> int:
     from simulators.runner import LiveSimulator
     from simulators.scenario import load_scenario
     from urbansense import clock as clockmod
-    from urbansense.processes import ProcessGroup
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s sim %(levelname)s %(message)s")
     log = logging.getLogger("urbansense.sim")
@@ -107,7 +106,9 @@ def _run(args: argparse.Namespace) -> int:
                   "new clock", clockmod.ENV, clock.to_env(), scenario.duration_s)
         return 2
     has_stations = scenario.device_count("mqtt") > 0
-    mqtt_url = _mqtt_url(args.mqtt) if (has_stations or args.with_edge) else args.mqtt
+    # --with-edge: the umbrella CLI (application layer) adds it and the starter of the agents
+    with_edge = getattr(args, "with_edge", False)
+    mqtt_url = _mqtt_url(args.mqtt) if (has_stations or with_edge) else args.mqtt
     if args.truth:
         _write_truth(scenario.ground_truth(args.seed, start_ms), args.truth)
         log.info("ground truth: %s", args.truth)
@@ -123,8 +124,8 @@ def _run(args: argparse.Namespace) -> int:
              time.strftime("%Y-%m-%d %H:%M", time.gmtime(sim.end_ms / 1000)) + "Z",
              clockmod.ENV, clock.to_env())
     gw_dir = args.write_gateways
-    procs: ProcessGroup | None = None
-    if args.with_edge and gw_dir is None:
+    stop_edges: Callable[[], None] | None = None
+    if with_edge and gw_dir is None:
         gw_dir = Path(tempfile.mkdtemp(prefix=f"sim-{scenario.name}-"))
     if gw_dir is not None:
         from urllib.parse import urlparse
@@ -132,12 +133,9 @@ def _run(args: argparse.Namespace) -> int:
         port = urlparse(mqtt_url).port if mqtt_url else None
         paths = scenario.write_gateway_configs(gw_dir, mqtt_port=port)
         log.info("gateway configs as served: %s", gw_dir)
-        if args.with_edge:
-            procs = ProcessGroup(gw_dir / "logs")
-            for path in paths:
-                procs.start(f"edge-{path.stem}", "edge", "run", "--config", str(path),
-                            *(["--mqtt", mqtt_url] if mqtt_url else []))
-            log.info("edge agents started (logs in %s)", procs.log_dir)
+        if with_edge:
+            stop_edges = args.start_edges(paths, mqtt_url, gw_dir / "logs")
+            log.info("edge agents started (logs in %s)", gw_dir / "logs")
     last_log = [time.monotonic()]
 
     def progress(t_ms: int) -> None:
@@ -156,8 +154,8 @@ def _run(args: argparse.Namespace) -> int:
         tick = args.tick or (0.1 if len(sim.modbus_devices) <= 100 else 0.5)
         sim.run(clock, stop=stop, tick_s=tick, wall_duration_s=args.duration, on_progress=progress)
     finally:
-        if procs is not None:
-            procs.stop_all()
+        if stop_edges is not None:
+            stop_edges()
         sim.stop()
     log.info("done: %d ticks, %d station messages (%d malformed)", sim.stats.ticks, sim.stats.published,
              sim.stats.malformed)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from application.stack import Stack
 from urbansense.influx import InfluxClient
-from urbansense.stack import Stack
 
 
 @pytest.fixture(scope="module")

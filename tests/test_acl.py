@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from application.cli import main
 from urbansense import acl, registry
-from urbansense.cli import main
 from urbansense.paths import BROKER_DEPLOY_DIR
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from application.stack import Stack, pid_alive
 from urbansense.influx import InfluxClient
-from urbansense.stack import Stack, pid_alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCENARIO = Path(__file__).parent / "data" / "demo-smoke.yaml"
@@ -37,7 +37,7 @@ def test_headless_json_demo_on_a_short_scenario(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     env = {**os.environ, "URBANSENSE_RUN_DIR": str(run_dir)}
     env.pop("URBANSENSE_CLOCK", None)
-    proc = subprocess.Popen([sys.executable, "-m", "urbansense.cli", "demo", "--scenario", str(SCENARIO),
+    proc = subprocess.Popen([sys.executable, "-m", "application.cli", "demo", "--scenario", str(SCENARIO),
                              "--headless", "--json", "--keep"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=240)
@@ -82,7 +82,7 @@ def test_the_printed_summary_is_true_as_printed(capsys: pytest.CaptureFixture[st
     the demo's real InfluxDB, and only when --keep left it running."""
     from types import SimpleNamespace
 
-    from urbansense.demo import _print_summary, summary_console
+    from application.demo import _print_summary, summary_console
 
     stack = SimpleNamespace(influx_url="http://127.0.0.1:41234", run_dir=tmp_path)
     _print_summary(summary_console(), _summary(), stack, keep=False)  # type: ignore[arg-type]

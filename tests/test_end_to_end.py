@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from application.processes import ProcessGroup
+from application.stack import Stack, free_port
 from simulators.device import DeviceTables
 from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer
 from tests.waiting import wait_for
@@ -20,9 +22,7 @@ from urbansense import codec, registry, topics
 from urbansense.config import load_profile
 from urbansense.influx import InfluxClient
 from urbansense.mqtt import MqttClient, MqttSettings
-from urbansense.processes import ProcessGroup
 from urbansense.schema import AlertEvent, Sample
-from urbansense.stack import Stack, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -25,9 +25,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from application.stack import Stack
 from tests.waiting import wait_for
 from urbansense.mqtt import InboundMessage, MqttClient, MqttSettings, _BufferedClient
-from urbansense.stack import Stack
 
 # ---------------------------------------------------------------- packets, by hand
 

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
+from application.stack import Stack
 from urbansense.mqtt import MqttClient, MqttSettings
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -39,7 +39,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _urbansense(env: dict[str, str], cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "urbansense.cli", *args], env=env, cwd=cwd, text=True,
+    return subprocess.run([sys.executable, "-m", "application.cli", *args], env=env, cwd=cwd, text=True,
                           capture_output=True, timeout=timeout)
 
 

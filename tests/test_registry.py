@@ -162,7 +162,7 @@ def test_a_broken_family_stops_every_command_with_its_file_and_key(tmp_path: Pat
                                   "effect": {"to": {"level_m": "peak_m"}}}])
     env = {**os.environ, registry.FAMILIES_ENV: str(tmp_path)}
     for args in (["rules", "check"], ["edge", "check", "--config", "firmware-configs/gateways/pd-gw-water.yaml"]):
-        run = subprocess.run([sys.executable, "-m", "urbansense.cli", *args], cwd=REPO, env=env,
+        run = subprocess.run([sys.executable, "-m", "application.cli", *args], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 2, run.stderr
         assert "Traceback" not in run.stderr

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from application.stack import Stack, StackError, mqtt_answers, pid_alive
 from urbansense.mqtt import MqttClient, MqttSettings
-from urbansense.stack import Stack, StackError, mqtt_answers, pid_alive
 
 
 def cli(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "URBANSENSE_RUN_DIR": str(run_dir)}
-    return subprocess.run([sys.executable, "-m", "urbansense.cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "application.cli", *args], env=env, capture_output=True,
                           text=True, timeout=60)
 
 

@@ -18,14 +18,14 @@ from typing import Any
 
 import yaml
 
+from application.district import port_offset, tune_gateway_configs, wait_ports
+from application.processes import ProcessGroup
+from application.stack import Stack
 from simulators.scenario import load_scenario
 from tests.chaos.ledger import Watcher
 from tests.chaos.uplink import Uplink
 from urbansense.clock import ScenarioClock
-from urbansense.district import port_offset, tune_gateway_configs, wait_ports
 from urbansense.influx import InfluxClient
-from urbansense.processes import ProcessGroup
-from urbansense.stack import Stack
 
 SCENARIO = Path(__file__).parent / "chaos-district.yaml"
 INGESTERS = ("chaos-ingest-a", "chaos-ingest-b")
@@ -59,7 +59,7 @@ class DistrictRun:
 
     # ------------------------------------------------------------------ start / stop
     def start(self, startup_s: float = 6.0) -> None:
-        init = subprocess.run([sys.executable, "-m", "urbansense.cli", "ingest", "init", "--influx",
+        init = subprocess.run([sys.executable, "-m", "application.cli", "ingest", "init", "--influx",
                                self.stack.influx_url], capture_output=True, text=True, timeout=60)
         assert init.returncode == 0, init.stderr or init.stdout
         wall_s = self.scenario.duration_s / self.speed
@@ -219,7 +219,7 @@ class DistrictRun:
         return [json.loads(line) for line in self.truth_path.read_text().splitlines()]
 
     def incident_scores(self) -> list[dict[str, Any]]:
-        from rules.backtest import score
+        from application.backtest import score
         from rules.inventory import from_gateways
 
         with self.watcher.lock:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from application.stack import Stack
 from tests.chaos.district_run import CUT_GATEWAY, INGESTERS, DistrictRun
 from tests.chaos.ledger import compare, largest_gap_ms
-from urbansense.stack import Stack
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 

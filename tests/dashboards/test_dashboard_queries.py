@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from application.cli import main
+from application.stack import Stack
 from dashboards.builder.alerting import rule_query
 from dashboards.builder.checks import (
     PanelTarget,
@@ -20,10 +22,8 @@ from dashboards.builder.inventory import load_inventory
 from dashboards.builder.provisioning import load_dashboards
 from tests.dashboards.citydata import CityData, simulate
 from urbansense import registry
-from urbansense.cli import main
 from urbansense.influx import InfluxClient
 from urbansense.influxql import ALL, TimeRange
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 

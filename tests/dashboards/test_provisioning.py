@@ -184,7 +184,7 @@ def test_rollup_names_match_what_the_ingester_creates() -> None:
 
 
 def test_build_command_writes_exactly_the_committed_files(tmp_path: Path) -> None:
-    from urbansense.cli import main
+    from application.cli import main
 
     assert main(["dashboards", "build", "--out", str(tmp_path), "--with-inventory"]) == 0
     for path in tmp_path.rglob("*.*"):

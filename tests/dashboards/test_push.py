@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from application.cli import main
 from dashboards.builder.provisioning import load_dashboards
 from dashboards.builder.push import PushError, push
-from urbansense.cli import main
 
 
 class FakeGrafana:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from urbansense.cli import build_parser
+from application.cli import build_parser
 from urbansense.config import load_gateway
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
+from application.stack import free_port
 from edge.agent import EdgeAgent
 from simulators.device import DeviceTables
 from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer
@@ -26,7 +27,6 @@ from urbansense import codec
 from urbansense.config import load_gateway, load_profile
 from urbansense.mqtt import MqttClient, MqttSettings
 from urbansense.schema import TelemetryBatch
-from urbansense.stack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -223,7 +223,7 @@ def agent_process(gateway_path: Path, mqtt_url: str, wal_file: Path, log_path: P
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "urbansense.cli", "edge", "run", "--config", str(gateway_path),
+            [sys.executable, "-m", "application.cli", "edge", "run", "--config", str(gateway_path),
              "--mqtt", mqtt_url, "--wal", str(wal_file)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=env)
 

@@ -11,10 +11,10 @@ import orjson
 import pytest
 import requests
 
+from application.stack import Stack, free_port
 from tests.edge.conftest import AgentThread, Collector, ModbusSim, tcp_links, unique, write_gateway
 from urbansense import codec
 from urbansense.mqtt import MqttClient, MqttSettings
-from urbansense.stack import Stack, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -16,12 +16,12 @@ import pytest
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer
 
+from application.stack import Stack
 from simulators.device import DeviceTables
 from simulators.modbus_server import UnitsContext
 from tests.edge.conftest import METER_PROFILE, AgentThread, Collector, unique, write_gateway
 from urbansense.config import load_profile
 from urbansense.mqtt import MqttClient, MqttSettings
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 

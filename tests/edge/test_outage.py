@@ -21,11 +21,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from application.stack import Stack
 from ingest.service import Ingester
 from tests.edge.conftest import ModbusSim, agent_process, tcp_links, unique, write_gateway
 from urbansense.influx import InfluxClient
 from urbansense.mqtt import MqttSettings
-from urbansense.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from application.stack import free_port
 from edge.deadband import ReportByException
 from edge.planner import plan_reads, requests_per_field, split_per_field
 from simulators.device import DeviceTables
@@ -17,7 +18,6 @@ from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer
 from tests.edge.conftest import METER_PROFILE, REPO, write_gateway
 from urbansense import registers
 from urbansense.config import FieldSpec, Profile, load_profile
-from urbansense.stack import free_port
 
 
 def _fields(*specs: tuple[str, int, str]) -> list[FieldSpec]:
@@ -81,7 +81,7 @@ def test_decode_every_way_finds_the_word_swapped_float() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "urbansense.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "application.cli", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=60)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from application.stack import Stack, free_port
 from edge.planner import plan_reads
 from tests.edge.conftest import (
     METER_PROFILE,
@@ -21,7 +22,6 @@ from tests.edge.conftest import (
 )
 from tests.waiting import wait_for
 from urbansense.config import load_profile
-from urbansense.stack import Stack, free_port
 
 pytestmark = pytest.mark.integration
 

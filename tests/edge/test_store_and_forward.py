@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from application.stack import Stack
 from edge.store_and_forward import StoreAndForward
 from edge.telemetry import SelfTelemetry
 from edge.wal import WriteAheadLog
@@ -17,7 +18,6 @@ from urbansense import codec
 from urbansense.config import BatchSpec, WalSpec
 from urbansense.mqtt import MqttClient, MqttSettings
 from urbansense.schema import Sample
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from application.cli import main
+from application.stack import Stack
 from ingest.bootstrap import ROLLUPS, Rollup, continuous_queries, continuous_query, duration_s, init_database
-from urbansense.cli import main
 from urbansense.influx import InfluxClient
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -9,6 +9,7 @@ import random
 import orjson
 import pytest
 
+from application.stack import Stack
 from tests.ingest.harness import (
     Collector,
     Publisher,
@@ -23,7 +24,6 @@ from tests.ingest.harness import (
 )
 from urbansense import topics
 from urbansense.influx import InfluxClient
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -27,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from application.stack import Stack
 from ingest import points
 from ingest.points import TimeWindow, transcode_plain
 from ingest.service import Ingester
@@ -35,7 +36,6 @@ from urbansense import codec
 from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient
 from urbansense.mqtt import MqttSettings
-from urbansense.stack import Stack
 
 try:
     from ingest import _fastline

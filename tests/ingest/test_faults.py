@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from application.processes import ProcessGroup
+from application.stack import Stack
 from tests.ingest.harness import (
     PacedPublisher,
     Publisher,
@@ -23,8 +25,6 @@ from tests.ingest.harness import (
     wait_for,
 )
 from urbansense.influx import InfluxClient
-from urbansense.processes import ProcessGroup
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 

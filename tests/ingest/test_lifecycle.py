@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from application.stack import Stack
 from tests.ingest.harness import (
     PacedPublisher,
     Publisher,
@@ -20,7 +21,6 @@ from tests.ingest.harness import (
     wait_for,
 )
 from urbansense.influx import InfluxClient
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 

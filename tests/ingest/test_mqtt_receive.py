@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from application.stack import Stack
 from tests.ingest.harness import Publisher, unique, wait_for
 from urbansense.mqtt import Message, MqttClient, MqttSettings
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -9,6 +9,7 @@ import urllib.request
 import orjson
 import pytest
 
+from application.stack import Stack, free_port
 from ingest import points
 from tests.ingest.harness import (
     Collector,
@@ -25,7 +26,6 @@ from tests.ingest.harness import (
 )
 from urbansense import topics
 from urbansense.influx import InfluxClient
-from urbansense.stack import Stack, free_port
 
 pytestmark = pytest.mark.integration
 

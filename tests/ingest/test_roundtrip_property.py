@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from application.stack import Stack
 from ingest.service import Ingester
 from tests.ingest.harness import Publisher, isolated_settings, now_ms, unique, wait_for
 from tests.security.strategies import identifiers, metric_names
@@ -22,7 +23,6 @@ from urbansense import topics
 from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient
 from urbansense.mqtt import MqttSettings
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 

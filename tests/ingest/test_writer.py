@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 import requests
 
+from application.stack import Stack
 from ingest.batch import Delivery, WriteBatch
 from ingest.metrics import IngestMetrics
 from ingest.settings import IngestSettings
 from ingest.writer import BatchWriter
 from tests.ingest.harness import unique
 from urbansense.influx import InfluxClient
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 

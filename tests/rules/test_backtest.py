@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rules.backtest import BacktestResult, plot_incidents, run_scenario, score, summary
+from application.backtest import BacktestResult, plot_incidents, run_scenario, score, summary
 from tests.dates import pinned_start
 from urbansense.influx import InfluxClient
 from urbansense.schema import AlertEvent
@@ -89,7 +89,7 @@ def test_scoring_counts_a_wrong_alert_as_false_and_late_alerts_as_negative_lead(
 
 @pytest.mark.integration
 def test_backtest_over_influxdb_data(influx_db: InfluxClient) -> None:
-    from rules.backtest import run_influx
+    from application.backtest import run_influx
     from rules.catalog import RULE_KINDS
     from rules.inventory import InventoryDevice
 

@@ -1,4 +1,4 @@
-"""The calendar sweep (rules/sweep.py): the shipped scenarios on dates spread over a year,
+"""The calendar sweep (application/sweep.py): the shipped scenarios on dates spread over a year,
 each with a seed of its own, and the checks every date must pass.
 
 The slow test plays the solstices and equinoxes (the extremes and midpoints of the sun's
@@ -13,9 +13,8 @@ import datetime as dt
 
 import pytest
 
-from rules.backtest import BacktestResult, IncidentScore
-from rules.flapping import storm_limit
-from rules.sweep import (
+from application.backtest import BacktestResult, IncidentScore
+from application.sweep import (
     SHIPPED_SCENARIOS,
     SOLSTICES_AND_EQUINOXES,
     SWEEP_DATES,
@@ -26,6 +25,7 @@ from rules.sweep import (
     sweep,
     violations,
 )
+from rules.flapping import storm_limit
 from urbansense.schema import AlertEvent
 
 DAY0 = int(dt.datetime(2026, 12, 2, 3, 0, tzinfo=dt.UTC).timestamp() * 1000)  # 11:00 in Shanghai

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from application.cli import main
+from application.stack import Stack
 from urbansense import registry
-from urbansense.cli import main
-from urbansense.stack import Stack
 
 
 def test_check_ok(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from application.stack import Stack
 from rules.service import RulesService, ServiceConfig
 from rules.silences import SILENCE_TOPIC_PREFIX, Silence
 from tests.waiting import wait_for
@@ -19,7 +20,6 @@ from urbansense import codec, topics
 from urbansense.influx import InfluxClient
 from urbansense.mqtt import MqttClient, MqttSettings
 from urbansense.schema import AlertEvent, GatewayStatus, Sample, TelemetryBatch
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from application.stack import BrokerSecurity, Stack
 from tests.security.pki import Pki, make_pki
-from urbansense.stack import BrokerSecurity, Stack
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "mosquitto"

@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from urbansense.stack import find_binary
+from application.stack import find_binary
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from application.stack import mqtt_connack
 from tests.security.conftest import SecureStack
 from urbansense.mqtt import MqttClient, MqttError, MqttSettings
-from urbansense.stack import mqtt_connack
 
 pytestmark = pytest.mark.integration
 NOT_AUTHORIZED_311 = 5  # MQTT 3.1.1 CONNACK "not authorised"

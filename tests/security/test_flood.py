@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from application.stack import Stack
 from ingest.ratelimit import GatewayRateLimit
 from ingest.settings import IngestSettings
 from tests.ingest.harness import (
@@ -22,7 +23,6 @@ from tests.ingest.harness import (
 from urbansense import topics
 from urbansense.config import ConfigError
 from urbansense.influx import InfluxClient
-from urbansense.stack import Stack
 
 
 def test_token_bucket_per_gateway() -> None:

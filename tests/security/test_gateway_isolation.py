@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from application.stack import Stack
 from ingest.points import LineEncoder, accelerator_in_use, status_line, transcode_payload
 from tests.ingest.harness import (
     Collector,
@@ -28,7 +29,6 @@ from urbansense import codec, topics
 from urbansense.identifiers import MEASUREMENTS, RESERVED_FIELDS, RESERVED_STATUS_FIELDS
 from urbansense.influx import InfluxClient
 from urbansense.schema import GatewayStatus, Sample, TelemetryBatch
-from urbansense.stack import Stack
 
 INT64_MAX = 2**63 - 1
 

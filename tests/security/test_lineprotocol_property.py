@@ -16,10 +16,10 @@ import requests
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from application.stack import Stack
 from tests.security.strategies import hostile_strings, int64
 from urbansense.influx import InfluxClient
 from urbansense.lineprotocol import LineProtocolError, encode_point
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 #: Any text but line breaks, which a name cannot hold (see test_a_line_break_in_a_name_...).

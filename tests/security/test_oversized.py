@@ -20,6 +20,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from application.stack import Stack, find_binary, free_port, mqtt_answers
 from tests.deploy.test_mosquitto_acl import deploy_config
 from tests.ingest.harness import (
     Collector,
@@ -35,7 +36,6 @@ from tests.ingest.harness import (
 from tests.security.conftest import DEPLOY
 from urbansense import codec, topics
 from urbansense.influx import InfluxClient
-from urbansense.stack import Stack, find_binary, free_port, mqtt_answers
 
 pytestmark = pytest.mark.integration
 LIMIT = codec.MAX_PAYLOAD_BYTES

@@ -40,7 +40,7 @@ class Components:
 
     def start(self, name: str, env: dict[str, str], *args: str) -> None:
         with open(self.log_dir / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", "urbansense.cli", *args], env=env,
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", "application.cli", *args], env=env,
                                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 start_new_session=True)
 
@@ -89,7 +89,7 @@ def _wait_until(what: str, cond: Any, components: Components, timeout_s: float =
 
 def test_edge_ingest_rules_over_tls_with_least_privilege(tmp_path: Path, secure: SecureStack,
                                                          components: Components) -> None:
-    init = subprocess.run([sys.executable, "-m", "urbansense.cli", "ingest", "init", "--database", DATABASE],
+    init = subprocess.run([sys.executable, "-m", "application.cli", "ingest", "init", "--database", DATABASE],
                           env=secure.env(None, "admin"), capture_output=True, text=True, timeout=60)
     assert init.returncode == 0, init.stderr + init.stdout
     write_profile(tmp_path / "profiles", METER_PROFILE)

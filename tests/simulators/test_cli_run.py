@@ -14,11 +14,11 @@ import orjson
 import pytest
 from pymodbus.client import ModbusTcpClient
 
+from application.stack import Stack
 from simulators.scenario import load_scenario
 from urbansense.clock import ENV, ScenarioClock
 from urbansense.config import load_gateway
 from urbansense.mqtt import MqttClient, MqttSettings
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def test_sim_run_serves_the_scenario_and_ends_with_its_event_time(private_stack:
     watcher.connect()
     truth_path, gw_dir = tmp_path / "truth.jsonl", tmp_path / "gateways"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "urbansense.cli", "sim", "run", "--scenario", str(tmp_path / "cli-test.yaml"),
+        [sys.executable, "-m", "application.cli", "sim", "run", "--scenario", str(tmp_path / "cli-test.yaml"),
          "--seed", "5", "--free-ports", "--write-gateways", str(gw_dir), "--truth", str(truth_path),
          "--mqtt", private_stack.mqtt_url],
         env={**os.environ, ENV: clock.to_env()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

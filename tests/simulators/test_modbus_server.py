@@ -9,12 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from application.stack import free_port
 from simulators.device import DeviceTables
 from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer
 from tests.edge.conftest import METER_PROFILE
 from urbansense import registers
 from urbansense.config import Profile
-from urbansense.stack import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from application.stack import Stack
 from simulators.recordings import parse_line, read_recording
 from simulators.replay import replay
 from simulators.scenario import load_scenario
@@ -21,7 +22,6 @@ from urbansense import codec
 from urbansense.lineprotocol import encode_point
 from urbansense.mqtt import MqttClient, MqttSettings
 from urbansense.schema import Sample
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +123,7 @@ def test_replay_cli_with_shift_to_now(stack: Stack, tmp_path: Path) -> None:
     client, got = _collect(stack, district)
     try:
         before = int(time.time() * 1000)
-        out = subprocess.run([sys.executable, "-m", "urbansense.cli", "sim", "replay", str(path), "--speed", "0",
+        out = subprocess.run([sys.executable, "-m", "application.cli", "sim", "replay", str(path), "--speed", "0",
                               "--shift-to-now", "--mqtt", stack.mqtt_url], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert f"replayed {len(rows)} samples" in out.stdout
@@ -141,6 +141,6 @@ def test_replay_cli_with_shift_to_now(stack: Stack, tmp_path: Path) -> None:
 def test_replay_refuses_a_recording_without_tags(tmp_path: Path) -> None:
     path = tmp_path / "bad.lp"
     path.write_text("water,device=wp-1 pressure_mpa=0.3 1764190000000\n")
-    out = subprocess.run([sys.executable, "-m", "urbansense.cli", "sim", "replay", str(path)],
+    out = subprocess.run([sys.executable, "-m", "application.cli", "sim", "replay", str(path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "bad.lp:1: tags lack district, gateway" in out.stdout

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from application.stack import Stack
 from simulators.scenario import load_scenario
 from urbansense import codec
 from urbansense.mqtt import MqttClient, MqttSettings
 from urbansense.schema import Sample
-from urbansense.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def test_edge_agents_stamp_scenario_event_time(private_stack: Stack, tmp_path: P
     watcher.connect()
     wall_start = int(time.time() * 1000)
     proc = subprocess.run(
-        [sys.executable, "-m", "urbansense.cli", "sim", "run", "--scenario", str(path), "--speed", "720",
+        [sys.executable, "-m", "application.cli", "sim", "run", "--scenario", str(path), "--speed", "720",
          "--free-ports", "--with-edge", "--write-gateways", str(tmp_path / "gw"), "--mqtt", private_stack.mqtt_url],
         capture_output=True, text=True, timeout=60)
     time.sleep(0.5)

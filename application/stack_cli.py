@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from urbansense.stack import Stack
+    from application.stack import Stack
 
     stack = Stack(args.run_dir)
     cmd = args.stack_cmd

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rules.backtest import BacktestResult, run_scenario
+from application.backtest import BacktestResult, run_scenario
 from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, storm_limit
 from urbansense.schema import AlertEvent
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from urbansense.processes import ProcessGroup
-from urbansense.stack import free_port
+from application.processes import ProcessGroup
+from application.stack import free_port
 
 
 def port_offset(ports: list[int]) -> int:

@@ -23,7 +23,7 @@ class ProcessGroup:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         # Own session: a Ctrl-C in the terminal reaches only the orchestrator, which then
         # stops the children in order (edges first, ingester last) so nothing is lost.
-        proc = subprocess.Popen([sys.executable, "-m", "urbansense.cli", *args], stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "application.cli", *args], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
                                 start_new_session=True)
         log.close()

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import requests
 
+from urbansense.endpoints import SERVICES, STATE_FILE, ServiceState, pid_alive, recorded_services
+from urbansense.endpoints import default_urls as default_urls
 from urbansense.paths import BROKER_DELIVERY_CONF, CHECKOUT, default_run_dir
-
-SERVICES = ("mosquitto", "influxd")
 
 
 class StackError(RuntimeError):
@@ -50,39 +50,6 @@ def find_binary(name: str) -> str:
             "(make demo / make test do this for you when run as root)"
         )
     return found
-
-
-def pid_alive(pid: int, expect: str | None = None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.split(") ", 1)[1].startswith("Z"):
-            return False  # zombie: exited, not yet reaped
-        if expect:
-            return expect in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except (OSError, IndexError):
-        return False
-    return True
-
-
-@dataclass
-class ServiceState:
-    name: str
-    pid: int
-    port: int
-    extra_port: int = 0  # influxd's RPC (backup/restore) port
-    tls: bool = False  # the broker's listener speaks TLS (BrokerSecurity.tls)
-
-    @property
-    def url(self) -> str:
-        if self.name == "mosquitto":
-            return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
-        return f"http://127.0.0.1:{self.port}"
 
 
 MOSQUITTO_CONF = """\
@@ -194,18 +161,14 @@ class Stack:
         deployment uses urbansense.codec.MAX_PAYLOAD_BYTES);
         `influx_auth`: InfluxDB auth-enabled (default: env URBANSENSE_INFLUX_AUTH=1)."""
         self.run_dir = (run_dir or default_run_dir()).resolve()
-        self.state_file = self.run_dir / "stack.json"
+        self.state_file = self.run_dir / STATE_FILE
         self.broker_security = broker_security
         self.max_payload_bytes = max_payload_bytes
         self.influx_auth = influx_auth
 
     # ------------------------------------------------------------------ state
     def _load(self) -> dict[str, ServiceState]:
-        try:
-            raw = json.loads(self.state_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-        return {name: ServiceState(**entry) for name, entry in raw.items() if name in SERVICES}
+        return recorded_services(self.run_dir)
 
     def _save(self, states: dict[str, ServiceState]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -429,16 +392,3 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def default_urls() -> tuple[str, str]:
-    """(MQTT URL, InfluxDB URL): from the environment, else the local stack, else defaults."""
-    mqtt = os.environ.get("URBANSENSE_MQTT_URL")
-    influx = os.environ.get("URBANSENSE_INFLUX_URL")
-    if not (mqtt and influx):
-        running = Stack().services()
-        if not mqtt and "mosquitto" in running:
-            mqtt = running["mosquitto"].url
-        if not influx and "influxd" in running:
-            influx = running["influxd"].url
-    return mqtt or "mqtt://127.0.0.1:1883", influx or "http://127.0.0.1:8086"

@@ -1,4 +1,4 @@
-"""The umbrella CLI: `urbansense stack|sim|edge|ingest|rules|dashboards|demo ...`.
+"""The umbrella CLI: `urbansense stack|broker|sim|edge|ingest|rules|dashboards|demo ...`.
 
 Each component registers its own subcommands (its `cli.register`), importing heavy
 modules only when a command runs.
@@ -9,21 +9,22 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from urbansense import __version__
 from urbansense.config import ConfigError
 from urbansense.registry import RegistryError
 
 COMPONENT_CLIS = (
-    "urbansense.stack_cli",
+    "application.stack_cli",
     "urbansense.broker_cli",
     "simulators.cli",
     "edge.cli",
     "ingest.cli",
     "rules.cli",
     "dashboards.cli",
-    "urbansense.demo",
+    "application.demo",
 )
 
 
@@ -42,7 +43,30 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # component not built yet
             raise
         module.register(sub)
+    # scoring against simulations (application layer) joins the rules engine's command
+    from application import scoring_cli
+
+    scoring_cli.register(_subcommands(sub.choices["rules"]))
+    # `sim run --with-edge`: the simulators' run with edge agents beside it
+    sim_run = _subcommands(sub.choices["sim"]).choices["run"]
+    sim_run.add_argument("--with-edge", action="store_true", help="also run one edge agent per gateway")
+    sim_run.set_defaults(start_edges=_start_edges)
     return parser
+
+
+def _start_edges(configs: list[Path], mqtt_url: str | None, log_dir: Path) -> Callable[[], None]:
+    """One `urbansense edge run` per gateway config; returns what stops them all."""
+    from application.processes import ProcessGroup
+
+    procs = ProcessGroup(log_dir)
+    for path in configs:
+        procs.start(f"edge-{path.stem}", "edge", "run", "--config", str(path),
+                    *(["--mqtt", mqtt_url] if mqtt_url else []))
+    return procs.stop_all
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,17 +26,17 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from application.demo_view import DemoState
+from application.district import port_offset as _port_offset
+from application.district import tune_gateway_configs
+from application.district import wait_ports as _wait_ports
+from application.processes import ProcessGroup
+from application.stack import Stack, default_run_dir
 from urbansense import codec, topics
 from urbansense.clock import ScenarioClock
-from urbansense.demo_view import DemoState
-from urbansense.district import port_offset as _port_offset
-from urbansense.district import tune_gateway_configs
-from urbansense.district import wait_ports as _wait_ports
 from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient, InfluxError
 from urbansense.mqtt import MqttClient, MqttSettings
-from urbansense.processes import ProcessGroup
-from urbansense.stack import Stack, default_run_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     run_dir = stack.run_dir
     (run_dir / "gateways").mkdir(parents=True)
     truth_path = run_dir / "truth.jsonl"
-    init = subprocess.run([sys.executable, "-m", "urbansense.cli", "ingest", "init", "--influx", stack.influx_url],
+    init = subprocess.run([sys.executable, "-m", "application.cli", "ingest", "init", "--influx", stack.influx_url],
                           capture_output=True, text=True, timeout=60)
     if init.returncode != 0:
         raise RuntimeError(f"urbansense ingest init failed:\n{init.stderr or init.stdout}")
@@ -210,7 +210,7 @@ def _wait_ingested(influx: InfluxClient, state: DemoState, start_ms: int, timeou
 
 def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: InfluxClient, truth_path: Path,
              start_ms: int, speed: float, ingested: int, interrupted: bool) -> dict[str, Any]:
-    from rules.backtest import score
+    from application.backtest import score
     from rules.inventory import from_gateways
 
     with state.lock:

@@ -1,0 +1,136 @@
+"""`urbansense rules backtest|sweep`: scoring the rules against simulations.
+
+They play simulator scenarios through the rules engine, so they live in the application
+layer (above both components) and join the `rules` command when the umbrella CLI is
+built (application/cli.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+from rules.cli import _load, _urls
+from urbansense.clock import TimeFormatError, parse_time_ms
+
+
+def register(rsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bt = rsub.add_parser("backtest", help="score the rules against a scenario's ground truth")
+    bt.add_argument("--scenario", help="scenario name (simulators/scenarios/NAME.yaml) or path")
+    bt.add_argument("--rules", type=Path)
+    bt.add_argument("--seed", type=int, default=1)
+    bt.add_argument("--start", metavar="TIME",
+                    help="when the scenario starts (ISO 8601 or epoch; default: the latest day that ends before now, "
+                         "at the scenario's start_local): the same start gives the same result on any day")
+    bt.add_argument("--from", dest="from_", metavar="TIME",
+                    help="replay InfluxDB data from (ISO 8601 or epoch s/ms/us/ns)")
+    bt.add_argument("--to", metavar="TIME", help="replay InfluxDB data up to (ISO 8601 or epoch s/ms/us/ns)")
+    bt.add_argument("--influx", help="InfluxDB URL for --from/--to")
+    bt.add_argument("--database", default="city")
+    bt.add_argument("--truth", type=Path, help="ground-truth JSON lines (urbansense sim run --truth) for --from/--to")
+    bt.add_argument("--gateways", type=Path, action="append", metavar="PATH")
+    bt.add_argument("--out", type=Path, default=Path("backtest-out"), help="folder for the PNG plots")
+    bt.add_argument("--no-plots", action="store_true")
+    bt.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    bt.set_defaults(func=_backtest)
+
+    sw = rsub.add_parser("sweep", help="backtest scenarios on dates spread over a year; check every date")
+    sw.add_argument("--scenario", action="append", dest="scenarios", metavar="NAME",
+                    help="scenario name or path (repeat; default: the shipped scenarios)")
+    sw.add_argument("--date", action="append", dest="dates", metavar="YYYY-MM-DD",
+                    help="a date to play on (repeat; default: twelve dates, one a month, solstices and equinoxes)")
+    sw.add_argument("--rules", type=Path, help="rule file or folder (default: every family's rules and rules/catalog)")
+    sw.add_argument("--seed", type=int, help="one seed for every run (default: date i plays with seed i + 1)")
+    sw.add_argument("--max-false-alarms", type=float, default=1.0, metavar="RATE",
+                    help="false alarms allowed per 1,000 device-hours (default %(default)g)")
+    sw.add_argument("--workers", type=int, default=2, help="runs in parallel (default %(default)s)")
+    sw.add_argument("--json", action="store_true", help="print the runs as JSON lines instead of a table")
+    sw.set_defaults(func=_sweep)
+
+
+def _time_ms(text: str) -> int:
+    try:
+        return parse_time_ms(text)
+    except TimeFormatError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    from application import backtest
+    from rules.inventory import GATEWAYS_DIR, load_inventory
+
+    rules = _load(args.rules)
+    if args.scenario:
+        start = _time_ms(args.start) if args.start else None
+        result = backtest.run_scenario(args.scenario, rules, seed=args.seed, start_ms=start, progress=True)
+    elif args.from_ and args.to:
+        _mqtt, influx_url = _urls(args)
+        truth = [json.loads(line) for line in args.truth.read_text().splitlines() if line.strip()] \
+            if args.truth else []
+        inventory = load_inventory(args.gateways or [GATEWAYS_DIR])
+        result = backtest.run_influx(influx_url, args.database, _time_ms(args.from_), _time_ms(args.to),
+                                     rules, inventory, truth, progress=True)
+    else:
+        print("error: give --scenario NAME, or --from and --to to replay InfluxDB data", file=sys.stderr)
+        return 2
+    backtest.print_report(result)
+    if not args.no_plots and result.incidents:
+        paths = backtest.plot_incidents(result, args.out)
+        print(f"plots: {len(paths)} PNG file(s) in {args.out}/")
+    if args.json:
+        print(json.dumps(backtest.summary(result), indent=2))
+    return 1 if result.missed else 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from application import sweep
+
+    try:
+        dates = [dt.date.fromisoformat(d) for d in args.dates] if args.dates else list(sweep.SWEEP_DATES)
+    except ValueError as exc:
+        print(f"error: --date: {exc} (write it as YYYY-MM-DD)", file=sys.stderr)
+        return 2
+    scenarios = args.scenarios or list(sweep.SHIPPED_SCENARIOS)
+    limits = sweep.Limits(false_alarms_per_1000_device_hours=args.max_false_alarms)
+    runs: list[sweep.SweepRun] = []
+    plays = sweep.sweep(scenarios, dates, seed=args.seed, limits=limits, workers=args.workers,
+                        rules_path=args.rules)
+    if args.json:
+        for run in plays:
+            runs.append(run)
+            print(json.dumps(run.as_dict()), flush=True)
+        return 1 if any(r.violations for r in runs) else 0
+    with Progress(transient=True) as bar:
+        task = bar.add_task("calendar sweep", total=len(scenarios) * len(dates))
+        for run in plays:
+            runs.append(run)
+            bar.advance(task)
+    table = Table(title="calendar sweep: the same checks on every date")
+    for col in ("scenario", "date", "seed", "dusk", "incidents", "false alarms", "busiest alert (events in 4 h)",
+                "least lead", "verdict"):
+        table.add_column(col)
+    for r in runs:
+        lead = "-" if r.lead_min_s is None else f"{r.lead_min_s / 60:+.1f} min"
+        table.add_row(r.scenario, f"{r.date:%Y-%m-%d %a}", str(r.seed), r.dusk,
+                      f"{r.incidents - len(r.missed)}/{r.incidents}",
+                      f"{len(r.false_alarms)} ({r.false_alarm_rate:.2f})",
+                      f"{r.busiest_alert} ({r.busiest_events})" if r.busiest_events else "-", lead,
+                      "[green]ok[/]" if not r.violations else "[red]FAIL[/]")
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    for r in runs:
+        for v in r.violations:
+            console.print(f"[red]{r.scenario} {r.date} seed {r.seed}:[/] {v}")
+    bad = sum(1 for r in runs if r.violations)
+    console.print(f"{len(runs) - bad} of {len(runs)} runs hold every property"
+                  + ("" if not bad else f"; {bad} fail (above)"))
+    return 1 if bad else 0
+
+
