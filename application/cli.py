@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from urbansense import __version__
 from urbansense.config import ConfigError
+from urbansense.paths import STATE_ENV
 from urbansense.registry import RegistryError
 
 COMPONENT_CLIS = (
@@ -34,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="UrbanSense: city sensing from Modbus/MQTT devices to InfluxDB, with early warnings.",
     )
     parser.add_argument("--version", action="version", version=f"urbansense {__version__}")
+    parser.add_argument("--state-dir", type=Path, metavar="DIR",
+                        help="where state goes: the local stack, edge logs, demo runs (default: "
+                             "$URBANSENSE_RUN_DIR, .run/ in a checkout, else ~/.local/share/urbansense)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMPONENT_CLIS:
         try:
@@ -73,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # the parser imports the component CLIs, which may read the domain registry
         args = build_parser().parse_args(argv)
+        if args.state_dir is not None:  # for this process and every process it starts
+            os.environ[STATE_ENV] = str(args.state_dir.resolve())
         return int(args.func(args) or 0)
     except (ConfigError, RegistryError) as exc:
         print("configuration error:", file=sys.stderr)

@@ -3,7 +3,8 @@
 `urbansense stack up | down | status | env` and the pytest fixtures both use this. State
 (ports, pids) lives in `<run dir>/stack.json`, so `status` and `down` work from another
 shell; entries whose process is gone are cleaned up. The run dir is
-`$URBANSENSE_RUN_DIR`, or `.run/` at the top of the checkout (git-ignored).
+`urbansense --state-dir` (URBANSENSE_RUN_DIR), else `.run/` at the top of a checkout
+(git-ignored), else the user's data directory (urbansense.paths.default_run_dir).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import requests
 
 from urbansense.endpoints import SERVICES, STATE_FILE, ServiceState, pid_alive, recorded_services
 from urbansense.endpoints import default_urls as default_urls
-from urbansense.paths import BROKER_DELIVERY_CONF, CHECKOUT, default_run_dir
+from urbansense.paths import BROKER_DELIVERY_CONF, default_run_dir, shown
 
 
 class StackError(RuntimeError):
@@ -231,7 +232,7 @@ class Stack:
             security = self.broker_security
             conf.write_text(MOSQUITTO_CONF.format(
                 port=port, user=getpass.getuser(), data=svc_dir / "data", log=log_path,
-                delivery=_delivery_settings(), delivery_path=BROKER_DELIVERY_CONF.relative_to(CHECKOUT),
+                delivery=_delivery_settings(), delivery_path=shown(BROKER_DELIVERY_CONF),
                 message_size_limit=self.max_payload_bytes or 0,
                 # with accounts, the log says who connected: the security tests read it
                 connection_messages="true" if security else "false",

@@ -8,7 +8,8 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stack", help="private Mosquitto + InfluxDB on free loopback ports")
-    p.add_argument("--run-dir", type=Path, help="state folder (default: $URBANSENSE_RUN_DIR or .run/)")
+    p.add_argument("--run-dir", type=Path, help="state folder (default: urbansense --state-dir, .run/ in a checkout, "
+                                                      "else ~/.local/share/urbansense)")
     ssub = p.add_subparsers(dest="stack_cmd", required=True)
     for name, helptext in (("up", "start both services (no-op for those running)"),
                            ("down", "stop both services"),
