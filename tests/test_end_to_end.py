@@ -5,7 +5,6 @@ its own process as in production."""
 from __future__ import annotations
 
 import queue
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -92,7 +91,9 @@ def test_reading_travels_to_influxdb_and_raises_then_resolves_an_alert(stack: St
         common = ["--mqtt", stack.mqtt_url, "--influx", stack.influx_url, "--database", database]
         procs.start("ingest", "ingest", "run", *common, "--instance", f"ingest-{district}")
         procs.start("rules", "rules", "run", *common, "--rules", str(rules_path))
-        time.sleep(1.0)  # let both subscribe before the first reading
+        # the first reading is published once both have their subscriptions acknowledged
+        wait_for(lambda: all("subscribed to" in (procs.log_dir / f"{n}.log").read_text() for n in ("ingest", "rules")),
+                 30, "the ingester's and the rules engine's subscriptions")
         procs.start("edge", "edge", "run", "--config", str(gw_path), "--mqtt", stack.mqtt_url)
 
         def n_samples(pred=lambda s: True) -> int:
@@ -111,15 +112,21 @@ def test_reading_travels_to_influxdb_and_raises_then_resolves_an_alert(stack: St
         device.set("pressure_mpa", 0.3125)
         wait_for(lambda: drain() >= 2, 20, "the resolved alert")
         procs.stop("edge")
-        time.sleep(1.0)
-        drain()
+        # the edge's last batches reach the watcher and InfluxDB: wait until both agree
+        influx = InfluxClient(stack.influx_url, database)
+
+        def settled() -> bool:
+            drain()
+            rows = influx.rows(f"SELECT count(\"pressure_mpa\") AS n FROM water WHERE district = '{district}'")
+            return bool(rows) and rows[0]["n"] == len(samples)
+
+        wait_for(settled, 20, "every reading on the wire to be in InfluxDB")
     finally:
         procs.stop_all()
         watcher.close()
         server.stop()
 
     # ---- every reading seen on the wire is in InfluxDB, with the same values and edge timestamps
-    influx = InfluxClient(stack.influx_url, database)
     good = [s for s in samples if s.q == "good"]
     assert len(good) == len(samples) >= 10
     def stored() -> list[dict[str, Any]]:

@@ -153,6 +153,16 @@ class AgentThread:
         self.thread.start()
         return self
 
+    def wait_ready(self, timeout_s: float = 15.0) -> AgentThread:
+        """Until the agent's uplink and every MQTT input link have their subscriptions
+        acknowledged (commands and sensor messages published from now on arrive)."""
+        clients = [self.agent.mqtt, *(link.client for link in self.agent.mqtt_links.values())]
+        deadline = time.monotonic() + timeout_s
+        for client in clients:
+            assert client.wait_subscribed(max(0.0, deadline - time.monotonic())), \
+                f"edge agent: {client.settings.url} not subscribed within {timeout_s} s"
+        return self
+
     def call(self, coro: Any, timeout: float = 10.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 

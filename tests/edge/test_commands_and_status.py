@@ -13,6 +13,7 @@ import requests
 
 from application.stack import Stack, free_port
 from tests.edge.conftest import AgentThread, Collector, ModbusSim, tcp_links, unique, write_gateway
+from tests.waiting import wait_for
 from urbansense import codec
 from urbansense.mqtt import MqttClient, MqttSettings
 
@@ -32,7 +33,7 @@ def test_commands_write_only_writable_fields_within_limits(tmp_path: Path, stack
     sim, path, gw = _setup(tmp_path)
     results = Collector(stack.mqtt_url, f"city/test/{gw}/cmd/result")
     with sim, AgentThread(path, stack.mqtt_url, tmp_path / "wal") as run:
-        time.sleep(0.5)
+        run.wait_ready()
 
         def cmd(**body: Any) -> dict[str, Any]:
             out: dict[str, Any] = run.call(run.agent.handle_command(orjson.dumps(body)))
@@ -80,8 +81,17 @@ def test_status_message_and_prometheus_metrics(tmp_path: Path, stack: Stack, met
     sim.devices[(sim.ports[0], 2)].exception_code = 2
     status = Collector(stack.mqtt_url, f"city/test/{gw}/status")
     with sim, AgentThread(path, stack.mqtt_url, tmp_path / "wal"):
-        time.sleep(2.0)
-        body = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        def polled() -> str | None:
+            """The metrics once both devices were polled (one failing) and the status refreshed."""
+            try:
+                text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except requests.ConnectionError:
+                return None
+            status.drain(0.05)
+            refreshed = sum(1 for _, p in status.raw if codec.decode_status(p).state == "online") >= 2
+            return text if refreshed and 'edge_device_up{device="dev-0-2"} 0.0' in text else None
+
+        body = wait_for(polled, 20, "two status refreshes and both devices polled")
     status.drain(1.0)
     status.close()
     statuses = [codec.decode_status(p) for _, p in status.raw]

@@ -55,7 +55,7 @@ def test_mqtt_sensors_map_through_the_profile(tmp_path: Path, stack: Stack) -> N
         b"not json at all",
     ]
     with AgentThread(path, stack.mqtt_url, tmp_path / "wal") as run:
-        time.sleep(1.0)
+        run.wait_ready()
         for p in payloads:
             sensor.publish_wait(f"sensors/{dev}/data", p if isinstance(p, bytes) else orjson.dumps(p))
             time.sleep(0.1)

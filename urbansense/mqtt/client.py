@@ -88,6 +88,7 @@ class MqttClient:
         # message ids of SUBSCRIBEs sent on this connection and not yet answered (SUBACK),
         # and of SUBACKs that came before their SUBSCRIBE's id was recorded
         self._unacked_subs: set[int] = set()
+        self._subacks_since_connect = 0
         self._early_subacks: set[int] = set()
         self._subs_acked = threading.Condition()
         self._stopping = False
@@ -268,6 +269,7 @@ class MqttClient:
         with self._subs_acked:
             self._unacked_subs.clear()  # a new connection: only its own SUBSCRIBEs count
             self._early_subacks.clear()
+            self._subacks_since_connect = 0
         for sub in self._subs:
             self._do_subscribe(sub)
         self._connected.set()
@@ -350,7 +352,13 @@ class MqttClient:
                 self._unacked_subs.discard(mid)
             elif len(self._early_subacks) < 1024:
                 self._early_subacks.add(mid)
+            self._subacks_since_connect += 1
+            # every subscription of this connection acknowledged: from now on a message
+            # published reaches its handler (operators and tests read this line)
+            all_in = self._subacks_since_connect == len(self._subs) and not self._unacked_subs
             self._subs_acked.notify_all()
+        if all_in:
+            log.info("MQTT %s: subscribed to %s", self.settings.url, ", ".join(s.topic for s in self._subs))
         failed = [str(r) for r in reasons if r.is_failure]
         if failed:
             log.error("MQTT %s refused a subscription: %s", self.settings.url, ", ".join(failed))
