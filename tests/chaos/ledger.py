@@ -125,7 +125,9 @@ def compare_published(published: dict[Key, tuple[str, dict[str, Any]]], influx: 
     v.duplicates = [k for k, rows in stored.items() if len(rows) > 1]
     for key, want in published.items():
         got = stored.get(key)
-        if got and got[0] != want:
+        # a device stored twice is a duplicate (above); it is a wrong value only if no copy
+        # matches what was published (whichever measurement the database lists first)
+        if got and want not in got:
             v.wrong_values.append((key, want, got[0]))
     for dev in sorted({d for d, _ in published} | {d for d, _ in stored}):
         v.per_device[dev] = (sum(1 for d, _ in published if d == dev), sum(1 for d, _ in stored if d == dev))
