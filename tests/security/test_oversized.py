@@ -47,30 +47,45 @@ def _client(port: int, user: str | None = None, password: str | None = None) -> 
     if user:
         c.username_pw_set(user, password)
     c.on_message = lambda _c, _u, m: got.put(len(m.payload))
+    # -1: SUBACK, -2: PUBACK, -3: disconnected (what the broker does with an oversized publish)
+    c.on_subscribe = lambda *_a: got.put(-1)
+    c.on_publish = lambda *_a: got.put(-2)
+    c.on_disconnect = lambda *_a: got.put(-3)
     c.connect("127.0.0.1", port)
     c.loop_start()
     return c, got
 
 
+def _next(got: queue.Queue[int], wanted: set[int], timeout_s: float = 10.0) -> int:
+    """The next of the `wanted` events (messages and others in between are kept)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        event = got.get(timeout=max(0.01, deadline - time.monotonic()))
+        if event in wanted:
+            return event
+        got.put(event)  # a message: kept for later
+        time.sleep(0.01)
+
+
 def _only_the_limit_passes(port: int, topic: str, user: str | None = None, password: str | None = None) -> None:
     sub, got = _client(port, user, password)
     _rc, _mid = sub.subscribe(topic, qos=1)
-    time.sleep(0.3)
+    _next(got, {-1})
     try:
         for size in (LIMIT, LIMIT + 1, 2 * LIMIT, 10):
-            pub, _ = _client(port, user, password)  # a fresh publisher: the broker drops an oversized one
+            pub, events = _client(port, user, password)  # a fresh publisher: the broker drops an oversized one
             pub.publish(topic, b"x" * size, qos=1)
-            time.sleep(0.3)
+            # accepted (PUBACK) or dropped with the connection
+            assert _next(events, {-2, -3}) == (-2 if size <= LIMIT else -3), size
             pub.disconnect()
             pub.loop_stop()
+        # the broker handled the publishes in order: once the last (10 bytes) is here, every
+        # message it let through is
         received: list[int] = []
-        deadline = time.monotonic() + 3
-        while len(received) < 2 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10
+        while 10 not in received and time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):
                 received.append(got.get(timeout=0.1))
-        time.sleep(0.3)
-        while not got.empty():
-            received.append(got.get())
         assert received == [LIMIT, 10]
     finally:
         sub.disconnect()
