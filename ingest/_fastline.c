@@ -14,6 +14,11 @@
  *     (>= 0), sent (>= 1), samples (a list), each once, in any order;
  *   - a sample: exactly the keys m (a measurement configure() named), dev (an identifier), f, t (>= 1,
  *     inside [earliest, latest]), and optionally q "good", err null, urgent false;
+ *   - every field the measurement's family declares (configure()'s field_types, from the
+ *     domain registry) of its declared type: a float field a float, an integer field an
+ *     integer, a boolean field true or false, a string field a string. An integer in a
+ *     float field is None too: the Python path converts it, or refuses what it cannot;
+ *     and in a strict family (configure()'s strict) no field it does not declare;
  *   - at most max_samples samples (configure());
  *   - f: 1 to 64 distinct metric names, none of them reserved (configure() hands over
  *     urbansense.identifiers.RESERVED_FIELDS: the tags, time and the quality fields), whose
@@ -50,6 +55,7 @@
 #define MAX_FIELDS 64 /* urbansense.codec.MAX_FIELDS (ingest.points checks they agree) */
 #define MAX_NAME 63
 #define MAX_NAMES 32 /* reserved field names, measurements */
+#define MAX_TYPED 64 /* declared fields of one measurement */
 #define MAX_FLOAT_TOKEN 40
 #define MAX_INT_DIGITS 18
 #define MAX_STRING_FIELD 1024 /* urbansense.codec.MAX_STRING_FIELD */
@@ -169,8 +175,20 @@ static int in_set(const NameSet *set, const Span *s)
     return 0;
 }
 
-/* set by configure(): the reserved field names, the measurements, the largest batch */
+/* the declared fields of one measurement and their kinds: 'f' float, 'i' integer,
+ * 'b' boolean, 's' string */
+typedef struct {
+    char name[MAX_TYPED][MAX_NAME + 1];
+    size_t len[MAX_TYPED];
+    char kind[MAX_TYPED];
+    int count;
+    int strict; /* no field but these (the family's undeclared_fields: refuse) */
+} TypedSet;
+
+/* set by configure(): the reserved field names, the measurements (with their declared
+ * fields, in the same order), the largest batch */
 static NameSet reserved, measurements;
+static TypedSet typed[MAX_NAMES];
 static int configured = 0; /* until then every batch goes the Python way */
 static Py_ssize_t max_samples = 0;
 
@@ -180,9 +198,49 @@ static int is_plain_field(const Span *s)
     return is_name(s, 1, 1 | 2 | 8) && !in_set(&reserved, s);
 }
 
-static int is_measurement(const Span *s)
+/* the measurement's index in configure()'s tuple, or -1 */
+static int measurement_index(const Span *s)
 {
-    return in_set(&measurements, s);
+    for (int i = 0; i < measurements.count; i++)
+        if ((size_t)s->len == measurements.len[i] && memcmp(s->start, measurements.name[i], measurements.len[i]) == 0)
+            return i;
+    return -1;
+}
+
+static char value_kind(const Field *f)
+{
+    if (f->is_integer)
+        return 'i';
+    switch (f->value.start[0]) {
+    case 't':
+    case 'f':
+        return 'b';
+    case '"':
+        return 's';
+    default:
+        return 'f';
+    }
+}
+
+/* every field the measurement declares has a value of its declared kind, and a strict
+ * measurement has no other field */
+static int declared_kinds(const Ctx *c, int measurement, int nfields)
+{
+    const TypedSet *ts = &typed[measurement];
+    for (int i = 0; (ts->count || ts->strict) && i < nfields; i++) {
+        const Span *key = &c->fields[i].key;
+        int j = 0;
+        for (; j < ts->count; j++) {
+            if ((size_t)key->len == ts->len[j] && memcmp(key->start, ts->name[j], ts->len[j]) == 0) {
+                if (ts->kind[j] != value_kind(&c->fields[i]))
+                    return 0;
+                break;
+            }
+        }
+        if (j == ts->count && ts->strict)
+            return 0;
+    }
+    return 1;
 }
 
 /* a JSON integer >= 0 of at most 18 digits (no sign, no fraction, no exponent) */
@@ -396,8 +454,11 @@ static int sample(Ctx *c, int emit)
         return NOT_PLAIN;
     if ((seen & (K_M | K_DEV | K_F | K_T)) != (K_M | K_DEV | K_F | K_T))
         return NOT_PLAIN;
-    if (!is_measurement(&m) || !is_identifier(&dev) || t < 1 || t < c->earliest || t > c->latest)
+    int mi = measurement_index(&m);
+    if (mi < 0 || !is_identifier(&dev) || t < 1 || t < c->earliest || t > c->latest)
         return NOT_PLAIN;
+    if (!declared_kinds(c, mi, nfields))
+        return NOT_PLAIN; /* the Python path converts (an integer into a float field) or refuses */
     if (!emit)
         return OK;
     /* m ",device=" dev tags k=v[,k=v] " " t "\n" */
@@ -584,10 +645,13 @@ static PyObject *transcode(PyObject *module, PyObject *const *args, Py_ssize_t n
 }
 
 PyDoc_STRVAR(configure_doc,
-"configure(reserved: tuple[str, ...], measurements: tuple[str, ...], max_samples: int) -> None\n\n"
+"configure(reserved: tuple[str, ...], measurements: tuple[str, ...], max_samples: int,\n"
+"          field_types: tuple[tuple[tuple[str, str], ...], ...] = (), strict: tuple[bool, ...] = ()) -> None\n\n"
 "The field names no sample may use, the measurements a sample may name (at most 32 each,\n"
-"each of 1 to 63 ASCII characters) and the most samples a batch may hold. transcode()\n"
-"returns None until this has been called.");
+"each of 1 to 63 ASCII characters), the most samples a batch may hold, and per measurement\n"
+"(in the same order) its declared fields as (name, kind) pairs, kind one of 'float', 'int',\n"
+"'bool', 'string' (at most 64 per measurement), and per measurement whether it takes no\n"
+"other field. transcode() returns None until this has been called.");
 
 /* names: a tuple of ASCII str of 1..MAX_NAME characters, at most MAX_NAMES; 0 or -1 with ValueError */
 static int fill_set(NameSet *set, PyObject *names, const char *what)
@@ -614,24 +678,85 @@ static int fill_set(NameSet *set, PyObject *names, const char *what)
     return 0;
 }
 
+/* one measurement's (name, kind) pairs; 0 or -1 with ValueError */
+static int fill_typed(TypedSet *set, PyObject *pairs)
+{
+    if (!PyTuple_Check(pairs) || PyTuple_GET_SIZE(pairs) > MAX_TYPED) {
+        PyErr_Format(PyExc_ValueError, "configure(): field_types: a tuple of at most %d (name, kind) pairs "
+                     "per measurement", MAX_TYPED);
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(pairs);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PyTuple_GET_ITEM(pairs, i);
+        Py_ssize_t len = 0, klen = 0;
+        const char *name = NULL, *kind = NULL;
+        if (PyTuple_Check(pair) && PyTuple_GET_SIZE(pair) == 2 && PyUnicode_Check(PyTuple_GET_ITEM(pair, 0)) &&
+            PyUnicode_Check(PyTuple_GET_ITEM(pair, 1))) {
+            name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, 0), &len);
+            kind = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(pair, 1), &klen);
+        }
+        char k = 0;
+        if (kind && klen == 5 && memcmp(kind, "float", 5) == 0)
+            k = 'f';
+        else if (kind && klen == 3 && memcmp(kind, "int", 3) == 0)
+            k = 'i';
+        else if (kind && klen == 4 && memcmp(kind, "bool", 4) == 0)
+            k = 'b';
+        else if (kind && klen == 6 && memcmp(kind, "string", 6) == 0)
+            k = 's';
+        if (!name || len < 1 || len > MAX_NAME || !k) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "configure(): field_types: each pair is (a name of 1 to 63 "
+                            "characters, one of 'float', 'int', 'bool', 'string')");
+            return -1;
+        }
+        memcpy(set->name[i], name, (size_t)len);
+        set->len[i] = (size_t)len;
+        set->kind[i] = k;
+    }
+    set->count = (int)n;
+    return 0;
+}
+
 static PyObject *configure(PyObject *module, PyObject *args)
 {
     (void)module;
-    PyObject *reserved_names, *measurement_names;
+    PyObject *reserved_names, *measurement_names, *field_types = NULL, *strict = NULL;
     Py_ssize_t samples;
-    if (!PyArg_ParseTuple(args, "O!O!n", &PyTuple_Type, &reserved_names, &PyTuple_Type, &measurement_names,
-                          &samples))
+    if (!PyArg_ParseTuple(args, "O!O!n|O!O!", &PyTuple_Type, &reserved_names, &PyTuple_Type, &measurement_names,
+                          &samples, &PyTuple_Type, &field_types, &PyTuple_Type, &strict))
         return NULL;
     if (samples < 1) {
         PyErr_SetString(PyExc_ValueError, "configure(): max_samples must be at least 1");
         return NULL;
     }
-    NameSet new_reserved, new_measurements; /* all or nothing: a bad call changes nothing */
+    /* all or nothing: a bad call changes nothing (the tables are large: heap, not stack) */
+    NameSet new_reserved, new_measurements;
     if (fill_set(&new_reserved, reserved_names, "reserved names") < 0 ||
         fill_set(&new_measurements, measurement_names, "measurements") < 0)
         return NULL;
+    if ((field_types && PyTuple_GET_SIZE(field_types) != new_measurements.count) ||
+        (strict && PyTuple_GET_SIZE(strict) != new_measurements.count)) {
+        PyErr_SetString(PyExc_ValueError, "configure(): field_types and strict have one entry per measurement, "
+                        "in their order");
+        return NULL;
+    }
+    TypedSet *new_typed = PyMem_Calloc(MAX_NAMES, sizeof(TypedSet));
+    if (!new_typed)
+        return PyErr_NoMemory();
+    for (int i = 0; field_types && i < new_measurements.count; i++) {
+        if (fill_typed(&new_typed[i], PyTuple_GET_ITEM(field_types, i)) < 0) {
+            PyMem_Free(new_typed);
+            return NULL;
+        }
+    }
+    for (int i = 0; strict && i < new_measurements.count; i++)
+        new_typed[i].strict = PyObject_IsTrue(PyTuple_GET_ITEM(strict, i)) == 1;
     reserved = new_reserved;
     measurements = new_measurements;
+    memcpy(typed, new_typed, MAX_NAMES * sizeof(TypedSet));
+    PyMem_Free(new_typed);
     max_samples = samples;
     configured = 1;
     Py_RETURN_NONE;

@@ -239,10 +239,17 @@ def _load_accelerator() -> tuple[ModuleType | None, str]:
         return None, (f"pure Python (ingest._fastline's limits, {_fastline.MAX_FIELDS} fields and "
                       f"{_fastline.MAX_STRING_FIELD}-character strings, differ from the codec's "
                       f"{codec.MAX_FIELDS} and {codec.MAX_STRING_FIELD}; change both)")
-    # the reserved names, the measurements and the batch bound come from the contract, not
-    # from the C source
-    _fastline.configure(tuple(sorted(RESERVED_FIELDS)), MEASUREMENTS, codec.MAX_SAMPLES)
+    configure_accelerator(_fastline)
     return _fastline, "C accelerator (ingest._fastline)"
+
+
+def configure_accelerator(module: ModuleType, measurements: tuple[str, ...] = MEASUREMENTS) -> None:
+    """Hand the C accelerator what it checks: the reserved names, the measurements, their
+    declared field types (and which take no other field) and the batch bound, from the
+    contract (the domain registry), not from the C source."""
+    module.configure(tuple(sorted(RESERVED_FIELDS)), measurements, codec.MAX_SAMPLES,
+                     tuple(tuple(codec.FIELD_TYPES.get(m, {}).items()) for m in measurements),
+                     tuple(m in codec.STRICT_MEASUREMENTS for m in measurements))
 
 
 _fastline, ACCELERATOR = _load_accelerator()

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import orjson
 
+from urbansense import registry
 from urbansense.identifiers import (
     ALERT_STATES,
     DOMAINS,
@@ -178,6 +179,57 @@ _known_identifiers: set[str] = set()
 _known_metrics: set[str] = set()
 _MEASUREMENT_SET = frozenset(MEASUREMENTS)
 
+#: The fields each family declares and their types (float, int, bool, string), from the
+#: domain registry. A declared field must arrive in its type: an integer into a float
+#: field is converted (exactly, up to 2^53), anything else is refused with the field and
+#: the type it wants, so InfluxDB never sees two types for one field. Undeclared fields
+#: are stored as sent, or refused in a family that says so (docs/ARCHITECTURE.md,
+#: "Field types").
+FIELD_TYPES: dict[str, dict[str, str]] = {
+    name: {key: info.type for key, info in fam.fields.items()} for name, fam in registry.families().items()}
+_PY_TYPES: dict[str, type] = {"float": float, "int": int, "bool": bool, "string": str}
+_TYPE_WORDS = {"float": "a number", "int": "an integer", "bool": "true or false", "string": "a string"}
+_EXACT_INT_IN_FLOAT = 2**53
+_EXACT: dict[str, dict[str, type]] = {
+    m: {k: _PY_TYPES[t] for k, t in fields.items()} for m, fields in FIELD_TYPES.items()}
+
+
+#: Families that refuse fields they do not declare (family.yaml `undeclared_fields: refuse`).
+STRICT_MEASUREMENTS: frozenset[str] = frozenset(
+    name for name, fam in registry.families().items() if fam.undeclared_fields == "refuse")
+
+
+def _declared_types_hold(m: str, fields: dict[str, Any]) -> bool:
+    """Every declared field of the sample has exactly its Python type, and a strict family
+    gets no other field (the fast paths' check: anything else takes check_sample, which
+    converts or refuses)."""
+    declared = _EXACT.get(m)
+    if declared:
+        strict = m in STRICT_MEASUREMENTS
+        for key, value in fields.items():
+            want = declared.get(key)
+            if want is None:
+                if strict:
+                    return False
+            elif type(value) is not want:
+                return False
+    return True
+
+
+def _as_declared(m: str, key: str, value: FieldValue, path: str) -> FieldValue:
+    want = FIELD_TYPES.get(m, {}).get(key)
+    if want is None:
+        if m in STRICT_MEASUREMENTS:
+            raise _problem(path, f"{key} is not a field of family {m}, which takes only the fields it declares; "
+                                 f"declare it in the family's family.yaml or leave it out")
+        return value
+    if type(value) is _PY_TYPES[want]:
+        return value
+    if want == "float" and type(value) is int and -_EXACT_INT_IN_FLOAT <= value <= _EXACT_INT_IN_FLOAT:
+        return float(value)
+    raise _problem(path, f"{m} field {key} is {_TYPE_WORDS[want]} ({want}, the family's declared type), "
+                         f"got {_describe(value)}; send it as {want} or fix the device profile's decoding")
+
 
 def _known_identifier(value: str) -> bool:
     if value in _known_identifiers:
@@ -246,6 +298,8 @@ def _fast_sample(raw: dict[str, Any]) -> Sample | None:
             return None
         if key not in _plain_fields and not _plain_field(key):  # a metric name, not reserved
             return None
+    if not _declared_types_hold(m, f):
+        return None
     return Sample(dev, m, t, f, q, err, urgent)
 
 
@@ -276,7 +330,7 @@ def check_sample(raw: Any, path: str = "sample") -> Sample:
         why = metric_problem(key)
         if why:
             raise _problem(f"{path}.f", why)
-        fields[key] = check_field_value(value, f"{path}.f.{key}")
+        fields[key] = _as_declared(m, key, check_field_value(value, f"{path}.f.{key}"), f"{path}.f.{key}")
     err = raw.get("err")
     if err is not None:
         err = _str(err, f"{path}.err")
@@ -412,7 +466,8 @@ def decode_plain_batch(payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) ->
     samples = batch.samples
     if samples and (any(map(_URGENT, samples)) or not _MEASUREMENT_SET.issuperset(map(_M, samples))
                     or not _all_known(set(map(_DEV, samples)), _known_identifiers, _known_identifier)
-                    or not _all_known(set().union(*map(_F, samples)), _plain_fields, _plain_field)):
+                    or not _all_known(set().union(*map(_F, samples)), _plain_fields, _plain_field)
+                    or not all(_declared_types_hold(s.m, s.f) for s in samples)):
         return None
     # msgspec refuses numbers out of float range (1e999) and JSON has no NaN: all finite
     return batch

@@ -180,6 +180,10 @@ class Family(_Model):
     description: str = ""
     #: The broker account that reads this family's alerts (deploy/mosquitto/acl).
     utility_account: str | None = None
+    #: A field no profile of the family declares: stored as sent (`store`, the default:
+    #: a vendor's extra diagnostics are kept, with whatever type InfluxDB first sees), or
+    #: refused with a reason (`refuse`: only declared fields, each in its type).
+    undeclared_fields: Literal["store", "refuse"] = "store"
     fields: dict[str, FieldInfo] = Field(min_length=1)
     incidents: list[IncidentKind] = Field(default_factory=list)
     #: profile -> "module:Class" of a Python model, only where physics needs code;

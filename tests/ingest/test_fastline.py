@@ -335,7 +335,17 @@ def test_near_misses_agree_or_are_left_to_python(payload: bytes) -> None:
 def test_what_the_c_path_leaves_to_python() -> None:
     assert agrees(BASE) and agrees(BASE + b" \n\t\r")
     assert all(agrees(p) for p in FIELD_TAKEN)
-    assert agrees(BASE.replace(b"0.312", b"312"))
+    assert agrees(BASE.replace(b"0.312", b"312").replace(b"pressure_mpa", b"count"))  # undeclared: 312i
+    # water declares pressure_mpa a float: the C path leaves an integer there to Python,
+    # which stores it as the float it is
+    as_integer = BASE.replace(b"0.312", b"312")
+    assert c_path(as_integer) is None and codec.decode_plain_batch(as_integer) is None
+    assert codec.decode_batch_lenient(as_integer)[0].samples[0].f == {"pressure_mpa": 312.0, "on": True}
+    for wrong in (b'"312"', b"true"):  # of another type: refused on every path, with the reason
+        payload = BASE.replace(b"0.312", wrong)
+        assert c_path(payload) is None and codec.decode_plain_batch(payload) is None
+        batch, problems = codec.decode_batch_lenient(payload)
+        assert not batch.samples and "water field pressure_mpa is a number (float" in problems[0]
     left = [p for p in FIELD_LEFT_TO_PYTHON + ENVELOPE_LEFT_TO_PYTHON + TEXT_LEFT_TO_PYTHON if c_path(p) is not None]
     # JSON allows both: trailing white space, leading zeros in an exponent (Go reads it too)
     assert left == [BASE.replace(b"0.312", b"1e0000000000000000000000001"), BASE + b" \n\t\r"]

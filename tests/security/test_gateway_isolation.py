@@ -12,9 +12,12 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from application.stack import Stack
-from ingest.points import LineEncoder, accelerator_in_use, status_line, transcode_payload
+from ingest.deadletter import declared_conflict
+from ingest.points import LineEncoder, accelerator_in_use, configure_accelerator, status_line, transcode_payload
 from tests.ingest.harness import (
     Collector,
     Publisher,
@@ -202,6 +205,30 @@ def _gas(district: str, gw: str, seq: int, t: int, samples: list[dict[str, Any]]
     return json.dumps({"v": 1, "gw": gw, "district": district, "seq": seq, "sent": t, "samples": samples}).encode()
 
 
+def _attack(stack: Stack, influx_db: InfluxClient, district: str, attacker: list[tuple[str, bytes]],
+            victim: list[tuple[str, bytes]], letters: int) -> list[dict[str, Any]]:
+    """The attacker's messages through a real ingester first, then the victim's; returns
+    the district's dead letters once `letters` of them have arrived."""
+    dead = Collector(stack.mqtt_url, topics.DEADLETTER)
+    pub = Publisher(stack.mqtt_url)
+    try:
+        with running_ingester(stack.mqtt_url, stack.influx_url, influx_db.database,
+                              settings=isolated_settings()) as ing:
+            pub.publish_all(attacker)
+            wait_for(lambda: ing.stats.messages >= len(attacker) and ing.held == 0, 30, "attacker handled")
+            pub.publish_all(victim)
+            wait_for(lambda: ing.stats.messages >= len(attacker) + len(victim) and ing.held == 0, 30, "all handled")
+
+        def mine() -> list[dict[str, Any]]:
+            return [d for d in dead.payloads if f"/{district}/" in d["topic"]]
+
+        wait_for(lambda: len(mine()) >= letters, 20, "dead letters")
+        return mine()
+    finally:
+        pub.close()
+        dead.close()
+
+
 @pytest.mark.integration
 def test_one_gateway_cannot_poison_another_s_fields(stack: Stack, influx_db: InfluxClient) -> None:
     """Gateway A sends device_error as a number, quality_uncertain as a number and a
@@ -225,31 +252,18 @@ def test_one_gateway_cannot_poison_another_s_fields(stack: Stack, influx_db: Inf
         (topics.status(district, "gw-b"), json.dumps(
             {"v": 1, "state": "online", "t": t + 10, "devices": {"gs-b1": "fail", "gs-b2": "ok"}}).encode()),
     ]
-    dead = Collector(stack.mqtt_url, topics.DEADLETTER)
-    pub = Publisher(stack.mqtt_url)
-    try:
-        with running_ingester(stack.mqtt_url, stack.influx_url, influx_db.database,
-                              settings=isolated_settings()) as ing:
-            pub.publish_all(attacker)
-            wait_for(lambda: ing.stats.messages >= len(attacker) and ing.held == 0, 30, "attacker handled")
-            pub.publish_all(victim)
-            wait_for(lambda: ing.stats.messages >= len(attacker) + len(victim) and ing.held == 0, 30, "all handled")
-        wait_for(lambda: len([d for d in dead.payloads if f"/{district}/" in d["topic"]]) >= 3, 20, "dead letters")
-        letters = {d["topic"]: d["reason"] for d in dead.payloads if f"/{district}/" in d["topic"]}
-        assert "device_error are reserved" in letters[topics.telemetry(district, "gw-a")] or \
-            "quality_uncertain are reserved" in letters[topics.telemetry(district, "gw-a")]
-        assert "computed by the ingester" in letters[topics.status(district, "gw-a")]
-        assert all("gw-b" not in topic for topic in letters)
-        rows = influx_db.rows(f"SELECT device_error, quality_uncertain, quality_reason, pressure_kpa FROM gas "
-                              f"WHERE district = '{district}'")
-        stored = {(r["device_error"], r["quality_uncertain"], r["quality_reason"], r["pressure_kpa"]) for r in rows}
-        assert stored == {("timeout", None, None, None), (None, True, "unreadable: outlet_kpa", 3.1)}
-        status = influx_db.rows(f"SELECT online, devices_ok, devices_fail FROM gateway_status "
-                                f"WHERE district = '{district}'")
-        assert [(s["online"], s["devices_ok"], s["devices_fail"]) for s in status] == [(True, 1, 1)]
-    finally:
-        pub.close()
-        dead.close()
+    letters = {d["topic"]: d["reason"] for d in _attack(stack, influx_db, district, attacker, victim, 3)}
+    assert "device_error are reserved" in letters[topics.telemetry(district, "gw-a")] or \
+        "quality_uncertain are reserved" in letters[topics.telemetry(district, "gw-a")]
+    assert "computed by the ingester" in letters[topics.status(district, "gw-a")]
+    assert all("gw-b" not in topic for topic in letters)
+    rows = influx_db.rows(f"SELECT device_error, quality_uncertain, quality_reason, pressure_kpa FROM gas "
+                          f"WHERE district = '{district}'")
+    stored = {(r["device_error"], r["quality_uncertain"], r["quality_reason"], r["pressure_kpa"]) for r in rows}
+    assert stored == {("timeout", None, None, None), (None, True, "unreadable: outlet_kpa", 3.1)}
+    status = influx_db.rows(f"SELECT online, devices_ok, devices_fail FROM gateway_status "
+                            f"WHERE district = '{district}'")
+    assert [(s["online"], s["devices_ok"], s["devices_fail"]) for s in status] == [(True, 1, 1)]
 
 
 def test_samples_built_in_code_are_checked_by_the_encoder_too() -> None:
@@ -268,8 +282,142 @@ def test_the_accelerator_takes_its_measurements_at_start_up() -> None:
     noise = _batch([_sample(m="noise", f={"laeq_db": 55.5})])
     assert c_result(noise) is None
     try:
-        _fastline.configure(tuple(sorted(RESERVED_FIELDS)), (*MEASUREMENTS, "noise"), codec.MAX_SAMPLES)
+        configure_accelerator(_fastline, (*MEASUREMENTS, "noise"))
         assert c_result(noise) == [f"noise,device=wp-0007,district=pudong,gateway=pd-gw-01 laeq_db=55.5 {NOW}"]
     finally:
-        _fastline.configure(tuple(sorted(RESERVED_FIELDS)), MEASUREMENTS, codec.MAX_SAMPLES)
+        configure_accelerator(_fastline)
     assert c_result(noise) is None
+    # and the declared types came back with the measurements (an integer pressure is Python's)
+    assert c_result(_batch([_sample(m="gas", f={"pressure_kpa": 3})])) is None
+
+
+# ---------------------------------------------------------------- 5. field types from the registry
+
+
+@pytest.mark.parametrize(("value", "stored"), [
+    ("0.31", 0.31),        # a float field's float: every path
+    ("3", 3.0),            # an integer into a float field: converted (the full path)
+    ("9007199254740992", 2.0**53),  # exactly representable
+    ("9007199254740993", None),     # not: refused
+    ('"high"', None), ("true", None),
+])
+def test_a_declared_field_arrives_in_its_type_or_not_at_all(value: str, stored: float | None) -> None:
+    payload = _gas("pudong", "gw-1", 1, NOW, [{"dev": "gs-1", "m": "gas", "t": NOW, "f": {"pressure_kpa": 0}}])
+    payload = payload.replace(b'"pressure_kpa": 0', b'"pressure_kpa": ' + value.encode())
+    if stored is None:
+        refused_everywhere(payload, "gas field pressure_kpa is a number (float, the family's declared type)")
+        return
+    decoded, problems = codec.decode_batch_lenient(payload)
+    assert problems == [] and decoded.samples[0].f == {"pressure_kpa": stored}
+    assert type(decoded.samples[0].f["pressure_kpa"]) is float
+    lines = LineEncoder(WINDOW).encode(decoded, NOW).all_lines()
+    assert lines == [f"gas,device=gs-1,district=pudong,gateway=gw-1 pressure_kpa={stored!r} {NOW}"]
+    taken = c_result(payload)
+    assert taken is None or taken == [lines[0].replace(repr(stored), value)]  # C copies the float as written
+
+
+@pytest.mark.parametrize(("field", "good", "bad"), [
+    ("alarm_level", "1", ["1.0", "true", '"one"']),        # int
+    ("valve_open", "true", ["1", "1.0", '"true"']),       # bool
+])
+def test_integer_and_boolean_fields_take_nothing_else(field: str, good: str, bad: list[str]) -> None:
+    def payload(value: str) -> bytes:
+        return (b'{"v":1,"gw":"gw-1","district":"pudong","seq":1,"sent":%d,"samples":[{"dev":"gs-1","m":"gas",'
+                b'"t":%d,"f":{"%s":%s}}]}' % (NOW, NOW, field.encode(), value.encode()))
+    decoded, problems = codec.decode_batch_lenient(payload(good))
+    assert problems == [] and len(decoded.samples) == 1
+    for value in bad:
+        refused_everywhere(payload(value), f"gas field {field} is ")
+
+
+@pytest.mark.integration
+def test_two_gateways_sending_one_field_in_two_types(stack: Stack, influx_db: InfluxClient) -> None:
+    """Gateway A sends a declared float field as a string, first, in a fresh shard; gateway
+    B's floats are stored all the same, and A's sample is dead-lettered with the field and
+    the type it wants (before, A's string took the field's type and InfluxDB refused B)."""
+    district = unique("types")
+    t = now_ms() - 60_000
+    attacker = [(topics.telemetry(district, "gw-a"), _gas(district, "gw-a", 1, t, [
+        {"dev": "gs-a1", "m": "gas", "t": t, "f": {"pressure_kpa": "high"}},
+        {"dev": "gs-a2", "m": "gas", "t": t, "f": {"pressure_kpa": 101}}]))]
+    victim = [(topics.telemetry(district, "gw-b"), _gas(district, "gw-b", seq, t + seq, [
+        {"dev": "gs-b1", "m": "gas", "t": t + seq, "f": {"pressure_kpa": 100.5 + seq}}])) for seq in (1, 2, 3)]
+    [letter] = _attack(stack, influx_db, district, attacker, victim, 1)
+    assert letter["topic"] == topics.telemetry(district, "gw-a")
+    assert "gas field pressure_kpa is a number (float" in letter["reason"] and "got str 'high'" in letter["reason"]
+    rows = influx_db.rows(f"SELECT pressure_kpa, device FROM gas WHERE district = '{district}'")
+    assert sorted((r["device"], r["pressure_kpa"]) for r in rows) == [
+        ("gs-a2", 101.0), ("gs-b1", 101.5), ("gs-b1", 102.5), ("gs-b1", 103.5)]
+    keys = influx_db.rows('SHOW FIELD KEYS FROM "gas"')
+    assert {"fieldKey": "pressure_kpa", "fieldType": "float"} in keys
+
+
+def test_a_strict_family_takes_only_the_fields_it_declares(monkeypatch: pytest.MonkeyPatch) -> None:
+    """family.yaml `undeclared_fields: refuse` (here set for gas): an undeclared field is
+    refused on every path with the reason; declared fields still take the C path."""
+    monkeypatch.setattr(codec, "STRICT_MEASUREMENTS", frozenset({"gas"}))
+    if accelerator_in_use():
+        from ingest import _fastline
+        configure_accelerator(_fastline)
+    try:
+        extra = _batch([_sample(m="gas", f={"pressure_kpa": 101.5, "vendor_diag": 7.5})])
+        refused_everywhere(extra, "vendor_diag is not a field of family gas, which takes only the fields it declares")
+        declared = _batch([_sample(m="gas", f={"pressure_kpa": 101.5})])
+        assert codec.decode_plain_batch(declared) is not None
+        assert c_result(declared) is not None or not accelerator_in_use()
+        water = _batch([_sample(f={"pressure_mpa": 0.31, "vendor_diag": 7.5})])  # water stores it as sent
+        assert codec.decode_plain_batch(water) is not None
+    finally:
+        monkeypatch.undo()
+        if accelerator_in_use():
+            configure_accelerator(_fastline)
+    assert codec.decode_plain_batch(extra) is not None  # gas stores undeclared fields again
+
+
+def test_an_influxdb_type_conflict_on_a_declared_field_is_a_bug_of_ours() -> None:
+    reason = ('partial write: field type conflict: input field "{}" on measurement "gas" is type integer, '
+              'already exists as type float dropped=1')
+    assert declared_conflict(reason.format("pressure_kpa")) == "gas.pressure_kpa"
+    assert declared_conflict(reason.format("vendor_diag")) is None  # undeclared: two gateways may differ
+    assert declared_conflict("unable to parse 'x': missing fields") is None
+
+
+_TYPED_NAMES = [("gas", "pressure_kpa"), ("gas", "alarm_level"), ("gas", "valve_open"), ("elevator", "direction"),
+                ("water", "flow_m3h"), ("water", "vendor_diag")]
+_ANY_VALUE = st.one_of(st.integers(-(2**60), 2**60), st.floats(allow_nan=False, allow_infinity=False),
+                       st.booleans(), st.text(alphabet="abc-_0123", min_size=1, max_size=8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_TYPED_NAMES), _ANY_VALUE), min_size=1, max_size=6))
+def test_declared_types_agree_on_every_path(fields: list[tuple[tuple[str, str], Any]]) -> None:
+    """Any mix of values in declared and undeclared fields: the full path stores each
+    declared field in its type or refuses the sample naming the field; the C and plain
+    paths give the same points or leave the batch to it."""
+    samples = [_sample(dev=f"d-{i}", m=m, f={key: value}) for i, ((m, key), value) in enumerate(fields)]
+    payload = _batch(samples)
+    full = full_path(payload)
+    assert not isinstance(full, str), full
+    lines, problems = full
+    decoded, _ = codec.decode_batch_lenient(payload)
+    for sample in decoded.samples:
+        for key, value in sample.f.items():
+            want = codec.FIELD_TYPES[sample.m].get(key)
+            assert want is None or type(value).__name__ == {"string": "str"}.get(want, want), (key, value)
+    assert all("the family's declared type" in p for p in problems), problems
+    assert len(lines) + len(problems) == len(samples)
+    c = c_result(payload)
+    if c is not None:
+        assert problems == [] and sorted(map(_values, c)) == sorted(map(_values, lines))
+    assert_same(payload)  # the plain path: the same points, or it leaves the batch
+
+
+def _values(line: str) -> str:
+    """A line with its floats as numbers (the C path copies them as written)."""
+    series, fields, t = line.split(" ")
+    out = []
+    for field in fields.split(","):
+        key, value = field.split("=")
+        plain = value in ("true", "false") or value.endswith("i") or value.startswith('"')
+        out.append((key, value if plain else float(value)))
+    return repr((series, out, t))
