@@ -68,19 +68,22 @@ def _float_fields(seq: int, i: int) -> dict[str, object]:
 
 
 def _profile_fields(profile: Profile) -> Callable[[int, int], dict[str, object]]:
-    """Fields as the edge decodes this profile's registers (edge/decoding.py): booleans,
-    enumerated states as strings, unscaled integer registers as integers, the rest floats."""
+    """Fields as the profile's devices report them, in the types their family declares
+    (what the ingester stores): booleans, enumerated states as strings, integers, floats."""
+    declared = codec.FIELD_TYPES[profile.measurement]
+
     def fields(seq: int, i: int) -> dict[str, object]:
         out: dict[str, object] = {}
         for k, spec in enumerate(profile.fields):
             n = seq + i + k
-            if spec.type in ("bool", "bit"):
+            kind = declared.get(spec.name, "float")
+            if kind == "bool":
                 out[spec.name] = n % 3 == 0
             elif spec.enum is not None:
                 out[spec.name] = list(spec.enum.values())[n % len(spec.enum)]
-            elif spec.type == "string":
+            elif kind == "string":
                 out[spec.name] = f"v{n % 10}"
-            elif spec.type.startswith("float") or spec.scale != 1.0 or spec.offset != 0.0:
+            elif kind == "float":
                 out[spec.name] = round((n % 1000) * spec.scale + spec.offset + 0.25, 9)
             else:
                 out[spec.name] = n % 1000
