@@ -6,20 +6,22 @@ import struct
 from collections.abc import Callable, Sequence
 
 from edge.planner import ReadRequest
-from urbansense import registers
+from urbansense import codec, registers
 from urbansense.config import FieldSpec, Profile
 from urbansense.schema import FieldValue
 
 
 def field_value(spec: FieldSpec, profile: Profile, words: Sequence[int]) -> FieldValue:
+    """The engineering value, in the type the field's family declares where that loses
+    nothing (codec.to_declared: the ingester stores declared fields in that type only)."""
     raw = registers.decode(spec.type, words, spec.order_in(profile), bit=spec.bit)
     if isinstance(raw, bool | str):
         return raw
     if spec.enum is not None:
         return spec.enum.get(int(raw), f"unknown-{int(raw)}")
     if isinstance(raw, int) and spec.scale == 1.0 and spec.offset == 0.0:
-        return raw
-    return round(float(raw) * spec.scale + spec.offset, 9)
+        return codec.to_declared(profile.measurement, spec.name, raw)
+    return codec.to_declared(profile.measurement, spec.name, round(float(raw) * spec.scale + spec.offset, 9))
 
 
 FieldDecoder = Callable[[Sequence[int]], FieldValue]
@@ -45,6 +47,9 @@ def field_decoder(spec: FieldSpec, profile: Profile) -> FieldDecoder:
     enum, scale, offset = spec.enum, spec.scale, spec.offset
     plain = scale == 1.0 and offset == 0.0
     is_float = spec.type.startswith("float")
+    declared = codec.FIELD_TYPES.get(profile.measurement, {}).get(spec.name)
+    if declared is not None and enum is None and (declared == "int") != (plain and not is_float):
+        return lambda words: field_value(spec, profile, words)  # converted to the declared type
 
     def decode(words: Sequence[int]) -> FieldValue:
         if len(words) != n:

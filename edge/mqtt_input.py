@@ -50,8 +50,8 @@ def map_payload(profile: Profile, payload: object) -> tuple[dict[str, FieldValue
         value = _value(spec, payload[key])
         if value is None:
             problems.append(f"{key}: {payload[key]!r} is not a usable {spec.type} value")
-        else:
-            fields[spec.name] = value
+        else:  # in the family's declared type where that loses nothing
+            fields[spec.name] = codec.to_declared(profile.measurement, spec.name, value)
     return fields, problems
 
 

@@ -151,9 +151,11 @@ class DriftRule(_MetricRule):
     #: not make every change a drift).
     sigma_floor: float = Field(gt=0)
     #: `district_median`: watch the value divided by the median of the same metric over the
-    #: district's devices at the same instant. Water points share the diurnal demand
+    #: district's other devices at the same instant. Water points share the diurnal demand
     #: shape, so a meter's share of it is flat and a leak shows as a creeping share.
     relative_to: Literal["none", "district_median"] = "none"
+    #: Which drift alerts: `up` (a leak raises a flow), `down`, or `both` sides.
+    direction: Literal["both", "up", "down"] = "both"
 
 
 class DeadmanRule(_Rule):

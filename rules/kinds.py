@@ -239,40 +239,53 @@ class DriftEval(Evaluator):
     STATE: ClassVar[dict[str, tuple[float, type]]] = {
              **Evaluator.STATE, "count": (0.0, np.float64), "mean": (0.0, np.float64),
              "m2": (0.0, np.float64), "hi": (0.0, np.float64), "lo": (0.0, np.float64),
-             "first": (NEVER, np.int64)}
+             "first": (NEVER, np.int64), "size": (0.0, np.float64), "size_n": (0.0, np.float64)}
     count: FloatArray
     mean: FloatArray
     m2: FloatArray
     hi: FloatArray
     lo: FloatArray
     first: IntArray
+    size: FloatArray
+    size_n: FloatArray
 
-    def _share(self, rnd: Round, v: FloatArray) -> FloatArray:
-        """The device's share of the district: v / median(v) while learning; afterwards
-        v / median_j(v_j / c_j) with c_j each device's learnt share, which stays put when
-        one device of the district goes wild (a burst), unlike the plain median."""
-        first = self.first[rnd.dev]
-        learnt = (first != NEVER) & (rnd.t - first >= self.rule.learn_s * 1000) & (self.mean[rnd.dev] > 0)
-        plain = _district_median(self.devices, rnd.dev, v)
-        if learnt.sum() >= 3:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                scaled = np.where(learnt, v / self.mean[rnd.dev], np.nan)
-            robust = _district_median(self.devices, rnd.dev, scaled)
-            plain = np.where(np.isnan(robust), plain, robust)
+    def _share(self, rnd: Round, v: FloatArray, age_s: FloatArray) -> FloatArray:
+        """The device's share of the district (relative_to: district_median), NaN while
+        its size is learnt. Over the first half of learn_s each device's size is learnt:
+        its mean ratio to the district median. From then on its share is v divided by the
+        median, over the district's *other* sized devices, of their v / size: the district's
+        demand as the others see it. Leaving the device out keeps it from being its own
+        reference (in an odd group one device is the median, and its share would be 1 with
+        no noise while the baseline is learnt); dividing by sizes keeps one device going
+        wild (a burst) from moving the others' reference."""
+        sizing = age_s < self.rule.learn_s / 2
+        dev = rnd.dev
         with np.errstate(invalid="ignore", divide="ignore"):
-            return v / plain
+            ratio = v / _district_median(self.devices, dev, v, leave_out=False)
+        learn = sizing & ~np.isnan(ratio)
+        n = self.size_n[dev[learn]] + 1
+        self.size[dev[learn]] += (ratio[learn] - self.size[dev[learn]]) / n
+        self.size_n[dev[learn]] = n
+        sized = ~sizing & (self.size_n[dev] > 0) & (self.size[dev] > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scaled = np.where(sized, v / self.size[dev], np.nan)
+            return np.where(sized, v / _district_median(self.devices, dev, scaled, leave_out=True), np.nan)
 
     def evaluate(self, rnd: Round) -> Signals | None:
         r = self.rule
         v = rnd.values[r.metric]
+        seen = ~np.isnan(v)
+        self.first[rnd.dev[seen]] = np.where(self.first[rnd.dev[seen]] == NEVER, rnd.t[seen],
+                                             self.first[rnd.dev[seen]])
+        age_s = (rnd.t - self.first[rnd.dev]) / 1000.0
+        learn_s = r.learn_s
         if r.relative_to == "district_median":
-            v = self._share(rnd, v)
+            v = self._share(rnd, v, age_s)
+            learn_s = r.learn_s / 2  # the baseline: the second half of learn_s
+            age_s = age_s - r.learn_s / 2
         have = ~np.isnan(v)
-        dev, t, x = rnd.dev[have], rnd.t[have], v[have]
-        first = self.first[dev]
-        first = np.where(first == NEVER, t, first)
-        self.first[dev] = first
-        learning = (t - first) < r.learn_s * 1000
+        dev, x = rnd.dev[have], v[have]
+        learning = age_s[have] < learn_s
         # Welford while learning: the baseline mean and sigma, then frozen.
         ld, lx = dev[learning], x[learning]
         c = self.count[ld] + 1
@@ -286,25 +299,42 @@ class DriftEval(Evaluator):
         lo = np.where(learning, 0.0, np.maximum(0.0, self.lo[dev] - z - r.k))
         self.hi[dev], self.lo[dev] = hi, lo
         s = np.full(len(v), np.nan)
-        s[have] = np.maximum(hi, lo)
+        s[have] = hi if r.direction == "up" else lo if r.direction == "down" else np.maximum(hi, lo)
         sig = np.where(s > r.h, _BREACH, np.where(s < r.h / 2, _CLEAR, _BAND)).astype(np.int8)
         sig[~have] = _BAND
         sev = np.full(len(v), self.severity, np.int8)
         return Signals(rnd.dev, rnd.t, sig, sev, v, np.full(len(v), r.h))
 
 
-def _district_median(devices: Devices, dev: Index, v: FloatArray) -> FloatArray:
-    """Per row: the median of `v` over the round's rows of the same district (NaN if < 3)."""
+def _district_median(devices: Devices, dev: Index, v: FloatArray, *, leave_out: bool) -> FloatArray:
+    """Per row: the median of `v` over the rows of the same district (`leave_out`: over the
+    *other* rows), NaN unless 3 or more report and it is positive."""
     districts = [devices.district[i] for i in dev]
     out = np.full(len(v), np.nan)
     for d in set(districts):
         rows = np.array([j for j, x in enumerate(districts) if x == d], np.intp)
         vals = v[rows]
-        vals = vals[~np.isnan(vals)]
-        if len(vals) >= 3:
-            med = float(np.median(vals))
-            out[rows] = med if med > 0 else np.nan
+        ok = ~np.isnan(vals)
+        good = np.sort(vals[ok])
+        m = len(good)
+        if m < 3:
+            continue
+        ref = np.full(len(rows), float(np.median(good)))
+        if leave_out:
+            ref[ok] = _median_without(good, np.searchsorted(good, vals[ok]))
+        out[rows] = np.where(ref > 0, ref, np.nan)
     return out
+
+
+def _median_without(good: FloatArray, place: Index) -> FloatArray:
+    """For each `place` in the sorted values `good`: the median of `good` without the value
+    at that place. Element p of what remains is good[p] before the place, good[p + 1] from
+    it on."""
+    def remaining(p: int) -> FloatArray:
+        return np.where(p < place, good[p], good[p + 1])
+
+    r = len(good) - 1
+    return remaining(r // 2) if r % 2 else (remaining(r // 2 - 1) + remaining(r // 2)) / 2
 
 
 class CompositeEval(Evaluator):

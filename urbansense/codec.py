@@ -181,10 +181,10 @@ _MEASUREMENT_SET = frozenset(MEASUREMENTS)
 
 #: The fields each family declares and their types (float, int, bool, string), from the
 #: domain registry. A declared field must arrive in its type: an integer into a float
-#: field is converted (exactly, up to 2^53), anything else is refused with the field and
-#: the type it wants, so InfluxDB never sees two types for one field. Undeclared fields
-#: are stored as sent, or refused in a family that says so (docs/ARCHITECTURE.md,
-#: "Field types").
+#: field and a whole float into an integer field are converted (exactly, up to 2^53),
+#: anything else is refused with the field and the type it wants, so InfluxDB never sees
+#: two types for one field. Undeclared fields are stored as sent, or refused in a family
+#: that says so (docs/ARCHITECTURE.md, "Field types").
 FIELD_TYPES: dict[str, dict[str, str]] = {
     name: {key: info.type for key, info in fam.fields.items()} for name, fam in registry.families().items()}
 _PY_TYPES: dict[str, type] = {"float": float, "int": int, "bool": bool, "string": str}
@@ -216,6 +216,19 @@ def _declared_types_hold(m: str, fields: dict[str, Any]) -> bool:
     return True
 
 
+def to_declared(m: str, key: str, value: FieldValue) -> FieldValue:
+    """`value` in the type family `m` declares for `key`, where that loses nothing: an
+    integer into a float field (up to 2^53), a whole float into an integer field;
+    anything else unchanged (the ingester then refuses what does not fit). Edge agents
+    apply it when they decode, so their batches arrive typed."""
+    want = FIELD_TYPES.get(m, {}).get(key)
+    if want == "float" and type(value) is int and -_EXACT_INT_IN_FLOAT <= value <= _EXACT_INT_IN_FLOAT:
+        return float(value)
+    if want == "int" and isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_INT_IN_FLOAT:
+        return int(value)
+    return value
+
+
 def _as_declared(m: str, key: str, value: FieldValue, path: str) -> FieldValue:
     want = FIELD_TYPES.get(m, {}).get(key)
     if want is None:
@@ -223,10 +236,9 @@ def _as_declared(m: str, key: str, value: FieldValue, path: str) -> FieldValue:
             raise _problem(path, f"{key} is not a field of family {m}, which takes only the fields it declares; "
                                  f"declare it in the family's family.yaml or leave it out")
         return value
+    value = to_declared(m, key, value)
     if type(value) is _PY_TYPES[want]:
         return value
-    if want == "float" and type(value) is int and -_EXACT_INT_IN_FLOAT <= value <= _EXACT_INT_IN_FLOAT:
-        return float(value)
     raise _problem(path, f"{m} field {key} is {_TYPE_WORDS[want]} ({want}, the family's declared type), "
                          f"got {_describe(value)}; send it as {want} or fix the device profile's decoding")
 

@@ -122,4 +122,5 @@ def test_a_hostile_gateway_never_touches_another_s_data(
             assert all(codec.FIELD_TYPES["gas"].get(k) is None for k in sample.f), "a declared field reached InfluxDB"
             continue
         for key, value in sample.f.items():
-            assert stored.get(key) == value and type(stored.get(key)) is type(value), (key, value, stored)
+            got = stored.get(key)  # InfluxDB's JSON writes a whole float without its ".0"
+            assert got == value and isinstance(got, bool | str) == isinstance(value, bool | str), (key, value, got)
