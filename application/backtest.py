@@ -2,12 +2,14 @@
 already in InfluxDB, and score them against the simulator's ground truth.
 
 Scoring, per ground-truth incident:
-- detected: a firing alert of the incident's domain and district on one of its devices
-  (or on a group, e.g. a circuit, that one of its devices belongs to) between its start
-  and its end plus `grace_s`;
+- detected: a firing *hazard* alert (a rule of category hazard: the hazard or its early
+  warning) of the incident's domain and district on one of its devices (or on a group,
+  e.g. a circuit, that one of its devices belongs to) between its start and its end plus
+  `grace_s`; a sensor-health alert (stuck, drifting, spiking, silent) there does not
+  count as a detection, nor does its time as a lead: it is listed apart;
 - lead time: hazard_crossed_at minus the first such alert (positive = early);
-- false alarms: firing alerts that match no incident and no sensor fault, per 1,000
-  device-hours of the scenario.
+- false alarms: firing hazard alerts that match no incident and no sensor fault, per
+  1,000 device-hours of the scenario; health alerts that match nothing are counted apart.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class IncidentScore:
     first_alert: AlertEvent | None
     lead_time_s: float | None  # hazard_crossed_at - first alert; None without a hazard crossing
     alerts: list[AlertEvent] = field(default_factory=list)
+    #: sensor-health alerts on its devices in its time (not a detection)
+    health_alerts: list[AlertEvent] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -49,6 +53,8 @@ class BacktestResult:
     events: list[AlertEvent]
     samples: int
     signals: dict[tuple[str, str], list[tuple[int, float]]] = field(default_factory=dict)
+    #: sensor-health alerts that match no incident and no fault
+    health_unmatched: list[AlertEvent] = field(default_factory=list)
 
     @property
     def device_hours(self) -> float:
@@ -81,26 +87,37 @@ def _matches(rec: dict[str, Any], ev: AlertEvent, names: dict[tuple[str, str], s
     return any(ev.device in names.get((rec["district"], d), {d}) for d in devices)
 
 
+def health_rules(rules: Iterable[Rule]) -> frozenset[str]:
+    """The ids of the rules whose alerts are about a sensor's or a device's health."""
+    return frozenset(r.id for r in rules if r.purpose == "health")
+
+
 def score(name: str, truth: list[dict[str, Any]], events: list[AlertEvent], inventory: list[InventoryDevice],
-          start_ms: int, end_ms: int, samples: int = 0, grace_s: float = GRACE_S) -> BacktestResult:
+          start_ms: int, end_ms: int, samples: int = 0, grace_s: float = GRACE_S,
+          health: frozenset[str] = frozenset()) -> BacktestResult:
+    """Score `events` against the ground truth; `health` names the sensor-health rules,
+    whose alerts are listed apart (see the module's doc)."""
     names = _group_labels(inventory)
     grace = int(grace_s * 1000)
     firing = [e for e in events if e.state == "firing"]
     claimed: set[int] = set()
 
-    def judge(rec: dict[str, Any]) -> IncidentScore:
-        hits = [e for e in firing if _matches(rec, e, names, grace)]
-        claimed.update(id(e) for e in hits)
+    def judge(rec: dict[str, Any], detect_on_health: bool) -> IncidentScore:
+        matched = [e for e in firing if _matches(rec, e, names, grace)]
+        claimed.update(id(e) for e in matched)
+        hits = [e for e in matched if detect_on_health or e.rule not in health]
         first = min(hits, key=lambda e: e.t) if hits else None
         crossed = rec.get("hazard_crossed_at")
         lead = (crossed - first.t) / 1000.0 if first is not None and crossed is not None else None
-        return IncidentScore(rec, first is not None, first, lead, hits)
+        return IncidentScore(rec, first is not None, first, lead, hits,
+                             [e for e in matched if e.rule in health])
 
-    incidents = [judge(r) for r in truth if r["kind"] == "incident"]
-    faults = [judge(r) for r in truth if r["kind"] == "fault"]
-    false_alarms = [e for e in firing if id(e) not in claimed]
-    return BacktestResult(name, start_ms, end_ms, len(inventory), incidents, faults, false_alarms, events,
-                          samples)
+    incidents = [judge(r, False) for r in truth if r["kind"] == "incident"]
+    faults = [judge(r, True) for r in truth if r["kind"] == "fault"]  # a sensor fault: health alerts find it
+    unclaimed = [e for e in firing if id(e) not in claimed]
+    return BacktestResult(name, start_ms, end_ms, len(inventory), incidents, faults,
+                          [e for e in unclaimed if e.rule not in health], events, samples,
+                          health_unmatched=[e for e in unclaimed if e.rule in health])
 
 
 def run_engine(engine: RulesEngine, ticks: Iterable[tuple[int, list[TelemetryBatch]]],
@@ -133,7 +150,8 @@ def run_scenario(scenario: str | Path, rules: list[Rule] | None = None, *, seed:
     start = sc.default_start_ms() if start_ms is None else start_ms
     end = start + int(sc.duration_s * 1000)
     inventory = from_gateways(sc.loaded)
-    engine = RulesEngine(rules if rules is not None else load_catalog(), inventory)
+    rules = rules if rules is not None else load_catalog()
+    engine = RulesEngine(rules, inventory)
     truth = sc.ground_truth(seed, start)
     watch: set[tuple[str, str, str]] = set()
     for rec in truth:
@@ -146,7 +164,7 @@ def run_scenario(scenario: str | Path, rules: list[Rule] | None = None, *, seed:
     if progress:
         ticks = _with_progress(ticks, start, end, sc.name)
     events, samples = run_engine(engine, ticks, watch, signals)
-    result = score(sc.name, truth, events, inventory, start, end, samples)
+    result = score(sc.name, truth, events, inventory, start, end, samples, health=health_rules(rules))
     result.signals = signals
     return result
 
@@ -173,12 +191,13 @@ def run_influx(influx_url: str, database: str, start_ms: int, end_ms: int, rules
     from urbansense.influx import InfluxClient
 
     client = InfluxClient(influx_url, database)
-    engine = RulesEngine(rules if rules is not None else load_catalog(), inventory)
+    rules = rules if rules is not None else load_catalog()
+    engine = RulesEngine(rules, inventory)
     ticks: Iterator[tuple[int, list[TelemetryBatch]]] = influx_ticks(client, start_ms, end_ms)
     if progress:
         ticks = _with_progress(ticks, start_ms, end_ms, f"{database} {start_ms}..{end_ms}")
     events, samples = run_engine(engine, ticks)
-    return score(database, truth, events, inventory, start_ms, end_ms, samples)
+    return score(database, truth, events, inventory, start_ms, end_ms, samples, health=health_rules(rules))
 
 
 # ---------------------------------------------------------------------------- report
@@ -221,6 +240,10 @@ def print_report(result: BacktestResult) -> None:
                   f"= {result.false_alarms_per_1000_device_hours:.2f} per 1,000 device-hours")
     for e in result.false_alarms[:20]:
         console.print(f"  false alarm: {_clock(e.t, result.start_ms)} {e.id} {e.message}")
+    health = sum(len(s.health_alerts) for s in result.incidents)
+    if health or result.health_unmatched:
+        console.print(f"sensor-health alerts (not detections, not false alarms): {health} during incidents, "
+                      f"{len(result.health_unmatched)} matching no incident or fault")
 
 
 def _clock(t: int, start: int) -> str:
@@ -280,9 +303,11 @@ def summary(result: BacktestResult) -> dict[str, Any]:
         "samples": result.samples,
         "false_alarms": len(result.false_alarms),
         "false_alarms_per_1000_device_hours": round(result.false_alarms_per_1000_device_hours, 3),
+        "health_alerts_unmatched": len(result.health_unmatched),
         "incidents": [{
             "type": s.record["type"], "device": s.record.get("device"), "detected": s.detected,
             "first_alert_rule": s.first_alert.rule if s.first_alert else None,
             "lead_time_s": None if s.lead_time_s is None or math.isnan(s.lead_time_s) else s.lead_time_s,
+            "health_alerts": len(s.health_alerts),
         } for s in result.incidents],
     }

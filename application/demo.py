@@ -210,7 +210,8 @@ def _wait_ingested(influx: InfluxClient, state: DemoState, start_ms: int, timeou
 
 def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: InfluxClient, truth_path: Path,
              start_ms: int, speed: float, ingested: int, interrupted: bool) -> dict[str, Any]:
-    from application.backtest import score
+    from application.backtest import health_rules, score
+    from rules.catalog import load_catalog
     from rules.inventory import from_gateways
 
     with state.lock:
@@ -220,7 +221,8 @@ def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: 
     stored = _stored_points(influx, start_ms)
     truth = [json.loads(line) for line in truth_path.read_text().splitlines()] if truth_path.exists() else []
     end_ms = max(state.event_now_ms, start_ms)
-    result = score(scenario.name, truth, events, from_gateways(scenario.loaded), start_ms, end_ms)
+    result = score(scenario.name, truth, events, from_gateways(scenario.loaded), start_ms, end_ms,
+                   health=health_rules(load_catalog()))
     incidents = []
     for s in result.incidents:
         rec = s.record

@@ -40,10 +40,21 @@ class _Rule(BaseModel):
     when_sun: Literal["up", "down"] | None = None
     #: Sun elevation (degrees) that counts as "up"; e.g. 3 keeps dusk and dawn out.
     sun_elevation_deg: float = Field(default=0.0, ge=-18, le=30)
+    #: What an alert of it says: `hazard` (the hazard or its early warning) or `health`
+    #: (a sensor or device is unwell: stuck, drifting, spiking, silent, faulted). Default:
+    #: health for stuck-sensor (flatline), silence (deadman) and gateway rules, else hazard.
+    #: The backtest scores incidents on hazard alerts and counts health alerts apart.
+    category: Literal["hazard", "health"] | None = None
 
     @property
     def domain(self) -> str:
         return str(getattr(self, "measurement", None) or "system")
+
+    @property
+    def purpose(self) -> str:
+        if self.category is not None:
+            return self.category
+        return "health" if getattr(self, "kind", "") in ("flatline", "deadman", "gateway_offline") else "hazard"
 
 
 class _MetricRule(_Rule):

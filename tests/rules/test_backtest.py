@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from application.backtest import BacktestResult, plot_incidents, run_scenario, score, summary
+from application.backtest import BacktestResult, health_rules, plot_incidents, run_scenario, score, summary
 from tests.dates import pinned_start
 from urbansense.influx import InfluxClient
 from urbansense.schema import AlertEvent
@@ -85,6 +85,37 @@ def test_scoring_counts_a_wrong_alert_as_false_and_late_alerts_as_negative_lead(
     assert res.incidents[0].detected and res.incidents[0].lead_time_s == -100.0
     assert [e.device for e in res.false_alarms] == ["md-2"]
     assert res.false_alarms_per_1000_device_hours == pytest.approx(500.0)
+
+
+def test_a_sensor_health_alert_is_no_detection_and_no_lead() -> None:
+    """A stuck-sensor alert on the incident's device before the hazard alert used to be
+    credited as its early warning (an inflated lead); it is listed apart, and one that
+    matches nothing is counted apart from the false alarms."""
+    truth = [{"kind": "incident", "type": "pollution_episode", "domain": "air", "district": "pudong",
+              "device": None, "devices": ["aq-1"], "start": 1_000_000, "end": 3_000_000,
+              "hazard_threshold": 150.0, "hazard_crossed_at": 2_000_000}]
+
+    def alert(rule: str, dev: str, t: int) -> AlertEvent:
+        return AlertEvent(f"{rule}:pudong:{dev}", rule, "air", "warning", "firing", "pudong", dev, None, None,
+                          None, t, t, "")
+
+    from rules.catalog import load_catalog
+    from rules.inventory import InventoryDevice
+    inv = [InventoryDevice("pudong", "gw", d, "air") for d in ("aq-1", "aq-2")]
+    health = health_rules(load_catalog())
+    assert {"air.pm25_stuck", "air.device_silent", "gas.detector_fault", "water.turbidity_spike"} <= health
+    assert "air.pm25_rising" not in health and "water.flow_creep" not in health
+    events = [alert("air.pm25_stuck", "aq-1", 1_100_000), alert("air.pm25_rising", "aq-1", 1_700_000),
+              alert("air.pm25_stuck", "aq-2", 1_200_000)]
+    res = score("t", truth, events, inv, 0, 3_600_000, health=health)
+    [inc] = res.incidents
+    assert inc.detected and inc.first_alert is not None and inc.first_alert.rule == "air.pm25_rising"
+    assert inc.lead_time_s == 300.0  # not 900 s from the stuck-sensor alert
+    assert [e.rule for e in inc.health_alerts] == ["air.pm25_stuck"]
+    assert res.false_alarms == [] and [e.device for e in res.health_unmatched] == ["aq-2"]
+    # only a health alert: not detected
+    alone = score("t", truth, events[:1], inv, 0, 3_600_000, health=health)
+    assert not alone.incidents[0].detected
 
 
 @pytest.mark.integration
