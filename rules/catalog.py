@@ -198,6 +198,9 @@ class CompositeRule(_Rule):
     min_fraction: float = Field(default=1.0, gt=0, le=1)
     #: Smallest group that can alert (a one-lamp "circuit" is the lamp-out rule's job).
     min_group_size: int = Field(default=1, ge=1)
+    #: A member silent this long (its last sample, against the group's newest) is left out
+    #: of the group's size: a dead controller must not blind the rule to its neighbours.
+    member_silent_s: float = Field(default=300.0, gt=0)
 
 
 class AqiRule(_Rule):

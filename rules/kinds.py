@@ -400,6 +400,9 @@ class CompositeEval(Evaluator):
         members = self.devices.of_measurement(r.measurement)
         mg = self.dev_group[members]
         members, mg = members[mg >= 0], mg[mg >= 0]
+        # members still reporting: a silent one (a dead controller) counts neither way
+        alive = self.devices.last_seen[members] >= g_now[mg] - int(r.member_silent_s * 1000)
+        members, mg = members[alive], mg[alive]
         ok = self._all_recent(members, g_now[mg] - within) & (g_now[mg] > NEVER)
         size = np.bincount(mg, minlength=ngroups)[touched]
         hit = np.bincount(mg[ok], minlength=ngroups)[touched]

@@ -154,15 +154,20 @@ def test_composite_on_one_device_within_a_window() -> None:
     assert [(e.rule, e.state, (e.t - T0) // 1000) for e in ev] == [("water.burst", "firing", 70)]
 
 
+def _circuit_engine(inv: list[InventoryDevice], min_fraction: float) -> RulesEngine:
+    """A circuit-loss group rule: supply below 100 V on `min_fraction` of a circuit."""
+    return RulesEngine([
+        rule(id="lighting.v_low", measurement="lighting", metric="voltage_v", op="below", threshold=100, publish=False),
+        rule(kind="composite", id="lighting.circuit_loss", measurement="lighting", all_of=["lighting.v_low"],
+             scope="group", group_by="circuit", within_s=30, min_fraction=min_fraction, min_group_size=2,
+             severity="critical"),
+    ], inv)
+
+
 def test_composite_over_a_group_fraction() -> None:
     inv = [InventoryDevice("pudong", "gw-l", f"lc-{i}", "lighting", 31.2, 121.5, {"circuit": "c1" if i < 4 else "c2"})
            for i in range(6)]
-    eng = RulesEngine([
-        rule(id="lighting.v_low", measurement="lighting", metric="voltage_v", op="below", threshold=100, publish=False),
-        rule(kind="composite", id="lighting.circuit_loss", measurement="lighting", all_of=["lighting.v_low"],
-             scope="group", group_by="circuit", within_s=30, min_fraction=0.75, min_group_size=2,
-             severity="critical"),
-    ], inv)
+    eng = _circuit_engine(inv, 0.75)
     def volts(t: int, dead: set[int]) -> TelemetryBatch:
         return batch(t, "lighting", {f"lc-{i}": {"voltage_v": 0.0 if i in dead else 221.0} for i in range(6)},
                      gw="gw-l")
@@ -172,6 +177,21 @@ def test_composite_over_a_group_fraction() -> None:
     # the last breaches (30 s) stay "together within 30 s" up to 60 s; at 70 s the circuit is back
     assert [(e.device, e.state, (e.t - T0) // 1000) for e in ev] == [("c1", "firing", 20), ("c1", "resolved", 70)]
     assert ev[0].id == "lighting.circuit_loss:pudong:c1"
+
+
+def test_a_dead_member_does_not_blind_a_group_rule() -> None:
+    """Circuit c1 has 5 lamps; lc-4's controller has been silent for an hour. When the
+    cable of the other four is cut, 4 of the 4 that still report lose their supply: the
+    group rule fires (before, 4 of 5 was under 0.9 and the theft went unseen)."""
+    inv = [InventoryDevice("pudong", "gw-l", f"lc-{i}", "lighting", 31.2, 121.5, {"circuit": "c1"}) for i in range(5)]
+    eng = _circuit_engine(inv, 0.9)
+    t_cut = T0 + 3_600_000
+
+    def volts(t: int, cut: bool) -> TelemetryBatch:
+        reporting = range(5) if t == T0 else range(4)  # lc-4 reports once, then never again
+        return batch(t, "lighting", {f"lc-{i}": {"voltage_v": 0.0 if cut else 221.0} for i in reporting}, gw="gw-l")
+    ev = run(eng, [volts(T0, False), volts(t_cut - 10_000, False), volts(t_cut, True), volts(t_cut + 10_000, True)])
+    assert [(e.device, e.state) for e in ev] == [("c1", "firing")]
 
 
 def test_day_burning_uses_the_sun_at_the_lamp() -> None:
