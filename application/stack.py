@@ -34,10 +34,15 @@ class StackError(RuntimeError):
     pass
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1", *, besides: tuple[int, ...] = ()) -> int:
+    """A port free on `host` now, other than `besides` (the kernel may hand the same free
+    port out twice in a row: influxd's second port once equalled its first)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in besides:
+            return port
 
 
 def find_binary(name: str) -> str:
@@ -223,7 +228,7 @@ class Stack:
         if current and current.pid > 0 and pid_alive(current.pid, name):
             return current
         port = current.port if current else free_port()
-        extra = current.extra_port if current else (free_port() if name == "influxd" else 0)
+        extra = current.extra_port if current else (free_port(besides=(port,)) if name == "influxd" else 0)
         svc_dir = self.run_dir / name
         (svc_dir / "data").mkdir(parents=True, exist_ok=True)
         log_path = svc_dir / f"{name}.log"

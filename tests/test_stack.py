@@ -170,3 +170,37 @@ def test_the_private_broker_delivers_as_the_deployment_does(stack: Stack) -> Non
     deployed = (DELIVERY_CONF.parent.parent / "mosquitto.conf").read_text()
     assert "include_dir /mosquitto/config/conf.d" in deployed
     assert not any(line.split()[0] in deployed for line in shared if line.split()[0] != "persistence")
+
+
+def test_influxd_never_gets_one_port_twice(monkeypatch: pytest.MonkeyPatch, stack: Stack) -> None:
+    """CI once saw influxd given the same port for HTTP and RPC (the kernel handed the
+    free port out twice in a row), and it failed to start. The kernel's choice is not
+    reproducible, so the sockets replay it here."""
+    import socket as socket_module
+
+    from application import stack as stack_module
+
+    handed = iter([5000, 5000, 5000, 5001])
+
+    class Replayed:
+        def __init__(self, *_: object) -> None:
+            self.port = next(handed)
+
+        def __enter__(self) -> Replayed:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+        def bind(self, _address: object) -> None:
+            pass
+
+        def getsockname(self) -> tuple[str, int]:
+            return "127.0.0.1", self.port
+
+    monkeypatch.setattr(socket_module, "socket", Replayed)
+    assert stack_module.free_port() == 5000
+    assert stack_module.free_port(besides=(5000,)) == 5001
+    monkeypatch.undo()
+    influxd = stack.services()["influxd"]
+    assert influxd.port != influxd.extra_port
