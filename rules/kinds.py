@@ -260,12 +260,13 @@ class DriftEval(Evaluator):
         wild (a burst) from moving the others' reference."""
         sizing = age_s < self.rule.learn_s / 2
         dev = rnd.dev
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = v / _district_median(self.devices, dev, v, leave_out=False)
-        learn = sizing & ~np.isnan(ratio)
-        n = self.size_n[dev[learn]] + 1
-        self.size[dev[learn]] += (ratio[learn] - self.size[dev[learn]]) / n
-        self.size_n[dev[learn]] = n
+        if sizing.any():  # the district medians are needed only while sizes are learnt
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = v / _district_median(self.devices, dev, v, leave_out=False)
+            learn = sizing & ~np.isnan(ratio)
+            n = self.size_n[dev[learn]] + 1
+            self.size[dev[learn]] += (ratio[learn] - self.size[dev[learn]]) / n
+            self.size_n[dev[learn]] = n
         sized = ~sizing & (self.size_n[dev] > 0) & (self.size[dev] > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
             scaled = np.where(sized, v / self.size[dev], np.nan)

@@ -14,6 +14,7 @@ Conventions every panel follows (the check and the tests rely on them):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -229,7 +230,9 @@ class AqiTableDoc:
         return self.standard, self.rows[(pollutant, period)]
 
 
+@cache
 def aqi_table(path: Path = AQI_TABLE) -> AqiTableDoc:
+    """The AQI table, read once (every pollutant panel and the AQI panels draw from it)."""
     doc = dict(yaml.safe_load(path.read_text()))
     return AqiTableDoc(doc.get("standard", "HJ 633-2012"),
                        {(r["pollutant"], r["period"]): r["breakpoints"] for r in doc["rows"]})

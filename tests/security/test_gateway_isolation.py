@@ -27,6 +27,7 @@ from tests.ingest.harness import (
     unique,
     wait_for,
 )
+from tests.ingest.test_fastline import _point
 from tests.ingest.test_transcode import NOW, WINDOW, _batch, _sample, assert_same, fast_path, full_path
 from urbansense import codec, topics
 from urbansense.identifiers import MEASUREMENTS, RESERVED_FIELDS, RESERVED_STATUS_FIELDS
@@ -410,16 +411,6 @@ def test_declared_types_agree_on_every_path(fields: list[tuple[tuple[str, str], 
     assert len(lines) + len(problems) == len(samples)
     c = c_result(payload)
     if c is not None:
-        assert problems == [] and sorted(map(_values, c)) == sorted(map(_values, lines))
+        assert problems == [] and sorted(map(repr, map(_point, c))) == sorted(map(repr, map(_point, lines)))
     assert_same(payload)  # the plain path: the same points, or it leaves the batch
 
-
-def _values(line: str) -> str:
-    """A line with its floats as numbers (the C path copies them as written)."""
-    series, fields, t = line.split(" ")
-    out = []
-    for field in fields.split(","):
-        key, value = field.split("=")
-        plain = value in ("true", "false") or value.endswith("i") or value.startswith('"')
-        out.append((key, value if plain else float(value)))
-    return repr((series, out, t))

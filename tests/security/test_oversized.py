@@ -57,14 +57,19 @@ def _client(port: int, user: str | None = None, password: str | None = None) -> 
 
 
 def _next(got: queue.Queue[int], wanted: set[int], timeout_s: float = 10.0) -> int:
-    """The next of the `wanted` events (messages and others in between are kept)."""
+    """The next of the `wanted` events; the others that came first (messages) are put
+    back, in their order, for later."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        event = got.get(timeout=max(0.01, deadline - time.monotonic()))
-        if event in wanted:
-            return event
-        got.put(event)  # a message: kept for later
-        time.sleep(0.01)
+    kept: list[int] = []
+    try:
+        while True:
+            event = got.get(timeout=max(0.01, deadline - time.monotonic()))
+            if event in wanted:
+                return event
+            kept.append(event)
+    finally:
+        for event in kept:
+            got.put(event)
 
 
 def _only_the_limit_passes(port: int, topic: str, user: str | None = None, password: str | None = None) -> None:
