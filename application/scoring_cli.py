@@ -37,6 +37,23 @@ def register(rsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     bt.add_argument("--json", action="store_true", help="also print the summary as JSON")
     bt.set_defaults(func=_backtest)
 
+    ev = rsub.add_parser("evaluate", help="backtest a randomised scenario over many seeds; pool per incident kind")
+    ev.add_argument("--scenario", required=True, help="scenario name or path (see `urbansense sim compose`)")
+    ev.add_argument("--seeds", type=int, default=20, help="how many seeds (days) to play (default %(default)s)")
+    ev.add_argument("--first-seed", type=int, default=1,
+                    help="the first seed (default %(default)s); tune on one range, report on another")
+    ev.add_argument("--rules", type=Path, help="rule file or folder (default: every family's rules and rules/catalog)")
+    ev.add_argument("--workers", type=int, default=2, help="seeds in parallel (default %(default)s)")
+    ev.add_argument("--plot", type=Path, default=Path("evaluate-out/evaluation.png"),
+                    help="PNG to write (default %(default)s)")
+    ev.add_argument("--no-plot", action="store_true")
+    ev.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
+    ev.add_argument("--min-detection", type=float, default=0.99, metavar="RATE",
+                    help="exit 1 if a kind's detection rate is below (default %(default)g)")
+    ev.add_argument("--max-false-alarms", type=float, default=1.0, metavar="RATE",
+                    help="exit 1 if hazard false alarms per 1,000 device-hours exceed (default %(default)g)")
+    ev.set_defaults(func=_evaluate)
+
     sw = rsub.add_parser("sweep", help="backtest scenarios on dates spread over a year; check every date")
     sw.add_argument("--scenario", action="append", dest="scenarios", metavar="NAME",
                     help="scenario name or path (repeat; default: the shipped scenarios)")
@@ -83,6 +100,63 @@ def _backtest(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(backtest.summary(result), indent=2))
     return 1 if result.missed else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from application import evaluate
+    from urbansense.config import ConfigError
+
+    if args.seeds < 1:
+        print("error: --seeds must be at least 1", file=sys.stderr)
+        return 2
+    done: list[evaluate.SeedRun] = []
+    try:
+        with Progress(transient=True) as bar:
+            task = bar.add_task(f"evaluate {args.scenario}: {args.seeds} seeds", total=args.seeds)
+            for run in evaluate.runs(args.scenario, args.seeds, args.first_seed, workers=args.workers,
+                                     rules_path=args.rules):
+                done.append(run)
+                bar.advance(task)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = evaluate.pool(done[0].scenario, done)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    table = Table(title=f"{report.scenario}: seeds {report.seeds[0]}..{report.seeds[-1]}, "
+                        f"{report.device_hours:,.0f} device-hours")
+    for col in ("incident kind", "detected", "lead p10", "lead p50", "lead p90", "with lead", "warned first by"):
+        table.add_column(col)
+
+    def lead(x: float | None) -> str:
+        return "-" if x is None else f"{x / 60:+.1f} min"
+
+    for kind, st in sorted(report.kinds.items()):
+        rate = f"{st.detected}/{st.n} ({100 * st.detection_rate:.0f} %)"
+        table.add_row(kind, rate if st.detection_rate >= args.min_detection else f"[red]{rate}[/]",
+                      lead(st.lead(10)), lead(st.lead(50)), lead(st.lead(90)), str(len(st.leads_s)),
+                      ", ".join(f"{r} {n}" for r, n in st.first_rules.most_common(2)))
+    console.print(table)
+    console.print(f"false alarms per 1,000 device-hours: hazard {report.hazard_false_alarm_rate:.2f} "
+                  f"({report.hazard_false_alarms}), sensor health {report.health_false_alarm_rate:.2f} "
+                  f"({report.health_false_alarms}); hazard alerts from sensor faults: {len(report.fault_hazards)}; "
+                  f"sensor faults named by a health rule: {report.faults_found}/{report.faults}")
+    for kind, st in sorted(report.kinds.items()):
+        for m in st.missed[:5]:
+            console.print(f"  missed {kind}: {m}")
+    for f in report.fault_hazards[:10]:
+        console.print(f"  hazard alert from a sensor fault: {f}")
+    if not args.no_plot:
+        console.print(f"plot: {evaluate.plot(report, args.plot)}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.as_dict(), indent=2))
+        console.print(f"report: {args.json}")
+    bad = [k for k, st in report.kinds.items() if st.detection_rate < args.min_detection]
+    return 1 if bad or report.hazard_false_alarm_rate > args.max_false_alarms else 0
 
 
 def _sweep(args: argparse.Namespace) -> int:

@@ -54,6 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     truth.add_argument("--out", type=Path, help="file to write (default: stdout)")
     truth.set_defaults(func=_truth)
 
+    comp = ssub.add_parser("compose", help="write a randomised district day (each seed plays another day)")
+    comp.add_argument("--district", help="a district of the shipped scenarios (pudong, xuhui)")
+    comp.add_argument("--gateway", type=Path, action="append", dest="gateways", metavar="FILE",
+                      help="gateway config files instead of a district's (repeat)")
+    comp.add_argument("--name", help="scenario name (default: DISTRICT-random-day, or -quiet with --quiet)")
+    comp.add_argument("--quiet", action="store_true", help="faults only, no incident (false-alarm days)")
+    comp.add_argument("--out", type=Path, required=True, help="scenario YAML to write")
+    comp.set_defaults(func=_compose)
+
     serve = ssub.add_parser("serve", help="serve every Modbus device of a gateway config")
     serve.add_argument("--gateway", required=True, type=Path, help="gateway config YAML")
     serve.add_argument("--seed", type=int, default=1)
@@ -208,6 +217,30 @@ def _truth(args: argparse.Namespace) -> int:
     else:
         for rec in records:
             sys.stdout.write(orjson.dumps(rec).decode() + "\n")
+    return 0
+
+
+def _compose(args: argparse.Namespace) -> int:
+    from simulators.compose import district_gateways, write_day
+    from simulators.scenario import load_scenario
+    from urbansense.config import ConfigError
+
+    if not args.gateways and not args.district:
+        print("error: give --district NAME or --gateway FILE", file=sys.stderr)
+        return 2
+    try:
+        gateways = args.gateways or district_gateways(args.district)
+        district = args.district or "custom"
+        name = args.name or f"{district}-random-{'quiet' if args.quiet else 'day'}"
+        write_day(args.out, gateways, name, quiet=args.quiet)
+        scenario = load_scenario(args.out)  # checks it, every range at both ends
+    except (ValueError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    events = scenario.events_for(1)
+    incidents = sum(1 for e in events if e.kind == "incident")
+    print(f"wrote {args.out}: {len(scenario.loaded)} gateways, {incidents} incidents and "
+          f"{len(events) - incidents} faults a day, drawn per seed")
     return 0
 
 

@@ -25,6 +25,7 @@ from simulators.faults import ActiveFault
 from simulators.incidents import INCIDENT_TYPES, ActiveIncident
 from simulators.scenario_file import (
     SCENARIOS_DIR,
+    ParsedScenario,
     ScheduledEvent,
     free_tcp_ports,
     parse_scenario,
@@ -58,18 +59,20 @@ class Scenario:
     #: The gateway config files the scenario uses (as shipped; see port_offset).
     gateways: list[Path]
     loaded: list[LoadedGateway]
-    events: list[ScheduledEvent]
+    #: What the file fixes, and what each seed draws (see events_for).
+    parsed: ParsedScenario
     port_offset: int = 0
     _worlds: dict[tuple[int, int], World] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ devices
-    @property
-    def incidents(self) -> list[ScheduledEvent]:
-        return [e for e in self.events if e.kind == "incident"]
+    def events_for(self, seed: int) -> list[ScheduledEvent]:
+        """The incidents and faults as seed `seed` plays them (a scenario may leave times,
+        places and magnitudes to the seed)."""
+        return self.parsed.events_for(seed)
 
     @property
-    def faults(self) -> list[ScheduledEvent]:
-        return [e for e in self.events if e.kind == "fault"]
+    def randomised(self) -> bool:
+        return bool(self.parsed.drawn)
 
     def device_count(self, protocol: str | None = None) -> int:
         return sum(1 for g in self.loaded for _link, d in g.config.devices()
@@ -88,7 +91,7 @@ class Scenario:
         """A new world of its own (live mode: operator writes must not leak into the
         cached one that offline play uses)."""
         world = World(self.loaded, seed, epoch_ms=start_ms)
-        for ev in self.events:
+        for ev in self.events_for(seed):
             start = start_ms + int(ev.at_s * 1000)
             end = start + int(ev.duration_s * 1000)
             for dev_id in ev.devices:
@@ -156,7 +159,7 @@ class Scenario:
         """Every incident and fault as a record (see simulators/README.md)."""
         world = self.world(seed, start_ms)
         records = []
-        for ev in self.events:
+        for ev in self.events_for(seed):
             devs = [world.devices[d] for d in ev.devices]
             start = start_ms + int(ev.at_s * 1000)
             end = start + int(ev.duration_s * 1000)
@@ -275,4 +278,4 @@ def load_scenario(path_or_name: str | Path, *, port_offset: int = 0,
     """
     p = parse_scenario(path_or_name, port_offset=port_offset, port_map=port_map, free_ports=free_ports)
     return Scenario(p.name, p.path, p.description, p.duration_s, p.step_s, p.start_local, p.speed,
-                    p.gateway_paths, p.loaded, p.events, port_offset)
+                    p.gateway_paths, p.loaded, p, port_offset)

@@ -1,16 +1,25 @@
 """Scenario files: the YAML format, its checks, and incidents and faults resolved to
-devices. `simulators/example-scenario.yaml` shows every option."""
+devices. `simulators/example-scenario.yaml` shows every option.
+
+An event may leave its time, length, magnitudes and place to chance: `at`, `duration`
+and any of `params` may be `{between: [low, high]}`, and `pick: N` (or `pick_group:
+LABEL`) chooses N devices (or every device sharing one value of LABEL) out of those the
+selection names. The seed decides: `events_for(seed)` draws them, the same seed always
+the same way, so a randomised scenario plays as reproducibly as a fixed one.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from simulators import noise
 from simulators.faults import FAULT_DEFAULTS, FAULT_TYPES, LINK_FAULTS
 from simulators.incidents import INCIDENT_TYPES
 from simulators.timeline import parse_duration
@@ -32,22 +41,33 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Between(_Model):
+    """A value the seed draws, uniformly between two bounds (durations or numbers)."""
+
+    between: tuple[Duration, Duration]
+
+
 class EventSpec(_Model):
     """One incident or fault in a scenario file."""
 
     type: str
-    #: When it starts, from the scenario start (e.g. 2h30m).
-    at: Duration
+    #: When it starts, from the scenario start (e.g. 2h30m), or {between: [1h, 5h]}.
+    at: Duration | Between
     #: How long it lasts (default: to the end of the scenario).
-    duration: Duration | None = None
+    duration: Duration | Between | None = None
     #: Which device(s): one id, a list, or every device of `profile` with these `labels`.
     device: str | None = None
     devices: list[str] | None = None
     labels: dict[str, str] | None = None
     profile: str | None = None
+    #: Draw this many of the selected devices (per seed).
+    pick: int | None = Field(default=None, ge=1)
+    #: Draw one value of this label among the selected devices and take every device
+    #: that has it (a circuit, a cabinet), per seed.
+    pick_group: str | None = None
     #: Sensor faults: the field they corrupt.
     metric: str | None = None
-    params: dict[str, float] = Field(default_factory=dict)
+    params: dict[str, float | Between] = Field(default_factory=dict)
     #: Overrides the catalogue's hazard threshold (incidents).
     hazard_threshold: float | None = None
     note: str | None = None
@@ -106,7 +126,21 @@ class ParsedScenario:
     speed: float
     gateway_paths: list[Path]
     loaded: list[LoadedGateway]
+    #: The events the file fixes.
     events: list[ScheduledEvent]
+    planner: EventPlanner
+    #: The entries the seed draws: (kind, index in the file's list, entry).
+    drawn: list[tuple[str, int, EventSpec]]
+
+    def events_for(self, seed: int) -> list[ScheduledEvent]:
+        """Every event of the scenario as seed `seed` plays it."""
+        out = list(self.events)
+        taken = {d for e in out for d in e.devices}
+        for kind, i, ev in self.drawn:  # incidents first, as the file lists them
+            event = self.planner.draw(kind, i, ev, seed, taken)
+            taken.update(event.devices)
+            out.append(event)
+        return out
 
 
 def _display(path: Path) -> str:
@@ -181,79 +215,191 @@ def parse_scenario(path_or_name: str | Path, *, port_offset: int = 0,
             inventory[d.id] = (d.profile, d.labels, g.profiles[d.profile].protocol)
     profiles = {name: p for g in loaded for name, p in g.profiles.items()}
 
+    planner = EventPlanner(shown, total_s, inventory, profiles)
     events: list[ScheduledEvent] = []
+    drawn: list[tuple[str, int, EventSpec]] = []
     for kind, entries in (("incident", spec.incidents), ("fault", spec.faults)):
         for i, ev in enumerate(entries):
-            where = f"{shown}: {kind}s[{i}]"
-            known = INCIDENT_TYPES if kind == "incident" else FAULT_TYPES
-            if ev.type not in known:
-                problems.append(f"{where}.type: unknown {kind} {ev.type!r}\n  fix: one of {', '.join(known)}")
+            if planner.is_random(ev):
+                # Checked now with its widest draws, drawn per seed later.
+                if planner.check_random(kind, i, ev, problems):
+                    drawn.append((kind, i, ev))
                 continue
-            at_s = duration(ev.at, f"{kind}s[{i}].at")
-            dur_s = duration(ev.duration, f"{kind}s[{i}].duration") if ev.duration is not None \
-                else total_s - at_s
-            if at_s < 0 or dur_s <= 0 or at_s + dur_s > total_s + 1e-6:
-                problems.append(f"{where}: runs from {at_s:.0f} s for {dur_s:.0f} s, outside the scenario "
-                                f"(0..{total_s:.0f} s)\n  fix: move 'at' or shorten 'duration'")
-                continue
-            devices = _select(ev, inventory, where, problems)
-            if not devices:
-                continue
-            params: dict[str, float]
-            metric = ev.metric
-            threshold = None
-            group = False
-            if kind == "incident":
-                itype = INCIDENT_TYPES[ev.type]
-                group = itype.group
-                wrong = [d for d in devices if inventory[d][0] != itype.profile]
-                if wrong:
-                    problems.append(f"{where}: {ev.type} happens on {itype.profile} devices; "
-                                    f"{', '.join(wrong)} are not\n  fix: select {itype.profile} devices")
-                    continue
-                if not group and len(devices) != 1:
-                    problems.append(f"{where}: {ev.type} hits one device, the selection has {len(devices)}\n"
-                                    "  fix: name one 'device'")
-                    continue
-                unknown = set(ev.params) - set(itype.defaults)
-                params = {**itype.defaults, **ev.params}
-                codes = profiles[itype.profile].conventions.get("fault_codes") if itype.profile in profiles else None
-                if ev.type == "elevator_fault" and isinstance(codes, dict) and int(params["code"]) not in codes:
-                    problems.append(f"{where}.params.code: {params['code']:g} is not in {itype.profile}'s "
-                                    f"conventions.fault_codes\n  fix: one of "
-                                    + ", ".join(f"{k} {v}" for k, v in codes.items() if k))
-                    continue
-                metric = metric or itype.metric
-                threshold = ev.hazard_threshold if ev.hazard_threshold is not None else itype.hazard_threshold
-            else:
-                unknown = set(ev.params) - set(FAULT_DEFAULTS[ev.type])
-                params = {**FAULT_DEFAULTS[ev.type], **ev.params}
-                group = len(devices) > 1
-                if ev.type not in LINK_FAULTS:
-                    if metric is None:
-                        problems.append(f"{where}: a {ev.type} fault needs 'metric' (the field it corrupts)")
-                        continue
-                    missing = [d for d in devices if metric not in {f.name for f in profiles[inventory[d][0]].fields}]
-                    if missing:
-                        problems.append(f"{where}.metric: {', '.join(missing)} have no field {metric!r}")
-                        continue
-                proto = {inventory[d][2] for d in devices}
-                if ev.type == "malformed_payload" and proto != {"mqtt"}:
-                    problems.append(f"{where}: malformed_payload is an MQTT fault; select MQTT stations")
-                    continue
-                if ev.type == "modbus_exception" and proto != {"modbus"}:
-                    problems.append(f"{where}: modbus_exception is a Modbus fault; select Modbus devices")
-                    continue
-            if unknown:
-                allowed = ", ".join(sorted(params)) or "(none)"
-                problems.append(f"{where}.params: unknown {', '.join(sorted(unknown))}\n  fix: allowed: {allowed}")
-                continue
-            events.append(ScheduledEvent(kind, ev.type, tuple(devices), group, at_s, dur_s, metric, params,
-                                         threshold, ev.note))
+            scheduled = planner.schedule(kind, i, ev, None, problems)
+            if scheduled is not None:
+                events.append(scheduled)
     if problems:
         raise ConfigError(problems)
     return ParsedScenario(spec.scenario, path, spec.description, total_s, step_s, spec.start_local, spec.speed,
-                          gateway_paths, loaded, events)
+                          gateway_paths, loaded, events, planner, drawn)
+
+
+class EventPlanner:
+    """Resolves a scenario's event entries to devices and times, checking each; draws the
+    random parts of an entry from a seeded stream."""
+
+    def __init__(self, shown: str, total_s: float, inventory: Mapping[str, tuple[str, dict[str, str], str]],
+                 profiles: Mapping[str, Any]) -> None:
+        self.shown = shown
+        self.total_s = total_s
+        self.inventory = inventory
+        self.profiles = profiles
+
+    @staticmethod
+    def is_random(ev: EventSpec) -> bool:
+        return (isinstance(ev.at, Between) or isinstance(ev.duration, Between) or ev.pick is not None
+                or ev.pick_group is not None or any(isinstance(v, Between) for v in ev.params.values()))
+
+    def check_random(self, kind: str, i: int, ev: EventSpec, problems: list[str]) -> bool:
+        """Check a random entry at both ends of its ranges; True when it is sound."""
+        before = len(problems)
+        where = f"{self.shown}: {kind}s[{i}]"
+        for name, value in [("at", ev.at), ("duration", ev.duration),
+                            *((f"params.{k}", v) for k, v in ev.params.items())]:
+            if isinstance(value, Between):
+                lo, hi = (self._seconds(x, f"{kind}s[{i}].{name}", problems) for x in value.between)
+                if hi < lo:
+                    problems.append(f"{where}.{name}: between [{lo:g}, {hi:g}] runs backwards\n"
+                                    "  fix: write the lower bound first")
+        if ev.pick is not None and ev.pick_group is not None:
+            problems.append(f"{where}: give pick or pick_group, not both")
+        if len(problems) > before:
+            return False
+        # the earliest and shortest draw, then the latest and longest
+        return all(self.schedule(kind, i, ev, _constant(end), problems) is not None for end in (0.0, 1.0 - 1e-12))
+
+    def draw(self, kind: str, i: int, ev: EventSpec, seed: int, taken: Set[str] = frozenset()) -> ScheduledEvent:
+        """Draw the entry's random parts for `seed`; a pick prefers devices no earlier
+        event of the day has `taken` (two incidents on one pipe would score each other)."""
+        key = noise.stream_key(seed, "scenario-draw", kind, str(i))
+        count = iter(range(1_000_000))
+        problems: list[str] = []
+        out = self.schedule(kind, i, ev, lambda _name: noise.uniform(key, next(count)), problems, taken)
+        if out is None:  # checked at load time at both ends of every range
+            raise ConfigError(problems)
+        return out
+
+    def _seconds(self, value: Duration, where: str, problems: list[str]) -> float:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            problems.append(f"{self.shown}: {where}: {exc}")
+            return 0.0
+
+    def schedule(self, kind: str, i: int, ev: EventSpec, u: Callable[[str], float] | None,
+                 problems: list[str], taken: Set[str] = frozenset()) -> ScheduledEvent | None:
+        """The entry as a scheduled event; `u(name)` gives a uniform [0, 1) draw for each
+        random part (None: the entry has none)."""
+        shown = self.shown
+        where = f"{shown}: {kind}s[{i}]"
+
+        def value(v: Duration | Between, name: str) -> float:
+            if isinstance(v, Between):
+                assert u is not None
+                lo, hi = (self._seconds(x, f"{kind}s[{i}].{name}", problems) for x in v.between)
+                return lo + (hi - lo) * u(name)
+            return self._seconds(v, f"{kind}s[{i}].{name}", problems)
+
+        known = INCIDENT_TYPES if kind == "incident" else FAULT_TYPES
+        if ev.type not in known:
+            problems.append(f"{where}.type: unknown {kind} {ev.type!r}\n  fix: one of {', '.join(known)}")
+            return None
+        at_s = value(ev.at, "at")
+        dur_s = value(ev.duration, "duration") if ev.duration is not None else self.total_s - at_s
+        total_s = self.total_s
+        if at_s < 0 or dur_s <= 0 or at_s + dur_s > total_s + 1e-6:
+            problems.append(f"{where}: runs from {at_s:.0f} s for {dur_s:.0f} s, outside the scenario "
+                            f"(0..{total_s:.0f} s)\n  fix: move 'at' or shorten 'duration'")
+            return None
+        inventory, profiles = self.inventory, self.profiles
+        devices = _select(ev, inventory, where, problems)
+        if devices and (ev.pick is not None or ev.pick_group is not None):
+            assert u is not None
+            devices = _pick(ev, devices, inventory, where, problems, u, taken)
+        if not devices:
+            return None
+        drawn = {k: (value(v, f"params.{k}") if isinstance(v, Between) else float(v)) for k, v in ev.params.items()}
+        params: dict[str, float]
+        metric = ev.metric
+        threshold = None
+        group = False
+        if kind == "incident":
+            itype = INCIDENT_TYPES[ev.type]
+            group = itype.group
+            wrong = [d for d in devices if inventory[d][0] != itype.profile]
+            if wrong:
+                problems.append(f"{where}: {ev.type} happens on {itype.profile} devices; "
+                                f"{', '.join(wrong)} are not\n  fix: select {itype.profile} devices")
+                return None
+            if not group and len(devices) != 1:
+                problems.append(f"{where}: {ev.type} hits one device, the selection has {len(devices)}\n"
+                                "  fix: name one 'device', or add pick: 1")
+                return None
+            unknown = set(drawn) - set(itype.defaults)
+            params = {**itype.defaults, **drawn}
+            codes = profiles[itype.profile].conventions.get("fault_codes") if itype.profile in profiles else None
+            if ev.type == "elevator_fault" and isinstance(codes, dict) and int(params["code"]) not in codes:
+                problems.append(f"{where}.params.code: {params['code']:g} is not in {itype.profile}'s "
+                                f"conventions.fault_codes\n  fix: one of "
+                                + ", ".join(f"{k} {v}" for k, v in codes.items() if k))
+                return None
+            metric = metric or itype.metric
+            threshold = ev.hazard_threshold if ev.hazard_threshold is not None else itype.hazard_threshold
+        else:
+            unknown = set(drawn) - set(FAULT_DEFAULTS[ev.type])
+            params = {**FAULT_DEFAULTS[ev.type], **drawn}
+            group = len(devices) > 1
+            if ev.type not in LINK_FAULTS:
+                if metric is None:
+                    problems.append(f"{where}: a {ev.type} fault needs 'metric' (the field it corrupts)")
+                    return None
+                missing = [d for d in devices if metric not in {f.name for f in profiles[inventory[d][0]].fields}]
+                if missing:
+                    problems.append(f"{where}.metric: {', '.join(missing)} have no field {metric!r}")
+                    return None
+            proto = {inventory[d][2] for d in devices}
+            if ev.type == "malformed_payload" and proto != {"mqtt"}:
+                problems.append(f"{where}: malformed_payload is an MQTT fault; select MQTT stations")
+                return None
+            if ev.type == "modbus_exception" and proto != {"modbus"}:
+                problems.append(f"{where}: modbus_exception is a Modbus fault; select Modbus devices")
+                return None
+        if unknown:
+            allowed = ", ".join(sorted(params)) or "(none)"
+            problems.append(f"{where}.params: unknown {', '.join(sorted(unknown))}\n  fix: allowed: {allowed}")
+            return None
+        return ScheduledEvent(kind, ev.type, tuple(devices), group, at_s, dur_s, metric, params, threshold, ev.note)
+
+
+def _constant(x: float) -> Callable[[str], float]:
+    return lambda _name: x
+
+
+def _pick(ev: EventSpec, devices: list[str], inventory: Mapping[str, tuple[str, dict[str, str], str]],
+          where: str, problems: list[str], u: Callable[[str], float], taken: Set[str]) -> list[str]:
+    """The seed's choice among the selected devices (pick) or their label values
+    (pick_group), among those not `taken` while enough are left."""
+    if ev.pick_group is not None:
+        groups = sorted({inventory[d][1][ev.pick_group] for d in devices if ev.pick_group in inventory[d][1]})
+        free = [g for g in groups if not any(inventory[d][1].get(ev.pick_group) == g and d in taken for d in devices)]
+        groups = free or groups
+        if not groups:
+            problems.append(f"{where}.pick_group: no selected device has a label {ev.pick_group!r}\n"
+                            "  fix: name a label the devices carry (see their gateway config)")
+            return []
+        chosen = groups[min(len(groups) - 1, int(u("pick_group") * len(groups)))]
+        return [d for d in devices if inventory[d][1].get(ev.pick_group) == chosen]
+    n = ev.pick or 1
+    if n > len(devices):
+        problems.append(f"{where}.pick: {n} of {len(devices)} selected devices\n  fix: pick at most {len(devices)}")
+        return []
+    pool = sorted(d for d in devices if d not in taken)
+    if len(pool) < n:
+        pool = sorted(devices)
+    out: list[str] = []
+    for k in range(n):
+        out.append(pool.pop(min(len(pool) - 1, int(u(f"pick{k}") * len(pool)))))
+    return out
 
 
 def free_tcp_ports(n: int, host: str = "127.0.0.1") -> list[int]:

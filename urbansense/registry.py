@@ -104,6 +104,25 @@ class IncidentKind(_Model):
     #: Declarative families: the incident's shape. Families with a simulation hook
     #: implement their incidents in code and leave it out.
     effect: Effect | None = None
+    #: Randomised district days (`urbansense sim compose`): each parameter's range, ...
+    vary: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    #: ... how long it lasts, from/to (durations as in scenario files: 20m, 2h) ...
+    lasts: tuple[str | float, str | float] = ("30m", "2h")
+    #: ... when it can be seen (lamps burning in daylight, a circuit dark at night) ...
+    when: Literal["any", "daylight", "dark"] = "any"
+    #: ... and for a group incident, the label whose devices it hits together (circuit);
+    #: none: every device of the profile in the district.
+    group_by: str | None = None
+
+    @model_validator(mode="after")
+    def _varies_known(self) -> IncidentKind:
+        unknown = set(self.vary) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"vary: {', '.join(sorted(unknown))} not in defaults (vary ranges a default parameter)")
+        for k, (lo, hi) in self.vary.items():
+            if lo > hi:
+                raise ValueError(f"vary.{k}: low {lo} is above high {hi}")
+        return self
 
 
 Steps = list[tuple[str, float | None]]

@@ -1,0 +1,132 @@
+"""Randomised scenarios: times, lengths, magnitudes and places drawn per seed
+(simulators/scenario_file.py), and the district-day composer (simulators/compose.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from simulators.compose import compose_day, district_gateways, write_day
+from simulators.faults import SENSOR_FAULTS
+from simulators.incidents import INCIDENT_TYPES
+from simulators.scenario import ScheduledEvent, load_scenario
+from urbansense import registry
+from urbansense.config import ConfigError
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+SHORT = DATA / "random-short.yaml"
+
+
+def _by_type(events: list[ScheduledEvent]) -> dict[str, ScheduledEvent]:
+    return {e.type: e for e in events}
+
+
+def test_the_same_seed_draws_the_same_day_and_another_seed_another() -> None:
+    sc = load_scenario(SHORT)
+    assert sc.randomised
+    a, b, c = sc.events_for(1), sc.events_for(1), sc.events_for(2)
+    assert a == b
+    assert a != c
+    # across seeds the draws spread over the ranges the file gives
+    bursts = [_by_type(sc.events_for(s))["pipe_burst"] for s in range(1, 41)]
+    ats = [e.at_s for e in bursts]
+    drops = [e.params["drop_mpa"] for e in bursts]
+    assert all(1200 <= x <= 2400 for x in ats) and max(ats) - min(ats) > 600
+    assert all(0.12 <= x <= 0.2 for x in drops) and max(drops) - min(drops) > 0.04
+    assert len({e.devices for e in bursts}) >= 5  # the seed places it too
+    # a parameter the file leaves alone keeps the catalogue's default
+    assert {e.params["flow_rise_m3h"] for e in bursts} == {INCIDENT_TYPES["pipe_burst"].defaults["flow_rise_m3h"]}
+
+
+def test_picks_avoid_devices_an_incident_already_took() -> None:
+    sc = load_scenario(SHORT)
+    for seed in range(1, 30):
+        events = sc.events_for(seed)
+        burst = _by_type(events)["pipe_burst"]
+        spikes = _by_type(events)["spikes"]
+        assert burst.devices != spikes.devices
+        dead = _by_type(events)["dead_device"]
+        assert len(set(dead.devices)) == 2
+
+
+def test_the_world_and_the_ground_truth_follow_the_draw() -> None:
+    sc = load_scenario(SHORT)
+    start = sc.default_start_ms(1_780_000_000_000)
+    for seed in (3, 4):
+        burst = _by_type(sc.events_for(seed))["pipe_burst"]
+        truth = next(r for r in sc.ground_truth(seed, start) if r["type"] == "pipe_burst")
+        assert truth["devices"] == list(burst.devices)
+        assert truth["start"] == start + int(burst.at_s * 1000)
+        assert truth["params"]["drop_mpa"] == burst.params["drop_mpa"]
+        # the simulated device has the incident, with the drawn size
+        world = sc.world(seed, start)
+        dev = world.devices[truth["devices"][0]]
+        assert [i.params["drop_mpa"] for i in dev.incidents if i.type == "pipe_burst"] == [truth["params"]["drop_mpa"]]
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"at": {"between": ["40m", "20m"]}}, "runs backwards"),
+    ({"at": {"between": ["20m", "3h"]}}, "outside the scenario"),
+    ({"pick": 99}, "pick: 99 of 10 selected devices"),
+    ({"pick": None, "pick_group": "circuit"}, "no selected device has a label 'circuit'"),
+    ({"params": {"drop_mpa": {"between": ["a", 1]}}}, "is not a duration"),
+])
+def test_a_bad_random_entry_is_refused_with_where_and_fix(tmp_path: Path, change: dict, words: str) -> None:
+    doc = yaml.safe_load(SHORT.read_text())
+    doc["gateways"] = [str(Path(g).resolve()) if g.endswith(".yaml") else g for g in doc["gateways"]]
+    entry = doc["incidents"][0]
+    for k, v in change.items():
+        if v is None:
+            entry.pop(k, None)
+        else:
+            entry[k] = v
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    text = str(err.value)
+    assert "incidents[0]" in text and words in text, text
+
+
+def test_a_composed_district_day_has_every_kind_and_faults_on_every_sensor(tmp_path: Path) -> None:
+    gateways = district_gateways("pudong")
+    assert {p.stem for p in gateways} == {"pd-gw-water", "pd-gw-gas", "pd-gw-light", "pd-gw-lift", "pd-gw-air"}
+    out = write_day(tmp_path / "day.yaml", gateways, "pd-day")
+    sc = load_scenario(out)
+    profiles = {d.profile for g in sc.loaded for _l, d in g.config.devices()}
+    expected = {k for k, t in INCIDENT_TYPES.items() if t.profile in profiles}
+    for seed in (1, 2, 3):
+        events = sc.events_for(seed)
+        assert {e.type for e in events if e.kind == "incident"} == expected
+        # every numeric field of every device model gets a sensor fault, and every model
+        # every kind of sensor fault
+        faulted = {(sc.parsed.planner.inventory[e.devices[0]][0], e.metric) for e in events if e.type in SENSOR_FAULTS}
+        for g in sc.loaded:
+            for name, prof in g.profiles.items():
+                fam = registry.family(prof.measurement)
+                for f in prof.fields:
+                    if fam.fields[f.name].type == "float":
+                        assert (name, f.name) in faulted, (name, f.name)
+                kinds = {e.type for e in events if e.devices[0] in sc.parsed.planner.inventory
+                         and sc.parsed.planner.inventory[e.devices[0]][0] == name}
+                assert {"dropout", "dead_device"} <= kinds
+        # daylight and dark incidents fall in their windows (hours from noon)
+        timing = {e.type: (e.at_s / 3600, (e.at_s + e.duration_s) / 3600) for e in events if e.kind == "incident"}
+        assert timing["day_burning"][1] <= 4.5
+        assert timing["cable_theft"][0] >= 7.75 and timing["cable_theft"][1] <= 16.0
+    quiet = compose_day(gateways, "pd-quiet", quiet=True)
+    assert quiet["incidents"] == [] and quiet["faults"]
+
+
+def test_the_shipped_random_days_are_what_the_composer_writes() -> None:
+    """simulators/scenarios/pudong-random-*.yaml are generated; they must stay current."""
+    from simulators.scenario_file import SCENARIOS_DIR
+
+    gateways = district_gateways("pudong")
+    for name, quiet in (("pudong-random-day", False), ("pudong-random-quiet", True)):
+        shipped = yaml.safe_load((SCENARIOS_DIR / f"{name}.yaml").read_text())
+        assert shipped == compose_day(gateways, name, quiet=quiet), \
+            f"regenerate: urbansense sim compose --district pudong {'--quiet ' if quiet else ''}" \
+            f"--out simulators/scenarios/{name}.yaml"
