@@ -111,8 +111,9 @@ class RateRule(_Windowed, _Hysteresis):
 
 
 class ForecastRule(_Windowed):
-    """Linear trend over the window; warns when `limit` will be crossed within `horizon_s`
-    and reports the expected crossing time (like PromQL predict_linear)."""
+    """Robust linear trend (Theil-Sen) over the window; warns when `limit` will be
+    crossed within `horizon_s` and reports the expected crossing time (like PromQL
+    predict_linear, without its trust in every point)."""
 
     kind: Literal["forecast"] = "forecast"
     op: Op = "above"
@@ -123,6 +124,10 @@ class ForecastRule(_Windowed):
     arm: float | None = None
     #: Least slope (units per minute, toward the limit) that counts as a trend.
     min_slope_per_min: float = Field(default=0.0, ge=0)
+    #: The trend must also hold in each half of the window, each at least this share of
+    #: the whole window's slope: a step (one jump, a stuck sensor letting go) moves one
+    #: half, a trend both. 0 turns the check off.
+    sustained: float = Field(default=0.25, ge=0, le=1)
 
 
 class AnomalyRule(_Windowed):

@@ -29,7 +29,7 @@ from rules.catalog import (
 )
 from rules.devices import NEVER, Devices, Index, Round
 from rules.lifecycle import SEVERITY_LEVELS, LifecycleArrays, Signal
-from rules.windows import TimeBuckets, linear_fit, row_nanmedian
+from rules.windows import TimeBuckets, half_slopes, linear_fit, row_nanmedian, theil_sen
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -169,13 +169,18 @@ class ForecastEval(Evaluator):
         v = rnd.values[r.metric]
         buf = self.buffers.fed(rnd, r.measurement, r.metric, r.window_s, r.buckets)
         means, x, valid = buf.view(rnd.dev, rnd.t)
-        level, slope, n = linear_fit(x, means, valid)
+        level, slope, n = theil_sen(x, means, valid)
         sign = 1.0 if r.op == "above" else -1.0
         toward = sign * slope * 60.0  # units per minute toward the limit
         gap = sign * (r.limit - level)  # > 0 while the limit is still ahead
         with np.errstate(invalid="ignore", divide="ignore"):
             eta = np.where(gap <= 0, 0.0, gap / np.where(toward > 0, toward / 60.0, np.nan))
         trending = (n >= r.min_points) & (toward > max(r.min_slope_per_min, 1e-12))
+        if r.sustained > 0 and trending.any():
+            older, newer = half_slopes(x, means, valid)
+            floor = r.sustained * toward / 60.0
+            with np.errstate(invalid="ignore"):
+                trending &= (sign * older >= floor) & (sign * newer >= floor)
         armed = np.ones(len(v), bool) if r.arm is None else sign * (v - r.arm) >= 0
         ahead = gap > 0
         breach = ahead & trending & armed & (eta <= r.horizon_s)

@@ -91,6 +91,38 @@ def linear_fit(x: FloatArray, y: FloatArray,
     return ym - slope * xm, slope, n.astype(np.int64)
 
 
+def theil_sen(x: FloatArray, y: FloatArray,
+              valid: npt.NDArray[np.bool_]) -> tuple[FloatArray, FloatArray, npt.NDArray[np.int64]]:
+    """Row-wise Theil-Sen line y = a + b x over valid cells: b is the median of the
+    slopes between every pair of points, a the median of y - b x. Up to about 29 % of
+    the points may be wild without moving it (a spike is one point; least squares
+    follows it). Returns (a, b, n) like `linear_fit`."""
+    rows, cols = y.shape
+    i, j = np.triu_indices(cols, 1)
+    dx = x[:, j] - x[:, i]
+    ok = valid[:, i] & valid[:, j] & (dx != 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pair = np.where(ok, (y[:, j] - y[:, i]) / np.where(ok, dx, 1.0), np.nan)
+    slope = row_nanmedian(pair) if len(i) else np.full(rows, np.nan)
+    level = row_nanmedian(np.where(valid, y - slope[:, None] * x, np.nan))
+    return level, slope, valid.sum(axis=1).astype(np.int64)
+
+
+def half_slopes(x: FloatArray, y: FloatArray,
+                valid: npt.NDArray[np.bool_]) -> tuple[FloatArray, FloatArray]:
+    """Least-squares slopes of the older and the newer half of each row's valid points
+    (split half-way between the oldest and the newest); NaN for a half with fewer than two points. A trend
+    moves both halves; a step (a stuck sensor letting go, one jump) moves at most one."""
+    lo = np.where(valid, x, np.inf).min(axis=1, initial=np.inf)
+    hi = np.where(valid, x, -np.inf).max(axis=1, initial=-np.inf)
+    with np.errstate(invalid="ignore"):
+        mid = ((lo + hi) / 2.0)[:, None]
+    old, new = valid & (x <= mid), valid & (x > mid)
+    _, s_old, n_old = linear_fit(x, y, old)
+    _, s_new, n_new = linear_fit(x, y, new)
+    return np.where(n_old >= 2, s_old, np.nan), np.where(n_new >= 2, s_new, np.nan)
+
+
 def row_nanmedian(a: FloatArray) -> FloatArray:
     """`np.nanmedian(a, axis=1)` of a 2-D array (NaN for a row without numbers), without
     numpy's masked-array path for small arrays: one sort (NaN sorts last) and two

@@ -135,10 +135,14 @@ class ParsedScenario:
     def events_for(self, seed: int) -> list[ScheduledEvent]:
         """Every event of the scenario as seed `seed` plays it."""
         out = list(self.events)
-        taken = {d for e in out for d in e.devices}
+        taken: dict[str, list[tuple[float, float]]] = {}
+        for e in out:
+            for d in e.devices:
+                taken.setdefault(d, []).append((e.at_s, e.at_s + e.duration_s))
         for kind, i, ev in self.drawn:  # incidents first, as the file lists them
             event = self.planner.draw(kind, i, ev, seed, taken)
-            taken.update(event.devices)
+            for d in event.devices:
+                taken.setdefault(d, []).append((event.at_s, event.at_s + event.duration_s))
             out.append(event)
         return out
 
@@ -268,9 +272,11 @@ class EventPlanner:
         # the earliest and shortest draw, then the latest and longest
         return all(self.schedule(kind, i, ev, _constant(end), problems) is not None for end in (0.0, 1.0 - 1e-12))
 
-    def draw(self, kind: str, i: int, ev: EventSpec, seed: int, taken: Set[str] = frozenset()) -> ScheduledEvent:
-        """Draw the entry's random parts for `seed`; a pick prefers devices no earlier
-        event of the day has `taken` (two incidents on one pipe would score each other)."""
+    def draw(self, kind: str, i: int, ev: EventSpec, seed: int,
+             taken: Mapping[str, list[tuple[float, float]]] | None = None) -> ScheduledEvent:
+        """Draw the entry's random parts for `seed`; a pick prefers devices that no earlier
+        event of the day has `taken` at an overlapping time (two incidents on one pipe
+        would score each other; a dead controller hides an entrapment)."""
         key = noise.stream_key(seed, "scenario-draw", kind, str(i))
         count = iter(range(1_000_000))
         problems: list[str] = []
@@ -287,7 +293,8 @@ class EventPlanner:
             return 0.0
 
     def schedule(self, kind: str, i: int, ev: EventSpec, u: Callable[[str], float] | None,
-                 problems: list[str], taken: Set[str] = frozenset()) -> ScheduledEvent | None:
+                 problems: list[str], taken: Mapping[str, list[tuple[float, float]]] | None = None,
+                 ) -> ScheduledEvent | None:
         """The entry as a scheduled event; `u(name)` gives a uniform [0, 1) draw for each
         random part (None: the entry has none)."""
         shown = self.shown
@@ -315,7 +322,9 @@ class EventPlanner:
         devices = _select(ev, inventory, where, problems)
         if devices and (ev.pick is not None or ev.pick_group is not None):
             assert u is not None
-            devices = _pick(ev, devices, inventory, where, problems, u, taken)
+            span = (at_s - TAKEN_MARGIN_S, at_s + dur_s + TAKEN_MARGIN_S)
+            busy = {d for d, spans in (taken or {}).items() if any(a < span[1] and span[0] < b for a, b in spans)}
+            devices = _pick(ev, devices, inventory, where, problems, u, busy)
         if not devices:
             return None
         drawn = {k: (value(v, f"params.{k}") if isinstance(v, Between) else float(v)) for k, v in ev.params.items()}
@@ -369,6 +378,10 @@ class EventPlanner:
             problems.append(f"{where}.params: unknown {', '.join(sorted(unknown))}\n  fix: allowed: {allowed}")
             return None
         return ScheduledEvent(kind, ev.type, tuple(devices), group, at_s, dur_s, metric, params, threshold, ev.note)
+
+
+#: A pick keeps this far (s) from another event's time on the same device.
+TAKEN_MARGIN_S = 900.0
 
 
 def _constant(x: float) -> Callable[[str], float]:
