@@ -2,14 +2,16 @@
 already in InfluxDB, and score them against the simulator's ground truth.
 
 Scoring, per ground-truth incident:
-- detected: a firing *hazard* alert (a rule of category hazard: the hazard or its early
-  warning) of the incident's domain and district on one of its devices (or on a group,
-  e.g. a circuit, that one of its devices belongs to) between its start and its end plus
+- detected: a firing *hazard* or *maintenance* alert (the hazard, its early warning, or
+  the ticket a precursor raised) of the incident's domain and district on one of its
+  devices (or on a group, e.g. a circuit, that one of its devices belongs to) between its
+  `warn_from` (its start, or earlier by its precursor's length) and its end plus
   `grace_s`; a sensor-health alert (stuck, drifting, spiking, silent) there does not
   count as a detection, nor does its time as a lead: it is listed apart;
 - lead time: hazard_crossed_at minus the first such alert (positive = early);
 - false alarms: firing hazard alerts that match no incident and no sensor fault, per
-  1,000 device-hours of the scenario; health alerts that match nothing are counted apart.
+  1,000 device-hours of the scenario; health alerts and maintenance tickets that match
+  nothing are counted apart.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class BacktestResult:
     signals: dict[tuple[str, str], list[tuple[int, float]]] = field(default_factory=dict)
     #: sensor-health alerts that match no incident and no fault
     health_unmatched: list[AlertEvent] = field(default_factory=list)
+    #: maintenance tickets that match no incident (a worn part that did not fail today)
+    maintenance_unmatched: list[AlertEvent] = field(default_factory=list)
 
     @property
     def device_hours(self) -> float:
@@ -79,7 +83,7 @@ def _group_labels(inventory: list[InventoryDevice]) -> dict[tuple[str, str], set
 
 def _matches(rec: dict[str, Any], ev: AlertEvent, names: dict[tuple[str, str], set[str]],
              grace_ms: int) -> bool:
-    if ev.district != rec["district"] or not (rec["start"] <= ev.t <= rec["end"] + grace_ms):
+    if ev.district != rec["district"] or not (rec.get("warn_from", rec["start"]) <= ev.t <= rec["end"] + grace_ms):
         return False
     if ev.domain not in (rec["domain"], "system"):
         return False
@@ -92,11 +96,17 @@ def health_rules(rules: Iterable[Rule]) -> frozenset[str]:
     return frozenset(r.id for r in rules if r.purpose == "health")
 
 
+def maintenance_rules(rules: Iterable[Rule]) -> frozenset[str]:
+    """The ids of the rules whose alerts are maintenance tickets (equipment degrading)."""
+    return frozenset(r.id for r in rules if r.purpose == "maintenance")
+
+
 def score(name: str, truth: list[dict[str, Any]], events: list[AlertEvent], inventory: list[InventoryDevice],
           start_ms: int, end_ms: int, samples: int = 0, grace_s: float = GRACE_S,
-          health: frozenset[str] = frozenset()) -> BacktestResult:
+          health: frozenset[str] = frozenset(), maintenance: frozenset[str] = frozenset()) -> BacktestResult:
     """Score `events` against the ground truth; `health` names the sensor-health rules,
-    whose alerts are listed apart (see the module's doc)."""
+    whose alerts are listed apart, `maintenance` the rules whose unmatched tickets are
+    counted apart from false alarms (see the module's doc)."""
     names = _group_labels(inventory)
     grace = int(grace_s * 1000)
     firing = [e for e in events if e.state == "firing"]
@@ -116,8 +126,9 @@ def score(name: str, truth: list[dict[str, Any]], events: list[AlertEvent], inve
     faults = [judge(r, True) for r in truth if r["kind"] == "fault"]  # a sensor fault: health alerts find it
     unclaimed = [e for e in firing if id(e) not in claimed]
     return BacktestResult(name, start_ms, end_ms, len(inventory), incidents, faults,
-                          [e for e in unclaimed if e.rule not in health], events, samples,
-                          health_unmatched=[e for e in unclaimed if e.rule in health])
+                          [e for e in unclaimed if e.rule not in health and e.rule not in maintenance], events,
+                          samples, health_unmatched=[e for e in unclaimed if e.rule in health],
+                          maintenance_unmatched=[e for e in unclaimed if e.rule in maintenance])
 
 
 def run_engine(engine: RulesEngine, ticks: Iterable[tuple[int, list[TelemetryBatch]]],
@@ -164,7 +175,8 @@ def run_scenario(scenario: str | Path, rules: list[Rule] | None = None, *, seed:
     if progress:
         ticks = _with_progress(ticks, start, end, sc.name)
     events, samples = run_engine(engine, ticks, watch, signals)
-    result = score(sc.name, truth, events, inventory, start, end, samples, health=health_rules(rules))
+    result = score(sc.name, truth, events, inventory, start, end, samples, health=health_rules(rules),
+                   maintenance=maintenance_rules(rules))
     result.signals = signals
     return result
 
@@ -197,7 +209,8 @@ def run_influx(influx_url: str, database: str, start_ms: int, end_ms: int, rules
     if progress:
         ticks = _with_progress(ticks, start_ms, end_ms, f"{database} {start_ms}..{end_ms}")
     events, samples = run_engine(engine, ticks)
-    return score(database, truth, events, inventory, start_ms, end_ms, samples, health=health_rules(rules))
+    return score(database, truth, events, inventory, start_ms, end_ms, samples, health=health_rules(rules),
+                 maintenance=maintenance_rules(rules))
 
 
 # ---------------------------------------------------------------------------- report
@@ -244,6 +257,8 @@ def print_report(result: BacktestResult) -> None:
     if health or result.health_unmatched:
         console.print(f"sensor-health alerts (not detections, not false alarms): {health} during incidents, "
                       f"{len(result.health_unmatched)} matching no incident or fault")
+    if result.maintenance_unmatched:
+        console.print(f"maintenance tickets matching no incident: {len(result.maintenance_unmatched)}")
 
 
 def _clock(t: int, start: int) -> str:
@@ -304,6 +319,7 @@ def summary(result: BacktestResult) -> dict[str, Any]:
         "false_alarms": len(result.false_alarms),
         "false_alarms_per_1000_device_hours": round(result.false_alarms_per_1000_device_hours, 3),
         "health_alerts_unmatched": len(result.health_unmatched),
+        "maintenance_tickets_unmatched": len(result.maintenance_unmatched),
         "incidents": [{
             "type": s.record["type"], "device": s.record.get("device"), "detected": s.detected,
             "first_alert_rule": s.first_alert.rule if s.first_alert else None,

@@ -7,9 +7,10 @@ day 37 k mod 365 from `base`, so the sun's times vary too), in parallel processe
 pools the backtests:
 
 - per incident kind: detection rate, lead time p10/p50/p90 (hazard crossing minus the
-  first hazard or early-warning alert; only incidents with a hazard threshold that was
+  first hazard, early-warning or maintenance alert; only incidents with a hazard that was
   crossed have one), and the rules that warned first;
-- false alarms per 1,000 device-hours, hazard alerts and sensor-health alerts apart;
+- false alarms per 1,000 device-hours, hazard alerts and sensor-health alerts apart,
+  and maintenance tickets on equipment that did not fail that day;
 - hazard alerts caused by sensor faults (on a faulted device in the fault's time and
   explained by no incident): the number that must stay zero.
 
@@ -64,6 +65,7 @@ class SeedRun:
     incidents: list[IncidentOutcome]
     hazard_false_alarms: list[str]  # alert ids
     health_false_alarms: list[str]
+    maintenance_unmatched: list[str]  # tickets on equipment that did not fail that day
     #: hazard alerts on a faulted sensor, in the fault's time, explained by no incident
     fault_hazards: list[str]
     faults: int
@@ -87,7 +89,8 @@ def outcome(result: BacktestResult, health: frozenset[str], seed: int, date: dt.
         [IncidentOutcome(s.record["type"], s.record.get("device") or ",".join(s.record.get("devices", [])[:3]),
                          s.detected, s.lead_time_s if s.record.get("hazard_crossed_at") is not None else None,
                          s.first_alert.rule if s.first_alert else None) for s in result.incidents],
-        [e.id for e in result.false_alarms], [e.id for e in result.health_unmatched], fault_hazards,
+        [e.id for e in result.false_alarms], [e.id for e in result.health_unmatched],
+        [e.id for e in result.maintenance_unmatched], fault_hazards,
         len(result.faults), sum(1 for s in result.faults if any(e.rule in health for e in s.alerts)), elapsed_s)
 
 
@@ -153,6 +156,7 @@ class Report:
     kinds: dict[str, KindStats]
     hazard_false_alarms: int
     health_false_alarms: int
+    maintenance_unmatched: int
     fault_hazards: list[str]  # "seed N alert-id"
     faults: int
     faults_found: int
@@ -175,6 +179,7 @@ class Report:
             "hazard_false_alarms_per_1000_device_hours": round(self.hazard_false_alarm_rate, 3),
             "health_false_alarms": self.health_false_alarms,
             "health_false_alarms_per_1000_device_hours": round(self.health_false_alarm_rate, 3),
+            "maintenance_tickets_without_incident": self.maintenance_unmatched,
             "hazard_alerts_from_sensor_faults": self.fault_hazards,
             "faults": self.faults, "faults_found_by_health_rules": self.faults_found,
             "kinds": {k: {"incidents": s.n, "detected": s.detected, "detection_rate": round(s.detection_rate, 4),
@@ -201,6 +206,7 @@ def pool(scenario: str, seed_runs: Sequence[SeedRun]) -> Report:
     return Report(scenario, sorted(r.seed for r in seed_runs), sum(r.device_hours for r in seed_runs), kinds,
                   sum(len(r.hazard_false_alarms) for r in seed_runs),
                   sum(len(r.health_false_alarms) for r in seed_runs),
+                  sum(len(r.maintenance_unmatched) for r in seed_runs),
                   [f"seed {r.seed} {a}" for r in seed_runs for a in r.fault_hazards],
                   sum(r.faults for r in seed_runs), sum(r.faults_found for r in seed_runs))
 

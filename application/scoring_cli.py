@@ -142,7 +142,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"false alarms per 1,000 device-hours: hazard {report.hazard_false_alarm_rate:.2f} "
                   f"({report.hazard_false_alarms}), sensor health {report.health_false_alarm_rate:.2f} "
-                  f"({report.health_false_alarms}); hazard alerts from sensor faults: {len(report.fault_hazards)}; "
+                  f"({report.health_false_alarms}); maintenance tickets without an incident: "
+                  f"{report.maintenance_unmatched}; hazard alerts from sensor faults: {len(report.fault_hazards)}; "
                   f"sensor faults named by a health rule: {report.faults_found}/{report.faults}")
     for kind, st in sorted(report.kinds.items()):
         for m in st.missed[:5]:

@@ -40,11 +40,13 @@ class _Rule(BaseModel):
     when_sun: Literal["up", "down"] | None = None
     #: Sun elevation (degrees) that counts as "up"; e.g. 3 keeps dusk and dawn out.
     sun_elevation_deg: float = Field(default=0.0, ge=-18, le=30)
-    #: What an alert of it says: `hazard` (the hazard or its early warning) or `health`
-    #: (a sensor or device is unwell: stuck, drifting, spiking, silent, faulted). Default:
-    #: health for stuck-sensor (flatline), silence (deadman) and gateway rules, else hazard.
-    #: The backtest scores incidents on hazard alerts and counts health alerts apart.
-    category: Literal["hazard", "health"] | None = None
+    #: What an alert of it says: `hazard` (the hazard or its early warning), `maintenance`
+    #: (equipment degrading: "inspect within N days", a ticket rather than a page) or
+    #: `health` (a sensor or device is unwell: stuck, drifting, spiking, silent, faulted).
+    #: Default: health for stuck-sensor (flatline), silence (deadman) and gateway rules,
+    #: else hazard. The backtest scores incidents on hazard and maintenance alerts (a
+    #: precursor's ticket is the earliest warning) and counts health alerts apart.
+    category: Literal["hazard", "maintenance", "health"] | None = None
 
     @property
     def domain(self) -> str:
@@ -157,10 +159,16 @@ class FlatlineRule(_MetricRule):
 
 
 class DriftRule(_MetricRule):
-    """Two-sided CUSUM on (x - mean)/sigma with the baseline learnt over learn_s."""
+    """A device against its own baseline, learnt online over its first learn_s (mean and
+    sigma): `test: cusum`, a two-sided CUSUM on z = (x - mean)/sigma (slack k, alarm at h,
+    capped at 2h so one huge excursion is forgotten soon after it ends);
+    `test: level`, z itself beyond h (clear below h/2), for values that hold between
+    updates (an elevator's statistics over its last trips), where a CUSUM would add up
+    the same z again on every sample."""
 
     kind: Literal["drift"] = "drift"
     learn_s: float = Field(gt=0)
+    test: Literal["cusum", "level"] = "cusum"
     k: float = Field(default=0.5, gt=0)
     h: float = Field(default=5.0, gt=0)
     #: Smallest sigma used, in the units of the drifting value (a noiseless baseline must

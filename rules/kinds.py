@@ -301,8 +301,14 @@ class DriftEval(Evaluator):
         self.mean[ld], self.count[ld] = mean, c
         sigma = np.maximum(np.sqrt(self.m2[dev] / np.maximum(self.count[dev] - 1, 1)), r.sigma_floor)
         z = (x - self.mean[dev]) / sigma
-        hi = np.where(learning, 0.0, np.maximum(0.0, self.hi[dev] + z - r.k))
-        lo = np.where(learning, 0.0, np.maximum(0.0, self.lo[dev] - z - r.k))
+        if r.test == "level":
+            hi = np.where(learning, 0.0, np.maximum(0.0, z))
+            lo = np.where(learning, 0.0, np.maximum(0.0, -z))
+        else:
+            # Capped at 2h: a burst on the same pipe (z in the hundreds) is forgotten within
+            # minutes of its end instead of holding the alert for hours.
+            hi = np.where(learning, 0.0, np.clip(self.hi[dev] + z - r.k, 0.0, 2 * r.h))
+            lo = np.where(learning, 0.0, np.clip(self.lo[dev] - z - r.k, 0.0, 2 * r.h))
         self.hi[dev], self.lo[dev] = hi, lo
         s = np.full(len(v), np.nan)
         s[have] = hi if r.direction == "up" else lo if r.direction == "down" else np.maximum(hi, lo)

@@ -6,9 +6,11 @@
 - one incident of every kind whose device model the district has, at a time, for a
   length and with magnitudes the seed draws from the ranges each family gives its
   incidents (`vary`, `lasts`, `when` in family.yaml), on a device (or a `group_by` group:
-  a circuit) the seed picks;
+  a circuit) the seed picks; an incident that can announce itself (`precursor`) does so
+  on `precursor_share` of the seeds, for a length the seed draws;
 - on every kind of sensor, faults that must never page a hazard: spikes, a stuck value
-  and a drift on each numeric field of each device model (types rotating over the
+  and a drift on each numeric field of each device model read from a transducer (not on
+  `derived` statistics) (types rotating over the
   fields), plus dropouts and a dead device per model, sized from the field's own
   simulated level, each on a device the seed picks;
 - `--quiet`: the faults alone (a day without incidents, for false alarms).
@@ -45,6 +47,9 @@ WINDOWS_H: dict[str, tuple[float, float]] = {"daylight": (0.0, 4.5), "dark": (7.
 SPIKE_SHARE = 0.3
 DRIFT_SHARE_PER_H = 0.1
 STEP = "15s"
+#: How long the shipped condition rules learn a device's baseline (learn_s): a composed
+#: precursor starts after it.
+LEARN_S = 3600.0
 
 
 def district_gateways(district: str) -> list[Path]:
@@ -80,8 +85,9 @@ def _levels(loaded: list[LoadedGateway]) -> dict[tuple[str, str], float]:
     return out
 
 
-def _window(when: str, lasts: tuple[float, float]) -> dict[str, list[str]]:
+def _window(when: str, lasts: tuple[float, float], earliest_s: float = 0.0) -> dict[str, list[str]]:
     lo, hi = WINDOWS_H[when]
+    lo = max(lo, earliest_s / 3600)
     latest = hi * 3600 - lasts[1]
     if latest < lo * 3600:
         raise ValueError(f"an incident lasting up to {lasts[1] / 3600:g} h does not fit the {when} window")
@@ -92,8 +98,8 @@ def _numeric_fields(loaded: list[LoadedGateway], profile: str) -> list[str]:
     for g in loaded:
         if profile in g.profiles:
             fam = registry.family(g.profiles[profile].measurement)
-            return [f.name for f in g.profiles[profile].fields
-                    if fam.fields.get(f.name) is not None and fam.fields[f.name].type == "float"]
+            return [f.name for f in g.profiles[profile].fields if (info := fam.fields.get(f.name)) is not None
+                    and info.type == "float" and not info.derived]
     return []
 
 
@@ -111,15 +117,22 @@ def compose_day(gateway_paths: Sequence[Path], name: str, *, quiet: bool = False
                 continue
             _fam, spec = registry.incident_kinds()[kind]
             lasts = (parse_duration(spec.lasts[0]), parse_duration(spec.lasts[1]))
-            entry: dict[str, Any] = {"type": kind, "profile": itype.profile, "at": _window(spec.when, lasts),
+            lead = (parse_duration(spec.precursor[0]), parse_duration(spec.precursor[1])) if spec.precursor else None
+            # A precursor begins after the rules have learnt the device's baseline.
+            earliest = LEARN_S + lead[1] if lead else 0.0
+            entry: dict[str, Any] = {"type": kind, "profile": itype.profile,
+                                     "at": _window(spec.when, lasts, earliest),
                                      "duration": {"between": [f"{int(lasts[0])}s", f"{int(lasts[1])}s"]}}
             if itype.group:
                 if spec.group_by:
                     entry["pick_group"] = spec.group_by
             else:
                 entry["pick"] = 1
-            if spec.vary:
-                entry["params"] = {k: {"between": [lo, hi]} for k, (lo, hi) in spec.vary.items()}
+            params: dict[str, Any] = {k: {"between": [lo, hi]} for k, (lo, hi) in spec.vary.items()}
+            if lead:
+                params["precursor_s"] = {"between": list(lead), "chance": spec.precursor_share}
+            if params:
+                entry["params"] = params
             incidents.append(entry)
     levels = _levels(loaded)
     faults: list[dict[str, Any]] = []

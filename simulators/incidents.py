@@ -68,3 +68,16 @@ class ActiveIncident:
 
     def p(self, name: str) -> float:
         return float(self.params[name])
+
+    @property
+    def lead_ms(self) -> int:
+        """How long before its start the incident's precursor begins (0: it has none)."""
+        return int(float(self.params.get("precursor_s", 0.0)) * 1000)
+
+    def precursor(self, t_ms: int) -> float:
+        """The degradation that announces the incident: 0 until `precursor_s` before its
+        start, rising linearly to 1 at the start (0 for an incident without one)."""
+        lead = self.lead_ms
+        if lead <= 0 or t_ms < self.start_ms - lead:
+            return 0.0
+        return min(1.0, (t_ms - (self.start_ms - lead)) / lead)

@@ -180,6 +180,8 @@ class Scenario:
                 "devices": [d.id for d in devs],
                 "metric": ev.metric,
                 "start": start,
+                # From when an alert may warn of it: its precursor's start, if it has one.
+                "warn_from": start - int(float(ev.params.get("precursor_s", 0.0)) * 1000),
                 "end": end,
                 "hazard_threshold": ev.hazard_threshold,
                 "hazard_crossed_at": crossed,

@@ -42,9 +42,13 @@ class _Model(BaseModel):
 
 
 class Between(_Model):
-    """A value the seed draws, uniformly between two bounds (durations or numbers)."""
+    """A value the seed draws, uniformly between two bounds (durations or numbers); with
+    `chance` below 1, only that share of seeds draws it, the others get `otherwise`
+    (an incident that comes without a precursor)."""
 
     between: tuple[Duration, Duration]
+    chance: float = Field(default=1.0, ge=0, le=1)
+    otherwise: float = 0.0
 
 
 class EventSpec(_Model):
@@ -304,6 +308,8 @@ class EventPlanner:
             if isinstance(v, Between):
                 assert u is not None
                 lo, hi = (self._seconds(x, f"{kind}s[{i}].{name}", problems) for x in v.between)
+                if v.chance < 1.0 and u(name + ":chance") >= v.chance:
+                    return v.otherwise
                 return lo + (hi - lo) * u(name)
             return self._seconds(v, f"{kind}s[{i}].{name}", problems)
 

@@ -60,6 +60,9 @@ class SimDevice:
         """Model values with incidents and sensor faults applied (before quantisation)."""
         started = [i for i in self.incidents if i.start_ms <= t_ms]
         values = self.model.values(t_ms, started)
+        coming = [i for i in self.incidents if i.start_ms > t_ms >= i.start_ms - i.lead_ms]
+        if coming:
+            values = self.model.degrade(t_ms, coming, values)
         for fault in self.faults:
             if not fault.active(t_ms) or fault.metric is None:
                 continue

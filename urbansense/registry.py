@@ -68,6 +68,9 @@ class FieldInfo(_Model):
     urgent: bool = False
     #: An operator (or an allowed rule) may write it through the command path.
     writable: bool = False
+    #: Computed by the device from its own operation (a statistic over its last trips, a
+    #: metering chip's power factor), not read from a transducer that can stick or drift.
+    derived: bool = False
 
     @model_validator(mode="after")
     def _ordered(self) -> FieldInfo:
@@ -113,10 +116,18 @@ class IncidentKind(_Model):
     #: ... and for a group incident, the label whose devices it hits together (circuit);
     #: none: every device of the profile in the district.
     group_by: str | None = None
+    #: An incident that can announce itself (its simulator degrades the device for its
+    #: `precursor_s` parameter before it): how long that lasts, from/to, on a composed day
+    #: ...
+    precursor: tuple[str | float, str | float] | None = None
+    #: ... and the share of incidents that come with one (the others strike unannounced).
+    precursor_share: float = Field(default=0.75, ge=0, le=1)
 
     @model_validator(mode="after")
     def _varies_known(self) -> IncidentKind:
         unknown = set(self.vary) - set(self.defaults)
+        if self.precursor is not None and "precursor_s" not in self.defaults:
+            raise ValueError("precursor: give defaults a precursor_s (0: none) for scenarios to set")
         if unknown:
             raise ValueError(f"vary: {', '.join(sorted(unknown))} not in defaults (vary ranges a default parameter)")
         for k, (lo, hi) in self.vary.items():

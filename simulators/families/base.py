@@ -57,6 +57,12 @@ class FamilyModel:
         at or before t (ended ones too: counters keep what a leak passed)."""
         raise NotImplementedError
 
+    def degrade(self, t_ms: int, coming: Sequence[ActiveIncident], values: Values) -> Values:
+        """The values as an incident's precursor changes them (`coming`: this device's
+        incidents whose precursor has begun and which have not started yet). Models whose
+        incidents announce themselves (worn doors, an ageing lamp driver) override it."""
+        return values
+
     def gauss(self, key: int, t_ms: int) -> float:
         """Standard normal noise that changes once per event second (counted from the epoch)."""
         return noise.gauss(key, (t_ms - self.ctx.epoch_ms) // 1000)

@@ -17,6 +17,15 @@ stays latched with fault 5 until the incident ends, i.e. a technician resets it)
 elevator_fault (any other code of the profile's fault table, e.g. 13 overspeed or 1
 safety circuit open: the car is stopped and out of service until the end; codes 4, 10,
 11 and 13 leave it outside the door zone).
+
+Condition statistics, as elevator IoT collectors report them over the last operations
+(they change after each trip and hold between trips): mean door-closing time and the
+share of door closings that re-opened, mean levelling error at the stops, mean drive
+current at constant speed. Precursors (an incident's `precursor_s`; docs/PRECURSORS.md
+gives the literature): worn doors close slower and re-open more often before the door
+opens while moving (+2 s, +30 points); levelling drifts before an entrapment outside the
+door zone (+15 mm); the drive current grows before a drive fault (+40 %). Each grows
+linearly from nothing at `precursor_s` before the incident to its full size at the start.
 """
 
 from __future__ import annotations
@@ -33,6 +42,22 @@ LOOKBACK_SLOTS = 50
 FLOOR_TIME_S = 1.7
 FAULT_TRAPPED = 12
 FAULT_DOOR_OPEN_MOVING = 5
+
+
+#: Condition statistics: typical value, its noise from one trip to the next (the mean over
+#: the last operations moves little).
+CONDITION: dict[str, tuple[float, float]] = {
+    "door_close_time_s": (2.3, 0.03),
+    "door_reopens_pct": (5.0, 1.0),
+    "levelling_error_mm": (3.0, 0.3),
+    "motor_current_a": (16.0, 0.25),
+}
+#: What a precursor adds at its full size (motor current: a share of it).
+PRECURSOR: dict[str, dict[str, float]] = {
+    "door_open_while_moving": {"door_close_time_s": 2.0, "door_reopens_pct": 30.0},
+    "elevator_entrapment": {"levelling_error_mm": 15.0},
+    "elevator_fault": {"motor_current_a": 0.4},
+}
 
 
 def traffic(hour: float) -> float:
@@ -53,6 +78,8 @@ class ElevatorController(FamilyModel):
         self._dest = ctx.key("dest")
         self._load = ctx.key("load")
         self._slot0 = ctx.epoch_ms // SLOT_MS  # noise draws count slots from the epoch
+        self._stats = {n: ctx.key("stat:" + n) for n in CONDITION}
+        self._base = {n: base * ctx.variation(n, 0.9, 1.1) for n, (base, _sd) in CONDITION.items()}
 
     def _has_trip(self, slot: int) -> bool:
         return noise.uniform(self._trip, slot - self._slot0) < traffic(local_hour(slot * SLOT_MS))
@@ -66,6 +93,32 @@ class ElevatorController(FamilyModel):
             if self._has_trip(k):
                 return self._trip_floors(k)[1]
         return 1
+
+    def _last_trip(self, slot: int) -> int:
+        """The slot of the latest trip at or before `slot` (bounded look-back)."""
+        for k in range(slot, slot - LOOKBACK_SLOTS, -1):
+            if self._has_trip(k):
+                return k
+        return slot - LOOKBACK_SLOTS
+
+    def condition(self, slot: int) -> Values:
+        """The condition statistics after the latest trip up to `slot`."""
+        n = self._last_trip(slot) - self._slot0
+        return {name: max(0.0, self._base[name] + sd * noise.gauss(self._stats[name], n))
+                for name, (_base, sd) in CONDITION.items()}
+
+    def degrade(self, t_ms: int, coming: Sequence[ActiveIncident], values: Values) -> Values:
+        out = dict(values)
+        for inc in coming:
+            s = inc.precursor(t_ms)
+            for name, size in PRECURSOR.get(inc.type, {}).items():
+                if name not in out:
+                    continue
+                if name == "motor_current_a":
+                    out[name] = float(out[name]) * (1.0 + size * s)
+                else:
+                    out[name] = float(out[name]) + size * s
+        return out
 
     def _trip_floors(self, slot: int) -> tuple[int, int]:
         dest = self._destination(slot)
@@ -85,7 +138,7 @@ class ElevatorController(FamilyModel):
         out: Values = {"running": False, "door_open": False, "trapped_passenger": False,
                        "door_open_while_moving": False, "outside_door_zone": False,
                        "direction": "idle", "floor": self.floor_after(slot - 1), "speed_ms": 0.0,
-                       "load_pct": 0, "fault_code": 0}
+                       "load_pct": 0, "fault_code": 0, **self.condition(slot)}
         if not self._has_trip(slot):
             return out
         origin, dest = self._trip_floors(slot)

@@ -5,6 +5,11 @@ Incidents: lamp_failure (lamp out while commanded on: no current, lamp_fault set
 day_burning (lamp on in daylight), cable_theft (the whole circuit loses supply: voltage,
 current and power fall to zero, whatever the relay says).
 An operator's Modbus write to lamp_on / dim_level_pct overrides the schedule (live mode).
+
+The controller also reports the driver's power factor. An ageing LED driver (its electrolytic
+capacitors drying out) loses power factor before it fails, and draws more current for
+the same power: lamp_failure's precursor takes the power factor from ~0.95 down by 0.15
+(docs/PRECURSORS.md).
 """
 
 from __future__ import annotations
@@ -12,12 +17,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from simulators import noise
 from simulators.daylight import dark_hours_until, is_dark, local_hour
 from simulators.families.base import DeviceContext, FamilyModel, Values
 from simulators.incidents import ActiveIncident
 
 POWER_FACTOR = 0.95
 STANDBY_W = 0.4
+#: How far an ageing driver's power factor falls by the time the lamp fails.
+PF_LOSS = 0.15
+PF_NOISE = 0.003
 
 
 class LampController(FamilyModel):
@@ -25,7 +34,8 @@ class LampController(FamilyModel):
         super().__init__(ctx)
         self.rated_w = ctx.sim("power_w", "rated", 150.0) * ctx.variation("rated", 0.97, 1.03)
         self.hours0 = ctx.sim("burning_hours", "initial", 12000) * ctx.variation("age", 0.3, 1.6)
-        self._k = {n: ctx.key(n) for n in ("voltage", "power")}
+        self._k = {n: ctx.key(n) for n in ("voltage", "power", "pf")}
+        self.pf = POWER_FACTOR * ctx.variation("pf", 0.99, 1.01)
 
     def values(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> Values:
         dark = is_dark(t_ms)
@@ -55,7 +65,8 @@ class LampController(FamilyModel):
             power = STANDBY_W
         if theft:
             voltage = power = 0.0
-        current = power / (voltage * POWER_FACTOR) if voltage > 1.0 else 0.0
+        pf = self.pf + PF_NOISE * noise.gauss(self._k["pf"], (t_ms - self.ctx.epoch_ms) // 60_000)
+        current = power / (voltage * pf) if voltage > 1.0 else 0.0
         if failed and lamp_on and not theft:
             current = power = 0.0
         return {
@@ -65,5 +76,15 @@ class LampController(FamilyModel):
             "current_a": current,
             "power_w": power,
             "lamp_fault": failed and lamp_on,
+            "power_factor": pf,
             "burning_hours": int(self.hours0 + dark_hours_until(t_ms)),
         }
+
+    def degrade(self, t_ms: int, coming: Sequence[ActiveIncident], values: Values) -> Values:
+        loss = max((PF_LOSS * inc.precursor(t_ms) for inc in coming if inc.type == "lamp_failure"), default=0.0)
+        if loss <= 0:
+            return values
+        pf = float(values["power_factor"])
+        out = dict(values, power_factor=pf - loss)
+        out["current_a"] = float(values["current_a"]) * pf / (pf - loss)  # same power, more current
+        return out

@@ -1,0 +1,82 @@
+"""Precursors (issue 17): incidents that announce themselves in the simulated data before
+they strike, and only those that were given one (docs/PRECURSORS.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from simulators.incidents import ActiveIncident
+from simulators.scenario import Scenario, load_scenario
+
+T_START = 1_780_000_000_000
+
+
+def _scenario(tmp_path: Path, incidents: list[dict[str, object]]) -> Path:
+    doc = {"scenario": "precursor-test", "duration": "8h", "step": "60s",
+           "gateways": ["pd-gw-lift", "pd-gw-light"], "incidents": incidents}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _series(sc: Scenario, seed: int, start: int, device: str, metric: str) -> list[tuple[float, float]]:
+    dev = sc.world(seed, start).devices[device]
+    times = range(start, start + 8 * 3_600_000, 300_000)
+    return [((t - start) / 3_600_000, float(dev.engineering(t)[metric])) for t in times]
+
+
+def test_the_precursor_grows_linearly_to_the_incident_start() -> None:
+    inc = ActiveIncident("door_open_while_moving", T_START, T_START + 600_000, {"precursor_s": 3600.0})
+    assert inc.lead_ms == 3_600_000
+    assert inc.precursor(T_START - 4_000_000) == 0.0
+    assert inc.precursor(T_START - 1_800_000) == 0.5
+    assert inc.precursor(T_START) == 1.0
+    assert ActiveIncident("elevator_fault", T_START, T_START + 1, {}).precursor(T_START) == 0.0
+
+
+def test_worn_doors_levelling_and_an_ageing_driver_show_before_the_incident(tmp_path: Path) -> None:
+    sc = load_scenario(_scenario(tmp_path, [
+        {"type": "door_open_while_moving", "device": "el-0101", "at": "6h", "duration": "30m",
+         "params": {"precursor_s": 10800}},
+        {"type": "elevator_entrapment", "device": "el-0102", "at": "6h", "duration": "30m",
+         "params": {"precursor_s": 10800}},
+        {"type": "lamp_failure", "device": "lc-0101", "at": "6h", "duration": "1h", "params": {"precursor_s": 10800}},
+        {"type": "elevator_entrapment", "device": "el-0103", "at": "6h", "duration": "30m"},  # unannounced
+    ]))
+    truth = {r["devices"][0]: r for r in sc.ground_truth(1, T_START)}
+    assert truth["el-0101"]["warn_from"] == T_START + 3 * 3_600_000
+    assert truth["el-0103"]["warn_from"] == truth["el-0103"]["start"]
+
+    def before_and_just_before(device: str, metric: str) -> tuple[float, float]:
+        xs = _series(sc, 1, T_START, device, metric)
+        early = [v for h, v in xs if h < 3]
+        late = [v for h, v in xs if 5.6 <= h < 6]
+        return sum(early) / len(early), sum(late) / len(late)
+
+    door0, door1 = before_and_just_before("el-0101", "door_close_time_s")
+    assert door1 - door0 > 1.5
+    reopen0, reopen1 = before_and_just_before("el-0101", "door_reopens_pct")
+    assert reopen1 - reopen0 > 20
+    level0, level1 = before_and_just_before("el-0102", "levelling_error_mm")
+    assert level1 - level0 > 10
+    pf0, pf1 = before_and_just_before("lc-0101", "power_factor")
+    assert pf0 - pf1 > 0.1
+    # the lift without a precursor does not change before its entrapment
+    calm0, calm1 = before_and_just_before("el-0103", "levelling_error_mm")
+    assert abs(calm1 - calm0) < 1.0
+
+
+def test_a_share_of_composed_incidents_come_unannounced() -> None:
+    sc = load_scenario("pudong-random-day")
+    leads = [e.params["precursor_s"] for seed in range(1, 41) for e in sc.events_for(seed)
+             if e.type == "elevator_entrapment"]
+    without = sum(1 for x in leads if x == 0)
+    assert 0 < without < len(leads) / 2, leads
+    assert all(x == 0 or 3600 <= x <= 14400 for x in leads)
+    # and a precursor begins after the first hour (the rules learn each device's baseline then)
+    for seed in range(1, 21):
+        for e in sc.events_for(seed):
+            if e.params.get("precursor_s"):
+                assert e.at_s - e.params["precursor_s"] >= 3600, (seed, e.type)
