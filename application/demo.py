@@ -210,7 +210,7 @@ def _wait_ingested(influx: InfluxClient, state: DemoState, start_ms: int, timeou
 
 def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: InfluxClient, truth_path: Path,
              start_ms: int, speed: float, ingested: int, interrupted: bool) -> dict[str, Any]:
-    from application.backtest import health_rules, score
+    from application.backtest import health_rules, maintenance_rules, score
     from rules.catalog import load_catalog
     from rules.inventory import from_gateways
 
@@ -221,8 +221,9 @@ def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: 
     stored = _stored_points(influx, start_ms)
     truth = [json.loads(line) for line in truth_path.read_text().splitlines()] if truth_path.exists() else []
     end_ms = max(state.event_now_ms, start_ms)
+    catalog = load_catalog()
     result = score(scenario.name, truth, events, from_gateways(scenario.loaded), start_ms, end_ms,
-                   health=health_rules(load_catalog()))
+                   health=health_rules(catalog), maintenance=maintenance_rules(catalog))
     incidents = []
     for s in result.incidents:
         rec = s.record
@@ -249,6 +250,7 @@ def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: 
         "missed": [i["type"] for i in missed],
         "false_alarms": len(result.false_alarms),
         "false_alarm_rules": sorted({e.rule for e in result.false_alarms}),
+        "maintenance_tickets_unmatched": len(result.maintenance_unmatched),
         "truth_file": str(truth_path),
         "influx_url": influx.url,
     }
@@ -285,6 +287,8 @@ def _print_summary(console: Console, summary: dict[str, Any], stack: Stack, keep
     console.print(table)
     console.print(f"False alarms: {summary['false_alarms']}"
                   + (f" ({', '.join(summary['false_alarm_rules'])})" if summary["false_alarms"] else ""))
+    if summary.get("maintenance_tickets_unmatched"):
+        console.print(f"Maintenance tickets on equipment that did not fail: {summary['maintenance_tickets_unmatched']}")
     console.print("\n[bold]Next steps[/]")
     if keep:  # the stack is still running: its InfluxDB is there to query
         query = "SELECT * FROM alerts WHERE state = 'firing' ORDER BY time DESC LIMIT 5"

@@ -47,6 +47,12 @@ class _Rule(BaseModel):
     #: else hazard. The backtest scores incidents on hazard and maintenance alerts (a
     #: precursor's ticket is the earliest warning) and counts health alerts apart.
     category: Literal["hazard", "maintenance", "health"] | None = None
+    #: Early-warning kinds (forecast, rate, anomaly, drift) hold their alerts on a device
+    #: while a health rule on the same metric suspects its sensor, and for this long after
+    #: (s): a stuck sensor letting go, a spike, a drifting transmitter raise a health alert,
+    #: not an early warning. Plain thresholds (a standard's set points) are never held.
+    #: 0: never held.
+    health_hold_s: float = Field(default=900.0, ge=0)
 
     @property
     def domain(self) -> str:
@@ -126,6 +132,11 @@ class ForecastRule(_Windowed):
     arm: float | None = None
     #: Least slope (units per minute, toward the limit) that counts as a trend.
     min_slope_per_min: float = Field(default=0.0, ge=0)
+    #: The slope must also stand out of the signal's own noise: at least this many
+    #: standard errors (sigma of the residuals about the line, robustly estimated, over
+    #: the spread of the times). 0 turns the check off. With it, `min_slope_per_min`
+    #: need only keep out slow real movements (the daily demand cycle), not noise.
+    min_slope_z: float = Field(default=4.0, ge=0)
     #: The trend must also hold in each half of the window, each at least this share of
     #: the whole window's slope: a step (one jump, a stuck sensor letting go) moves one
     #: half, a trend both. 0 turns the check off.
@@ -182,13 +193,41 @@ class DriftRule(_MetricRule):
     direction: Literal["both", "up", "down"] = "both"
 
 
+class CounterCheckRule(_Windowed):
+    """A rate reading against the rate its own counter shows over the window (a flow
+    transmitter against its meter's totaliser): the mean of `metric` against the
+    counter's increase per `per_s` (3600: the metric is per hour). Breach when they
+    differ by more than `tolerance` of the counter's rate and `floor` units: the reading
+    has drifted, stuck or spiked, the counter has not. A health rule."""
+
+    kind: Literal["counter_check"] = "counter_check"
+    counter: str = Field(pattern=METRIC_PATTERN)
+    per_s: float = Field(default=3600.0, gt=0)
+    tolerance: float = Field(default=0.05, gt=0)
+    floor: float = Field(ge=0)
+    category: Literal["hazard", "maintenance", "health"] | None = "health"
+
+
 class DeadmanRule(_Rule):
     """No good sample from a device for timeout_s of its gateway's event time; devices in
-    the gateway inventory that never reported count from the gateway's first message."""
+    the gateway inventory that never reported count from the gateway's first message.
+    `scope: group`: at least `min_fraction` of a group's devices (`group_by` a label such
+    as `circuit`) silent at once, while their gateway still reports: a circuit whose lamp
+    controllers lost power with their cable, not one dead controller."""
 
     kind: Literal["deadman"] = "deadman"
     measurement: Measurement | None = None
     timeout_s: float = Field(gt=0)
+    scope: Literal["device", "group"] = "device"
+    group_by: str = "district"
+    min_fraction: float = Field(default=1.0, gt=0, le=1)
+    min_group_size: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _grouped(self) -> DeadmanRule:
+        if self.scope == "group" and self.measurement is None:
+            raise ValueError("a group deadman needs a measurement (whose devices form the groups)")
+        return self
 
 
 class GatewayOfflineRule(_Rule):
@@ -255,9 +294,10 @@ RULE_KINDS: dict[str, type[_Rule]] = {
     "threshold": ThresholdRule, "rate": RateRule, "forecast": ForecastRule, "anomaly": AnomalyRule,
     "flatline": FlatlineRule, "drift": DriftRule, "deadman": DeadmanRule,
     "gateway_offline": GatewayOfflineRule, "composite": CompositeRule, "aqi": AqiRule,
+    "counter_check": CounterCheckRule,
 }
 Rule = (ThresholdRule | RateRule | ForecastRule | AnomalyRule | FlatlineRule | DriftRule
-        | DeadmanRule | GatewayOfflineRule | CompositeRule | AqiRule)
+        | DeadmanRule | GatewayOfflineRule | CompositeRule | AqiRule | CounterCheckRule)
 
 
 def _load_file(f: Path, problems: list[str]) -> list[Rule]:

@@ -131,9 +131,13 @@ class RulesEngine:
                 ev.lifecycle = old.lifecycle  # changed thresholds: alerts already firing stay firing
             self.evaluators[r.id] = ev
         self._by_measurement: dict[str, list[Evaluator]] = {}
-        for ev in self.evaluators.values():
+        # Sensor-health rules run first in a round, so an early warning on the same sensor
+        # in that round already knows it is suspect (composites stay after their parts).
+        for ev in sorted(self.evaluators.values(),
+                         key=lambda e: (isinstance(e, CompositeEval), e.rule.purpose != "health")):
             if ev.measurement is not None and not isinstance(ev, DeadmanEval):
                 self._by_measurement.setdefault(ev.measurement, []).append(ev)
+        self._holds = _health_holds(list(self.evaluators.values()))
         self._deadman = [ev for ev in self.evaluators.values() if isinstance(ev, DeadmanEval)]
         self._metrics: dict[str, set[str]] = {}
         for m, evs in self._by_measurement.items():
@@ -293,6 +297,9 @@ class RulesEngine:
             up = sun_elevation_deg(lat, lon, s.t) > rule.sun_elevation_deg
             applies = (up if rule.when_sun == "up" else ~up) & ~np.isnan(lat)
             s.sig = np.where(applies, s.sig, np.int8(_CLEAR)).astype(np.int8)
+        holds = self._holds.get(rule.id)
+        if holds:
+            _hold_suspect(s, holds, int(rule.health_hold_s * 1000))
         if ev.tracks_breach:
             breach = s.sig == _BREACH
             if breach.any():
@@ -414,6 +421,39 @@ class RulesEngine:
         n = sum(int(np.count_nonzero(ev.lifecycle.state == State.FIRING)) for ev in self.evaluators.values()
                 if ev.rule.publish)
         return n + sum(1 for ga in self._gateway_alerts.values() if ga.state.state is State.FIRING)
+
+
+#: The kinds whose alerts wait while a health rule suspects the sensor (early warnings and
+#: statistical detections; a plain threshold is a standard's set point and never waits).
+HELD_KINDS = frozenset({"forecast", "rate", "anomaly", "drift"})
+
+
+def _health_holds(evaluators: list[Evaluator]) -> dict[str, list[Evaluator]]:
+    """rule id -> the health evaluators that vouch for its sensor (same measurement, its
+    metric among theirs)."""
+    health = [h for h in evaluators if h.rule.purpose == "health" and h.metrics and h.tracks_breach]
+    out: dict[str, list[Evaluator]] = {}
+    for ev in evaluators:
+        r = ev.rule
+        if r.kind not in HELD_KINDS or r.purpose == "health" or r.health_hold_s <= 0 or not ev.metrics:
+            continue
+        hs = [h for h in health if h.measurement == ev.measurement and ev.metrics[0] in h.metrics]
+        if hs:
+            out[r.id] = hs
+    return out
+
+
+def _hold_suspect(s: Signals, holds: list[Evaluator], hold_ms: int) -> None:
+    """Turn breaches on devices whose sensor a health rule suspects (firing, or breached
+    within `hold_ms`) into 'no change': the early warning neither fires nor resolves."""
+    breach = s.sig == _BREACH
+    if not breach.any():
+        return
+    suspect = np.zeros(len(s.keys), bool)
+    for h in holds:
+        suspect |= (h.lifecycle.state[s.keys] == State.FIRING) | (h.last_breach[s.keys] >= s.t - hold_ms)
+    if suspect.any():
+        s.sig = np.where(breach & suspect, np.int8(Signal.BAND), s.sig).astype(np.int8)
 
 
 def _as_float(value: object) -> float:

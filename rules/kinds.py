@@ -8,6 +8,7 @@ no information never resolves nor fires an alert.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,6 +20,7 @@ from rules.catalog import (
     AnomalyRule,
     AqiRule,
     CompositeRule,
+    CounterCheckRule,
     DeadmanRule,
     DriftRule,
     FlatlineRule,
@@ -29,7 +31,7 @@ from rules.catalog import (
 )
 from rules.devices import NEVER, Devices, Index, Round
 from rules.lifecycle import SEVERITY_LEVELS, LifecycleArrays, Signal
-from rules.windows import TimeBuckets, half_slopes, linear_fit, row_nanmedian, theil_sen
+from rules.windows import TimeBuckets, half_slopes, linear_fit, row_nanmedian, slope_stderr, theil_sen
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -120,6 +122,10 @@ class Evaluator:
     def evaluate(self, rnd: Round) -> Signals | None:
         raise NotImplementedError
 
+    def _grow_keys(self, n: int) -> None:
+        """Group-keyed rules: room in the lifecycle for n groups."""
+        self.lifecycle.grow(max(n, len(self.lifecycle.state)))
+
     def key_label(self, key: int) -> tuple[str, str]:
         """(district, device-or-group) of a lifecycle key."""
         return self.devices.district[key], self.devices.device[key]
@@ -176,6 +182,11 @@ class ForecastEval(Evaluator):
         with np.errstate(invalid="ignore", divide="ignore"):
             eta = np.where(gap <= 0, 0.0, gap / np.where(toward > 0, toward / 60.0, np.nan))
         trending = (n >= r.min_points) & (toward > max(r.min_slope_per_min, 1e-12))
+        # A warning resolves when the trend is clearly gone (under half the least slope),
+        # not whenever one of the checks below wavers near its edge: no flapping on a creep.
+        gone = ~((n >= r.min_points) & (toward > 0.5 * r.min_slope_per_min))
+        if r.min_slope_z > 0 and trending.any():
+            trending &= np.abs(slope) > r.min_slope_z * slope_stderr(x, means, valid, level, slope)
         if r.sustained > 0 and trending.any():
             older, newer = half_slopes(x, means, valid)
             floor = r.sustained * toward / 60.0
@@ -184,7 +195,7 @@ class ForecastEval(Evaluator):
         armed = np.ones(len(v), bool) if r.arm is None else sign * (v - r.arm) >= 0
         ahead = gap > 0
         breach = ahead & trending & armed & (eta <= r.horizon_s)
-        clear = ahead & (~trending | ~armed | (eta > 2 * r.horizon_s))
+        clear = ahead & (gone | ~armed | (eta > 2 * r.horizon_s))
         # Beyond the limit the forecast has come true: hold (the threshold alarm speaks now),
         # so a plateau above the limit neither resolves the warning nor fires it again.
         sig = np.where(breach, _BREACH, np.where(clear, _CLEAR, _BAND)).astype(np.int8)
@@ -349,18 +360,91 @@ def _median_without(good: FloatArray, place: Index) -> FloatArray:
     return remaining(r // 2) if r % 2 else (remaining(r // 2 - 1) + remaining(r // 2)) / 2
 
 
+class CounterCheckEval(Evaluator):
+    rule: CounterCheckRule
+
+    def __init__(self, rule: CounterCheckRule, devices: Devices, buffers: Buffers) -> None:
+        super().__init__(rule, devices, buffers)
+        self.metrics = (rule.metric, rule.counter)
+
+    def evaluate(self, rnd: Round) -> Signals | None:
+        r = self.rule
+        rate_buf = self.buffers.fed(rnd, r.measurement, r.metric, r.window_s, r.buckets)
+        count_buf = self.buffers.fed(rnd, r.measurement, r.counter, r.window_s, r.buckets)
+        rate, _x, ok_rate = rate_buf.view(rnd.dev, rnd.t)
+        count, xc, ok_count = count_buf.view(rnd.dev, rnd.t)
+        valid = ok_rate & ok_count
+        big = np.where(valid, xc, np.inf)
+        first = np.argmin(big, axis=1)
+        last = np.argmax(np.where(valid, xc, -np.inf), axis=1)
+        rows = np.arange(len(rnd.dev))
+        span_s = xc[rows, last] - xc[rows, first]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            counted = (count[rows, last] - count[rows, first]) / span_s * r.per_s
+            read = np.where(valid, rate, 0.0).sum(axis=1) / valid.sum(axis=1)
+            off = np.abs(read - counted)
+            allowed = np.maximum(r.tolerance * np.abs(counted), r.floor)
+            share = off / np.maximum(np.abs(counted), 1e-9)
+        enough = (valid.sum(axis=1) >= r.min_points) & (span_s >= r.window_s / 2)
+        sig = np.where(off > allowed, _BREACH, np.where(off <= allowed / 2, _CLEAR, _BAND))
+        sig = np.where(enough & np.isfinite(off), sig, _BAND).astype(np.int8)
+        n = len(rnd.dev)
+        return Signals(rnd.dev, rnd.t, sig, np.full(n, self.severity, np.int8), share, np.full(n, r.tolerance))
+
+
+class Groups:
+    """The groups a rule's devices form by a label (`circuit`) or by `district`: each
+    device's group index (-1: not in one) and each group's (district, label) name. Grows
+    with the device table; the rule's lifecycle is keyed by group."""
+
+    def __init__(self, devices: Devices, measurement: str | None, group_by: str,
+                 on_new_groups: Callable[[int], None]) -> None:
+        self.devices = devices
+        self.measurement = measurement
+        self.group_by = group_by
+        self.on_new_groups = on_new_groups
+        self.index: dict[tuple[str, str], int] = {}
+        self.names: list[tuple[str, str]] = []
+        self.dev_group = np.zeros(0, np.intp)
+        self._done = 0
+
+    def of_devices(self) -> Index:
+        """Group index per device (-1: none), current with the device table."""
+        devices = self.devices
+        if self._done < len(devices):
+            if len(self.dev_group) < len(devices):
+                self.dev_group = np.concatenate([self.dev_group, np.full(len(devices) - len(self.dev_group), -1,
+                                                                         np.intp)])
+            for i in range(self._done, len(devices)):
+                if devices.measurement[i] != self.measurement:
+                    continue
+                label = devices.district[i] if self.group_by == "district" else devices.labels[i].get(self.group_by)
+                if label is None:
+                    continue
+                key = (devices.district[i], label)
+                g = self.index.get(key)
+                if g is None:
+                    g = self.index[key] = len(self.names)
+                    self.names.append(key)
+                self.dev_group[i] = g
+            self._done = len(devices)
+            self.on_new_groups(len(self.names))
+        return self.dev_group
+
+    def members(self) -> tuple[Index, Index]:
+        """(devices of the measurement that are in a group, their group)."""
+        members = self.devices.of_measurement(self.measurement)
+        mg = self.of_devices()[members]
+        return members[mg >= 0], mg[mg >= 0]
+
+
 class CompositeEval(Evaluator):
     rule: CompositeRule
 
-    def __init__(self, rule: Rule, devices: Devices, buffers: Buffers, deps: list[Evaluator]) -> None:
+    def __init__(self, rule: CompositeRule, devices: Devices, buffers: Buffers, deps: list[Evaluator]) -> None:
         self.deps = deps
-        self.group_index: dict[tuple[str, str], int] = {}
-        self.group_names: list[tuple[str, str]] = []
-        self._grouped = 0
         super().__init__(rule, devices, buffers)
-
-    STATE: ClassVar[dict[str, tuple[float, type]]] = {**Evaluator.STATE, "dev_group": (-1, np.intp)}
-    dev_group: Index
+        self.groups = Groups(devices, rule.measurement, rule.group_by, self._grow_keys)
 
     def _all_recent(self, dev: Index, since: IntArray) -> npt.NDArray[np.bool_]:
         ok = np.ones(len(dev), bool)
@@ -368,28 +452,10 @@ class CompositeEval(Evaluator):
             ok &= d.last_breach[dev] >= since
         return ok
 
-    def _refresh_groups(self) -> None:
-        r = self.rule
-        for i in range(self._grouped, len(self.devices)):
-            if self.devices.measurement[i] != r.measurement:
-                continue
-            label = (self.devices.district[i] if r.group_by == "district"
-                     else self.devices.labels[i].get(r.group_by))
-            if label is None:
-                continue
-            key = (self.devices.district[i], label)
-            g = self.group_index.get(key)
-            if g is None:
-                g = self.group_index[key] = len(self.group_names)
-                self.group_names.append(key)
-            self.dev_group[i] = g
-        self._grouped = len(self.devices)
-        self.lifecycle.grow(max(len(self.group_names), len(self.lifecycle.state)))
-
     def key_label(self, key: int) -> tuple[str, str]:
         if self.rule.scope == "device":
             return super().key_label(key)
-        return self.group_names[key]
+        return self.groups.names[key]
 
     def evaluate(self, rnd: Round) -> Signals | None:
         r = self.rule
@@ -400,18 +466,15 @@ class CompositeEval(Evaluator):
             v = rnd.values[self.deps[0].metrics[0]] if self.deps[0].metrics else np.full(len(ok), np.nan)
             return Signals(rnd.dev, rnd.t, sig, np.full(len(ok), self.severity, np.int8), v,
                            np.full(len(ok), np.nan))
-        if self._grouped < len(self.devices):
-            self._refresh_groups()
-        gid = self.dev_group[rnd.dev]
+        dev_group = self.groups.of_devices()
+        gid = dev_group[rnd.dev]
         touched = np.unique(gid[gid >= 0])
         if len(touched) == 0:
             return None
-        ngroups = len(self.group_names)
+        ngroups = len(self.groups.names)
         g_now = np.full(ngroups, NEVER, np.int64)
         np.maximum.at(g_now, gid[gid >= 0], rnd.t[gid >= 0])
-        members = self.devices.of_measurement(r.measurement)
-        mg = self.dev_group[members]
-        members, mg = members[mg >= 0], mg[mg >= 0]
+        members, mg = self.groups.members()
         # members still reporting: a silent one (a dead controller) counts neither way
         alive = self.devices.last_seen[members] >= g_now[mg] - int(r.member_silent_s * 1000)
         members, mg = members[alive], mg[alive]
@@ -429,8 +492,18 @@ class CompositeEval(Evaluator):
 class DeadmanEval(Evaluator):
     rule: DeadmanRule
 
+    def __init__(self, rule: DeadmanRule, devices: Devices, buffers: Buffers) -> None:
+        super().__init__(rule, devices, buffers)
+        r = rule
+        self.groups = Groups(devices, r.measurement, r.group_by, self._grow_keys) if r.scope == "group" else None
+        self.tracks_breach = self.groups is None
+
+    def key_label(self, key: int) -> tuple[str, str]:
+        return super().key_label(key) if self.groups is None else self.groups.names[key]
+
     def evaluate_gateways(self, gateways: Index) -> Signals | None:
-        """Devices of the gateways whose event time advanced, against their gateway's now."""
+        """Devices of the gateways whose event time advanced, against their gateway's now
+        (scope group: their groups, by the share of members silent)."""
         devs = self.devices.of_measurement(self.rule.measurement)
         if len(devs) == 0:
             return None
@@ -443,10 +516,33 @@ class DeadmanEval(Evaluator):
         last = self.devices.last_seen[devs]
         last = np.where(last == NEVER, self.devices.gateways.first[gw], last)
         silent_s = (now - last) / 1000.0
+        if self.groups is not None:
+            return self._groups_silent(devs, now, silent_s)
         sig = np.where(silent_s > self.rule.timeout_s, _BREACH, _CLEAR).astype(np.int8)
         n = len(devs)
         return Signals(devs, now, sig, np.full(n, self.severity, np.int8), silent_s,
                        np.full(n, self.rule.timeout_s))
+
+    def _groups_silent(self, devs: Index, now: IntArray, silent_s: FloatArray) -> Signals | None:
+        assert self.groups is not None
+        r = self.rule
+        gid = self.groups.of_devices()[devs]
+        keep = gid >= 0
+        devs, now, silent_s, gid = devs[keep], now[keep], silent_s[keep], gid[keep]
+        if len(devs) == 0:
+            return None
+        n_groups = len(self.groups.names)
+        size = np.bincount(gid, minlength=n_groups)
+        quiet = np.bincount(gid[silent_s > r.timeout_s], minlength=n_groups)
+        g_now = np.full(n_groups, NEVER, np.int64)
+        np.maximum.at(g_now, gid, now)
+        touched = np.unique(gid)
+        frac = quiet[touched] / np.maximum(size[touched], 1)
+        breach = (frac >= r.min_fraction) & (size[touched] >= r.min_group_size)
+        sig = np.where(breach, _BREACH, _CLEAR).astype(np.int8)
+        k = len(touched)
+        return Signals(touched.astype(np.intp), g_now[touched], sig, np.full(k, self.severity, np.int8),
+                       frac.astype(np.float64), np.full(k, r.min_fraction))
 
 
 class AqiEval(Evaluator):
@@ -522,4 +618,5 @@ class AqiEval(Evaluator):
 KIND_EVALUATORS: dict[str, type[Evaluator]] = {
     "threshold": ThresholdEval, "rate": RateEval, "forecast": ForecastEval, "anomaly": AnomalyEval,
     "flatline": FlatlineEval, "drift": DriftEval, "deadman": DeadmanEval, "aqi": AqiEval,
+    "counter_check": CounterCheckEval,
 }

@@ -108,6 +108,23 @@ def theil_sen(x: FloatArray, y: FloatArray,
     return level, slope, valid.sum(axis=1).astype(np.int64)
 
 
+def slope_stderr(x: FloatArray, y: FloatArray, valid: npt.NDArray[np.bool_], level: FloatArray,
+                 slope: FloatArray) -> FloatArray:
+    """Standard error of a fitted slope per row: sigma / sqrt(sum (x - mean x)^2), sigma the
+    residuals' root mean square (n - 2 degrees of freedom). A wild point inflates it,
+    which only makes a trend harder to claim. A slope a few times this is a trend, not
+    noise, whatever the signal's units."""
+    resid = np.where(valid, y - (level[:, None] + slope[:, None] * x), 0.0)
+    w = valid.astype(np.float64)
+    n = np.maximum(w.sum(axis=1), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sigma = np.sqrt((resid * resid).sum(axis=1) / np.maximum(n - 2.0, 1.0))
+    xm = np.where(valid, x, 0.0).sum(axis=1) / n
+    sxx = (np.where(valid, x - xm[:, None], 0.0) ** 2).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sxx > 0, sigma / np.sqrt(np.where(sxx > 0, sxx, 1.0)), np.inf)
+
+
 def half_slopes(x: FloatArray, y: FloatArray,
                 valid: npt.NDArray[np.bool_]) -> tuple[FloatArray, FloatArray]:
     """Least-squares slopes of the older and the newer half of each row's valid points

@@ -57,6 +57,11 @@ class FamilyModel:
         at or before t (ended ones too: counters keep what a leak passed)."""
         raise NotImplementedError
 
+    def answers(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> bool:
+        """Whether the device answers at all (a lamp controller fed by a stolen cable does
+        not); `incidents` as for `values`."""
+        return True
+
     def degrade(self, t_ms: int, coming: Sequence[ActiveIncident], values: Values) -> Values:
         """The values as an incident's precursor changes them (`coming`: this device's
         incidents whose precursor has begun and which have not started yet). Models whose

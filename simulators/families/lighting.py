@@ -3,7 +3,8 @@ for Shanghai, dimmed to 60 % between 00:00 and 05:00 local (a common energy-savi
 
 Incidents: lamp_failure (lamp out while commanded on: no current, lamp_fault set),
 day_burning (lamp on in daylight), cable_theft (the whole circuit loses supply: voltage,
-current and power fall to zero, whatever the relay says).
+current and power fall to zero, whatever the relay says; with `controllers_silent` >= 0.5
+the lamp controllers are fed by the same cable and stop answering altogether).
 An operator's Modbus write to lamp_on / dim_level_pct overrides the schedule (live mode).
 
 The controller also reports the driver's power factor. An ageing LED driver (its electrolytic
@@ -79,6 +80,10 @@ class LampController(FamilyModel):
             "power_factor": pf,
             "burning_hours": int(self.hours0 + dark_hours_until(t_ms)),
         }
+
+    def answers(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> bool:
+        return not any(inc.type == "cable_theft" and inc.active(t_ms) and inc.p("controllers_silent") >= 0.5
+                       for inc in incidents)
 
     def degrade(self, t_ms: int, coming: Sequence[ActiveIncident], values: Values) -> Values:
         loss = max((PF_LOSS * inc.precursor(t_ms) for inc in coming if inc.type == "lamp_failure"), default=0.0)

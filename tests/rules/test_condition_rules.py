@@ -9,7 +9,7 @@ import numpy as np
 from application.backtest import score
 from rules.engine import RulesEngine
 from rules.inventory import InventoryDevice
-from urbansense.schema import AlertEvent
+from urbansense.schema import AlertEvent, Sample, TelemetryBatch
 
 from .helpers import T0, rule, series
 
@@ -91,3 +91,25 @@ def test_a_maintenance_ticket_counts_from_the_precursor_and_stray_tickets_are_ap
     early = score("t", truth, [ticket("el-1", 1.0)], inv, T0, T0 + 8 * 3_600_000,
                   maintenance=frozenset({"elevator.door_wear"}))
     assert not early.incidents[0].detected and len(early.maintenance_unmatched) == 1
+
+
+def _lamps(t: int, silent: set[str], circuits: dict[str, list[str]]) -> TelemetryBatch:
+    samples = [Sample(d, "lighting", t, {"current_a": 0.7}) for ds in circuits.values() for d in ds if d not in silent]
+    return TelemetryBatch("pd-gw-light", "pudong", 0, t, samples)
+
+
+def test_a_whole_circuit_going_silent_is_one_critical_alert_and_one_dead_controller_is_not() -> None:
+    circuits = {"c1": ["lc-01", "lc-02", "lc-03", "lc-04"], "c2": ["lc-05", "lc-06", "lc-07"]}
+    inv = [InventoryDevice("pudong", "pd-gw-light", d, "lighting", labels={"circuit": c})
+           for c, ds in circuits.items() for d in ds]
+    from rules.catalog import load_catalog
+
+    eng = RulesEngine([r for r in load_catalog() if r.id == "lighting.circuit_silent"], inv)
+    events: list[AlertEvent] = []
+    for k in range(60):  # 10 min at 10 s: lc-01 dead from minute 1, circuit c2 silent from minute 5
+        t = T0 + k * 10_000
+        silent = ({"lc-01"} if k >= 6 else set()) | (set(circuits["c2"]) if 30 <= k < 50 else set())
+        events += eng.ingest([_lamps(t, silent, circuits)])
+    assert [(e.state, e.device, e.severity) for e in events] == [
+        ("firing", "c2", "critical"), ("resolved", "c2", "critical")], events
+    assert (events[0].t - T0) / 1000 <= 30 * 10 + 60 + 10  # within its timeout of going silent

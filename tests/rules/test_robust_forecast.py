@@ -83,3 +83,15 @@ def test_the_check_can_be_turned_off_per_rule() -> None:
     with pytest.raises(ValueError):
         rule(kind="forecast", id="t.bad", measurement="water", metric="pressure_mpa", limit=0.2, window_s=60,
              horizon_s=600, sustained=1.5)
+
+
+def test_a_slow_overpressure_creep_is_warned_and_noise_alone_is_not() -> None:
+    """A regulator outlet creeping at a third of a kPa per minute: the floor of 0.5 kPa/min
+    kept it from any early warning; the floor now comes from the signal's noise."""
+    rng = np.random.default_rng(8)
+    creep = [104 + 0.33 * i * 20 / 60 + 0.3 * g for i, g in enumerate(rng.standard_normal(200))]  # 20 s steps
+    events = _fired(_shipped("gas.overpressure_rising"), series("gas", "gs-1", "pressure_kpa", creep, step_s=20))
+    assert events[:1] == ["firing"]
+    # loud noise around a level above arm, no trend: its slopes never stand 4 standard errors out
+    noisy = list(110 + 3.0 * rng.standard_normal(400))
+    assert _fired(_shipped("gas.overpressure_rising"), series("gas", "gs-1", "pressure_kpa", noisy, step_s=20)) == []

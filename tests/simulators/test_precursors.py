@@ -80,3 +80,26 @@ def test_a_share_of_composed_incidents_come_unannounced() -> None:
         for e in sc.events_for(seed):
             if e.params.get("precursor_s"):
                 assert e.at_s - e.params["precursor_s"] >= 3600, (seed, e.type)
+
+
+def test_a_stolen_cable_can_take_the_controllers_with_it(tmp_path: Path) -> None:
+    path = tmp_path / "theft.yaml"
+    path.write_text(yaml.safe_dump({
+        "scenario": "theft", "duration": "2h", "step": "60s", "start_local": "21:00", "gateways": ["pd-gw-light"],
+        "incidents": [{"type": "cable_theft", "labels": {"circuit": "pd-cab-01-c1"}, "at": "30m", "duration": "30m",
+                       "params": {"controllers_silent": 1}},
+                      {"type": "cable_theft", "labels": {"circuit": "pd-cab-02-c2"}, "at": "30m", "duration": "30m"}]}))
+    sc = load_scenario(path)
+    start = sc.aligned_start_ms(T_START)
+    during = start + 45 * 60_000
+    world = sc.world(1, start)
+    silent = {d for d, dev in world.devices.items() if dev.spec.labels.get("circuit") == "pd-cab-01-c1"}
+    dark = {d for d, dev in world.devices.items() if dev.spec.labels.get("circuit") == "pd-cab-02-c2"}
+    assert silent and dark
+    for d in silent:
+        s = world.devices[d].sample(during)
+        assert s is not None and s.q == "bad" and s.err == "timeout"
+        assert world.devices[d].sample(start + 10 * 60_000).q == "good"  # type: ignore[union-attr]
+    for d in dark:
+        s = world.devices[d].sample(during)
+        assert s is not None and s.q == "good" and s.f["current_a"] == 0.0
