@@ -118,7 +118,11 @@ def test_lamp_failure_shows_no_current_while_commanded_on(pudong: Played) -> Non
     during = pudong.window("lc-0110", start, end)
     assert during and all(s.f["lamp_on"] and s.f["current_a"] == 0 and s.f["power_w"] == 0
                           and s.f["lamp_fault"] for s in during)
-    assert rec["hazard_crossed_at"] is None
+    assert rec["hazard_crossed_at"] == during[0].t  # the lamp_fault flag, at the first poll
+    # the driver aged for three hours before (its precursor): power factor down, current up
+    early = pudong.window("lc-0110", rec["warn_from"] - 1_800_000, rec["warn_from"])
+    assert early and min(float(s.f["power_factor"]) for s in early) > 0.9
+    assert max(float(s.f["power_factor"]) for s in before) < 0.85
 
 
 def test_day_burning_keeps_a_lamp_on_in_daylight(pudong: Played) -> None:

@@ -127,7 +127,7 @@ def test_the_example_scenario_next_to_the_readme_loads_and_plays() -> None:
     s = load_scenario(Path(simulators.__file__).parent / "example-scenario.yaml")
     start = s.default_start_ms(FIXED_NOW_MS)
     truth = s.ground_truth(1, start)
-    assert {r["type"] for r in truth} == {"pipe_burst", "cable_theft", "dropout", "stuck"}
+    assert {r["type"] for r in truth} == {"pipe_burst", "cable_theft", "dropout", "stuck", "gas_leak"}
     burst = next(r for r in truth if r["type"] == "pipe_burst")
     assert burst["hazard_threshold"] == 0.22 and burst["note"] == "main on Century Avenue"
     assert burst["hazard_crossed_at"] is not None
