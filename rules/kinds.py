@@ -30,7 +30,7 @@ from rules.catalog import (
     ThresholdRule,
 )
 from rules.devices import NEVER, Devices, Index, Round
-from rules.lifecycle import SEVERITY_LEVELS, LifecycleArrays, Signal
+from rules.lifecycle import SEVERITY_LEVELS, LifecycleArrays, Signal, State
 from rules.windows import TimeBuckets, half_slopes, linear_fit, row_nanmedian, slope_stderr, theil_sen
 
 FloatArray = npt.NDArray[np.float64]
@@ -175,24 +175,34 @@ class ForecastEval(Evaluator):
         v = rnd.values[r.metric]
         buf = self.buffers.fed(rnd, r.measurement, r.metric, r.window_s, r.buckets)
         means, x, valid = buf.view(rnd.dev, rnd.t)
-        level, slope, n = theil_sen(x, means, valid)
         sign = 1.0 if r.op == "above" else -1.0
+        armed = np.ones(len(v), bool) if r.arm is None else sign * (v - r.arm) >= 0
+        # Least squares first (cheap); the robust line only where it can matter: armed rows
+        # that move toward the limit at all, or whose warning is pending or firing. A spike
+        # steepens least squares, so a row it fools is always among them.
+        level, slope, n = linear_fit(x, means, valid)
+        busy = self.lifecycle.state[rnd.dev] != State.INACTIVE
+        pick = np.flatnonzero(armed & ((sign * slope * 60.0 > 0.25 * r.min_slope_per_min) | busy))
+        if len(pick):
+            level[pick], slope[pick], _n = theil_sen(x[pick], means[pick], valid[pick])
         toward = sign * slope * 60.0  # units per minute toward the limit
         gap = sign * (r.limit - level)  # > 0 while the limit is still ahead
         with np.errstate(invalid="ignore", divide="ignore"):
             eta = np.where(gap <= 0, 0.0, gap / np.where(toward > 0, toward / 60.0, np.nan))
-        trending = (n >= r.min_points) & (toward > max(r.min_slope_per_min, 1e-12))
+        trending = (n >= r.min_points) & (toward > max(r.min_slope_per_min, 1e-12)) & armed
         # A warning resolves when the trend is clearly gone (under half the least slope),
         # not whenever one of the checks below wavers near its edge: no flapping on a creep.
         gone = ~((n >= r.min_points) & (toward > 0.5 * r.min_slope_per_min))
-        if r.min_slope_z > 0 and trending.any():
-            trending &= np.abs(slope) > r.min_slope_z * slope_stderr(x, means, valid, level, slope)
-        if r.sustained > 0 and trending.any():
-            older, newer = half_slopes(x, means, valid)
-            floor = r.sustained * toward / 60.0
+        t_rows = np.flatnonzero(trending)
+        if r.min_slope_z > 0 and len(t_rows):
+            se = slope_stderr(x[t_rows], means[t_rows], valid[t_rows], level[t_rows], slope[t_rows])
+            trending[t_rows] &= np.abs(slope[t_rows]) > r.min_slope_z * se
+            t_rows = np.flatnonzero(trending)
+        if r.sustained > 0 and len(t_rows):
+            older, newer = half_slopes(x[t_rows], means[t_rows], valid[t_rows])
+            floor = r.sustained * toward[t_rows] / 60.0
             with np.errstate(invalid="ignore"):
-                trending &= (sign * older >= floor) & (sign * newer >= floor)
-        armed = np.ones(len(v), bool) if r.arm is None else sign * (v - r.arm) >= 0
+                trending[t_rows] &= (sign * older >= floor) & (sign * newer >= floor)
         ahead = gap > 0
         breach = ahead & trending & armed & (eta <= r.horizon_s)
         clear = ahead & (gone | ~armed | (eta > 2 * r.horizon_s))
