@@ -49,10 +49,18 @@ class _Rule(BaseModel):
     category: Literal["hazard", "maintenance", "health"] | None = None
     #: Early-warning kinds (forecast, rate, anomaly, drift) hold their alerts on a device
     #: while a health rule on the same metric suspects its sensor, and for this long after
-    #: (s): a stuck sensor letting go, a spike, a drifting transmitter raise a health alert,
-    #: not an early warning. Plain thresholds (a standard's set points) are never held.
-    #: 0: never held.
-    health_hold_s: float = Field(default=900.0, ge=0)
+    #: (s; default 900): a stuck sensor letting go, a spike, a drifting transmitter raise a
+    #: health alert, not an early warning. A plain threshold (a standard's set point) is
+    #: held only if it sets this itself (a water-quality limit against a drifting
+    #: electrode), never by default. 0: never held.
+    health_hold_s: float | None = Field(default=None, ge=0)
+
+    @property
+    def hold_ms(self) -> int:
+        """How long after a health suspicion this rule's breaches wait (0: never)."""
+        if self.health_hold_s is not None:
+            return int(self.health_hold_s * 1000)
+        return 900_000 if getattr(self, "kind", "") in ("forecast", "rate", "anomaly", "drift") else 0
 
     @property
     def domain(self) -> str:

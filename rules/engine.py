@@ -299,7 +299,7 @@ class RulesEngine:
             s.sig = np.where(applies, s.sig, np.int8(_CLEAR)).astype(np.int8)
         holds = self._holds.get(rule.id)
         if holds:
-            _hold_suspect(s, holds, int(rule.health_hold_s * 1000))
+            _hold_suspect(s, holds, rule.hold_ms)
         if ev.tracks_breach:
             breach = s.sig == _BREACH
             if breach.any():
@@ -423,11 +423,6 @@ class RulesEngine:
         return n + sum(1 for ga in self._gateway_alerts.values() if ga.state.state is State.FIRING)
 
 
-#: The kinds whose alerts wait while a health rule suspects the sensor (early warnings and
-#: statistical detections; a plain threshold is a standard's set point and never waits).
-HELD_KINDS = frozenset({"forecast", "rate", "anomaly", "drift"})
-
-
 def _health_holds(evaluators: list[Evaluator]) -> dict[str, list[Evaluator]]:
     """rule id -> the health evaluators that vouch for its sensor (same measurement, its
     metric among theirs)."""
@@ -435,7 +430,7 @@ def _health_holds(evaluators: list[Evaluator]) -> dict[str, list[Evaluator]]:
     out: dict[str, list[Evaluator]] = {}
     for ev in evaluators:
         r = ev.rule
-        if r.kind not in HELD_KINDS or r.purpose == "health" or r.health_hold_s <= 0 or not ev.metrics:
+        if r.purpose == "health" or r.hold_ms <= 0 or not ev.metrics or isinstance(ev, CompositeEval):
             continue
         hs = [h for h in health if h.measurement == ev.measurement and ev.metrics[0] in h.metrics]
         if hs:

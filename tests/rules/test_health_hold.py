@@ -74,3 +74,43 @@ def test_a_threshold_is_never_held() -> None:
     check = [r for r in load_catalog() if r.id == "water.flow_meter_mismatch"]
     fired = _firing(_run(RulesEngine([high, *check]), _meter(8, drift_per_h=10.0)))
     assert "t.flow_high" in [r for r, _h in fired]
+
+
+def _district_ph(hours: float, *, drift: str | None = None, rate: float = 0.6, all_move: bool = False,
+                 seed: int = 2) -> list[TelemetryBatch]:
+    """Eight supply points of one district (pH 7.0-7.4, read in 0.1 steps); after 2 h one
+    electrode drifts down (`drift`), or the treated water of the whole district turns
+    acidic (`all_move`), `rate` pH per hour."""
+    rng = np.random.default_rng(seed)
+    base = np.linspace(7.0, 7.4, 8)
+    out = []
+    for k in range(int(hours * 3600 / STEP_S)):
+        h = k * STEP_S / 3600
+        fall = max(0.0, h - 2.0) * rate
+        t = T0 + k * STEP_S * 1000
+        samples = []
+        for i in range(8):
+            dev = f"wp-{i:02d}"
+            ph = base[i] + 0.02 * rng.standard_normal() - (fall if all_move or dev == drift else 0.0)
+            samples.append(Sample(dev, "water", t, {"ph": round(ph, 1)}))
+        out.append(TelemetryBatch("gw-1", "pudong", k, t, samples))
+    return out
+
+
+def _ph_engine() -> RulesEngine:
+    return RulesEngine([r for r in load_catalog() if r.id in ("water.ph_low", "water.ph_electrode_drift")])
+
+
+def test_a_drifting_ph_electrode_is_a_health_alert_and_the_limit_waits() -> None:
+    """Before the electrode check, water.ph_low paged on an electrode drifting below 6.5."""
+    batches = _district_ph(5, drift="wp-03")
+    alone = RulesEngine([r for r in load_catalog() if r.id == "water.ph_low"])
+    assert [r for r, _h in _firing(_run(alone, batches))] == ["water.ph_low"]
+    fired = _firing(_run(_ph_engine(), batches))
+    assert [r for r, _h in fired] == ["water.ph_electrode_drift"], fired
+
+
+def test_acidic_water_across_the_district_still_pages() -> None:
+    fired = _firing(_run(_ph_engine(), _district_ph(5, all_move=True)))
+    rules = {r for r, _h in fired}
+    assert rules == {"water.ph_low"}, fired
