@@ -27,7 +27,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,8 +117,6 @@ def runs(scenario: str | Path, seeds: int, first_seed: int = 1, *, workers: int 
         return
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(play, j) for j in todo]
-        from concurrent.futures import as_completed
-
         for fut in as_completed(futures):
             yield fut.result()
 

@@ -141,8 +141,8 @@ class ForecastRule(_Windowed):
     #: Least slope (units per minute, toward the limit) that counts as a trend.
     min_slope_per_min: float = Field(default=0.0, ge=0)
     #: The slope must also stand out of the signal's own noise: at least this many
-    #: standard errors (sigma of the residuals about the line, robustly estimated, over
-    #: the spread of the times). 0 turns the check off. With it, `min_slope_per_min`
+    #: standard errors (the residuals' root mean square about the line, over the spread
+    #: of the times). 0 turns the check off. With it, `min_slope_per_min`
     #: need only keep out slow real movements (the daily demand cycle), not noise.
     min_slope_z: float = Field(default=4.0, ge=0)
     #: The trend must also hold in each half of the window, each at least this share of

@@ -384,18 +384,18 @@ class CounterCheckEval(Evaluator):
         rate, _x, ok_rate = rate_buf.view(rnd.dev, rnd.t)
         count, xc, ok_count = count_buf.view(rnd.dev, rnd.t)
         valid = ok_rate & ok_count
-        big = np.where(valid, xc, np.inf)
-        first = np.argmin(big, axis=1)
+        points = valid.sum(axis=1)
+        first = np.argmin(np.where(valid, xc, np.inf), axis=1)
         last = np.argmax(np.where(valid, xc, -np.inf), axis=1)
         rows = np.arange(len(rnd.dev))
         span_s = xc[rows, last] - xc[rows, first]
         with np.errstate(invalid="ignore", divide="ignore"):
             counted = (count[rows, last] - count[rows, first]) / span_s * r.per_s
-            read = np.where(valid, rate, 0.0).sum(axis=1) / valid.sum(axis=1)
+            read = np.where(valid, rate, 0.0).sum(axis=1) / points
             off = np.abs(read - counted)
             allowed = np.maximum(r.tolerance * np.abs(counted), r.floor)
             share = off / np.maximum(np.abs(counted), 1e-9)
-        enough = (valid.sum(axis=1) >= r.min_points) & (span_s >= r.window_s / 2)
+        enough = (points >= r.min_points) & (span_s >= r.window_s / 2)
         sig = np.where(off > allowed, _BREACH, np.where(off <= allowed / 2, _CLEAR, _BAND))
         sig = np.where(enough & np.isfinite(off), sig, _BAND).astype(np.int8)
         n = len(rnd.dev)
@@ -504,8 +504,8 @@ class DeadmanEval(Evaluator):
 
     def __init__(self, rule: DeadmanRule, devices: Devices, buffers: Buffers) -> None:
         super().__init__(rule, devices, buffers)
-        r = rule
-        self.groups = Groups(devices, r.measurement, r.group_by, self._grow_keys) if r.scope == "group" else None
+        self.groups = (Groups(devices, rule.measurement, rule.group_by, self._grow_keys)
+                       if rule.scope == "group" else None)
         self.tracks_breach = self.groups is None
 
     def key_label(self, key: int) -> tuple[str, str]:

@@ -138,16 +138,18 @@ class ParsedScenario:
 
     def events_for(self, seed: int) -> list[ScheduledEvent]:
         """Every event of the scenario as seed `seed` plays it."""
-        out = list(self.events)
+        out: list[ScheduledEvent] = []
         taken: dict[str, list[tuple[float, float]]] = {}
-        for e in out:
-            for d in e.devices:
-                taken.setdefault(d, []).append((e.at_s, e.at_s + e.duration_s))
-        for kind, i, ev in self.drawn:  # incidents first, as the file lists them
-            event = self.planner.draw(kind, i, ev, seed, taken)
+
+        def add(event: ScheduledEvent) -> None:
+            out.append(event)
             for d in event.devices:
                 taken.setdefault(d, []).append((event.at_s, event.at_s + event.duration_s))
-            out.append(event)
+
+        for event in self.events:
+            add(event)
+        for kind, i, ev in self.drawn:  # incidents first, as the file lists them
+            add(self.planner.draw(kind, i, ev, seed, taken))
         return out
 
 
@@ -189,11 +191,7 @@ def parse_scenario(path_or_name: str | Path, *, port_offset: int = 0,
     problems: list[str] = []
 
     def duration(value: Duration, where: str) -> float:
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            problems.append(f"{shown}: {where}: {exc}")
-            return 0.0
+        return _seconds(shown, value, where, problems)
 
     total_s = duration(spec.duration, "duration")
     step_s = duration(spec.step, "step") or 10.0
@@ -290,11 +288,7 @@ class EventPlanner:
         return out
 
     def _seconds(self, value: Duration, where: str, problems: list[str]) -> float:
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            problems.append(f"{self.shown}: {where}: {exc}")
-            return 0.0
+        return _seconds(self.shown, value, where, problems)
 
     def schedule(self, kind: str, i: int, ev: EventSpec, u: Callable[[str], float] | None,
                  problems: list[str], taken: Mapping[str, list[tuple[float, float]]] | None = None,
@@ -388,6 +382,15 @@ class EventPlanner:
 
 #: A pick keeps this far (s) from another event's time on the same device.
 TAKEN_MARGIN_S = 900.0
+
+
+def _seconds(shown: str, value: Duration, where: str, problems: list[str]) -> float:
+    """A duration in seconds; a bad one is a problem naming file and key (and reads 0)."""
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        problems.append(f"{shown}: {where}: {exc}")
+        return 0.0
 
 
 def _constant(x: float) -> Callable[[str], float]:

@@ -87,23 +87,22 @@ class ElevatorController(FamilyModel):
     def _destination(self, slot: int) -> int:
         return 1 + int(noise.uniform(self._dest, slot - self._slot0) * self.floors)
 
-    def floor_after(self, slot: int) -> int:
-        """Where the car is at the end of `slot`."""
-        for k in range(slot, slot - LOOKBACK_SLOTS, -1):
-            if self._has_trip(k):
-                return self._trip_floors(k)[1]
-        return 1
-
-    def _last_trip(self, slot: int) -> int:
-        """The slot of the latest trip at or before `slot` (bounded look-back)."""
+    def _last_trip(self, slot: int) -> int | None:
+        """The slot of the latest trip at or before `slot` (bounded look-back; None: none)."""
         for k in range(slot, slot - LOOKBACK_SLOTS, -1):
             if self._has_trip(k):
                 return k
-        return slot - LOOKBACK_SLOTS
+        return None
+
+    def floor_after(self, slot: int) -> int:
+        """Where the car is at the end of `slot` (parked at the lobby after a long quiet)."""
+        k = self._last_trip(slot)
+        return 1 if k is None else self._trip_floors(k)[1]
 
     def condition(self, slot: int) -> Values:
         """The condition statistics after the latest trip up to `slot`."""
-        n = self._last_trip(slot) - self._slot0
+        k = self._last_trip(slot)
+        n = (slot - LOOKBACK_SLOTS if k is None else k) - self._slot0
         return {name: max(0.0, self._base[name] + sd * noise.gauss(self._stats[name], n))
                 for name, (_base, sd) in CONDITION.items()}
 
