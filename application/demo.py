@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     clock = ScenarioClock(start_ms, now + int(startup_s * 1000), speed)
     env = {**stack.env(), "URBANSENSE_CLOCK": clock.to_env()}
 
-    gw_paths = scenario.write_gateway_configs(run_dir / "gateways", mqtt_port=stack.mqtt_port)
+    gw_paths = scenario.write_gateway_configs(run_dir / "gateways", mqtt_port=stack.mqtt_port, seed=args.seed)
     # the demo's poll period, in wall seconds; short link time-outs (see tune_gateway_configs)
     tune_gateway_configs(gw_paths, poll_s=max(args.poll, scenario.step_s / speed))
 
@@ -222,7 +222,7 @@ def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: 
     truth = [json.loads(line) for line in truth_path.read_text().splitlines()] if truth_path.exists() else []
     end_ms = max(state.event_now_ms, start_ms)
     catalog = load_catalog()
-    result = score(scenario.name, truth, events, from_gateways(scenario.loaded), start_ms, end_ms,
+    result = score(scenario.name, truth, events, from_gateways(scenario.loaded_for(args.seed)), start_ms, end_ms,
                    health=health_rules(catalog), maintenance=maintenance_rules(catalog))
     incidents = []
     for s in result.incidents:

@@ -199,6 +199,11 @@ class DriftRule(_MetricRule):
     relative_to: Literal["none", "district_median"] = "none"
     #: Which drift alerts: `up` (a leak raises a flow), `down`, or `both` sides.
     direction: Literal["both", "up", "down"] = "both"
+    #: `metric` is a counter (a meter's totaliser): watch its rate per hour over this
+    #: trailing window instead (a drifting or stuck flow transmitter cannot move it; a
+    #: counter of whole units needs a long window to resolve a rate). A device is compared
+    #: (and learns) only while its samples span nearly the whole window.
+    counter_rate_s: float | None = Field(default=None, gt=0)
 
 
 class CounterCheckRule(_Windowed):

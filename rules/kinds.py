@@ -259,6 +259,11 @@ class FlatlineEval(Evaluator):
         return Signals(rnd.dev, rnd.t, sig, sev, v, np.full(len(v), r.suspect_s))
 
 
+#: Samples a drift baseline (and a device's size in its district) needs before a device
+#: is judged against it.
+MIN_BASELINE_POINTS = 20
+
+
 class DriftEval(Evaluator):
     rule: DriftRule
 
@@ -284,8 +289,8 @@ class DriftEval(Evaluator):
         reference (in an odd group one device is the median, and its share would be 1 with
         no noise while the baseline is learnt); dividing by sizes keeps one device going
         wild (a burst) from moving the others' reference."""
-        sizing = age_s < self.rule.learn_s / 2
         dev = rnd.dev
+        sizing = (age_s < self.rule.learn_s / 2) | (self.size_n[dev] < MIN_BASELINE_POINTS)
         if sizing.any():  # the district medians are needed only while sizes are learnt
             with np.errstate(invalid="ignore", divide="ignore"):
                 ratio = v / _district_median(self.devices, dev, v, leave_out=False)
@@ -301,6 +306,13 @@ class DriftEval(Evaluator):
     def evaluate(self, rnd: Round) -> Signals | None:
         r = self.rule
         v = rnd.values[r.metric]
+        if r.counter_rate_s is not None:
+            buf = self.buffers.fed(rnd, r.measurement, r.metric, r.counter_rate_s, COUNTER_RATE_BUCKETS)
+            rate, span_s, _points = counter_rates(*buf.view(rnd.dev, rnd.t))
+            # Only over (nearly) the whole window: every device's rate over the same hour, or
+            # one back from a gap would compare its last minutes of a morning ramp with the
+            # others' whole hour.
+            v = np.where(~np.isnan(v) & (span_s >= COUNTER_RATE_FULL * r.counter_rate_s), rate, np.nan)
         seen = ~np.isnan(v)
         self.first[rnd.dev[seen]] = np.where(self.first[rnd.dev[seen]] == NEVER, rnd.t[seen],
                                              self.first[rnd.dev[seen]])
@@ -312,7 +324,8 @@ class DriftEval(Evaluator):
             age_s = age_s - r.learn_s / 2
         have = ~np.isnan(v)
         dev, x = rnd.dev[have], v[have]
-        learning = age_s[have] < learn_s
+        # A device silent while others learnt (dead, not yet installed) learns on its return.
+        learning = (age_s[have] < learn_s) | (self.count[dev] < MIN_BASELINE_POINTS)
         # Welford while learning: the baseline mean and sigma, then frozen.
         ld, lx = dev[learning], x[learning]
         c = self.count[ld] + 1
@@ -370,6 +383,27 @@ def _median_without(good: FloatArray, place: Index) -> FloatArray:
     return remaining(r // 2) if r % 2 else (remaining(r // 2 - 1) + remaining(r // 2)) / 2
 
 
+#: Buckets of a counter's trailing window (drift with counter_rate_s), and the share of
+#: the window its valid buckets must span.
+COUNTER_RATE_BUCKETS = 60
+COUNTER_RATE_FULL = 0.9
+
+
+def counter_rates(count: FloatArray, x: FloatArray, valid: npt.NDArray[np.bool_],
+                  per_s: float = 3600.0) -> tuple[FloatArray, FloatArray, IntArray]:
+    """Per row of bucketed counter values: the rate per `per_s` between the first and the
+    last valid bucket, the span between them (s) and the number of valid buckets (rate
+    NaN with fewer than two)."""
+    points = valid.sum(axis=1)
+    first = np.argmin(np.where(valid, x, np.inf), axis=1)
+    last = np.argmax(np.where(valid, x, -np.inf), axis=1)
+    rows = np.arange(len(count))
+    span_s = np.where(points >= 2, x[rows, last] - x[rows, first], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(span_s > 0, (count[rows, last] - count[rows, first]) / span_s * per_s, np.nan)
+    return rate, span_s, points
+
+
 class CounterCheckEval(Evaluator):
     rule: CounterCheckRule
 
@@ -384,13 +418,8 @@ class CounterCheckEval(Evaluator):
         rate, _x, ok_rate = rate_buf.view(rnd.dev, rnd.t)
         count, xc, ok_count = count_buf.view(rnd.dev, rnd.t)
         valid = ok_rate & ok_count
-        points = valid.sum(axis=1)
-        first = np.argmin(np.where(valid, xc, np.inf), axis=1)
-        last = np.argmax(np.where(valid, xc, -np.inf), axis=1)
-        rows = np.arange(len(rnd.dev))
-        span_s = xc[rows, last] - xc[rows, first]
+        counted, span_s, points = counter_rates(count, xc, valid, r.per_s)
         with np.errstate(invalid="ignore", divide="ignore"):
-            counted = (count[rows, last] - count[rows, first]) / span_s * r.per_s
             read = np.where(valid, rate, 0.0).sum(axis=1) / points
             off = np.abs(read - counted)
             allowed = np.maximum(r.tolerance * np.abs(counted), r.floor)

@@ -140,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
         from urllib.parse import urlparse
 
         port = urlparse(mqtt_url).port if mqtt_url else None
-        paths = scenario.write_gateway_configs(gw_dir, mqtt_port=port)
+        paths = scenario.write_gateway_configs(gw_dir, mqtt_port=port, seed=args.seed)
         log.info("gateway configs as served: %s", gw_dir)
         if with_edge:
             stop_edges = args.start_edges(paths, mqtt_url, gw_dir / "logs")

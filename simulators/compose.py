@@ -13,6 +13,9 @@
   `derived` statistics) (types rotating over the
   fields), plus dropouts and a dead device per model, sized from the field's own
   simulated level, each on a device the seed picks;
+- group sizes that change with the seed: every device model may lose one device from
+  the day (`absent:`), one per group where its incidents strike a group (a circuit), so
+  the peer and group rules meet odd and even groups;
 - `--quiet`: the faults alone (a day without incidents, for false alarms).
 
 The file holds ranges, not draws: every seed plays another day (`rules evaluate`).
@@ -159,6 +162,11 @@ def compose_day(gateway_paths: Sequence[Path], name: str, *, quiet: bool = False
         if protocol == "mqtt":
             faults.append({"type": "malformed_payload", "profile": profile, "pick": 1, "at": anywhere,
                            "duration": hours, "params": {"probability": {"between": [0.1, 0.5]}}})
+    absent: list[dict[str, Any]] = []
+    for profile in profiles:
+        per = next((spec.group_by for kind, (_f, spec) in registry.incident_kinds().items()
+                    if spec.group_by and INCIDENT_TYPES[kind].profile == profile), None)
+        absent.append({"profile": profile, **({"per": per} if per else {}), "up_to": 1})
     return {
         "scenario": name,
         "description": ("a randomised day: faults on every kind of sensor, no incident" if quiet else
@@ -170,6 +178,7 @@ def compose_day(gateway_paths: Sequence[Path], name: str, *, quiet: bool = False
         "gateways": [_gateway_name(p) for p in gateway_paths],
         "incidents": incidents,
         "faults": faults,
+        "absent": absent,
     }
 
 

@@ -74,6 +74,21 @@ class Scenario:
     def randomised(self) -> bool:
         return bool(self.parsed.drawn)
 
+    def loaded_for(self, seed: int) -> list[LoadedGateway]:
+        """The gateways as seed `seed` plays them: without the devices it leaves out of the
+        day (`absent:`), so the world, the rules' inventory and the edge agents agree."""
+        absent = self.parsed.absent_for(seed)
+        if not absent:
+            return self.loaded
+        out = []
+        for g in self.loaded:
+            config = g.config.model_copy(deep=True)
+            for link in config.links:
+                link.devices = [d for d in link.devices if d.id not in absent]
+            config.links = [link for link in config.links if link.devices]
+            out.append(g.model_copy(update={"config": config}))
+        return out
+
     def device_count(self, protocol: str | None = None) -> int:
         return sum(1 for g in self.loaded for _link, d in g.config.devices()
                    if protocol is None or g.profiles[d.profile].protocol == protocol)
@@ -90,7 +105,7 @@ class Scenario:
     def build_world(self, seed: int, start_ms: int) -> World:
         """A new world of its own (live mode: operator writes must not leak into the
         cached one that offline play uses)."""
-        world = World(self.loaded, seed, epoch_ms=start_ms)
+        world = World(self.loaded_for(seed), seed, epoch_ms=start_ms)
         for ev in self.events_for(seed):
             start = start_ms + int(ev.at_s * 1000)
             end = start + int(ev.duration_s * 1000)
@@ -227,13 +242,15 @@ class Scenario:
         return None
 
     # ------------------------------------------------------------------ configs
-    def write_gateway_configs(self, directory: Path, *, mqtt_port: int | None = None) -> list[Path]:
+    def write_gateway_configs(self, directory: Path, *, mqtt_port: int | None = None,
+                              seed: int | None = None) -> list[Path]:
         """Write the gateway configs with this scenario's ports (port_offset applied) into
         `directory`, for edge agents to run against this simulator: uplink and MQTT links
-        on `mqtt_port`, the edge's store-and-forward log in `directory`."""
+        on `mqtt_port`, the edge's store-and-forward log in `directory`; with `seed`,
+        without the devices that seed leaves out."""
         directory.mkdir(parents=True, exist_ok=True)
         out = []
-        for g in self.loaded:
+        for g in self.loaded if seed is None else self.loaded_for(seed):
             raw = g.config.model_dump(mode="json", exclude_defaults=False)
             raw["profiles_dir"] = str((g.path.parent / g.config.profiles_dir).resolve())
             # Each run gets its own store-and-forward log: the default one is shared per

@@ -6,6 +6,10 @@ and any of `params` may be `{between: [low, high]}`, and `pick: N` (or `pick_gro
 LABEL`) chooses N devices (or every device sharing one value of LABEL) out of those the
 selection names. The seed decides: `events_for(seed)` draws them, the same seed always
 the same way, so a randomised scenario plays as reproducibly as a fixed one.
+
+`absent:` entries leave devices out of a seed's day, as if not installed (`up_to: N` of
+the selection, or of each group sharing a value of `per`, at least `keep` staying), so
+the rules meet groups of other sizes, odd and even, from seed to seed.
 """
 
 from __future__ import annotations
@@ -77,6 +81,20 @@ class EventSpec(_Model):
     note: str | None = None
 
 
+class AbsentSpec(_Model):
+    """Devices a seed leaves out of its day (not installed): between 0 and `up_to` of the
+    selected devices, or of each group of them sharing a value of the label `per`."""
+
+    device: str | None = None
+    devices: list[str] | None = None
+    labels: dict[str, str] | None = None
+    profile: str | None = None
+    per: str | None = None
+    up_to: int = Field(ge=1)
+    #: Devices that always stay in each group (group rules need two to compare).
+    keep: int = Field(default=2, ge=1)
+
+
 class ScenarioFile(_Model):
     scenario: str = Field(pattern=ID_PATTERN)
     description: str = ""
@@ -91,6 +109,7 @@ class ScenarioFile(_Model):
     gateways: list[str] = Field(min_length=1)
     incidents: list[EventSpec] = Field(default_factory=list)
     faults: list[EventSpec] = Field(default_factory=list)
+    absent: list[AbsentSpec] = Field(default_factory=list)
 
     @field_validator("start_local")
     @classmethod
@@ -135,9 +154,27 @@ class ParsedScenario:
     planner: EventPlanner
     #: The entries the seed draws: (kind, index in the file's list, entry).
     drawn: list[tuple[str, int, EventSpec]]
+    #: The absent entries, each with the groups of devices it may leave out.
+    absent: list[tuple[AbsentSpec, list[list[str]]]]
+
+    def absent_for(self, seed: int) -> frozenset[str]:
+        """The devices seed `seed` leaves out of its day (never one a fixed event names)."""
+        fixed = {d for e in self.events for d in e.devices}
+        out: set[str] = set()
+        for i, (spec, groups) in enumerate(self.absent):
+            key = noise.stream_key(seed, "scenario-absent", str(i))
+            draws = iter(range(1_000_000))
+            for members in groups:
+                pool = sorted(d for d in members if d not in fixed and d not in out)
+                room = sum(1 for d in members if d not in out) - spec.keep
+                n = min(int(noise.uniform(key, next(draws)) * (spec.up_to + 1)), room, len(pool))
+                for _ in range(max(0, n)):
+                    out.add(pool.pop(min(len(pool) - 1, int(noise.uniform(key, next(draws)) * len(pool)))))
+        return frozenset(out)
 
     def events_for(self, seed: int) -> list[ScheduledEvent]:
-        """Every event of the scenario as seed `seed` plays it."""
+        """Every event of the scenario as seed `seed` plays it (never on an absent device)."""
+        absent = self.absent_for(seed)
         out: list[ScheduledEvent] = []
         taken: dict[str, list[tuple[float, float]]] = {}
 
@@ -149,7 +186,7 @@ class ParsedScenario:
         for event in self.events:
             add(event)
         for kind, i, ev in self.drawn:  # incidents first, as the file lists them
-            add(self.planner.draw(kind, i, ev, seed, taken))
+            add(self.planner.draw(kind, i, ev, seed, taken, absent))
         return out
 
 
@@ -234,10 +271,23 @@ def parse_scenario(path_or_name: str | Path, *, port_offset: int = 0,
             scheduled = planner.schedule(kind, i, ev, None, problems)
             if scheduled is not None:
                 events.append(scheduled)
+    absent: list[tuple[AbsentSpec, list[list[str]]]] = []
+    for i, entry in enumerate(spec.absent):
+        where = f"{shown}: absent[{i}]"
+        selected = _select(entry, inventory, where, problems)
+        if entry.per is None:
+            groups = [selected] if selected else []
+        else:
+            values = sorted({inventory[d][1][entry.per] for d in selected if entry.per in inventory[d][1]})
+            groups = [[d for d in selected if inventory[d][1].get(entry.per) == v] for v in values]
+            if selected and not groups:
+                problems.append(f"{where}.per: no selected device has a label {entry.per!r}\n"
+                                "  fix: name a label the devices carry (see their gateway config)")
+        absent.append((entry, groups))
     if problems:
         raise ConfigError(problems)
     return ParsedScenario(spec.scenario, path, spec.description, total_s, step_s, spec.start_local, spec.speed,
-                          gateway_paths, loaded, events, planner, drawn)
+                          gateway_paths, loaded, events, planner, drawn, absent)
 
 
 class EventPlanner:
@@ -275,14 +325,16 @@ class EventPlanner:
         return all(self.schedule(kind, i, ev, _constant(end), problems) is not None for end in (0.0, 1.0 - 1e-12))
 
     def draw(self, kind: str, i: int, ev: EventSpec, seed: int,
-             taken: Mapping[str, list[tuple[float, float]]] | None = None) -> ScheduledEvent:
+             taken: Mapping[str, list[tuple[float, float]]] | None = None,
+             absent: Set[str] = frozenset()) -> ScheduledEvent:
         """Draw the entry's random parts for `seed`; a pick prefers devices that no earlier
         event of the day has `taken` at an overlapping time (two incidents on one pipe
-        would score each other; a dead controller hides an entrapment)."""
+        would score each other; a dead controller hides an entrapment) and never takes an
+        `absent` one."""
         key = noise.stream_key(seed, "scenario-draw", kind, str(i))
         count = iter(range(1_000_000))
         problems: list[str] = []
-        out = self.schedule(kind, i, ev, lambda _name: noise.uniform(key, next(count)), problems, taken)
+        out = self.schedule(kind, i, ev, lambda _name: noise.uniform(key, next(count)), problems, taken, absent)
         if out is None:  # checked at load time at both ends of every range
             raise ConfigError(problems)
         return out
@@ -292,7 +344,7 @@ class EventPlanner:
 
     def schedule(self, kind: str, i: int, ev: EventSpec, u: Callable[[str], float] | None,
                  problems: list[str], taken: Mapping[str, list[tuple[float, float]]] | None = None,
-                 ) -> ScheduledEvent | None:
+                 absent: Set[str] = frozenset()) -> ScheduledEvent | None:
         """The entry as a scheduled event; `u(name)` gives a uniform [0, 1) draw for each
         random part (None: the entry has none)."""
         shown = self.shown
@@ -319,7 +371,7 @@ class EventPlanner:
                             f"(0..{total_s:.0f} s)\n  fix: move 'at' or shorten 'duration'")
             return None
         inventory, profiles = self.inventory, self.profiles
-        devices = _select(ev, inventory, where, problems)
+        devices = [d for d in _select(ev, inventory, where, problems) if d not in absent]
         if devices and (ev.pick is not None or ev.pick_group is not None):
             assert u is not None
             span = (at_s - TAKEN_MARGIN_S, at_s + dur_s + TAKEN_MARGIN_S)
@@ -439,7 +491,7 @@ def free_tcp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
-def _select(ev: EventSpec, inventory: Mapping[str, tuple[str, dict[str, str], str]], where: str,
+def _select(ev: EventSpec | AbsentSpec, inventory: Mapping[str, tuple[str, dict[str, str], str]], where: str,
             problems: list[str]) -> list[str]:
     chosen: list[str] = []
     if ev.device:

@@ -37,8 +37,9 @@ def _meter(hours: float, *, drift_per_h: float = 0.0, leak_per_h: float = 0.0, a
 
 
 def _engine(*, with_check: bool = True) -> RulesEngine:
-    # A slow leak is slow: the creep rule waits 20 min (as the shipped water.flow_creep
-    # does), time for the totaliser check to have spoken about a fast-drifting transmitter.
+    # A creep rule on the transmitter's reading (the shipped water.flow_creep reads the
+    # totaliser instead) that waits 20 min: time for the totaliser check to have spoken
+    # about a fast-drifting transmitter.
     creep = rule(kind="drift", id="t.flow_creep", measurement="water", metric="flow_m3h", learn_s=3600,
                  k=1.5, h=12, sigma_floor=0.5, direction="up", for_s=1200)
     check = [r for r in load_catalog() if r.id == "water.flow_meter_mismatch"]

@@ -142,3 +142,52 @@ def test_a_dead_device_never_hides_an_incident_on_a_composed_day() -> None:
             for f in (e for e in events if e.kind == "fault" and set(e.devices) & set(inc.devices)):
                 apart = f.at_s >= inc.at_s + inc.duration_s or inc.at_s >= f.at_s + f.duration_s
                 assert apart, (seed, inc.type, f.type, inc.devices)
+
+
+def test_absent_devices_give_groups_of_odd_and_even_size_and_nothing_lands_on_them(tmp_path: Path) -> None:
+    from collections import Counter
+
+    from rules.inventory import from_gateways
+
+    sc = load_scenario("pudong-random-day")
+    start = sc.default_start_ms(1_780_000_000_000)
+    circuit_sizes: set[int] = set()
+    point_counts: set[int] = set()
+    for seed in range(1, 13):
+        absent = sc.parsed.absent_for(seed)
+        assert absent == sc.parsed.absent_for(seed)  # the seed decides, reproducibly
+        loaded = sc.loaded_for(seed)
+        present = {d.id for g in loaded for _l, d in g.config.devices()}
+        assert not present & absent
+        circuits = Counter(d.labels["circuit"] for g in loaded for _l, d in g.config.devices()
+                           if d.profile == "lamp-controller")
+        assert min(circuits.values()) >= 2  # keep: 2
+        circuit_sizes.update(circuits.values())
+        point_counts.add(sum(1 for g in loaded for _l, d in g.config.devices() if d.profile == "water-supply-point"))
+        # no event lands on a device the day lacks; the world and the inventory lack it too
+        assert not any(set(e.devices) & absent for e in sc.events_for(seed))
+        assert set(sc.world(seed, start).devices) == present
+        assert {d.device for d in from_gateways(loaded)} == present
+    assert circuit_sizes == {3, 4} and point_counts == {9, 10}
+    # the edge agents get the same devices
+    written = sc.write_gateway_configs(tmp_path, seed=3)
+    ids = {d["id"] for p in written for link in yaml.safe_load(p.read_text())["links"] for d in link["devices"]}
+    assert ids == {d.id for g in sc.loaded_for(3) for _l, d in g.config.devices()}
+
+
+def test_absent_never_takes_a_device_a_fixed_event_names() -> None:
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "simulators" / "example-scenario.yaml")
+    fixed = {d for e in sc.parsed.events for d in e.devices}
+    assert {"lc-0101", "lc-0102"} <= fixed  # the fixed cable theft's circuit
+    for seed in range(1, 20):
+        assert not sc.parsed.absent_for(seed) & fixed
+
+
+def test_a_bad_absent_entry_is_refused_with_where_and_fix(tmp_path: Path) -> None:
+    doc = yaml.safe_load(SHORT.read_text())
+    doc["absent"] = [{"profile": "water-supply-point", "per": "circuit", "up_to": 1}]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    assert "absent[0].per: no selected device has a label 'circuit'" in str(err.value)
