@@ -121,8 +121,9 @@ def compose_day(gateway_paths: Sequence[Path], name: str, *, quiet: bool = False
             _fam, spec = registry.incident_kinds()[kind]
             lasts = (parse_duration(spec.lasts[0]), parse_duration(spec.lasts[1]))
             lead = (parse_duration(spec.precursor[0]), parse_duration(spec.precursor[1])) if spec.precursor else None
-            # A precursor begins after the rules have learnt the device's baseline.
-            earliest = LEARN_S + lead[1] if lead else 0.0
+            # A precursor begins after the rules have learnt the device's baseline, and in
+            # the incident's own window (a cut lamp shows only while lamps are switched on).
+            earliest = max(LEARN_S, WINDOWS_H[spec.when][0] * 3600) + lead[1] if lead else 0.0
             entry: dict[str, Any] = {"type": kind, "profile": itype.profile,
                                      "at": _window(spec.when, lasts, earliest),
                                      "duration": {"between": [f"{int(lasts[0])}s", f"{int(lasts[1])}s"]}}

@@ -36,11 +36,13 @@ class IncidentType:
     source: str = ""
     #: The declarative shape, for families simulated from data.
     effect: Effect | None = None
+    #: The failure of a sensor itself: health alerts detect it.
+    sensor: bool = False
 
 
 INCIDENT_TYPES: dict[str, IncidentType] = {
     name: IncidentType(inc.name, fam.family, inc.profile, inc.metric, inc.group, dict(inc.defaults),
-                       inc.hazard, inc.hazard_threshold, inc.source, inc.effect)
+                       inc.hazard, inc.hazard_threshold, inc.source, inc.effect, inc.sensor)
     for name, (fam, inc) in registry.incident_kinds().items()
 }
 
@@ -53,6 +55,15 @@ class ActiveIncident:
     start_ms: int
     end_ms: int
     params: Mapping[str, float] = field(default_factory=dict)
+    #: This device's place among a group incident's devices (in the group's order: for a
+    #: circuit, from the cabinet out), and how many there are.
+    member: int = 0
+    members: int = 1
+
+    @property
+    def last_member(self) -> bool:
+        """The device at the far end of a group (the first segment a cable theft cuts)."""
+        return self.member == self.members - 1
 
     def active(self, t_ms: int) -> bool:
         return self.start_ms <= t_ms < self.end_ms

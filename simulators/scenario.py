@@ -109,10 +109,11 @@ class Scenario:
         for ev in self.events_for(seed):
             start = start_ms + int(ev.at_s * 1000)
             end = start + int(ev.duration_s * 1000)
-            for dev_id in ev.devices:
+            for member, dev_id in enumerate(ev.devices):
                 dev = world.devices[dev_id]
                 if ev.kind == "incident":
-                    dev.incidents.append(ActiveIncident(ev.type, start, end, dict(ev.params)))
+                    dev.incidents.append(ActiveIncident(ev.type, start, end, dict(ev.params), member,
+                                                        len(ev.devices)))
                 else:
                     fkey = noise.stream_key(seed, dev_id, "fault", ev.type, str(ev.at_s))
                     dev.faults.append(ActiveFault(ev.type, start, end, ev.metric, dict(ev.params), fkey,
@@ -200,6 +201,8 @@ class Scenario:
                 "end": end,
                 "hazard_threshold": ev.hazard_threshold,
                 "hazard_crossed_at": crossed,
+                # A sensor's own failure: its health alerts detect it.
+                **({"sensor": True} if ev.kind == "incident" and INCIDENT_TYPES[ev.type].sensor else {}),
                 "params": dict(ev.params),
                 # Where, for maps and for scoring group alerts (a circuit, a DMA, a tunnel).
                 "location": _location(devs),

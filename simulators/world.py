@@ -77,7 +77,8 @@ class SimDevice:
         return values
 
     def reading(self, t_ms: int) -> Reading:
-        if self.incidents and not self.model.answers(t_ms, [i for i in self.incidents if i.start_ms <= t_ms]):
+        if self.incidents and not self.model.answers(
+                t_ms, [i for i in self.incidents if i.start_ms - i.lead_ms <= t_ms]):
             return Reading(None, ERR_TIMEOUT, silent=True)
         for fault in self.faults:
             if not fault.active(t_ms):

@@ -122,6 +122,9 @@ class IncidentKind(_Model):
     precursor: tuple[str | float, str | float] | None = None
     #: ... and the share of incidents that come with one (the others strike unannounced).
     precursor_share: float = Field(default=0.75, ge=0, le=1)
+    #: The incident is the failure of a sensor itself (a detector going blind): its
+    #: sensor-health alerts detect it, where for other incidents they are listed apart.
+    sensor: bool = False
 
     @model_validator(mode="after")
     def _varies_known(self) -> IncidentKind:

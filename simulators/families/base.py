@@ -59,7 +59,7 @@ class FamilyModel:
 
     def answers(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> bool:
         """Whether the device answers at all (a lamp controller fed by a stolen cable does
-        not); `incidents` as for `values`."""
+        not); `incidents`: those started and those whose precursor has begun."""
         return True
 
     def degrade(self, t_ms: int, coming: Sequence[ActiveIncident], values: Values) -> Values:

@@ -8,7 +8,9 @@ valve closes and the outlet pressure collapses until the station is reset (incid
 
 Methane detector: a few tenths of %LEL of sensor noise around zero; a leak ramps the
 concentration at `rate_lel_per_min` up to `peak_lel_pct`. Alarm levels follow the
-profile's conventions (first 25, second 50 %LEL).
+profile's conventions (first 25, second 50 %LEL). A detector_failure sets the status
+bit and holds the reading at zero; before it, for `precursor_s`, the detector's zero
+sinks below clean air (docs/PRECURSORS.md).
 """
 
 from __future__ import annotations
@@ -91,6 +93,18 @@ class MethaneDetector(FamilyModel):
         for inc in incidents:
             if inc.type == "gas_leak" and inc.active(t_ms):
                 lel += min(inc.p("peak_lel_pct"), inc.p("rate_lel_per_min") * inc.elapsed_s(t_ms) / 60.0)
+            elif inc.type == "detector_failure" and inc.active(t_ms):
+                # Failed: the status bit set, the reading held at zero (it measures nothing).
+                return {"methane_lel_pct": 0.0, "alarm_level": 0, "sensor_fault": True}
         lel = min(100.0, max(0.0, lel))
         level = 2 if lel >= self.second else 1 if lel >= self.first else 0
         return {"methane_lel_pct": lel, "alarm_level": level, "sensor_fault": False}
+
+    def degrade(self, t_ms: int, coming: Sequence[ActiveIncident], values: Values) -> Values:
+        """Before it fails, the detector's zero sinks: in clean air it reads below zero,
+        by up to `zero_drift_lel_pct` when it fails (a reading the int16 register carries)."""
+        sink = max((inc.p("zero_drift_lel_pct") * inc.precursor(t_ms) for inc in coming
+                    if inc.type == "detector_failure"), default=0.0)
+        if sink <= 0:
+            return values
+        return dict(values, methane_lel_pct=float(values["methane_lel_pct"]) - sink)

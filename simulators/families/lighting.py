@@ -4,7 +4,9 @@ for Shanghai, dimmed to 60 % between 00:00 and 05:00 local (a common energy-savi
 Incidents: lamp_failure (lamp out while commanded on: no current, lamp_fault set),
 day_burning (lamp on in daylight), cable_theft (the whole circuit loses supply: voltage,
 current and power fall to zero, whatever the relay says; with `controllers_silent` >= 0.5
-the lamp controllers are fed by the same cable and stop answering altogether).
+the lamp controllers are fed by the same cable and stop answering altogether). A theft
+with a precursor starts with one segment: for `precursor_s` before the rest, the lamp at
+the far end of the circuit is cut off alone.
 An operator's Modbus write to lamp_on / dim_level_pct overrides the schedule (live mode).
 
 The controller also reports the driver's power factor. An ageing LED driver (its electrolytic
@@ -82,10 +84,12 @@ class LampController(FamilyModel):
         }
 
     def answers(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> bool:
-        return not any(inc.type == "cable_theft" and inc.active(t_ms) and inc.p("controllers_silent") >= 0.5
-                       for inc in incidents)
+        return not any(inc.type == "cable_theft" and (inc.active(t_ms) or _first_cut(inc, t_ms))
+                       and inc.p("controllers_silent") >= 0.5 for inc in incidents)
 
     def degrade(self, t_ms: int, coming: Sequence[ActiveIncident], values: Values) -> Values:
+        if any(_first_cut(inc, t_ms) for inc in coming if inc.type == "cable_theft"):
+            values = dict(values, voltage_v=0.0, current_a=0.0, power_w=0.0)
         loss = max((PF_LOSS * inc.precursor(t_ms) for inc in coming if inc.type == "lamp_failure"), default=0.0)
         if loss <= 0:
             return values
@@ -93,3 +97,8 @@ class LampController(FamilyModel):
         out = dict(values, power_factor=pf - loss)
         out["current_a"] = float(values["current_a"]) * pf / (pf - loss)  # same power, more current
         return out
+
+
+def _first_cut(inc: ActiveIncident, t_ms: int) -> bool:
+    """A cable theft's first segment: the circuit's far lamp, cut off during the precursor."""
+    return inc.last_member and inc.lead_ms > 0 and inc.start_ms - inc.lead_ms <= t_ms < inc.start_ms

@@ -103,3 +103,60 @@ def test_a_stolen_cable_can_take_the_controllers_with_it(tmp_path: Path) -> None
     for d in dark:
         s = world.devices[d].sample(during)
         assert s is not None and s.q == "good" and s.f["current_a"] == 0.0
+
+
+def test_a_cable_theft_cuts_the_far_segment_first(tmp_path: Path) -> None:
+    """With a precursor, the circuit's far lamp (last in its gateway's order) loses its
+    supply alone, then the whole circuit; with controllers fed by the cable, that lamp's
+    controller falls silent first."""
+    path = tmp_path / "theft.yaml"
+    path.write_text(yaml.safe_dump({
+        "scenario": "theft", "duration": "2h", "step": "60s", "start_local": "21:00", "gateways": ["pd-gw-light"],
+        "incidents": [{"type": "cable_theft", "labels": {"circuit": "pd-cab-02-c2"}, "at": "1h", "duration": "30m",
+                       "params": {"precursor_s": 1200}},
+                      {"type": "cable_theft", "labels": {"circuit": "pd-cab-01-c1"}, "at": "1h", "duration": "30m",
+                       "params": {"precursor_s": 1200, "controllers_silent": 1}}]}))
+    sc = load_scenario(path)
+    start = sc.aligned_start_ms(T_START)
+    world = sc.world(1, start)
+
+    def circuit(name: str) -> list[str]:
+        return [d for d, dev in world.devices.items() if dev.spec.labels.get("circuit") == name]
+
+    dark, silent = circuit("pd-cab-02-c2"), circuit("pd-cab-01-c1")
+    before, first_cut, theft = start + 30 * 60_000, start + 50 * 60_000, start + 70 * 60_000
+    def volts_at(d: str, t: int) -> float:
+        s = world.devices[d].sample(t)
+        assert s is not None and s.f is not None
+        return float(s.f["voltage_v"])
+
+    volts = {d: [volts_at(d, t) for t in (before, first_cut, theft)] for d in dark}
+    far = dark[-1]
+    assert volts[far][0] > 200 and volts[far][1] == 0.0 and volts[far][2] == 0.0
+    for d in dark[:-1]:
+        assert volts[d][0] > 200 and volts[d][1] > 200 and volts[d][2] == 0.0
+    assert world.devices[silent[-1]].sample(first_cut).err == "timeout"  # type: ignore[union-attr]
+    assert all(world.devices[d].sample(first_cut).q == "good" for d in silent[:-1])  # type: ignore[union-attr]
+    # the ground truth lets an alert on the first cut count as a warning
+    rec = next(r for r in sc.ground_truth(1, start) if r["labels"].get("circuit") == "pd-cab-02-c2")
+    assert rec["warn_from"] == rec["start"] - 1_200_000 and rec["hazard_crossed_at"] == rec["start"]
+
+
+def test_a_methane_detector_loses_its_zero_before_it_fails(tmp_path: Path) -> None:
+    path = tmp_path / "detector.yaml"
+    path.write_text(yaml.safe_dump({
+        "scenario": "detector", "duration": "8h", "step": "60s", "gateways": ["pd-gw-gas"],
+        "incidents": [{"type": "detector_failure", "device": "md-0101", "at": "6h", "duration": "1h",
+                       "params": {"precursor_s": 10800, "zero_drift_lel_pct": 5}},
+                      {"type": "detector_failure", "device": "md-0102", "at": "6h", "duration": "1h"}]}))
+    sc = load_scenario(path)
+    early = [v for h, v in _series(sc, 1, T_START, "md-0101", "methane_lel_pct") if h < 3]
+    late = [v for h, v in _series(sc, 1, T_START, "md-0101", "methane_lel_pct") if 5.6 <= h < 6]
+    assert min(early) > -1.5 and max(late) < -2.5  # reads below clean air before it fails
+    calm = [v for h, v in _series(sc, 1, T_START, "md-0102", "methane_lel_pct") if h < 6]
+    assert min(calm) > -1.5  # the one that fails unannounced does not
+    failed = sc.world(1, T_START).devices["md-0101"].engineering(T_START + int(6.5 * 3_600_000))
+    assert failed["sensor_fault"] is True and failed["methane_lel_pct"] == 0.0
+    truth = {r["devices"][0]: r for r in sc.ground_truth(1, T_START)}
+    assert truth["md-0101"]["sensor"] is True  # its health alerts detect it
+    assert truth["md-0101"]["hazard_crossed_at"] == truth["md-0101"]["start"]

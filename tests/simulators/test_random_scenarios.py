@@ -116,6 +116,11 @@ def test_a_composed_district_day_has_every_kind_and_faults_on_every_sensor(tmp_p
         timing = {e.type: (e.at_s / 3600, (e.at_s + e.duration_s) / 3600) for e in events if e.kind == "incident"}
         assert timing["day_burning"][1] <= 4.5
         assert timing["cable_theft"][0] >= 7.75 and timing["cable_theft"][1] <= 16.0
+
+    # and so do their precursors (a theft's first cut shows only while the lamps are on)
+    for seed in range(1, 41):
+        theft = _by_type(sc.events_for(seed))["cable_theft"]
+        assert (theft.at_s - theft.params["precursor_s"]) / 3600 >= 7.75, seed
     quiet = compose_day(gateways, "pd-quiet", quiet=True)
     assert quiet["incidents"] == [] and quiet["faults"]
 
