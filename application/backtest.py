@@ -7,7 +7,8 @@ Scoring, per ground-truth incident:
   devices (or on a group, e.g. a circuit, that one of its devices belongs to) between its
   `warn_from` (its start, or earlier by its precursor's length) and its end plus
   `grace_s`; a sensor-health alert (stuck, drifting, spiking, silent) there does not
-  count as a detection, nor does its time as a lead: it is listed apart;
+  count as a detection, nor does its time as a lead: it is listed apart (unless the
+  incident is a sensor's own failure, `sensor: true`: a detector going blind);
 - lead time: hazard_crossed_at minus the first such alert (positive = early);
 - false alarms: firing hazard alerts that match no incident and no sensor fault, per
   1,000 device-hours of the scenario; health alerts and maintenance tickets that match
