@@ -204,7 +204,7 @@ class ForecastEval(Evaluator):
             with np.errstate(invalid="ignore"):
                 trending[t_rows] &= (sign * older >= floor) & (sign * newer >= floor)
         ahead = gap > 0
-        breach = ahead & trending & armed & (eta <= r.horizon_s)
+        breach = ahead & trending & (eta <= r.horizon_s)  # trending rows are armed
         clear = ahead & (gone | ~armed | (eta > 2 * r.horizon_s))
         # Beyond the limit the forecast has come true: hold (the threshold alarm speaks now),
         # so a plateau above the limit neither resolves the warning nor fires it again.

@@ -278,11 +278,7 @@ def parse_scenario(path_or_name: str | Path, *, port_offset: int = 0,
         if entry.per is None:
             groups = [selected] if selected else []
         else:
-            values = sorted({inventory[d][1][entry.per] for d in selected if entry.per in inventory[d][1]})
-            groups = [[d for d in selected if inventory[d][1].get(entry.per) == v] for v in values]
-            if selected and not groups:
-                problems.append(f"{where}.per: no selected device has a label {entry.per!r}\n"
-                                "  fix: name a label the devices carry (see their gateway config)")
+            groups = list(_by_label(selected, entry.per, inventory, f"{where}.per", problems).values())
         absent.append((entry, groups))
     if problems:
         raise ConfigError(problems)
@@ -454,15 +450,11 @@ def _pick(ev: EventSpec, devices: list[str], inventory: Mapping[str, tuple[str, 
     """The seed's choice among the selected devices (pick) or their label values
     (pick_group), among those not `taken` while enough are left."""
     if ev.pick_group is not None:
-        groups = sorted({inventory[d][1][ev.pick_group] for d in devices if ev.pick_group in inventory[d][1]})
-        free = [g for g in groups if not any(inventory[d][1].get(ev.pick_group) == g and d in taken for d in devices)]
-        groups = free or groups
+        by_value = _by_label(devices, ev.pick_group, inventory, f"{where}.pick_group", problems)
+        groups = [members for members in by_value.values() if not set(members) & taken] or list(by_value.values())
         if not groups:
-            problems.append(f"{where}.pick_group: no selected device has a label {ev.pick_group!r}\n"
-                            "  fix: name a label the devices carry (see their gateway config)")
             return []
-        chosen = groups[min(len(groups) - 1, int(u("pick_group") * len(groups)))]
-        return [d for d in devices if inventory[d][1].get(ev.pick_group) == chosen]
+        return groups[min(len(groups) - 1, int(u("pick_group") * len(groups)))]
     n = ev.pick or 1
     if n > len(devices):
         problems.append(f"{where}.pick: {n} of {len(devices)} selected devices\n  fix: pick at most {len(devices)}")
@@ -474,6 +466,20 @@ def _pick(ev: EventSpec, devices: list[str], inventory: Mapping[str, tuple[str, 
     for k in range(n):
         out.append(pool.pop(min(len(pool) - 1, int(u(f"pick{k}") * len(pool)))))
     return out
+
+
+def _by_label(devices: list[str], label: str, inventory: Mapping[str, tuple[str, dict[str, str], str]],
+              where: str, problems: list[str]) -> dict[str, list[str]]:
+    """The devices grouped by their value of `label`, in the order of the values; none
+    carrying it (with devices to group) is a problem naming the key and the fix."""
+    out: dict[str, list[str]] = {}
+    for d in devices:
+        if label in inventory[d][1]:
+            out.setdefault(inventory[d][1][label], []).append(d)
+    if devices and not out:
+        problems.append(f"{where}: no selected device has a label {label!r}\n"
+                        "  fix: name a label the devices carry (see their gateway config)")
+    return dict(sorted(out.items()))
 
 
 def free_tcp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
