@@ -52,6 +52,9 @@ class IncidentOutcome:
     detected: bool
     lead_s: float | None
     first_rule: str | None
+    #: its precursor ran before it (ground truth's warn_from before start): a warning
+    #: before the hazard was possible from the signs, not only from the incident itself
+    announced: bool = False
 
 
 @dataclass(slots=True)
@@ -88,7 +91,9 @@ def outcome(result: BacktestResult, health: frozenset[str], seed: int, date: dt.
         result.name, seed, date, result.device_hours,
         [IncidentOutcome(s.record["type"], s.record.get("device") or ",".join(s.record.get("devices", [])[:3]),
                          s.detected, s.lead_time_s if s.record.get("hazard_crossed_at") is not None else None,
-                         s.first_alert.rule if s.first_alert else None) for s in result.incidents],
+                         s.first_alert.rule if s.first_alert else None,
+                         s.record.get("warn_from", s.record["start"]) < s.record["start"])
+         for s in result.incidents],
         [e.id for e in result.false_alarms], [e.id for e in result.health_unmatched],
         [e.id for e in result.maintenance_unmatched], fault_hazards,
         len(result.faults), sum(1 for s in result.faults if any(e.rule in health for e in s.alerts)), elapsed_s)
@@ -135,6 +140,8 @@ class KindStats:
     n: int = 0
     detected: int = 0
     leads_s: list[float] = field(default_factory=list)
+    announced: int = 0  # incidents whose precursor ran before them
+    announced_leads_s: list[float] = field(default_factory=list)
     first_rules: Counter[str] = field(default_factory=Counter)
     missed: list[str] = field(default_factory=list)  # "seed N device"
 
@@ -144,6 +151,10 @@ class KindStats:
 
     def lead(self, q: float) -> float | None:
         return percentile(self.leads_s, q) if self.leads_s else None
+
+    def announced_lead(self, q: float) -> float | None:
+        """Lead over the incidents that had a precursor: what the signs bought."""
+        return percentile(self.announced_leads_s, q) if self.announced_leads_s else None
 
 
 @dataclass(slots=True)
@@ -167,6 +178,11 @@ class Report:
     def health_false_alarm_rate(self) -> float:
         return 1000.0 * self.health_false_alarms / self.device_hours if self.device_hours else 0.0
 
+    def late_kinds(self) -> list[str]:
+        """Kinds whose announced incidents were, at the median, not warned before the hazard."""
+        return sorted(k for k, st in self.kinds.items()
+                      if (p50 := st.announced_lead(50)) is not None and p50 <= 0)
+
     def as_dict(self) -> dict[str, Any]:
         def minutes(x: float | None) -> float | None:
             return None if x is None else round(x / 60.0, 2)
@@ -183,6 +199,9 @@ class Report:
             "kinds": {k: {"incidents": s.n, "detected": s.detected, "detection_rate": round(s.detection_rate, 4),
                           "lead_min_p10": minutes(s.lead(10)), "lead_min_p50": minutes(s.lead(50)),
                           "lead_min_p90": minutes(s.lead(90)), "with_lead": len(s.leads_s),
+                          "announced": s.announced, "announced_with_lead": len(s.announced_leads_s),
+                          "announced_lead_min_p10": minutes(s.announced_lead(10)),
+                          "announced_lead_min_p50": minutes(s.announced_lead(50)),
                           "first_rules": dict(s.first_rules.most_common()), "missed": s.missed}
                       for k, s in sorted(self.kinds.items())},
         }
@@ -201,6 +220,10 @@ def pool(scenario: str, seed_runs: Sequence[SeedRun]) -> Report:
                 st.missed.append(f"seed {run.seed} {inc.device}")
             if inc.lead_s is not None:
                 st.leads_s.append(inc.lead_s)
+            if inc.announced:
+                st.announced += 1
+                if inc.lead_s is not None:
+                    st.announced_leads_s.append(inc.lead_s)
     return Report(scenario, sorted(r.seed for r in seed_runs), sum(r.device_hours for r in seed_runs), kinds,
                   sum(len(r.hazard_false_alarms) for r in seed_runs),
                   sum(len(r.health_false_alarms) for r in seed_runs),
@@ -230,7 +253,12 @@ def plot(report: Report, path: Path) -> Path:
     for y, kind in enumerate(kinds):
         st = report.kinds[kind]
         leads = [v / 60.0 for v in st.leads_s]
-        ax.scatter(leads, [y] * len(leads), s=12, alpha=0.6, color="tab:blue")
+        announced = [v / 60.0 for v in st.announced_leads_s]
+        quiet = list(leads)
+        for v in announced:
+            quiet.remove(v)
+        ax.scatter(announced, [y] * len(announced), s=12, alpha=0.6, color="tab:blue")
+        ax.scatter(quiet, [y] * len(quiet), s=12, alpha=0.6, facecolors="none", edgecolors="tab:orange")
         if leads:
             lo, mid, hi = (percentile(leads, q) for q in (10, 50, 90))
             ax.plot([lo, hi], [y, y], color="black", lw=1)
@@ -239,7 +267,8 @@ def plot(report: Report, path: Path) -> Path:
         ax2.text(1, y, f"{st.detected}/{st.n}", va="center", fontsize=8, color="white")
     ax.axvline(0, color="red", lw=1, ls="--")
     ax.set_yticks(range(len(kinds)), kinds)
-    ax.set_xlabel("lead time, minutes before the hazard (dots: seeds; bar: p10-p90, tick: median)")
+    ax.set_xlabel("lead time, minutes before the hazard (filled: incident with a precursor, hollow: without; "
+                  "bar: p10-p90, tick: median)", fontsize=8)
     ax2.tick_params(axis="y", left=False)
     ax2.set_xlim(0, 100)
     ax2.set_xlabel("detected, %")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from application.backtest import score
-from application.evaluate import date_for, evaluate, outcome, percentile, plot
+from application.evaluate import IncidentOutcome, SeedRun, date_for, evaluate, outcome, percentile, plot, pool
 from rules.inventory import InventoryDevice
 from urbansense.schema import AlertEvent
 
@@ -33,9 +33,9 @@ def test_seeds_play_on_dates_spread_over_the_year() -> None:
     assert len({d.month for d in dates}) >= 10
 
 
-def _alert(rule: str, device: str, minute: float) -> AlertEvent:
+def _alert(rule: str, device: str, minute: float, domain: str = "water") -> AlertEvent:
     t = T0 + int(minute * 60_000)
-    return AlertEvent(f"{rule}:pudong:{device}", rule, "water", "warning", "firing", "pudong", device,
+    return AlertEvent(f"{rule}:pudong:{device}", rule, domain, "warning", "firing", "pudong", device,
                       "pressure_mpa", None, None, t, t, "")
 
 
@@ -59,6 +59,37 @@ def test_a_hazard_alert_on_a_faulted_sensor_is_counted_unless_an_incident_explai
     assert run.incidents[0].detected and run.incidents[0].lead_s == 300.0
     assert (run.faults, run.faults_found) == (2, 1)
     assert run.hazard_false_alarms == [] and run.health_false_alarms == []
+
+
+def test_lead_is_also_pooled_over_the_incidents_that_had_a_precursor() -> None:
+    inventory = [InventoryDevice("pudong", "pd-gw-lift", d, "elevator") for d in ("el-1", "el-2")]
+    truth = [  # el-1's fault announced itself 30 min early, el-2's did not
+        {"kind": "incident", "type": "elevator_fault", "domain": "elevator", "district": "pudong", "device": d,
+         "devices": [d], "start": T0 + 3_600_000, "warn_from": T0 + 3_600_000 - pre, "end": T0 + 5_400_000,
+         "hazard_crossed_at": T0 + 3_600_000} for d, pre in (("el-1", 1_800_000), ("el-2", 0))]
+    events = [_alert("elevator.drive_current_rising", "el-1", 40, "elevator"),
+              _alert("elevator.fault", "el-2", 61, "elevator")]
+    result = score("t", truth, events, inventory, T0, T0 + 7_200_000, health=frozenset())
+    run = outcome(result, frozenset(), 3, date_for(3), 0.0)
+    by_dev = {i.device: i for i in run.incidents}
+    assert by_dev["el-1"].announced and by_dev["el-1"].lead_s == 1200.0
+    assert not by_dev["el-2"].announced and by_dev["el-2"].lead_s == -60.0
+
+    def seed(n: int, leads: list[tuple[float, bool]]) -> SeedRun:
+        incs = [IncidentOutcome("elevator_fault", f"el-{i}", True, lead, "r", ann)
+                for i, (lead, ann) in enumerate(leads)]
+        return SeedRun("t", n, date_for(n), 10.0, incs, [], [], [], [], 0, 0, 0.0)
+
+    # three of five unannounced and late: the median over all is late, over the announced it is not
+    report = pool("t", [seed(1, [(-60.0, False), (-30.0, False), (600.0, True)]),
+                        seed(2, [(-10.0, False), (1200.0, True)])])
+    st = report.kinds["elevator_fault"]
+    assert st.lead(50) == -10.0 and st.announced == 2 and st.announced_lead(50) == 900.0
+    assert report.late_kinds() == []
+    doc = report.as_dict()["kinds"]["elevator_fault"]
+    assert doc["announced"] == 2 and doc["announced_lead_min_p50"] == 15.0 and doc["lead_min_p50"] < 0
+    late = pool("t", [seed(1, [(-60.0, True), (300.0, True), (-5.0, True)])])
+    assert late.late_kinds() == ["elevator_fault"]
 
 
 def test_evaluating_a_randomised_scenario_pools_its_seeds(tmp_path: Path) -> None:
