@@ -9,8 +9,9 @@ US := $(VENV)/bin/urbansense
 bootstrap:
 	@bash scripts/bootstrap.sh
 
+# make demo SCENARIO=huangpu-river-day plays another shipped scenario
 demo: bootstrap
-	@$(US) demo
+	@$(US) demo $(if $(SCENARIO),--scenario $(SCENARIO))
 
 test: bootstrap
 	@$(VENV)/bin/ruff check .

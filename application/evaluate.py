@@ -169,6 +169,7 @@ class Report:
     fault_hazards: list[str]  # "seed N alert-id"
     faults: int
     faults_found: int
+    false_alarm_ids: list[str] = field(default_factory=list)  # "seed N alert-id"
 
     @property
     def hazard_false_alarm_rate(self) -> float:
@@ -195,6 +196,7 @@ class Report:
             "health_false_alarms_per_1000_device_hours": round(self.health_false_alarm_rate, 3),
             "maintenance_tickets_without_incident": self.maintenance_unmatched,
             "hazard_alerts_from_sensor_faults": self.fault_hazards,
+            "hazard_false_alarm_ids": self.false_alarm_ids,
             "faults": self.faults, "faults_found_by_health_rules": self.faults_found,
             "kinds": {k: {"incidents": s.n, "detected": s.detected, "detection_rate": round(s.detection_rate, 4),
                           "lead_min_p10": minutes(s.lead(10)), "lead_min_p50": minutes(s.lead(50)),
@@ -229,7 +231,9 @@ def pool(scenario: str, seed_runs: Sequence[SeedRun]) -> Report:
                   sum(len(r.health_false_alarms) for r in seed_runs),
                   sum(len(r.maintenance_unmatched) for r in seed_runs),
                   [f"seed {r.seed} {a}" for r in seed_runs for a in r.fault_hazards],
-                  sum(r.faults for r in seed_runs), sum(r.faults_found for r in seed_runs))
+                  sum(r.faults for r in seed_runs), sum(r.faults_found for r in seed_runs),
+                  [f"seed {r.seed} {a}" for r in sorted(seed_runs, key=lambda r: r.seed)
+                   for a in r.hazard_false_alarms])
 
 
 def evaluate(scenario: str | Path, seeds: int, first_seed: int = 1, *, workers: int = 2,

@@ -156,6 +156,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             console.print(f"  missed {kind}: {m}")
     for f in report.fault_hazards[:10]:
         console.print(f"  hazard alert from a sensor fault: {f}")
+    for f in report.false_alarm_ids[:10]:
+        console.print(f"  hazard false alarm: {f}")
     if not args.no_plot:
         console.print(f"plot: {evaluate.plot(report, args.plot)}")
     if args.json:

@@ -48,8 +48,10 @@ SWEEP_DATES: tuple[dt.date, ...] = (
 SOLSTICES_AND_EQUINOXES: tuple[dt.date, ...] = (
     dt.date(2026, 3, 20), dt.date(2026, 6, 21), dt.date(2026, 9, 23), dt.date(2026, 12, 21))
 
-#: The shipped scenarios (simulators/scenarios/).
-SHIPPED_SCENARIOS: tuple[str, ...] = ("pudong-incidents", "quiet-day", "district-scale")
+#: The shipped scenarios with fixed events (simulators/scenarios/; the composed days are
+#: for `rules evaluate`).
+SHIPPED_SCENARIOS: tuple[str, ...] = ("pudong-incidents", "quiet-day", "district-scale", "huangpu-river-day",
+                                      "huangpu-river-quiet")
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,7 +108,7 @@ def main() -> int:
     events = 0
     for k in range(1, steps + 1):
         events += len(engine.ingest(batches_at(inv, T0 + k * step_ms, rng, k)))
-        engine.aqi_lines()  # the service takes the `aqi` points after every chunk
+        engine.derived_lines()  # the service takes the `aqi` points after every chunk
         if k % every == 0 or k in (warm, steps):
             gc.collect()
             traced, _peak = tracemalloc.get_traced_memory()

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rules.aqi import TABLES_DIR, AqiTable, AqiTableError
+from rules.surface_water import SurfaceWaterTable, SurfaceWaterTableError
 from urbansense import registry
 from urbansense.config import ConfigError, MeasurementName, _display, format_validation_error, read_yaml
 from urbansense.identifiers import DOMAINS, METRIC_PATTERN
@@ -54,6 +55,13 @@ class _Rule(BaseModel):
     #: held only if it sets this itself (a water-quality limit against a drifting
     #: electrode), never by default. 0: never held.
     health_hold_s: float | None = Field(default=None, ge=0)
+    #: A health rule that reads another field about these metrics' sensors (an analyser's
+    #: standard check about its ammonia readings): early warnings and limits on them wait
+    #: while it fires, as for a health rule on the metric itself.
+    sensor_of: list[str] = Field(default_factory=list)
+    #: Judge only devices whose gateway-config labels include all of these (a stuck-level
+    #: check for tidal stations, `waterbody: river`, and not for lakes, whose level stands).
+    labels: dict[str, str] = Field(default_factory=dict)
 
     @property
     def hold_ms(self) -> int:
@@ -78,6 +86,13 @@ class _MetricRule(_Rule):
     metric: str = Field(pattern=METRIC_PATTERN)
 
 
+class _Offset(BaseModel):
+    #: A device label holding each device's own reference (a river station's warning
+    #: level): the rule's levels (threshold, clear, critical_threshold; limit, arm) are
+    #: then offsets from it, and a device without the label is not judged.
+    offset_from: str | None = Field(default=None, pattern=METRIC_PATTERN)
+
+
 class _Hysteresis(_MetricRule):
     op: Op = "above"
     threshold: float
@@ -100,10 +115,12 @@ class _Hysteresis(_MetricRule):
         return self
 
 
-class ThresholdRule(_Hysteresis):
+class ThresholdRule(_Hysteresis, _Offset):
     """value above/below threshold (booleans read as 0/1: `op: above, threshold: 0.5`)."""
 
     kind: Literal["threshold"] = "threshold"
+    #: Judge the value's size, whatever its sign (a check's error of -12 % fails as +12 %).
+    absolute: bool = False
 
 
 class _Windowed(_MetricRule):
@@ -126,7 +143,7 @@ class RateRule(_Windowed, _Hysteresis):
     kind: Literal["rate"] = "rate"
 
 
-class ForecastRule(_Windowed):
+class ForecastRule(_Windowed, _Offset):
     """Robust linear trend (Theil-Sen) over the window; warns when `limit` will be
     crossed within `horizon_s` and reports the expected crossing time (like PromQL
     predict_linear, without its trust in every point)."""
@@ -149,6 +166,11 @@ class ForecastRule(_Windowed):
     #: the whole window's slope: a step (one jump, a stuck sensor letting go) moves one
     #: half, a trend both. 0 turns the check off.
     sustained: float = Field(default=0.25, ge=0, le=1)
+    #: Follow the signal's turn: the crossing time from a parabola through the window
+    #: where that is later than the straight line's, so a tide slowing towards its high
+    #: water is not extrapolated past it (a rise that turns back never reaches the
+    #: limit); a rise speeding up keeps the line's time.
+    curvature: bool = False
 
 
 class AnomalyRule(_Windowed):
@@ -268,6 +290,15 @@ class CompositeRule(_Rule):
     member_silent_s: float = Field(default=300.0, gt=0)
 
 
+def _table_path(name: str) -> Path:
+    """A standard's table in rules/tables/, or the error naming those there are."""
+    path = TABLES_DIR / name
+    if not path.is_file():
+        have = ", ".join(sorted(p.name for p in TABLES_DIR.glob("*.yaml")))
+        raise ValueError(f"table {name!r} not found in rules/tables/ (have: {have})")
+    return path
+
+
 class AqiRule(_Rule):
     """HJ 633-2012 AQI from rolling means; writes `aqi` points and alerts above threshold."""
 
@@ -287,11 +318,7 @@ class AqiRule(_Rule):
 
     @model_validator(mode="after")
     def _inputs(self) -> AqiRule:
-        path = TABLES_DIR / self.table
-        if not path.is_file():
-            have = ", ".join(sorted(p.name for p in TABLES_DIR.glob("*.yaml")))
-            raise ValueError(f"table {self.table!r} not found in rules/tables/ (have: {have})")
-        table = AqiTable.load(path)
+        table = AqiTable.load(_table_path(self.table))
         for item in self.inputs:
             pollutant, sep, period = item.partition("/")
             if not sep:
@@ -303,14 +330,46 @@ class AqiRule(_Rule):
         return self
 
 
+class WaterClassRule(_Rule):
+    """Surface-water class I-V (GB 3838-2002) per station from rolling means of its
+    parameters; writes `water_class` points and alerts while a station is worse than its
+    target class (critical when worse than class V)."""
+
+    kind: Literal["water_class"] = "water_class"
+    measurement: Measurement
+    table: str = "surface-water-gb3838-2002.yaml"
+    #: The parameters that make up the class (each reads its metric from the table).
+    parameters: list[str] = Field(default_factory=lambda: ["do", "codmn", "nh3n", "tp", "ph"])
+    #: Rolling mean window for each parameter.
+    window_s: float = Field(default=3600, gt=0)
+    #: Alert while the class is worse than this (1-5 for I-V) ...
+    target: int = Field(default=3, ge=1, le=5)
+    #: ... or than the station's own target, from this label (I-V or 1-5).
+    target_label: str | None = Field(default=None, pattern=METRIC_PATTERN)
+    #: The label naming the water body: `lake` selects the lake rows (total phosphorus).
+    waterbody_label: str = "waterbody"
+    #: How often (event time) each station's class is worked out, written and checked.
+    write_every_s: float = Field(default=300, gt=0)
+
+    @model_validator(mode="after")
+    def _known(self) -> WaterClassRule:
+        table = SurfaceWaterTable.load(_table_path(self.table))
+        for name in self.parameters:
+            try:
+                table.parameter(name)
+            except SurfaceWaterTableError as exc:
+                raise ValueError(f"parameters: {exc}") from None
+        return self
+
+
 RULE_KINDS: dict[str, type[_Rule]] = {
     "threshold": ThresholdRule, "rate": RateRule, "forecast": ForecastRule, "anomaly": AnomalyRule,
     "flatline": FlatlineRule, "drift": DriftRule, "deadman": DeadmanRule,
     "gateway_offline": GatewayOfflineRule, "composite": CompositeRule, "aqi": AqiRule,
-    "counter_check": CounterCheckRule,
+    "counter_check": CounterCheckRule, "water_class": WaterClassRule,
 }
 Rule = (ThresholdRule | RateRule | ForecastRule | AnomalyRule | FlatlineRule | DriftRule
-        | DeadmanRule | GatewayOfflineRule | CompositeRule | AqiRule | CounterCheckRule)
+        | DeadmanRule | GatewayOfflineRule | CompositeRule | AqiRule | CounterCheckRule | WaterClassRule)
 
 
 def _load_file(f: Path, problems: list[str]) -> list[Rule]:
@@ -383,9 +442,10 @@ def load_catalog(path: Path | None = None) -> list[Rule]:
                 d = by_id.get(dep)
                 if d is None:
                     problems.append(f"{where[r.id]}: rule {r.id!r}: all_of: no rule {dep!r}")
-                elif getattr(d, "measurement", None) != r.measurement or isinstance(d, CompositeRule | AqiRule):
+                elif (getattr(d, "measurement", None) != r.measurement
+                      or isinstance(d, CompositeRule | AqiRule | WaterClassRule)):
                     problems.append(f"{where[r.id]}: rule {r.id!r}: all_of: {dep!r} must be a "
-                                    f"{r.measurement} device rule (not composite/aqi)")
+                                    f"{r.measurement} device rule (not composite, aqi or water_class)")
     if problems:
         raise ConfigError(problems)
     return rules

@@ -68,6 +68,7 @@ class Devices:
         self.expected = np.zeros(0, bool)  # in the inventory (deadman seeds)
         self.gateways = Gateways()
         self._by_measurement: dict[str | None, Index] = {}
+        self._label_values: dict[str, npt.NDArray[np.float64]] = {}
         self._on_grow: list[Callable[[int], None]] = []
 
     def __len__(self) -> int:
@@ -106,6 +107,7 @@ class Devices:
         self.measurement.append(measurement)
         self.labels.append({})
         self._by_measurement.clear()
+        self._label_values.clear()
         self.gateway[i] = self.gateways.get(district, gateway)
         return i
 
@@ -115,8 +117,18 @@ class Devices:
             self.expected[i] = True
             self.labels[i] = dict(d.labels)
             self._by_measurement.clear()
+            self._label_values.clear()
             if d.lat is not None and d.lon is not None:
                 self.lat[i], self.lon[i] = d.lat, d.lon
+
+    def label_values(self, label: str) -> npt.NDArray[np.float64]:
+        """Each device's `label` as a number (NaN without it), indexed like the table.
+        Numbers may be written as Roman numerals I-VI (a water-quality class)."""
+        cached = self._label_values.get(label)
+        if cached is None or len(cached) < len(self.device):
+            cached = np.array([_number(lab.get(label)) for lab in self.labels], np.float64)
+            self._label_values[label] = cached
+        return cached
 
     def of_measurement(self, measurement: str | None) -> Index:
         cached = self._by_measurement.get(measurement)
@@ -126,3 +138,18 @@ class Devices:
                       np.array([i for i in range(n) if self.measurement[i] == measurement], dtype=np.intp))
             self._by_measurement[measurement] = cached
         return cached
+
+
+_ROMAN = {"I": 1.0, "II": 2.0, "III": 3.0, "IV": 4.0, "V": 5.0, "VI": 6.0}
+
+
+def _number(raw: str | None) -> float:
+    if raw is None:
+        return float("nan")
+    text = raw.strip()
+    if text.upper() in _ROMAN:
+        return _ROMAN[text.upper()]
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rules.catalog import CompositeRule, GatewayOfflineRule, Rule
+from rules.catalog import CompositeRule, GatewayOfflineRule, Rule, WaterClassRule
 from rules.devices import NEVER, Devices, Index, Round
 from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
 from rules.inventory import InventoryDevice
 from rules.kinds import (
     KIND_EVALUATORS,
-    AqiEval,
     Buffers,
     CompositeEval,
     DeadmanEval,
@@ -68,6 +67,7 @@ DEFAULT_MESSAGES = {
     "gateway_offline": "Gateway {device} in {district} is offline",
     "composite": "{rule} at {device}",
     "aqi": "AQI at {device} is {value:.0f} (threshold {threshold:g})",
+    "water_class": "{device} is {class_name} under GB 3838-2002 (target {target_name}), set by {deciding}",
 }
 
 
@@ -107,6 +107,29 @@ class RulesEngine:
         self._install(rules)
         if inventory:
             self.devices.seed(inventory)
+            for problem in self.unlabelled():
+                log.warning("%s", problem)
+
+    def unlabelled(self) -> list[str]:
+        """Inventory devices a rule judges against their own label (offset_from,
+        target_label) that have no number in it, said in words a user can act on."""
+        out: list[str] = []
+        for r in self.rules:
+            label = getattr(r, "offset_from", None) or getattr(r, "target_label", None)
+            if label is None:
+                continue
+            values = self.devices.label_values(label)
+            missing = [self.devices.device[i] for i in self.devices.of_measurement(getattr(r, "measurement", None))
+                       if self.devices.expected[i] and np.isnan(values[i])]
+            if not missing:
+                continue
+            if isinstance(r, WaterClassRule):
+                out.append(f"rule {r.id}: {', '.join(missing)} have no class in label {label!r}; judged against "
+                           f"class {r.target} (fix: add labels: {{{label}: III}} or the like to its gateway config)")
+            else:
+                out.append(f"rule {r.id}: {', '.join(missing)} have no number in label {label!r}; the rule does "
+                           f"not judge them (fix: add labels: {{{label}: ...}} to each in its gateway config)")
+        return out
 
     # ------------------------------------------------------------------ rules
     def _install(self, rules: list[Rule], keep: dict[str, Evaluator] | None = None) -> None:
@@ -291,6 +314,11 @@ class RulesEngine:
 
     # ------------------------------------------------------------------ lifecycle -> events
     def _apply(self, ev: Evaluator, s: Signals) -> list[AlertEvent]:
+        judged = ev.matching(s.keys)
+        if judged is not None:
+            if not judged.any():
+                return []
+            s = s.subset(judged)
         rule = ev.rule
         if rule.when_sun is not None and not isinstance(ev, CompositeEval | DeadmanEval):
             lat, lon = self.devices.lat[s.keys], self.devices.lon[s.keys]
@@ -342,6 +370,7 @@ class RulesEngine:
             "rule": rule.id, "device": device, "district": district, "metric": metric, "value": val,
             "threshold": thr, "op": getattr(rule, "op", ""), "severity": severity,
             "eta_min": (eta_s / 60.0) if eta_s is not None and not math.isnan(eta_s) else math.nan,
+            **ev.describe(key),
         }
         if out is Change.RESOLVED:
             # The firing template describes the breach ("below 0.2 MPa", "in about N min"),
@@ -403,19 +432,10 @@ class RulesEngine:
                            message=message, supersedes=supersedes)]
 
     # ------------------------------------------------------------------ outputs
-    def aqi_lines(self) -> list[str]:
-        """`aqi` points computed since the last call (line protocol)."""
-        lines: list[str] = []
-        for ev in self.evaluators.values():
-            if not isinstance(ev, AqiEval) or not ev.points:
-                continue
-            for dev, t, aqi, level, primary, iaqi in ev.points:
-                fields: dict[str, object] = {"aqi": aqi, "level": level, "primary": primary}
-                fields.update({f"iaqi_{p}": round(v, 2) for p, v in iaqi.items()})
-                lines.append(encode_point("aqi", {"district": self.devices.district[dev],
-                                                  "device": self.devices.device[dev]}, fields, t))
-            ev.points.clear()
-        return lines
+    def derived_lines(self) -> list[str]:
+        """Points the rules computed since the last call (line protocol): the `aqi` of air
+        stations, the `water_class` of river and lake stations."""
+        return [line for ev in self.evaluators.values() for line in ev.drain_lines()]
 
     def active_alerts(self) -> int:
         n = sum(int(np.count_nonzero(ev.lifecycle.state == State.FIRING)) for ev in self.evaluators.values()
@@ -424,15 +444,16 @@ class RulesEngine:
 
 
 def _health_holds(evaluators: list[Evaluator]) -> dict[str, list[Evaluator]]:
-    """rule id -> the health evaluators that vouch for its sensor (same measurement, its
-    metric among theirs)."""
+    """rule id -> the health evaluators that vouch for its sensors (same measurement, one of
+    its metrics among theirs or among those they are `sensor_of`)."""
     health = [h for h in evaluators if h.rule.purpose == "health" and h.metrics and h.tracks_breach]
     out: dict[str, list[Evaluator]] = {}
     for ev in evaluators:
         r = ev.rule
         if r.purpose == "health" or r.hold_ms <= 0 or not ev.metrics or isinstance(ev, CompositeEval):
             continue
-        hs = [h for h in health if h.measurement == ev.measurement and ev.metrics[0] in h.metrics]
+        hs = [h for h in health if h.measurement == ev.measurement
+              and any(m in h.metrics or m in h.rule.sensor_of for m in ev.metrics)]
         if hs:
             out[r.id] = hs
     return out

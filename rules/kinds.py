@@ -8,6 +8,7 @@ no information never resolves nor fires an alert.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -28,10 +29,22 @@ from rules.catalog import (
     RateRule,
     Rule,
     ThresholdRule,
+    WaterClassRule,
 )
 from rules.devices import NEVER, Devices, Index, Round
 from rules.lifecycle import SEVERITY_LEVELS, LifecycleArrays, Signal, State
-from rules.windows import TimeBuckets, half_slopes, linear_fit, row_nanmedian, slope_stderr, theil_sen
+from rules.surface_water import WORSE, SurfaceWaterTable
+from rules.windows import (
+    TimeBuckets,
+    first_crossing,
+    half_slopes,
+    linear_fit,
+    quadratic_fit,
+    row_nanmedian,
+    slope_stderr,
+    theil_sen,
+)
+from urbansense.lineprotocol import encode_point
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -52,6 +65,10 @@ class Signals:
     value: FloatArray
     threshold: FloatArray
     eta_s: FloatArray | None = None
+
+    def subset(self, rows: npt.NDArray[np.bool_]) -> Signals:
+        return Signals(self.keys[rows], self.t[rows], self.sig[rows], self.sev[rows], self.value[rows],
+                       self.threshold[rows], None if self.eta_s is None else self.eta_s[rows])
 
 
 class Buffers:
@@ -122,6 +139,30 @@ class Evaluator:
     def evaluate(self, rnd: Round) -> Signals | None:
         raise NotImplementedError
 
+    def describe(self, key: int) -> dict[str, object]:
+        """Extra fields an alert's message may use (beyond value, threshold, eta_min)."""
+        return {}
+
+    def drain_lines(self) -> list[str]:
+        """Points the rule computed since the last call (line protocol): `aqi`, `water_class`."""
+        return []
+
+    def matching(self, keys: Index) -> npt.NDArray[np.bool_] | None:
+        """Which of these devices the rule judges (`labels`); None: all of them."""
+        want = self.rule.labels
+        if not want or not self.tracks_breach:
+            return None
+        mask = getattr(self, "_mask", None)
+        if mask is None or len(mask) != len(self.devices.labels):
+            mask = np.array([all(lab.get(k) == v for k, v in want.items()) for lab in self.devices.labels], bool)
+            self._mask = mask
+        return mask[keys]
+
+    def reference(self, rnd: Round) -> FloatArray | None:
+        """Each round device's own reference level (`offset_from`), NaN where it has none."""
+        label = getattr(self.rule, "offset_from", None)
+        return None if label is None else self.devices.label_values(label)[rnd.dev]
+
     def _grow_keys(self, n: int) -> None:
         """Group-keyed rules: room in the lifecycle for n groups."""
         self.lifecycle.grow(max(n, len(self.lifecycle.state)))
@@ -152,7 +193,13 @@ class ThresholdEval(Evaluator):
 
     def evaluate(self, rnd: Round) -> Signals | None:
         r = self.rule
-        return self._hysteresis(rnd, rnd.values[r.metric], r.op, r.threshold, r.clear, r.critical_threshold)
+        v = np.abs(rnd.values[r.metric]) if r.absolute else rnd.values[r.metric]
+        ref = self.reference(rnd)
+        if ref is None:
+            return self._hysteresis(rnd, v, r.op, r.threshold, r.clear, r.critical_threshold)
+        s = self._hysteresis(rnd, v - ref, r.op, r.threshold, r.clear, r.critical_threshold)
+        s.value, s.threshold = v, s.threshold + ref
+        return s
 
 
 class RateEval(Evaluator):
@@ -172,9 +219,13 @@ class ForecastEval(Evaluator):
 
     def evaluate(self, rnd: Round) -> Signals | None:
         r = self.rule
-        v = rnd.values[r.metric]
+        reported = v = rnd.values[r.metric]
         buf = self.buffers.fed(rnd, r.measurement, r.metric, r.window_s, r.buckets)
         means, x, valid = buf.view(rnd.dev, rnd.t)
+        ref = self.reference(rnd)
+        if ref is not None:  # levels as offsets from each device's own reference
+            v, means = v - ref, means - ref[:, None]
+            valid = valid & ~np.isnan(ref)[:, None]
         sign = 1.0 if r.op == "above" else -1.0
         armed = np.ones(len(v), bool) if r.arm is None else sign * (v - r.arm) >= 0
         # Least squares first (cheap); the robust line only where it can matter: armed rows
@@ -203,6 +254,15 @@ class ForecastEval(Evaluator):
             floor = r.sustained * toward[t_rows] / 60.0
             with np.errstate(invalid="ignore"):
                 trending[t_rows] &= (sign * older >= floor) & (sign * newer >= floor)
+            t_rows = np.flatnonzero(trending)
+        if r.curvature and len(t_rows):
+            # a signal that turns (a tide slowing to its high water): when does the parabola
+            # through the window reach the limit, if it does before turning back at all.
+            # Curvature may only put a warning off, never bring it on: a rise that is
+            # speeding up (a tide leaving its low water) keeps the straight line's time.
+            a, b, c = quadratic_fit(x[t_rows], means[t_rows], valid[t_rows])
+            bent = first_crossing(a, b, c, r.limit, sign, 2 * r.horizon_s)
+            eta[t_rows] = np.where(np.isnan(c), eta[t_rows], np.fmax(eta[t_rows], bent))
         ahead = gap > 0
         breach = ahead & trending & (eta <= r.horizon_s)  # trending rows are armed
         clear = ahead & (gone | ~armed | (eta > 2 * r.horizon_s))
@@ -211,7 +271,8 @@ class ForecastEval(Evaluator):
         sig = np.where(breach, _BREACH, np.where(clear, _CLEAR, _BAND)).astype(np.int8)
         sig[np.isnan(v)] = _BAND
         sev = np.full(len(v), self.severity, np.int8)
-        return Signals(rnd.dev, rnd.t, sig, sev, v, np.full(len(v), r.limit), np.where(breach, eta, np.nan))
+        limit = np.full(len(v), r.limit) if ref is None else r.limit + ref
+        return Signals(rnd.dev, rnd.t, sig, sev, reported, limit, np.where(breach, eta, np.nan))
 
 
 class AnomalyEval(Evaluator):
@@ -653,9 +714,98 @@ class AqiEval(Evaluator):
         sub = Round(rnd.measurement, dev, t, {})
         return self._hysteresis(sub, value, "above", r.threshold, r.clear, r.critical_threshold)
 
+    def drain_lines(self) -> list[str]:
+        lines: list[str] = []
+        for dev, t, aqi, level, primary, iaqi in self.points:
+            fields: dict[str, object] = {"aqi": aqi, "level": level, "primary": primary}
+            fields.update({f"iaqi_{p}": round(v, 2) for p, v in iaqi.items()})
+            lines.append(encode_point("aqi", {"district": self.devices.district[dev],
+                                              "device": self.devices.device[dev]}, fields, t))
+        self.points.clear()
+        return lines
+
+
+class WaterClassEval(Evaluator):
+    """Rolling means per parameter -> class per parameter -> the station's class (the
+    worst); alerts while it is worse than the station's target, writes `water_class`."""
+
+    rule: WaterClassRule
+    BUCKETS: ClassVar[int] = 12
+
+    def __init__(self, rule: Rule, devices: Devices, buffers: Buffers) -> None:
+        super().__init__(rule, devices, buffers)
+        assert isinstance(rule, WaterClassRule)
+        self.table = SurfaceWaterTable.load(TABLES_DIR / rule.table)
+        self.metric_of = {p: self.table.parameter(p).metric for p in rule.parameters}
+        self.metrics = tuple(sorted(set(self.metric_of.values())))
+        #: (device index, t, class, {parameter: class}) waiting to be written.
+        self.points: list[tuple[int, int, int, dict[str, int]]] = []
+        #: device index -> its last class and the parameters that set it (for messages).
+        self.last: dict[int, tuple[int, list[str]]] = {}
+
+    STATE: ClassVar[dict[str, tuple[float, type]]] = {**Evaluator.STATE, "last_eval": (NEVER, np.int64)}
+    last_eval: IntArray
+
+    def evaluate(self, rnd: Round) -> Signals | None:
+        r = self.rule
+        for metric in self.metrics:
+            if metric in rnd.values:
+                self.buffers.fed(rnd, r.measurement, metric, r.window_s, self.BUCKETS)
+        rows = np.flatnonzero(rnd.t - self.last_eval[rnd.dev] >= r.write_every_s * 1000)
+        if len(rows) == 0:
+            return None
+        dev, t = rnd.dev[rows], rnd.t[rows]
+        lake = np.array([self.devices.labels[d].get(r.waterbody_label) == "lake" for d in dev], bool)
+        per: dict[str, npt.NDArray[np.int8]] = {}
+        for name, metric in self.metric_of.items():
+            if metric not in rnd.values:
+                continue
+            means = self.buffers.get(r.measurement, metric, r.window_s, self.BUCKETS).rolling_mean(dev, t)
+            cls = self.table.parameter(name).class_of(means)
+            if lake.any():
+                cls = np.where(lake, self.table.parameter(name, "lake").class_of(means), cls).astype(np.int8)
+            per[name] = cls
+        if not per:
+            return None
+        self.last_eval[dev] = t
+        station = SurfaceWaterTable.station_class(per)
+        for j in np.flatnonzero(station > 0):
+            classes = {p: int(c[j]) for p, c in per.items() if c[j] > 0}
+            self.points.append((int(dev[j]), int(t[j]), int(station[j]), classes))
+            self.last[int(dev[j])] = (int(station[j]), SurfaceWaterTable.deciding(classes, int(station[j])))
+        target = np.full(len(dev), float(r.target))
+        if r.target_label is not None:
+            own = self.devices.label_values(r.target_label)[dev]
+            target = np.where(np.isnan(own), target, own)
+        value = np.where(station > 0, station, np.nan).astype(np.float64)
+        sig = np.where(value > target, _BREACH, _CLEAR).astype(np.int8)
+        sig[np.isnan(value)] = _BAND
+        sev = np.where(station >= WORSE, sev_index("critical"), self.severity).astype(np.int8)
+        return Signals(dev, t, sig, sev, value, target)
+
+    def describe(self, key: int) -> dict[str, object]:
+        cls, deciding = self.last.get(key, (0, []))
+        target = self.devices.label_values(self.rule.target_label)[key] if self.rule.target_label else math.nan
+        target = self.rule.target if math.isnan(target) else target
+        names = {name: self.table.parameter(name).metric for name in deciding}
+        return {"class_name": f"class {self.table.name(cls)}" if 1 <= cls < WORSE else self.table.name(cls),
+                "target_name": f"class {self.table.name(int(target))}",
+                "deciding": ", ".join(f"{n} ({m})" for n, m in names.items()) or "-"}
+
+    def drain_lines(self) -> list[str]:
+        lines: list[str] = []
+        for dev, t, cls, classes in self.points:
+            fields: dict[str, object] = {"class": cls, "class_name": self.table.name(cls),
+                                         "deciding": ",".join(SurfaceWaterTable.deciding(classes, cls))}
+            fields.update({f"class_{p}": c for p, c in classes.items()})
+            lines.append(encode_point("water_class", {"district": self.devices.district[dev],
+                                                      "device": self.devices.device[dev]}, fields, t))
+        self.points.clear()
+        return lines
+
 
 KIND_EVALUATORS: dict[str, type[Evaluator]] = {
     "threshold": ThresholdEval, "rate": RateEval, "forecast": ForecastEval, "anomaly": AnomalyEval,
     "flatline": FlatlineEval, "drift": DriftEval, "deadman": DeadmanEval, "aqi": AqiEval,
-    "counter_check": CounterCheckEval,
+    "counter_check": CounterCheckEval, "water_class": WaterClassEval,
 }

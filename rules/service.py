@@ -175,7 +175,7 @@ class RulesService:
             self.publish(event)
         if events:
             self.last_latency_ms = (time.monotonic() - oldest) * 1000.0
-        self._pending_lines.extend(self.engine.aqi_lines())
+        self._pending_lines.extend(self.engine.derived_lines())
 
     def publish(self, event: AlertEvent) -> None:
         topic = topics.alert(event.domain, event.district, event.severity)

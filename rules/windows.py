@@ -91,6 +91,44 @@ def linear_fit(x: FloatArray, y: FloatArray,
     return ym - slope * xm, slope, n.astype(np.int64)
 
 
+def quadratic_fit(x: FloatArray, y: FloatArray,
+                  valid: npt.NDArray[np.bool_]) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Row-wise least squares y = a + b x + c x^2 over valid cells: returns (a, b, c), NaN
+    where a row has fewer than three distinct points. For signals that turn (a tide
+    slowing towards its high water), where a straight line overshoots."""
+    w = valid.astype(np.float64)
+    xs = np.where(valid, x, 0.0)
+    ys = np.where(valid, y, 0.0)
+    # normal equations in x (seconds, relative to now: the window's x are <= 0 and small)
+    s = [(w * xs**k).sum(axis=1) for k in range(5)]
+    t = [(w * ys * xs**k).sum(axis=1) for k in range(3)]
+    m = np.stack([np.stack([s[0], s[1], s[2]], -1), np.stack([s[1], s[2], s[3]], -1),
+                  np.stack([s[2], s[3], s[4]], -1)], -2)
+    rhs = np.stack(t, -1)
+    out = np.full((len(x), 3), np.nan)
+    ok = (w.sum(axis=1) >= 3) & (np.abs(np.linalg.det(m)) > 1e-12)
+    if ok.any():
+        out[ok] = np.linalg.solve(m[ok], rhs[ok][..., None])[..., 0]
+    return out[:, 0], out[:, 1], out[:, 2]
+
+
+def first_crossing(a: FloatArray, b: FloatArray, c: FloatArray, limit: float | FloatArray,
+                   sign: float, horizon_s: float) -> FloatArray:
+    """Seconds until a + b t + c t^2 first reaches `limit` from below (sign 1) or above
+    (sign -1), for t in [0, horizon_s]; inf when it does not within the horizon."""
+    # sign * (a + b t + c t^2 - limit) >= 0: roots of the quadratic, the smallest in range
+    qa, qb, qc = sign * c, sign * b, sign * (a - limit)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        disc = qb * qb - 4 * qa * qc
+        root = np.sqrt(np.where(disc >= 0, disc, np.nan))
+        r1 = np.where(qa != 0, (-qb - root) / (2 * qa), -qc / np.where(qb != 0, qb, np.nan))
+        r2 = np.where(qa != 0, (-qb + root) / (2 * qa), np.nan)
+    lo, hi = np.fmin(r1, r2), np.fmax(r1, r2)
+    eta = np.where(qc >= 0, 0.0, np.where((lo >= 0) & (lo <= horizon_s), lo,
+                                          np.where((hi >= 0) & (hi <= horizon_s), hi, np.inf)))
+    return np.where(np.isnan(eta), np.inf, eta)
+
+
 def theil_sen(x: FloatArray, y: FloatArray,
               valid: npt.NDArray[np.bool_]) -> tuple[FloatArray, FloatArray, npt.NDArray[np.int64]]:
     """Row-wise Theil-Sen line y = a + b x over valid cells: b is the median of the

@@ -57,13 +57,15 @@ LEARN_S = 3600.0
 
 def district_gateways(district: str) -> list[Path]:
     """The district's gateways as the shipped scenarios model it (every gateway file of
-    the district that a shipped scenario plays)."""
+    the district that a shipped scenario plays), but those whose families keep out of
+    composed days (`composed_days: false`)."""
     names: set[str] = set()
     for path in sorted(SCENARIOS_DIR.glob("*.yaml")):
         raw = yaml.safe_load(path.read_text()) or {}
         names.update(g for g in raw.get("gateways", []) if isinstance(g, str) and not g.endswith((".yaml", ".yml")))
     files = [GATEWAYS_DIR / f"{n}.yaml" for n in sorted(names)]
-    out = [p for p in files if p.exists() and load_gateway(p).config.district == district]
+    out = [p for p in files if p.exists() and (g := load_gateway(p)).config.district == district
+           and any(_composed(g.profiles[d.profile].measurement) for _link, d in g.config.devices())]
     if not out:
         raise ValueError(f"no shipped scenario plays a gateway of district {district!r}\n"
                          "  fix: give a district the shipped scenarios use (pudong, xuhui), or name --gateway files")
@@ -95,6 +97,11 @@ def _window(when: str, lasts: tuple[float, float], earliest_s: float = 0.0) -> d
     if latest < lo * 3600:
         raise ValueError(f"an incident lasting up to {lasts[1] / 3600:g} h does not fit the {when} window")
     return {"between": [f"{int(lo * 3600)}s", f"{int(latest)}s"]}
+
+
+def _composed(measurement: str) -> bool:
+    fam = registry.families().get(measurement)
+    return fam is None or fam.composed_days
 
 
 def _numeric_fields(loaded: list[LoadedGateway], profile: str) -> list[str]:

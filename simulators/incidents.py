@@ -32,6 +32,8 @@ class IncidentType:
     defaults: Mapping[str, float]
     hazard: HazardTest | None = None
     hazard_threshold: float | None = None
+    #: The device label holding a device's own threshold (hazard_threshold without it).
+    hazard_label: str | None = None
     #: Where the threshold comes from (REFERENCE.md) or that it is a configurable default.
     source: str = ""
     #: The declarative shape, for families simulated from data.
@@ -39,10 +41,15 @@ class IncidentType:
     #: The failure of a sensor itself: health alerts detect it.
     sensor: bool = False
 
+    def threshold_for(self, labels: Mapping[str, str], default: float | None) -> float | None:
+        """A device's hazard threshold: its `hazard_label` if it has one, else `default`."""
+        raw = labels.get(self.hazard_label) if self.hazard_label else None
+        return float(raw) if raw is not None else default
+
 
 INCIDENT_TYPES: dict[str, IncidentType] = {
     name: IncidentType(inc.name, fam.family, inc.profile, inc.metric, inc.group, dict(inc.defaults),
-                       inc.hazard, inc.hazard_threshold, inc.source, inc.effect, inc.sensor)
+                       inc.hazard, inc.hazard_threshold, inc.hazard_label, inc.source, inc.effect, inc.sensor)
     for name, (fam, inc) in registry.incident_kinds().items()
 }
 

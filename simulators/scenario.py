@@ -199,7 +199,9 @@ class Scenario:
                 # From when an alert may warn of it: its precursor's start, if it has one.
                 "warn_from": start - int(float(ev.params.get("precursor_s", 0.0)) * 1000),
                 "end": end,
-                "hazard_threshold": ev.hazard_threshold,
+                # a device's own (its hazard_label) where the incident has one device
+                "hazard_threshold": (INCIDENT_TYPES[ev.type].threshold_for(devs[0].spec.labels, ev.hazard_threshold)
+                                     if ev.kind == "incident" and len(devs) == 1 else ev.hazard_threshold),
                 "hazard_crossed_at": crossed,
                 # A sensor's own failure: its health alerts detect it.
                 **({"sensor": True} if ev.kind == "incident" and INCIDENT_TYPES[ev.type].sensor else {}),
@@ -221,9 +223,10 @@ class Scenario:
             return None
         step = int(self.step_s * 1000)
         first = start_ms + -(-(start - start_ms) // step) * step
-        threshold = ev.hazard_threshold
+        limits = {dev.id: itype.threshold_for(dev.spec.labels, ev.hazard_threshold) for dev in devs}
         for t in range(first, end, step):
             for dev in devs:
+                threshold = limits[dev.id]
                 if itype.hazard == "leak":
                     assert threshold is not None
                     inc = next(i for i in dev.incidents if i.type == ev.type and i.start_ms == start)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from simulators.families import DeviceContext, FamilyModel, model_for
 from simulators.families.base import Values
@@ -43,6 +44,8 @@ class SimDevice:
     faults: list[ActiveFault] = field(default_factory=list)
     #: Last value of each urgent field (offline play): a change is urgent too, as at the edge.
     urgent_last: dict[str, FieldValue] = field(default_factory=dict)
+    #: (check field, check instant) -> the check's result, as the analyser holds it till the next.
+    _checked: dict[tuple[str, int], float] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -74,7 +77,39 @@ class SimDevice:
             elif fault.type == "spikes" and fault.hits(t_ms):
                 sign = 1.0 if fault.draw(t_ms, 0x5151) < 0.5 else -1.0
                 values[m] = float(values[m]) + sign * fault.p("magnitude")
+        for spec in self.profile.fields:
+            if "check" in spec.sim:
+                values[spec.name] = self._check(spec.name, spec.sim["check"], t_ms)
         return values
+
+    def _check(self, name: str, hint: Mapping[str, Any], t_ms: int) -> float:
+        """A field holding the analyser's last standard check (`sim: check: {of, standard,
+        every_h, noise_pct}`): the relative error, in %, of its reading of a standard
+        solution, taken every `every_h` hours. A drifting or stuck sensor reads the
+        standard wrong by as much as it reads the water wrong; the water itself (a real
+        discharge) does not move it."""
+        every = int(float(hint.get("every_h", 1.0)) * 3_600_000)
+        tc = t_ms // every * every
+        got = self._checked.get((name, tc))
+        if got is None:
+            metric, standard = str(hint["of"]), float(hint["standard"])
+            error = 0.0
+            for fault in self.faults:
+                if fault.metric != metric or not fault.active(tc):
+                    continue
+                if fault.type == "drift":
+                    error += fault.p("rate_per_h") * (tc - fault.start_ms) / 3_600_000
+                elif fault.type == "stuck":
+                    past = [i for i in self.incidents if i.start_ms <= fault.start_ms]
+                    now = [i for i in self.incidents if i.start_ms <= tc]
+                    error += float(self.model.values(fault.start_ms, past)[metric]) - \
+                        float(self.model.values(tc, now)[metric])
+            jitter = float(hint.get("noise_pct", 0.0)) * self.model.gauss(self.ctx.key("check:" + name), tc)
+            got = round(100.0 * error / standard + jitter, 1)
+            if len(self._checked) > 64:
+                self._checked.clear()
+            self._checked[(name, tc)] = got
+        return got
 
     def reading(self, t_ms: int) -> Reading:
         if self.incidents and not self.model.answers(

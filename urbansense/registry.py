@@ -37,7 +37,7 @@ _NAME = r"^[a-z][a-z0-9_]{0,62}$"
 _METRIC = r"^[a-z][a-z0-9_]{0,62}$"
 _PROFILE = r"^[a-z0-9][a-z0-9-]{0,62}$"
 #: Names a family may not take: measurements the pipeline writes itself.
-RESERVED_MEASUREMENTS = frozenset({"system", "alerts", "aqi", "gateway_status", "deadletter",
+RESERVED_MEASUREMENTS = frozenset({"system", "alerts", "aqi", "water_class", "gateway_status", "deadletter",
                                    "urbansense_ingest", "urbansense_rules"})
 
 FieldType = Literal["float", "int", "bool", "string"]
@@ -102,6 +102,9 @@ class IncidentKind(_Model):
     #: leak: the flow above normal demand reaches the threshold.
     hazard: HazardTest | None = None
     hazard_threshold: float | None = None
+    #: A device label holding the device's own threshold (a river station's warning
+    #: level); devices without it use hazard_threshold.
+    hazard_label: str | None = Field(default=None, pattern=_METRIC)
     #: Where the threshold comes from (a standard) or that it is a configurable default.
     source: str = ""
     #: Declarative families: the incident's shape. Families with a simulation hook
@@ -150,10 +153,11 @@ class PanelHint(_Model):
     or one ``query``'s value; ``state``: a boolean or enum field's timeline, ``values``
     naming and colouring each state; ``table``: a ``query`` as a table (default: the
     latest value of every field by device); ``row``: a row title; ``aqi``: the AQI
-    panels the rules engine's `aqi` rule feeds. A ``query`` may use {measurement} and
+    panels the rules engine's `aqi` rule feeds; ``water_class``: the surface-water class
+    panels its `water_class` rule feeds. A ``query`` may use {measurement} and
     {device_filter} (district and device variables)."""
 
-    kind: Literal["timeseries", "stat", "state", "table", "row", "aqi"] = "timeseries"
+    kind: Literal["timeseries", "stat", "state", "table", "row", "aqi", "water_class"] = "timeseries"
     field: str | None = None
     title: str | None = None
     agg: Literal["mean", "max", "min", "last"] = "mean"
@@ -223,6 +227,10 @@ class Family(_Model):
     #: other profiles are simulated from their fields' `sim:` hints.
     simulation: dict[str, str] = Field(default_factory=dict)
     dashboard: DashboardHints
+    #: Randomised district days (`urbansense sim compose`) play this family's gateways,
+    #: with a fault on every transducer field. False keeps them out, for a family whose
+    #: rules cannot yet tell some sensor fault from a hazard (say which in family.yaml).
+    composed_days: bool = True
     #: Where it was read from (set by the loader).
     folder: Path = Path()
 

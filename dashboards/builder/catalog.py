@@ -130,11 +130,13 @@ def device_errors_panel(measurement: str) -> Panel:
                              "stores them as a device_error string.")
 
 
-def alerts_table(domain: str | None, title: str = "Active alerts") -> Panel:
+def alerts_table(domain: str | None, title: str = "Active alerts", *, by_device: bool = False) -> Panel:
     domain_filter = f"\"domain\" = '{domain}' AND " if domain else ""
+    # a family's table follows its device variable (the overview and system have none)
+    where = f"{domain_filter}{DEVICE_FILTER if by_device else DISTRICT_FILTER}"
     q = ('SELECT "state", "value", "threshold", "message" FROM (SELECT last("state") AS "state", '
          'last("value") AS "value", last("threshold") AS "threshold", last("message") AS "message" '
-         f'FROM "alerts" WHERE {domain_filter}{DISTRICT_FILTER} AND $timeFilter '
+         f'FROM "alerts" WHERE {where} AND $timeFilter '
          'GROUP BY "domain", "district", "rule", "device", "severity") '
          f'WHERE {ACTIVE} GROUP BY "domain", "district", "rule", "device", "severity"')
     return table(title, [influxql(q, table=True)], w=24, h=8,
@@ -147,8 +149,10 @@ def alerts_table(domain: str | None, title: str = "Active alerts") -> Panel:
 def geomap_panel(domain: str | None = None) -> Panel:
     """Every device of the inventory, and on top those with an active alert (of `domain`)."""
     domain_filter = f"\"domain\" = '{domain}' AND " if domain else ""
+    # a family's map follows its device variable, as its alerts table does
+    where = f"{domain_filter}{DEVICE_FILTER if domain else DISTRICT_FILTER}"
     alerts_q = ('SELECT "state", "message" FROM (SELECT last("state") AS "state", last("message") '
-                f'AS "message" FROM "alerts" WHERE {domain_filter}{DISTRICT_FILTER} AND $timeFilter '
+                f'AS "message" FROM "alerts" WHERE {where} AND $timeFilter '
                 'GROUP BY "device", "severity", "rule", "domain") '
                 f'WHERE {ACTIVE} GROUP BY "device", "severity", "rule", "domain"')
     p = Panel({
@@ -264,6 +268,37 @@ def aqi_panels() -> list[Panel]:
             'SELECT last("aqi") AS "aqi", last("level") AS "level", last("primary") AS "primary" '
             f'FROM "aqi" WHERE {DEVICE_FILTER} AND $timeFilter GROUP BY "district", "device"',
             table=True)], w=24, h=6),
+    ]
+
+
+#: GB 3838-2002 classes as the `water_class` rule writes them (6: worse than V).
+WATER_CLASS_STEPS: Steps = [("blue", None), ("green", 2), ("yellow", 3), ("orange", 4), ("red", 5),
+                            ("dark-red", 6)]
+WATER_CLASS_NAMES = value_map({str(i): (name, colour) for i, (name, colour) in enumerate(
+    [("I", "blue"), ("II", "green"), ("III", "yellow"), ("IV", "orange"), ("V", "red"),
+     ("worse than V", "dark-red")], start=1)})
+
+
+def water_class_panels() -> list[Panel]:
+    """The class the rules engine's `water_class` rule writes into `water_class`."""
+    return [
+        row("Water quality class (GB 3838-2002)"),
+        state_timeline("Class by station", [influxql(
+            f'SELECT last("class") FROM "water_class" WHERE {DEVICE_FILTER} AND $timeFilter '
+            'GROUP BY time($__interval), "device" fill(null)', alias="$tag_device")],
+            mappings=WATER_CLASS_NAMES, w=16,
+            description="Surface-water class per station from the last hour's means, worked out by the "
+                        "rules engine (rules/tables/surface-water-gb3838-2002.yaml): the worst class over "
+                        "dissolved oxygen, permanganate index, ammonia nitrogen, total phosphorus and pH."),
+        bargauge("Current class", [influxql(
+            f'SELECT last("class") FROM "water_class" WHERE {DEVICE_FILTER} AND $timeFilter GROUP BY "device"',
+            alias="$tag_device")], steps=WATER_CLASS_STEPS, w=8, min_value=1, max_value=6,
+            mappings=WATER_CLASS_NAMES),
+        table("Class and the parameters that set it", [influxql(
+            'SELECT last("class_name") AS "class", last("deciding") AS "set by", last("class_do") AS "DO", '
+            'last("class_codmn") AS "CODMn", last("class_nh3n") AS "NH3-N", last("class_tp") AS "TP", '
+            f'last("class_ph") AS "pH" FROM "water_class" WHERE {DEVICE_FILTER} AND $timeFilter '
+            'GROUP BY "district", "device"', table=True)], w=24, h=6),
     ]
 
 

@@ -24,6 +24,7 @@ from dashboards.builder.catalog import (
     last_by_device,
     long_range_panel,
     pollutant_steps,
+    water_class_panels,
 )
 from dashboards.builder.panels import (
     Json,
@@ -100,6 +101,8 @@ class _Drawer:
             return [row(self.title(hint))]
         if hint.kind == "aqi":
             return aqi_panels()
+        if hint.kind == "water_class":
+            return water_class_panels()
         if hint.kind == "stat":
             if hint.query is not None:
                 target = influxql(self.query(hint))
@@ -157,11 +160,11 @@ def family_dashboard(fam: Family) -> Json:
     m = fam.family
     draw = _Drawer(fam)
     hints = fam.dashboard.panels or default_hints(fam)
-    panels: list[Panel] = [] if hints[0].kind in ("row", "aqi") else [row("Now")]
+    panels: list[Panel] = [] if hints[0].kind in ("row", "aqi", "water_class") else [row("Now")]
     for hint in hints:
         panels += draw.panels(hint)
     panels += [
-        alerts_table(m, f"Active alerts: {fam.title}"),
+        alerts_table(m, f"Active alerts: {fam.title}", by_device=True),
         device_errors_panel(m),
         geomap_panel(m),
     ]

@@ -12,6 +12,12 @@ Per field (all optional but ``nominal``; a field with only ``initial`` stays at 
         - {at: 3, width_h: 3, amount: -8}   # quiet night
       weekend: -3            # added on Saturdays and Sundays
       follows: {field: pm25_ugm3, gain: 1.6}   # + gain x (that field - its nominal)
+      harmonics:             # periodic constituents, e.g. a tide (M2, S2, K1, O1)
+        constituents:        # amplitude x cos(2 pi (t - lag) / period - phase), t from the epoch
+          - {name: M2, period_h: 12.4206012, amplitude: 1.05, phase_deg: 0}
+          - {name: S2, period_h: 12.0, amplitude: 0.42, phase_deg: 40}
+        lag_h: [0, 1.5]      # per-device delay, drawn once (the tide reaches upstream later)
+        scale: [0.8, 1.0]    # per-device factor on every amplitude
       round: 1               # decimals (0: an integer)
 
 The field's physical range in the family clamps the value.
@@ -52,6 +58,30 @@ class _Bump:
 
 
 @dataclass(frozen=True)
+class Harmonics:
+    """A sum of cosines: amplitude_i cos(omega_i (t - lag) - phase_i), t in hours from
+    the epoch. Two constituents of near periods beat: M2 with S2 gives the spring-neap
+    cycle of 1 / (1/12 - 1/12.4206) h = 14.77 days."""
+
+    omega: tuple[float, ...]  # rad/h
+    amplitude: tuple[float, ...]
+    phase: tuple[float, ...]  # rad
+    lag_h: float = 0.0
+
+    @classmethod
+    def from_hint(cls, hint: dict[str, Any], lag_h: float = 0.0, scale: float = 1.0) -> Harmonics:
+        cs = hint["constituents"]
+        return cls(tuple(2 * math.pi / float(c["period_h"]) for c in cs),
+                   tuple(scale * float(c["amplitude"]) for c in cs),
+                   tuple(math.radians(float(c.get("phase_deg", 0.0))) for c in cs), lag_h)
+
+    def at(self, t_ms: int) -> float:
+        hours = t_ms / 3_600_000.0 - self.lag_h
+        return sum(a * math.cos(w * hours - p) for w, a, p in zip(self.omega, self.amplitude, self.phase,
+                                                                    strict=True))
+
+
+@dataclass(frozen=True)
 class _FieldSignal:
     name: str
     kind: str  # float | int | bool | string
@@ -64,6 +94,7 @@ class _FieldSignal:
     digits: int | None
     low: float | None
     high: float | None
+    harmonics: Harmonics | None = None
 
 
 def envelope(effect: Effect, inc: ActiveIncident, t_ms: int) -> float:
@@ -116,6 +147,13 @@ class DeclarativeDevice(FamilyModel):
             site = sim.get("site")
             factor = ctx.variation("site:" + spec.name, float(site[0]), float(site[1])) if site else 1.0
             follows = sim.get("follows")
+            tide = sim.get("harmonics")
+            harmonics = None
+            if tide:
+                lag, scale = tide.get("lag_h", (0.0, 0.0)), tide.get("scale", (1.0, 1.0))
+                harmonics = Harmonics.from_hint(
+                    tide, ctx.variation("lag:" + spec.name, float(lag[0]), float(lag[1])),
+                    ctx.variation("scale:" + spec.name, float(scale[0]), float(scale[1])))
             self._signals.append(_FieldSignal(
                 spec.name, info.type if info else "float", float(sim["nominal"]) * factor,
                 float(sim.get("noise", 0.0)), ctx.key(spec.name),
@@ -125,7 +163,7 @@ class DeclarativeDevice(FamilyModel):
                 (str(follows["field"]), float(follows.get("gain", 1.0))) if follows else None,
                 int(sim["round"]) if "round" in sim else None,
                 info.range[0] if info and info.range else None,
-                info.range[1] if info and info.range else None))
+                info.range[1] if info and info.range else None, harmonics))
 
     def values(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> Values:
         hour = local_hour(t_ms)
@@ -133,6 +171,8 @@ class DeclarativeDevice(FamilyModel):
         raw: dict[str, float] = {}
         for s in self._signals:
             v = s.nominal + sum(b.at_hour(hour) for b in s.bumps)
+            if s.harmonics is not None:
+                v += s.harmonics.at(t_ms)
             if weekend:
                 v += s.weekend
             raw[s.name] = v + s.noise * self.gauss(s.key, t_ms)

@@ -6,7 +6,8 @@ newest tick one device of each kind is put in trouble (methane at 30 %LEL, a tra
 passenger, a failed lamp, ...) and another cleared, so that every "how many are in
 trouble now" panel has something to count whatever the scenario is doing at that
 moment. Alerts, AQI, gateway status and the services' self-metrics are written with the
-encoders the rules engine and the ingester use.
+encoders the rules engine and the ingester use; the water-quality classes by the rules
+engine itself, from the river stations' readings.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from dashboards.builder.catalog import ROLLUP_RP
 from ingest.bootstrap import ROLLUPS, continuous_query, init_database
 from ingest.metrics import IngestMetrics
 from ingest.points import batch_lines, status_line
-from rules.engine import alert_line
+from rules.catalog import load_catalog
+from rules.engine import RulesEngine, alert_line
 from simulators.scenario import load_scenario
 from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient
@@ -29,8 +31,9 @@ from urbansense.schema import AlertEvent, GatewayStatus, Sample
 ROLLUP_1H = next(r for r in ROLLUPS if r.retention_policy == ROLLUP_RP)
 TICK_MS = 30_000
 TICKS = 40  # 20 minutes
-#: Pudong's 50 devices with one of each incident, Xuhui's 640 devices.
-SCENARIOS = ("pudong-incidents", "district-scale")
+#: Pudong's 50 devices with one of each incident, Xuhui's 640 devices, Pudong's river
+#: and lake stations.
+SCENARIOS = ("pudong-incidents", "district-scale", "huangpu-river-day")
 #: Numeric values of the newest tick for the first device of a kind: the incidents.
 INCIDENT = {"methane_lel_pct": 30, "fault_code": 3, "alarm_level": 1}
 
@@ -66,6 +69,8 @@ def simulate(influx: InfluxClient, *, seed: int = 7, end_ms: int | None = None) 
     start = end - (TICKS - 1) * TICK_MS
     data = CityData(start, end, {}, set(), set())
     lines: list[str] = []
+    # the rules engine, fed what the ingester writes, computes the water quality classes
+    engine = RulesEngine([r for r in load_catalog() if r.kind == "water_class"])
     for name in SCENARIOS:
         scenario = load_scenario(name)
         for tick_no, tick in enumerate(scenario.play_offline(seed, start, step_s=TICK_MS / 1000)):
@@ -85,6 +90,7 @@ def simulate(influx: InfluxClient, *, seed: int = 7, end_ms: int | None = None) 
                     batch.samples[-1] = Sample(batch.samples[-1].dev, batch.samples[-1].m, tick.t_ms,
                                                {}, q="bad", err="timeout")
                 lines += batch_lines(batch)
+                engine.ingest([batch])
                 lines.append(status_line(batch.district, batch.gw, GatewayStatus(
                     "online", tick.t_ms, devices={s.dev: "fail" if s.q == "bad" else "ok"
                                                   for s in batch.samples},
@@ -94,6 +100,7 @@ def simulate(influx: InfluxClient, *, seed: int = 7, end_ms: int | None = None) 
                 break
     lines += _alerts(data)
     lines += _aqi(data, rng)
+    lines += engine.derived_lines()
     lines += _self_metrics(data)
     for i in range(0, len(lines), 5000):
         influx.write("\n".join(lines[i:i + 5000]))

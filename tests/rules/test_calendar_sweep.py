@@ -99,6 +99,6 @@ def test_the_shipped_scenarios_hold_at_the_solstices_and_equinoxes() -> None:
     runs = list(sweep(SHIPPED_SCENARIOS, SOLSTICES_AND_EQUINOXES, workers=2))
     assert len(runs) == len(SHIPPED_SCENARIOS) * len(SOLSTICES_AND_EQUINOXES)
     assert {r.scenario for r in runs} == set(SHIPPED_SCENARIOS)
-    assert all(r.incidents > 0 for r in runs if r.scenario != "quiet-day")
+    assert all(r.incidents > 0 for r in runs if "quiet" not in r.scenario)
     failures = {f"{r.scenario} {r.date} seed {r.seed}": r.violations for r in runs if r.violations}
     assert failures == {}

@@ -243,7 +243,7 @@ def test_aqi_points_and_alert() -> None:
     clean = {"pm25_ugm3": 30, "pm10_ugm3": 50, "no2_ugm3": 40, "so2_ugm3": 8, "o3_ugm3": 70, "co_mgm3": 0.6}
     ev = run(eng, [batch(T0 + i * 60_000, "air", {"aq-1": clean}, gw="gw-a") for i in range(3)])
     assert ev == []
-    lines = eng.aqi_lines()
+    lines = eng.derived_lines()
     assert len(lines) == 3
     assert lines[0].startswith('aqi,device=aq-1,district=pudong aqi=50i,level="excellent",primary=""')
     dirty = dict(clean, pm25_ugm3=400)
