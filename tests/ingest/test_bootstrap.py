@@ -10,6 +10,7 @@ import pytest
 from application.cli import main
 from application.stack import Stack
 from ingest.bootstrap import ROLLUPS, Rollup, continuous_queries, continuous_query, duration_s, init_database
+from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient
 
 pytestmark = pytest.mark.integration
@@ -18,14 +19,15 @@ pytestmark = pytest.mark.integration
 def test_init_creates_policies_and_queries_idempotently(influx_db: InfluxClient) -> None:
     db = influx_db.database
     ran = init_database(influx_db, db)
-    assert sum(s.startswith("CREATE CONTINUOUS QUERY") for s in ran) == 15  # 5 x (1m, 1m_late, 1h)
+    # every family's measurement x (1m, 1m_late, 1h)
+    assert sum(s.startswith("CREATE CONTINUOUS QUERY") for s in ran) == 3 * len(MEASUREMENTS)
     policies = {r["name"]: r for r in influx_db.rows(f'SHOW RETENTION POLICIES ON "{db}"')}
     assert policies["raw"]["default"] is True and policies["raw"]["duration"] == "720h0m0s"
     assert policies["rollup_1m"]["duration"] == "8760h0m0s"
     assert policies["rollup_1h"]["duration"] == "43800h0m0s"
     shown = {row[0] for s in influx_db.query("SHOW CONTINUOUS QUERIES") if s.name == db for row in s.values}
-    assert shown == {f"{m}_{i}" for m in ("water", "gas", "lighting", "elevator", "air")
-                     for i in ("1m", "1m_late", "1h")}
+    assert shown == {f"{m}_{i}" for m in MEASUREMENTS for i in ("1m", "1m_late", "1h")}
+    assert {"water", "gas", "lighting", "elevator", "air"} <= set(MEASUREMENTS)
     again = init_database(influx_db, db)
     assert not any("CONTINUOUS QUERY" in s for s in again)  # nothing to change
     assert init_database(influx_db, db, raw_duration="7d")[1].startswith('ALTER RETENTION POLICY "raw"')
