@@ -123,11 +123,12 @@ class RulesEngine:
                        if self.devices.expected[i] and np.isnan(values[i])]
             if not missing:
                 continue
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             if isinstance(r, WaterClassRule):
-                out.append(f"rule {r.id}: {', '.join(missing)} have no class in label {label!r}; judged against "
+                out.append(f"rule {r.id}: {shown} have no class in label {label!r}; judged against "
                            f"class {r.target} (fix: add labels: {{{label}: III}} or the like to its gateway config)")
             else:
-                out.append(f"rule {r.id}: {', '.join(missing)} have no number in label {label!r}; the rule does "
+                out.append(f"rule {r.id}: {shown} have no number in label {label!r}; the rule does "
                            f"not judge them (fix: add labels: {{{label}: ...}} to each in its gateway config)")
         return out
 

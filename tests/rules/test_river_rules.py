@@ -177,3 +177,13 @@ def test_a_rule_with_labels_judges_only_the_devices_that_carry_them() -> None:
     ev = run(eng, [batch(T0 + i * 60_000, "river", {"rv-1": {"level_m": 3.2}, "lk-1": {"level_m": 2.8}})
                    for i in range(30)])
     assert {e.device for e in ev} == {"rv-1"}
+
+
+def test_a_long_list_of_unlabelled_stations_is_cut_short() -> None:
+    many = [station(f"rv-{i:03d}") for i in range(40)]
+    eng = RulesEngine([rule(id="river.level_warning", measurement="river", metric="level_m",
+                            offset_from="warning_level_m", op="above", threshold=0)], many)
+    assert eng.unlabelled() == [
+        "rule river.level_warning: rv-000, rv-001, rv-002, rv-003, rv-004 and 35 more have no number in label "
+        "'warning_level_m'; the rule does not judge them (fix: add labels: {warning_level_m: ...} to each in its "
+        "gateway config)"]
