@@ -69,6 +69,7 @@ class Devices:
         self.gateways = Gateways()
         self._by_measurement: dict[str | None, Index] = {}
         self._label_values: dict[str, npt.NDArray[np.float64]] = {}
+        self._label_masks: dict[str, npt.NDArray[np.bool_]] = {}
         self._on_grow: list[Callable[[int], None]] = []
 
     def __len__(self) -> int:
@@ -108,6 +109,7 @@ class Devices:
         self.labels.append({})
         self._by_measurement.clear()
         self._label_values.clear()
+        self._label_masks.clear()
         self.gateway[i] = self.gateways.get(district, gateway)
         return i
 
@@ -118,6 +120,7 @@ class Devices:
             self.labels[i] = dict(d.labels)
             self._by_measurement.clear()
             self._label_values.clear()
+            self._label_masks.clear()
             if d.lat is not None and d.lon is not None:
                 self.lat[i], self.lon[i] = d.lat, d.lon
 
@@ -125,9 +128,18 @@ class Devices:
         """Each device's `label` as a number (NaN without it), indexed like the table.
         Numbers may be written as Roman numerals I-VI (a water-quality class)."""
         cached = self._label_values.get(label)
-        if cached is None or len(cached) < len(self.device):
+        if cached is None:
             cached = np.array([_number(lab.get(label)) for lab in self.labels], np.float64)
             self._label_values[label] = cached
+        return cached
+
+    def carrying(self, want: dict[str, str]) -> npt.NDArray[np.bool_]:
+        """Which devices carry all of these labels, indexed like the table."""
+        key = repr(sorted(want.items()))
+        cached = self._label_masks.get(key)
+        if cached is None:
+            cached = np.array([all(lab.get(k) == v for k, v in want.items()) for lab in self.labels], bool)
+            self._label_masks[key] = cached
         return cached
 
     def of_measurement(self, measurement: str | None) -> Index:

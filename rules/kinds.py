@@ -8,7 +8,6 @@ no information never resolves nor fires an alert.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -152,11 +151,7 @@ class Evaluator:
         want = self.rule.labels
         if not want or not self.tracks_breach:
             return None
-        mask = getattr(self, "_mask", None)
-        if mask is None or len(mask) != len(self.devices.labels):
-            mask = np.array([all(lab.get(k) == v for k, v in want.items()) for lab in self.devices.labels], bool)
-            self._mask = mask
-        return mask[keys]
+        return self.devices.carrying(want)[keys]
 
     def reference(self, rnd: Round) -> FloatArray | None:
         """Each round device's own reference level (`offset_from`), NaN where it has none."""
@@ -773,20 +768,25 @@ class WaterClassEval(Evaluator):
             classes = {p: int(c[j]) for p, c in per.items() if c[j] > 0}
             self.points.append((int(dev[j]), int(t[j]), int(station[j]), classes))
             self.last[int(dev[j])] = (int(station[j]), SurfaceWaterTable.deciding(classes, int(station[j])))
-        target = np.full(len(dev), float(r.target))
-        if r.target_label is not None:
-            own = self.devices.label_values(r.target_label)[dev]
-            target = np.where(np.isnan(own), target, own)
+        target = self._targets(dev)
         value = np.where(station > 0, station, np.nan).astype(np.float64)
         sig = np.where(value > target, _BREACH, _CLEAR).astype(np.int8)
         sig[np.isnan(value)] = _BAND
         sev = np.where(station >= WORSE, sev_index("critical"), self.severity).astype(np.int8)
         return Signals(dev, t, sig, sev, value, target)
 
+    def _targets(self, dev: Index) -> FloatArray:
+        """Each station's target class: its own label, else the rule's."""
+        r = self.rule
+        target = np.full(len(dev), float(r.target))
+        if r.target_label is None:
+            return target
+        own = self.devices.label_values(r.target_label)[dev]
+        return np.where(np.isnan(own), target, own)
+
     def describe(self, key: int) -> dict[str, object]:
         cls, deciding = self.last.get(key, (0, []))
-        target = self.devices.label_values(self.rule.target_label)[key] if self.rule.target_label else math.nan
-        target = self.rule.target if math.isnan(target) else target
+        target = float(self._targets(np.array([key], np.intp))[0])
         names = {name: self.table.parameter(name).metric for name in deciding}
         return {"class_name": f"class {self.table.name(cls)}" if 1 <= cls < WORSE else self.table.name(cls),
                 "target_name": f"class {self.table.name(int(target))}",

@@ -46,6 +46,11 @@ class SimDevice:
     urgent_last: dict[str, FieldValue] = field(default_factory=dict)
     #: (check field, check instant) -> the check's result, as the analyser holds it till the next.
     _checked: dict[tuple[str, int], float] = field(default_factory=dict)
+    #: The profile's analyser-check fields (`sim: check`), found once.
+    _checks: tuple[tuple[str, Mapping[str, Any]], ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        self._checks = tuple((spec.name, spec.sim["check"]) for spec in self.profile.fields if "check" in spec.sim)
 
     @property
     def id(self) -> str:
@@ -77,9 +82,8 @@ class SimDevice:
             elif fault.type == "spikes" and fault.hits(t_ms):
                 sign = 1.0 if fault.draw(t_ms, 0x5151) < 0.5 else -1.0
                 values[m] = float(values[m]) + sign * fault.p("magnitude")
-        for spec in self.profile.fields:
-            if "check" in spec.sim:
-                values[spec.name] = self._check(spec.name, spec.sim["check"], t_ms)
+        for name, hint in self._checks:
+            values[name] = self._check(name, hint, t_ms)
         return values
 
     def _check(self, name: str, hint: Mapping[str, Any], t_ms: int) -> float:

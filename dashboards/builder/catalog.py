@@ -146,11 +146,11 @@ def alerts_table(domain: str | None, title: str = "Active alerts", *, by_device:
 
 # ---------------------------------------------------------------------------- overview
 
-def geomap_panel(domain: str | None = None) -> Panel:
+def geomap_panel(domain: str | None = None, *, by_device: bool = False) -> Panel:
     """Every device of the inventory, and on top those with an active alert (of `domain`)."""
     domain_filter = f"\"domain\" = '{domain}' AND " if domain else ""
     # a family's map follows its device variable, as its alerts table does
-    where = f"{domain_filter}{DEVICE_FILTER if domain else DISTRICT_FILTER}"
+    where = f"{domain_filter}{DEVICE_FILTER if by_device else DISTRICT_FILTER}"
     alerts_q = ('SELECT "state", "message" FROM (SELECT last("state") AS "state", last("message") '
                 f'AS "message" FROM "alerts" WHERE {where} AND $timeFilter '
                 'GROUP BY "device", "severity", "rule", "domain") '

@@ -166,7 +166,7 @@ def family_dashboard(fam: Family) -> Json:
     panels += [
         alerts_table(m, f"Active alerts: {fam.title}", by_device=True),
         device_errors_panel(m),
-        geomap_panel(m),
+        geomap_panel(m, by_device=True),
     ]
     if fam.dashboard.long_range:
         panels.append(row("Long range"))
