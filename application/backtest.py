@@ -123,7 +123,8 @@ def score(name: str, truth: list[dict[str, Any]], events: list[AlertEvent], inve
         return IncidentScore(rec, first is not None, first, lead, hits,
                              [e for e in matched if e.rule in health])
 
-    incidents = [judge(r, bool(r.get("sensor"))) for r in truth if r["kind"] == "incident"]
+    # light rain and the like (`benign`) asks for no detection; alerts it causes stay unclaimed
+    incidents = [judge(r, bool(r.get("sensor"))) for r in truth if r["kind"] == "incident" and not r.get("benign")]
     faults = [judge(r, True) for r in truth if r["kind"] == "fault"]  # a sensor fault: health alerts find it
     unclaimed = [e for e in firing if id(e) not in claimed]
     return BacktestResult(name, start_ms, end_ms, len(inventory), incidents, faults,

@@ -51,7 +51,7 @@ SOLSTICES_AND_EQUINOXES: tuple[dt.date, ...] = (
 #: The shipped scenarios with fixed events (simulators/scenarios/; the composed days are
 #: for `rules evaluate`).
 SHIPPED_SCENARIOS: tuple[str, ...] = ("pudong-incidents", "quiet-day", "district-scale", "huangpu-river-day",
-                                      "huangpu-river-quiet")
+                                      "huangpu-river-quiet", "pudong-rainy-quiet")
 
 
 @dataclass(frozen=True, slots=True)

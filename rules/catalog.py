@@ -27,6 +27,16 @@ Severity = Literal["info", "warning", "critical"]
 Op = Literal["above", "below"]
 
 
+class Recommend(BaseModel):
+    """A command an alert of the rule recommends, for an operator to confirm: write
+    `value` to the alerting device's `field` (a field its profile marks writable) through
+    the command path, e.g. `urbansense edge command --alert ALERT.json`."""
+
+    model_config = ConfigDict(extra="forbid")
+    field: str = Field(pattern=METRIC_PATTERN)
+    value: bool | int | float
+
+
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=RULE_ID)
@@ -62,6 +72,8 @@ class _Rule(BaseModel):
     #: Judge only devices whose gateway-config labels include all of these (a stuck-level
     #: check for tidal stations, `waterbody: river`, and not for lakes, whose level stands).
     labels: dict[str, str] = Field(default_factory=dict)
+    #: The command its alerts recommend (they carry it for an operator to confirm).
+    recommend: Recommend | None = None
 
     @property
     def hold_ms(self) -> int:
@@ -171,6 +183,28 @@ class ForecastRule(_Windowed, _Offset):
     #: water is not extrapolated past it (a rise that turns back never reaches the
     #: limit); a rise speeding up keeps the line's time.
     curvature: bool = False
+
+
+class AccumulationRule(_MetricRule):
+    """What a counter gained over the trailing window (a rain gauge's bucket counter: the
+    rain in the last 3 h) against threshold/clear/critical_threshold. A counter that goes
+    back (a reset, a wrap) adds nothing for that step; a gap in the samples loses
+    nothing, the first sample after it carries the rain of the gap."""
+
+    kind: Literal["accumulation"] = "accumulation"
+    window_s: float = Field(gt=0)
+    buckets: int = Field(default=60, ge=4, le=240)
+    threshold: float = Field(gt=0)
+    clear: float | None = None
+    critical_threshold: float | None = None
+
+    @model_validator(mode="after")
+    def _levels(self) -> AccumulationRule:
+        if self.clear is not None and self.clear > self.threshold:
+            raise ValueError(f"clear ({self.clear}) must be <= threshold ({self.threshold})")
+        if self.critical_threshold is not None and self.critical_threshold < self.threshold:
+            raise ValueError(f"critical_threshold ({self.critical_threshold}) must be >= threshold ({self.threshold})")
+        return self
 
 
 class AnomalyRule(_Windowed):
@@ -288,6 +322,27 @@ class CompositeRule(_Rule):
     #: A member silent this long (its last sample, against the group's newest) is left out
     #: of the group's size: a dead controller must not blind the rule to its neighbours.
     member_silent_s: float = Field(default=300.0, gt=0)
+    #: Conditions on each device's nearest neighbour that the named rule judges (by the
+    #: locations in the gateway configs; any measurement): `nearby` must have been breached
+    #: there within `nearby_within_s`, `not_nearby` must not (a dose rate raised with no
+    #: rain at the nearest gauge). A device without a location or a neighbour: `nearby`
+    #: fails, `not_nearby` holds. Device scope only.
+    nearby: list[str] = Field(default_factory=list)
+    not_nearby: list[str] = Field(default_factory=list)
+    nearby_within_s: float = Field(default=600.0, gt=0)
+    #: The alert names the devices whose gateway-config label `affects_label` is this
+    #: device (the streets that drain to a pump station: `{affected}` in the message).
+    affects_label: str | None = Field(default=None, pattern=METRIC_PATTERN)
+
+    @model_validator(mode="after")
+    def _near_scope(self) -> CompositeRule:
+        if (self.nearby or self.not_nearby) and self.scope != "device":
+            raise ValueError("nearby/not_nearby need scope: device")
+        return self
+
+    @property
+    def parts(self) -> list[str]:
+        return [*self.all_of, *self.nearby, *self.not_nearby]
 
 
 def _table_path(name: str) -> Path:
@@ -366,10 +421,11 @@ RULE_KINDS: dict[str, type[_Rule]] = {
     "threshold": ThresholdRule, "rate": RateRule, "forecast": ForecastRule, "anomaly": AnomalyRule,
     "flatline": FlatlineRule, "drift": DriftRule, "deadman": DeadmanRule,
     "gateway_offline": GatewayOfflineRule, "composite": CompositeRule, "aqi": AqiRule,
-    "counter_check": CounterCheckRule, "water_class": WaterClassRule,
+    "counter_check": CounterCheckRule, "water_class": WaterClassRule, "accumulation": AccumulationRule,
 }
 Rule = (ThresholdRule | RateRule | ForecastRule | AnomalyRule | FlatlineRule | DriftRule
-        | DeadmanRule | GatewayOfflineRule | CompositeRule | AqiRule | CounterCheckRule | WaterClassRule)
+        | DeadmanRule | GatewayOfflineRule | CompositeRule | AqiRule | CounterCheckRule | WaterClassRule
+        | AccumulationRule)
 
 
 def _load_file(f: Path, problems: list[str]) -> list[Rule]:
@@ -446,6 +502,15 @@ def load_catalog(path: Path | None = None) -> list[Rule]:
                       or isinstance(d, CompositeRule | AqiRule | WaterClassRule)):
                     problems.append(f"{where[r.id]}: rule {r.id!r}: all_of: {dep!r} must be a "
                                     f"{r.measurement} device rule (not composite, aqi or water_class)")
+            for key, deps in (("nearby", r.nearby), ("not_nearby", r.not_nearby)):
+                for dep in deps:
+                    d = by_id.get(dep)
+                    if d is None:
+                        problems.append(f"{where[r.id]}: rule {r.id!r}: {key}: no rule {dep!r}")
+                    elif getattr(d, "measurement", None) is None or isinstance(d, CompositeRule | AqiRule
+                                                                               | WaterClassRule | DeadmanRule):
+                        problems.append(f"{where[r.id]}: rule {r.id!r}: {key}: {dep!r} must be a device rule "
+                                        "(not composite, deadman, aqi or water_class)")
     if problems:
         raise ConfigError(problems)
     return rules

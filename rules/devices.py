@@ -60,6 +60,8 @@ class Devices:
         self.device: list[str] = []
         self.measurement: list[str] = []
         self.labels: list[dict[str, str]] = []
+        #: The fields each device's profile reads (empty: not known).
+        self.fields: list[frozenset[str]] = []
         self.capacity = 0
         self.gateway = np.zeros(0, np.intp)
         self.lat = np.zeros(0)
@@ -70,6 +72,7 @@ class Devices:
         self._by_measurement: dict[str | None, Index] = {}
         self._label_values: dict[str, npt.NDArray[np.float64]] = {}
         self._label_masks: dict[str, npt.NDArray[np.bool_]] = {}
+        self._nearest: dict[str, Index] = {}
         self._on_grow: list[Callable[[int], None]] = []
 
     def __len__(self) -> int:
@@ -107,9 +110,11 @@ class Devices:
         self.device.append(device)
         self.measurement.append(measurement)
         self.labels.append({})
+        self.fields.append(frozenset())
         self._by_measurement.clear()
         self._label_values.clear()
         self._label_masks.clear()
+        self._nearest.clear()
         self.gateway[i] = self.gateways.get(district, gateway)
         return i
 
@@ -118,9 +123,11 @@ class Devices:
             i = self.add(d.district, d.gateway, d.device, d.measurement)
             self.expected[i] = True
             self.labels[i] = dict(d.labels)
+            self.fields[i] = d.fields
             self._by_measurement.clear()
             self._label_values.clear()
             self._label_masks.clear()
+            self._nearest.clear()
             if d.lat is not None and d.lon is not None:
                 self.lat[i], self.lon[i] = d.lat, d.lon
 
@@ -140,6 +147,35 @@ class Devices:
         if cached is None:
             cached = np.array([all(lab.get(k) == v for k, v in want.items()) for lab in self.labels], bool)
             self._label_masks[key] = cached
+        return cached
+
+    def nearest(self, measurement: str | None, labels: dict[str, str], metric: str | None = None) -> Index:
+        """Each device's nearest other device of `measurement` carrying `labels` (and whose
+        profile reads `metric`, where the inventory says), by the locations in the gateway
+        configs, in the same district (-1: none, or no location)."""
+        key = f"{measurement}|{metric}|{sorted(labels.items())!r}"
+        cached = self._nearest.get(key)
+        if cached is None:
+            n = len(self.device)
+            cached = np.full(n, -1, np.intp)
+            targets = self.of_measurement(measurement)
+            if labels:
+                targets = targets[self.carrying(labels)[targets]]
+            if metric is not None:
+                targets = np.array([i for i in targets if not self.fields[i] or metric in self.fields[i]], np.intp)
+            targets = targets[~np.isnan(self.lat[targets])]
+            if len(targets):
+                lat, lon = self.lat[:n], self.lon[:n]
+                # equirectangular distance: good to metres over a city
+                dy = lat[:, None] - self.lat[targets][None, :]
+                dx = (lon[:, None] - self.lon[targets][None, :]) * np.cos(np.radians(lat))[:, None]
+                dist = dx * dx + dy * dy
+                same = np.array(self.district)[:, None] == np.array(self.district)[targets][None, :]
+                dist = np.where(same & (np.arange(n)[:, None] != targets[None, :]), dist, np.inf)
+                best = np.argmin(np.where(np.isnan(dist), np.inf, dist), axis=1)
+                found = np.isfinite(dist[np.arange(n), best])
+                cached[found] = targets[best[found]]
+            self._nearest[key] = cached
         return cached
 
     def of_measurement(self, measurement: str | None) -> Index:

@@ -46,6 +46,7 @@ from rules.lifecycle import (
 )
 from rules.silences import SilenceSet
 from rules.sun import sun_elevation_deg
+from urbansense import topics
 from urbansense.lineprotocol import encode_point
 from urbansense.schema import AlertEvent, Forecast, GatewayStatus, TelemetryBatch
 
@@ -119,8 +120,12 @@ class RulesEngine:
             if label is None:
                 continue
             values = self.devices.label_values(label)
-            missing = [self.devices.device[i] for i in self.devices.of_measurement(getattr(r, "measurement", None))
-                       if self.devices.expected[i] and np.isnan(values[i])]
+            metric = getattr(r, "metric", None)
+            devs = self.devices
+            # a device whose profile does not read the rule's metric is none of its business
+            missing = [devs.device[i] for i in devs.of_measurement(getattr(r, "measurement", None))
+                       if devs.expected[i] and np.isnan(values[i])
+                       and (metric is None or not devs.fields[i] or metric in devs.fields[i])]
             if not missing:
                 continue
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -142,13 +147,13 @@ class RulesEngine:
         for r in ordered:
             old = (keep or {}).get(r.id)
             same_parts = not isinstance(old, CompositeEval) or all(
-                self.evaluators.get(d) is dep for d, dep in zip(r.all_of, old.deps, strict=False))  # type: ignore[union-attr]
+                self.evaluators.get(d) is dep for d, dep in zip(r.parts, old.deps, strict=False))  # type: ignore[union-attr]
             if old is not None and old.rule == r and same_parts:
                 self.evaluators[r.id] = old  # unchanged: keep every bit of state
                 continue
             if isinstance(r, CompositeRule):
                 ev: Evaluator = CompositeEval(r, self.devices, self.buffers,
-                                              [self.evaluators[d] for d in r.all_of])
+                                              [self.evaluators[d] for d in r.parts])
             else:
                 ev = KIND_EVALUATORS[r.kind](r, self.devices, self.buffers)
             if old is not None and type(old) is type(ev):
@@ -380,11 +385,17 @@ class RulesEngine:
             message = f"Resolved: {rule.id} at {device}{now}"
         else:
             message = _message(rule, fields)
+        command = None
+        if rule.recommend is not None and out is not Change.RESOLVED and ev.tracks_breach:
+            gw = int(self.devices.gateway[key])
+            if gw >= 0:
+                command = {"topic": topics.command(district, self.devices.gateways.names[gw][1]), "dev": device,
+                           "field": rule.recommend.field, "value": rule.recommend.value}
         return [AlertEvent(id=alert_id, rule=rule.id, domain=rule.domain, severity=severity,
                            state="resolved" if out is Change.RESOLVED else "firing", district=district,
                            device=device, metric=metric, value=val, threshold=thr,
                            started=int(ev.lifecycle.since[key]), t=t, message=message, forecast=forecast,
-                           supersedes=supersedes)]
+                           supersedes=supersedes, command=command)]
 
     def _owed(self, alert_id: str, change: Change, sev: int) -> list[AlertEvent]:
         """The event a flapping alert owes once a firing has held for a flap window."""

@@ -26,6 +26,8 @@ class InventoryDevice:
     lat: float | None = None
     lon: float | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    #: The fields its profile reads (empty: not known).
+    fields: frozenset[str] = frozenset()
 
 
 def from_gateways(gateways: list[LoadedGateway]) -> list[InventoryDevice]:
@@ -40,6 +42,7 @@ def from_gateways(gateways: list[LoadedGateway]) -> list[InventoryDevice]:
                 lat=dev.location.lat if dev.location else None,
                 lon=dev.location.lon if dev.location else None,
                 labels=dict(dev.labels),
+                fields=frozenset(f.name for f in prof.fields) if prof is not None else frozenset(),
             ))
     return out
 

@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from rules.aqi import TABLES_DIR, AqiTable
 from rules.catalog import (
+    AccumulationRule,
     AnomalyRule,
     AqiRule,
     CompositeRule,
@@ -533,19 +534,84 @@ class Groups:
         return members[mg >= 0], mg[mg >= 0]
 
 
+class AccumulationEval(Evaluator):
+    """A counter's gain over the trailing window: each sample's increase over the device's
+    previous one (nothing for a reset or wrap) summed in time buckets."""
+
+    rule: AccumulationRule
+    last_count: FloatArray
+    STATE: ClassVar[dict[str, tuple[float, type]]] = {"last_breach": (NEVER, np.int64),
+                                                       "last_count": (np.nan, np.float64)}
+
+    def __init__(self, rule: AccumulationRule, devices: Devices, buffers: Buffers) -> None:
+        self.gains = TimeBuckets(rule.window_s, rule.buckets, 0)
+        super().__init__(rule, devices, buffers)
+
+    def grow(self, cap: int) -> None:
+        super().grow(cap)
+        self.gains.grow(cap)
+
+    def evaluate(self, rnd: Round) -> Signals | None:
+        r = self.rule
+        count = rnd.values[r.metric]
+        last = self.last_count[rnd.dev]
+        with np.errstate(invalid="ignore"):
+            gain = np.where(np.isnan(last) | np.isnan(count) | (count < last), 0.0, count - last)
+        seen = ~np.isnan(count)
+        self.last_count[rnd.dev[seen]] = count[seen]
+        self.gains.add(rnd.dev, rnd.t, gain)
+        total = self.gains.window_sum(rnd.dev, rnd.t)
+        return self._hysteresis(rnd, total, "above", r.threshold, r.clear, r.critical_threshold)
+
+
 class CompositeEval(Evaluator):
     rule: CompositeRule
 
     def __init__(self, rule: CompositeRule, devices: Devices, buffers: Buffers, deps: list[Evaluator]) -> None:
+        #: every part, in the order all_of, nearby, not_nearby
         self.deps = deps
+        n_all, n_near = len(rule.all_of), len(rule.nearby)
+        self.own = deps[:n_all]
+        self.near = deps[n_all:n_all + n_near]
+        self.not_near = deps[n_all + n_near:]
         super().__init__(rule, devices, buffers)
         self.groups = Groups(devices, rule.measurement, rule.group_by, self._grow_keys)
 
     def _all_recent(self, dev: Index, since: IntArray) -> npt.NDArray[np.bool_]:
         ok = np.ones(len(dev), bool)
-        for d in self.deps:
+        for d in self.own:
             ok &= d.last_breach[dev] >= since
         return ok
+
+    def neighbour(self, dep: Evaluator) -> Index:
+        """Each device's nearest device that `dep` judges (-1: none)."""
+        return self.devices.nearest(dep.measurement, dep.rule.labels, dep.metrics[0] if dep.metrics else None)
+
+    def _neighbours_agree(self, dev: Index, t: IntArray) -> npt.NDArray[np.bool_]:
+        ok = np.ones(len(dev), bool)
+        since = t - int(self.rule.nearby_within_s * 1000)
+        for deps, wanted in ((self.near, True), (self.not_near, False)):
+            for d in deps:
+                near = self.neighbour(d)[dev]
+                breached = np.where(near >= 0, d.last_breach[np.maximum(near, 0)] >= since, False)
+                ok &= breached if wanted else ~breached
+        return ok
+
+    def describe(self, key: int) -> dict[str, object]:
+        r = self.rule
+        out: dict[str, object] = {}
+        for d in (*self.near, *self.not_near):
+            near = int(self.neighbour(d)[key]) if key < len(self.devices) else -1
+            out[f"near_{d.rule.id.split('.')[-1]}"] = self.devices.device[near] if near >= 0 else "none"
+        if r.affects_label is not None:
+            me = self.devices.device[key]
+            hit = [self.devices.device[i] for i, lab in enumerate(self.devices.labels)
+                   if lab.get(r.affects_label) == me and self.devices.district[i] == self.devices.district[key]]
+            places = [self.devices.labels[self.devices.index[(self.devices.district[key], h)]].get("place", h)
+                      for h in hit]
+            out["affected"] = ", ".join(f"{p} ({h})" if p != h else h for p, h in zip(places, hit, strict=True)) \
+                or "no device recorded downstream"
+        return out
 
     def key_label(self, key: int) -> tuple[str, str]:
         if self.rule.scope == "device":
@@ -557,8 +623,12 @@ class CompositeEval(Evaluator):
         within = int(r.within_s * 1000)
         if r.scope == "device":
             ok = self._all_recent(rnd.dev, rnd.t - within)
+            if self.near or self.not_near:
+                ok &= self._neighbours_agree(rnd.dev, rnd.t)
             sig = np.where(ok, _BREACH, _CLEAR).astype(np.int8)
-            v = rnd.values[self.deps[0].metrics[0]] if self.deps[0].metrics else np.full(len(ok), np.nan)
+            first = self.own[0]
+            v = rnd.values[first.metrics[0]] if first.metrics and first.metrics[0] in rnd.values \
+                else np.full(len(ok), np.nan)
             return Signals(rnd.dev, rnd.t, sig, np.full(len(ok), self.severity, np.int8), v,
                            np.full(len(ok), np.nan))
         dev_group = self.groups.of_devices()
@@ -807,5 +877,5 @@ class WaterClassEval(Evaluator):
 KIND_EVALUATORS: dict[str, type[Evaluator]] = {
     "threshold": ThresholdEval, "rate": RateEval, "forecast": ForecastEval, "anomaly": AnomalyEval,
     "flatline": FlatlineEval, "drift": DriftEval, "deadman": DeadmanEval, "aqi": AqiEval,
-    "counter_check": CounterCheckEval, "water_class": WaterClassEval,
+    "counter_check": CounterCheckEval, "water_class": WaterClassEval, "accumulation": AccumulationEval,
 }

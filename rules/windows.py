@@ -72,6 +72,13 @@ class TimeBuckets:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
+    def window_sum(self, dev: Index, t: IntArray) -> FloatArray:
+        """Sum of every sample in the window ending at t (0 when there is none)."""
+        b_now = (t // self.width_ms)[:, None]
+        sb = self.slot_bucket[dev]
+        valid = (sb > b_now - self.buckets) & (sb <= b_now)
+        return np.where(valid, self.sums[dev], 0.0).sum(axis=1)
+
     def state(self) -> dict[str, npt.NDArray[np.generic]]:
         return {"sums": self.sums, "counts": self.counts, "slot_bucket": self.slot_bucket}
 

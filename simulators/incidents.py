@@ -40,6 +40,13 @@ class IncidentType:
     effect: Effect | None = None
     #: The failure of a sensor itself: health alerts detect it.
     sensor: bool = False
+    #: `district`: every device of the district sees it (weather).
+    felt_by: str = "devices"
+    #: No detection asked for (light rain); its hazard alerts are false alarms.
+    benign: bool = False
+    #: Found in the simulated data (a flooded street), not scheduled; from `onset`.
+    emergent: bool = False
+    onset: float | None = None
 
     def threshold_for(self, labels: Mapping[str, str], default: float | None) -> float | None:
         """A device's hazard threshold: its `hazard_label` if it has one, else `default`."""
@@ -49,7 +56,8 @@ class IncidentType:
 
 INCIDENT_TYPES: dict[str, IncidentType] = {
     name: IncidentType(inc.name, fam.family, inc.profile, inc.metric, inc.group, dict(inc.defaults),
-                       inc.hazard, inc.hazard_threshold, inc.hazard_label, inc.source, inc.effect, inc.sensor)
+                       inc.hazard, inc.hazard_threshold, inc.hazard_label, inc.source, inc.effect, inc.sensor,
+                       inc.felt_by, inc.benign, inc.emergent, inc.onset)
     for name, (fam, inc) in registry.incident_kinds().items()
 }
 
@@ -66,6 +74,9 @@ class ActiveIncident:
     #: circuit, from the cabinet out), and how many there are.
     member: int = 0
     members: int = 1
+    #: The device it was scheduled on, for one felt by the whole district (a pump station's
+    #: trip as the streets it drains see it); "" on the device's own incidents.
+    origin: str = ""
 
     @property
     def last_member(self) -> bool:

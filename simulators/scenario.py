@@ -109,6 +109,13 @@ class Scenario:
         for ev in self.events_for(seed):
             start = start_ms + int(ev.at_s * 1000)
             end = start + int(ev.duration_s * 1000)
+            if ev.kind == "incident" and INCIDENT_TYPES[ev.type].felt_by == "district":
+                # weather (or a station's trip) as the rest of the district sees it
+                district = world.devices[ev.devices[0]].district
+                for dev in world.devices.values():
+                    if dev.district == district and dev.id not in ev.devices:
+                        dev.incidents.append(ActiveIncident(ev.type, start, end, dict(ev.params),
+                                                            origin=ev.devices[0]))
             for member, dev_id in enumerate(ev.devices):
                 dev = world.devices[dev_id]
                 if ev.kind == "incident":
@@ -205,14 +212,66 @@ class Scenario:
                 "hazard_crossed_at": crossed,
                 # A sensor's own failure: its health alerts detect it.
                 **({"sensor": True} if ev.kind == "incident" and INCIDENT_TYPES[ev.type].sensor else {}),
+                # Weather to live with (light rain): nothing to detect.
+                **({"benign": True} if ev.kind == "incident" and INCIDENT_TYPES[ev.type].benign else {}),
                 "params": dict(ev.params),
                 # Where, for maps and for scoring group alerts (a circuit, a DMA, a tunnel).
                 "location": _location(devs),
                 "labels": _common_labels(devs),
                 **({"note": ev.note} if ev.note else {}),
             })
+        records.extend(self._emergent(world, start_ms))
         records.sort(key=lambda r: (r["start"], r["kind"], r["type"]))
         return records
+
+    def _emergent(self, world: World, start_ms: int) -> list[dict[str, Any]]:
+        """The episodes of the emergent incident kinds (a street flooding under the rain):
+        wherever a device of the kind's profile passes its hazard threshold, from where its
+        metric last left `onset` to where it is back there. Warnings may come from the start
+        of the district-wide incident active at its onset (the rain behind it)."""
+        step = int(self.step_s * 1000)
+        end_ms = start_ms + int(self.duration_s * 1000)
+        out: list[dict[str, Any]] = []
+        for itype in INCIDENT_TYPES.values():
+            if not itype.emergent:
+                continue
+            above = itype.hazard == "above"
+            onset = float(itype.onset or 0.0)
+            for dev in world.devices.values():
+                if dev.profile.profile != itype.profile:
+                    continue
+                threshold = itype.threshold_for(dev.spec.labels, itype.hazard_threshold)
+                assert threshold is not None
+                begun: int | None = None
+                crossed: int | None = None
+                for t in range(start_ms, end_ms + step, step):
+                    values = dev.model.values(t, [i for i in dev.incidents if i.start_ms <= t]) \
+                        if t < end_ms else None
+                    v = float(values[itype.metric]) if values is not None else (onset - 1 if above else onset + 1)
+                    past_onset = v > onset if above else v < onset
+                    if past_onset and begun is None:
+                        begun = t
+                    if begun is not None and crossed is None and (v >= threshold if above else v <= threshold):
+                        crossed = t
+                    if not past_onset and begun is not None:
+                        if crossed is not None:
+                            out.append(self._emergent_record(itype.name, dev, begun, t, crossed, threshold))
+                        begun = crossed = None
+        return out
+
+    @staticmethod
+    def _emergent_record(kind: str, dev: SimDevice, start: int, end: int, crossed: int,
+                         threshold: float) -> dict[str, Any]:
+        behind = [i for i in dev.incidents if i.origin and i.start_ms <= start < i.end_ms + 3_600_000]
+        warn_from = min([start, *(i.start_ms for i in behind)])
+        itype = INCIDENT_TYPES[kind]
+        return {
+            "kind": "incident", "type": kind, "domain": itype.domain, "district": dev.district,
+            "gateway": dev.gateway, "device": dev.id, "devices": [dev.id], "metric": itype.metric,
+            "start": start, "warn_from": warn_from, "end": end, "hazard_threshold": threshold,
+            "hazard_crossed_at": crossed, "params": {}, "location": _location([dev]),
+            "labels": dict(dev.spec.labels), "note": "emerged from the simulated data",
+        }
 
     def _hazard_crossed(self, ev: ScheduledEvent, devs: list[SimDevice], start: int, end: int,
                         start_ms: int) -> int | None:

@@ -188,3 +188,6 @@ class World:
                 devs.append(dev)
                 self.devices[spec.id] = dev
             self.gateways.append(SimGateway(loaded, devs))
+        peers = {dev_id: dev.model for dev_id, dev in self.devices.items()}
+        for dev in self.devices.values():
+            dev.ctx.peers = peers

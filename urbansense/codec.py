@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import orjson
 
-from urbansense import registry
+from urbansense import registry, topics
 from urbansense.identifiers import (
     ALERT_STATES,
     DOMAINS,
@@ -571,6 +571,20 @@ def decode_alert(payload: bytes | str) -> AlertEvent:
             crosses_at=_int(_require(fc, "crosses_at", "forecast"), "forecast.crosses_at"),
             eta_s=float(_opt_number(fc, "eta_s") or 0.0),
         )
+    command = raw.get("command")
+    if command is not None:
+        if not isinstance(command, dict) or not all(k in command for k in ("topic", "dev", "field", "value")):
+            raise _problem("command", 'must be {"topic", "dev", "field", "value"} or absent')
+        try:
+            topics.parse_gateway_topic(_str(command["topic"], "command.topic"))
+        except topics.TopicError as exc:
+            raise _problem("command.topic", str(exc)) from None
+        _ident(command["dev"], "command.dev")
+        why = metric_problem(command["field"])
+        if why:
+            raise _problem("command.field", why)
+        if not isinstance(command["value"], bool | int | float):
+            raise _problem("command.value", f"must be a number or true/false, got {_describe(command['value'])}")
     return AlertEvent(
         id=_str(_require(raw, "id", ""), "id"),
         rule=_str(_require(raw, "rule", ""), "rule"),
@@ -586,6 +600,7 @@ def decode_alert(payload: bytes | str) -> AlertEvent:
         t=_int(_require(raw, "t", ""), "t", minimum=1),
         message=_str(_require(raw, "message", ""), "message"),
         forecast=forecast,
+        command=command,
     )
 
 

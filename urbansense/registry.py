@@ -128,6 +128,20 @@ class IncidentKind(_Model):
     #: The incident is the failure of a sensor itself (a detector going blind): its
     #: sensor-health alerts detect it, where for other incidents they are listed apart.
     sensor: bool = False
+    #: Who sees it: its own `devices`, or every device of its `district` (weather: a
+    #: rainstorm reaches the rain gauges it is scheduled on, and also the streets, sumps,
+    #: outfalls and radiation stations around them; each family's model decides what it
+    #: does to them).
+    felt_by: Literal["devices", "district"] = "devices"
+    #: Weather the rules must live with, not report (light rain): no detection is asked
+    #: for it, and a hazard alert it causes is a false alarm.
+    benign: bool = False
+    #: Not scheduled but found in the simulated data: an episode wherever `metric` passes
+    #: the hazard threshold (a street flooding under the rain, a sewer overflowing), from
+    #: where it last left `onset` before that to where it is back there. Warnings may
+    #: come from the start of the district-wide incident behind it (the rain).
+    emergent: bool = False
+    onset: float | None = None
 
     @model_validator(mode="after")
     def _varies_known(self) -> IncidentKind:
@@ -139,6 +153,8 @@ class IncidentKind(_Model):
         for k, (lo, hi) in self.vary.items():
             if lo > hi:
                 raise ValueError(f"vary.{k}: low {lo} is above high {hi}")
+        if self.emergent and (self.hazard not in ("above", "below") or self.onset is None):
+            raise ValueError("emergent: give hazard (above or below) and onset, the level where its episode begins")
         return self
 
 

@@ -99,6 +99,9 @@ class AlertEvent:
     message: str
     forecast: Forecast | None = None
     v: int = 1
+    #: A command the alert recommends (a pump to start), for an operator to confirm:
+    #: {"topic", "dev", "field", "value"} as the command path takes it.
+    command: dict[str, Any] | None = None
     #: On an escalation, the severity this event replaces (not on the wire: the `alerts`
     #: measurement closes that severity's entry, so a dashboard shows the alert once).
     supersedes: str | None = None
@@ -122,4 +125,6 @@ class AlertEvent:
         }
         if self.forecast is not None:
             out["forecast"] = {"crosses_at": self.forecast.crosses_at, "eta_s": self.forecast.eta_s}
+        if self.command is not None:
+            out["command"] = self.command
         return out

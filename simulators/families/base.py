@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,9 @@ class DeviceContext:
     #: Noise counts event seconds from here (the scenario's start), so a scenario gives the
     #: same noise on whatever day it is played; only the sun and the time of day differ.
     epoch_ms: int = 0
+    #: Every device's model in the scenario by id, for models coupled to a neighbour's
+    #: (a street's drain backing up when the pump station it drains to is full).
+    peers: Mapping[str, FamilyModel] = field(default_factory=dict)
 
     def key(self, stream: str) -> int:
         return noise.stream_key(self.seed, self.id, stream)

@@ -32,8 +32,8 @@ ROLLUP_1H = next(r for r in ROLLUPS if r.retention_policy == ROLLUP_RP)
 TICK_MS = 30_000
 TICKS = 40  # 20 minutes
 #: Pudong's 50 devices with one of each incident, Xuhui's 640 devices, Pudong's river
-#: and lake stations.
-SCENARIOS = ("pudong-incidents", "district-scale", "huangpu-river-day")
+#: and lake stations, its drainage and radiation stations.
+SCENARIOS = ("pudong-incidents", "district-scale", "huangpu-river-day", "pudong-rainstorm-day")
 #: Numeric values of the newest tick for the first device of a kind: the incidents.
 INCIDENT = {"methane_lel_pct": 30, "fault_code": 3, "alarm_level": 1}
 
@@ -86,9 +86,11 @@ def simulate(influx: InfluxClient, *, seed: int = 7, end_ms: int | None = None) 
                         kinds[kind] = kinds.get(kind, -1) + 1
                         _incident(sample, kinds[kind])
                 if tick_no == TICKS // 2 and batch.samples:
-                    # one device per gateway times out once: the "not answering" tables
-                    batch.samples[-1] = Sample(batch.samples[-1].dev, batch.samples[-1].m, tick.t_ms,
-                                               {}, q="bad", err="timeout")
+                    # one device per gateway and measurement times out once: the "not answering" tables
+                    last_of = {s.m: i for i, s in enumerate(batch.samples)}
+                    for i in last_of.values():
+                        batch.samples[i] = Sample(batch.samples[i].dev, batch.samples[i].m, tick.t_ms,
+                                                  {}, q="bad", err="timeout")
                 lines += batch_lines(batch)
                 engine.ingest([batch])
                 lines.append(status_line(batch.district, batch.gw, GatewayStatus(
