@@ -66,6 +66,7 @@ def test_each_family_holds_its_profiles_rules_and_incidents() -> None:
         assert own and all(profiles[p].measurement == name for p in own), name
         # read on its own (a family's rule may name another's: radiation's rain gate)
         problems: list[str] = []
+        assert fam.rules_file is not None, name
         assert {r.domain for r in catalog._load_file(fam.rules_file, problems)} == {name} and not problems
         for inc in fam.incidents:
             assert inc.profile in own, (name, inc.name)
