@@ -22,12 +22,15 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rules.catalog import Rule, load_catalog
 from rules.engine import RulesEngine
 from rules.inventory import InventoryDevice
 from urbansense.schema import AlertEvent, TelemetryBatch
+
+if TYPE_CHECKING:
+    from simulators.scenario import Scenario
 
 #: An alert up to this long after an incident ends still belongs to it (resolution lag).
 GRACE_S = 900.0
@@ -165,6 +168,7 @@ def run_scenario(scenario: str | Path, rules: list[Rule] | None = None, *, seed:
     inventory = from_gateways(sc.loaded_for(seed))
     rules = rules if rules is not None else load_catalog()
     engine = RulesEngine(rules, inventory)
+    seed_history(engine, sc, seed, start)
     truth = sc.ground_truth(seed, start)
     watch: set[tuple[str, str, str]] = set()
     for rec in truth:
@@ -181,6 +185,27 @@ def run_scenario(scenario: str | Path, rules: list[Rule] | None = None, *, seed:
                    maintenance=maintenance_rules(rules))
     result.signals = signals
     return result
+
+
+def seed_history(engine: RulesEngine, scenario: Scenario, seed: int, start_ms: int) -> int:
+    """The past record rules need before they can speak (a tide station's weeks of level
+    for its harmonic fit), taken hourly from the simulation before the scenario's start:
+    what a live engine reads back from InfluxDB. Returns the devices seeded."""
+    needs = engine.history_needs()
+    if not needs:
+        return 0
+    world = scenario.world(seed, start_ms)
+    seeded = 0
+    for measurement, metric, history_s in needs:
+        # one reading at the middle of each hour, as an hour's mean stands for it
+        first = start_ms - int(history_s * 1000) // 3_600_000 * 3_600_000
+        hours = range(first - first % 3_600_000 + 1_800_000, start_ms - 3_600_000, 3_600_000)
+        for dev in world.devices.values():
+            if dev.profile.measurement != measurement or metric not in {f.name for f in dev.profile.fields}:
+                continue
+            values = [float(dev.model.values(t, [])[metric]) for t in hours]
+            seeded += engine.seed_history(dev.district, dev.id, measurement, metric, list(hours), values)
+    return seeded
 
 
 def _with_progress(ticks: Iterator[tuple[int, list[TelemetryBatch]]], start: int, end: int,

@@ -80,7 +80,7 @@ class _Rule(BaseModel):
         """How long after a health suspicion this rule's breaches wait (0: never)."""
         if self.health_hold_s is not None:
             return int(self.health_hold_s * 1000)
-        return 900_000 if getattr(self, "kind", "") in ("forecast", "rate", "anomaly", "drift") else 0
+        return 900_000 if getattr(self, "kind", "") in ("forecast", "rate", "anomaly", "drift", "tide_forecast") else 0
 
     @property
     def domain(self) -> str:
@@ -183,6 +183,48 @@ class ForecastRule(_Windowed, _Offset):
     #: water is not extrapolated past it (a rise that turns back never reaches the
     #: limit); a rise speeding up keeps the line's time.
     curvature: bool = False
+
+
+class TideForecastRule(_MetricRule, _Offset):
+    """The compound-flood warning of a tide (or tidal river) station: the astronomical tide
+    predicted from a harmonic fit of the station's own record (rules/tides.py), plus the
+    surge it reads now (observed minus predicted, smoothed over `surge_tau_s`), plus the
+    rise the rain at the nearest gauge brings (`rain_from`, an accumulation rule, times
+    `rain_m_per_mm`), against `limit`: breach when that sum crosses it within
+    `horizon_s`, with the time of the crossing and the high water it expects."""
+
+    kind: Literal["tide_forecast"] = "tide_forecast"
+    #: `level`: the expected high water against `limit` (above); `surge`: the surge the
+    #: station reads now (observed minus its predicted tide) against `limit`, whatever
+    #: the tide (a typhoon's surge on a neap tide, short of the warning level).
+    watch: Literal["level", "surge"] = "level"
+    limit: float = 0.0
+    #: A warning resolves once the expected high water is this far below the limit.
+    clear_margin: float = Field(default=0.1, ge=0)
+    constituents: list[str] = Field(default_factory=lambda: ["M2", "S2", "K1", "O1"], min_length=1)
+    #: The record kept for the fit, and the least before a first fit (M2 from S2 needs
+    #: 14.77 days).
+    history_s: float = Field(default=16 * 86400, gt=0)
+    min_history_s: float = Field(default=15 * 86400, gt=0)
+    refit_every_s: float = Field(default=6 * 3600, gt=0)
+    surge_tau_s: float = Field(default=1800, gt=0)
+    #: Carry the surge's trend (its rise per hour, smoothed over an hour) this far ahead:
+    #: a typhoon's surge still building when the tide turns up. 0: the surge persists.
+    surge_trend_s: float = Field(default=0.0, ge=0)
+    horizon_s: float = Field(default=4 * 3600, gt=0)
+    rain_from: str | None = None
+    rain_m_per_mm: float = Field(default=0.0, ge=0)
+    #: Latitude for the fit where a station has no location.
+    lat: float = 31.2
+    #: The alert names the devices whose label `affects_label` is this station (the low
+    #: points downstream of it: `{affected}` in the message).
+    affects_label: str | None = Field(default=None, pattern=METRIC_PATTERN)
+
+    @model_validator(mode="after")
+    def _history(self) -> TideForecastRule:
+        if self.min_history_s > self.history_s:
+            raise ValueError(f"min_history_s ({self.min_history_s}) cannot exceed history_s ({self.history_s})")
+        return self
 
 
 class AccumulationRule(_MetricRule):
@@ -422,10 +464,11 @@ RULE_KINDS: dict[str, type[_Rule]] = {
     "flatline": FlatlineRule, "drift": DriftRule, "deadman": DeadmanRule,
     "gateway_offline": GatewayOfflineRule, "composite": CompositeRule, "aqi": AqiRule,
     "counter_check": CounterCheckRule, "water_class": WaterClassRule, "accumulation": AccumulationRule,
+    "tide_forecast": TideForecastRule,
 }
 Rule = (ThresholdRule | RateRule | ForecastRule | AnomalyRule | FlatlineRule | DriftRule
         | DeadmanRule | GatewayOfflineRule | CompositeRule | AqiRule | CounterCheckRule | WaterClassRule
-        | AccumulationRule)
+        | AccumulationRule | TideForecastRule)
 
 
 def _load_file(f: Path, problems: list[str]) -> list[Rule]:
@@ -511,6 +554,11 @@ def load_catalog(path: Path | None = None) -> list[Rule]:
                                                                                | WaterClassRule | DeadmanRule):
                         problems.append(f"{where[r.id]}: rule {r.id!r}: {key}: {dep!r} must be a device rule "
                                         "(not composite, deadman, aqi or water_class)")
+        if isinstance(r, TideForecastRule) and r.rain_from is not None:
+            d = by_id.get(r.rain_from)
+            if not isinstance(d, AccumulationRule):
+                problems.append(f"{where[r.id]}: rule {r.id!r}: rain_from: {r.rain_from!r} must be an accumulation "
+                                "rule (the rain at the nearest gauge)")
     if problems:
         raise ConfigError(problems)
     return rules

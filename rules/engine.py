@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rules.catalog import CompositeRule, GatewayOfflineRule, Rule, WaterClassRule
+from rules.catalog import CompositeRule, GatewayOfflineRule, Rule, TideForecastRule, WaterClassRule
 from rules.devices import NEVER, Devices, Index, Round
 from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
 from rules.inventory import InventoryDevice
@@ -32,6 +32,7 @@ from rules.kinds import (
     DeadmanEval,
     Evaluator,
     Signals,
+    TideForecastEval,
 )
 from rules.lifecycle import (
     SEVERITY_LEVELS,
@@ -142,18 +143,24 @@ class RulesEngine:
         self.rules = rules
         self.evaluators = {}
         self.gateway_rules = [r for r in rules if isinstance(r, GatewayOfflineRule)]
-        ordered: list[Rule] = [r for r in rules if not isinstance(r, CompositeRule | GatewayOfflineRule)]
-        ordered += [r for r in rules if isinstance(r, CompositeRule)]
+        later = CompositeRule | TideForecastRule  # built after the rules they read
+        ordered: list[Rule] = [r for r in rules if not isinstance(r, later | GatewayOfflineRule)]
+        ordered += [r for r in rules if isinstance(r, later)]
         for r in ordered:
             old = (keep or {}).get(r.id)
             same_parts = not isinstance(old, CompositeEval) or all(
                 self.evaluators.get(d) is dep for d, dep in zip(r.parts, old.deps, strict=False))  # type: ignore[union-attr]
+            if isinstance(old, TideForecastEval) and isinstance(r, TideForecastRule):
+                same_parts = old.rain is (self.evaluators.get(r.rain_from) if r.rain_from else None)
             if old is not None and old.rule == r and same_parts:
                 self.evaluators[r.id] = old  # unchanged: keep every bit of state
                 continue
             if isinstance(r, CompositeRule):
                 ev: Evaluator = CompositeEval(r, self.devices, self.buffers,
                                               [self.evaluators[d] for d in r.parts])
+            elif isinstance(r, TideForecastRule):
+                ev = TideForecastEval(r, self.devices, self.buffers,
+                                      self.evaluators.get(r.rain_from) if r.rain_from else None)
             else:
                 ev = KIND_EVALUATORS[r.kind](r, self.devices, self.buffers)
             if old is not None and type(old) is type(ev):
@@ -171,6 +178,22 @@ class RulesEngine:
         self._metrics: dict[str, set[str]] = {}
         for m, evs in self._by_measurement.items():
             self._metrics[m] = {metric for ev in evs for metric in ev.metrics}
+
+    def history_needs(self) -> list[tuple[str, str, float]]:
+        """(measurement, metric, seconds) of past record some rule needs (a tide fit)."""
+        needs = {n for ev in self.evaluators.values() if (n := ev.history_needs()) is not None}
+        return sorted(needs)
+
+    def seed_history(self, district: str, device: str, measurement: str, metric: str,
+                     t_ms: list[int], values: list[float]) -> bool:
+        """Give the rules that need it a device's past record; False for an unknown device."""
+        i = self.devices.index.get((district, device))
+        if i is None:
+            return False
+        for ev in self.evaluators.values():
+            if ev.history_needs() is not None and ev.measurement == measurement and metric in ev.metrics:
+                ev.seed_history(i, t_ms, values)
+        return True
 
     def reload(self, rules: list[Rule]) -> list[AlertEvent]:
         """Swap in a new rule set keeping the state of every unchanged rule; alerts of

@@ -8,7 +8,7 @@ no information never resolves nor fires an alert.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,11 +29,14 @@ from rules.catalog import (
     RateRule,
     Rule,
     ThresholdRule,
+    TideForecastRule,
     WaterClassRule,
 )
 from rules.devices import NEVER, Devices, Index, Round
 from rules.lifecycle import SEVERITY_LEVELS, LifecycleArrays, Signal, State
 from rules.surface_water import WORSE, SurfaceWaterTable
+from rules.tides import GRID_MS, StationRecord, TidePrediction
+from rules.tides import fit as fit_tide
 from rules.windows import (
     TimeBuckets,
     first_crossing,
@@ -146,6 +149,24 @@ class Evaluator:
     def drain_lines(self) -> list[str]:
         """Points the rule computed since the last call (line protocol): `aqi`, `water_class`."""
         return []
+
+    def history_needs(self) -> tuple[str, str, float] | None:
+        """(measurement, metric, seconds) of past record the rule needs before it can
+        speak (a tide fit), seeded by `seed_history` from storage or a simulation."""
+        return None
+
+    def seed_history(self, dev: int, t_ms: Sequence[int], values: Sequence[float]) -> None:
+        """Take a device's past record (hourly means will do)."""
+
+    def affected(self, key: int, label: str) -> str:
+        """The devices of the key's district whose `label` names the key's device, by
+        their `place` label where they have one: the places an alert affects."""
+        devices = self.devices
+        me, district = devices.device[key], devices.district[key]
+        hit = [i for i, lab in enumerate(devices.labels) if lab.get(label) == me and devices.district[i] == district]
+        named = [f"{devices.labels[i]['place']} ({devices.device[i]})" if "place" in devices.labels[i]
+                 else devices.device[i] for i in hit]
+        return ", ".join(named) or "no device recorded downstream"
 
     def matching(self, keys: Index) -> npt.NDArray[np.bool_] | None:
         """Which of these devices the rule judges (`labels`); None: all of them."""
@@ -540,8 +561,10 @@ class AccumulationEval(Evaluator):
 
     rule: AccumulationRule
     last_count: FloatArray
+    last_total: FloatArray
     STATE: ClassVar[dict[str, tuple[float, type]]] = {"last_breach": (NEVER, np.int64),
-                                                       "last_count": (np.nan, np.float64)}
+                                                       "last_count": (np.nan, np.float64),
+                                                       "last_total": (np.nan, np.float64)}
 
     def __init__(self, rule: AccumulationRule, devices: Devices, buffers: Buffers) -> None:
         self.gains = TimeBuckets(rule.window_s, rule.buckets, 0)
@@ -561,7 +584,151 @@ class AccumulationEval(Evaluator):
         self.last_count[rnd.dev[seen]] = count[seen]
         self.gains.add(rnd.dev, rnd.t, gain)
         total = self.gains.window_sum(rnd.dev, rnd.t)
+        self.last_total[rnd.dev] = total
         return self._hysteresis(rnd, total, "above", r.threshold, r.clear, r.critical_threshold)
+
+
+class TideForecastEval(Evaluator):
+    """The compound-flood forecast per station (catalog.TideForecastRule): its record,
+    its fitted tide, its surge; few stations, so a loop over the round's rows."""
+
+    rule: TideForecastRule
+    STATE: ClassVar[dict[str, tuple[float, type]]] = {"last_breach": (NEVER, np.int64),
+                                                       "surge": (np.nan, np.float64),
+                                                       "surge_t": (NEVER, np.int64),
+                                                       "surge_slope": (0.0, np.float64),
+                                                       "surge_at_peak": (np.nan, np.float64),
+                                                       "tide_now": (np.nan, np.float64),
+                                                       "peak": (np.nan, np.float64),
+                                                       "peak_t": (NEVER, np.int64),
+                                                       "rain_rise": (0.0, np.float64)}
+    surge: FloatArray
+    surge_t: IntArray
+    surge_slope: FloatArray
+    surge_at_peak: FloatArray
+    tide_now: FloatArray
+    peak: FloatArray
+    peak_t: IntArray
+    rain_rise: FloatArray
+
+    def __init__(self, rule: TideForecastRule, devices: Devices, buffers: Buffers, rain: Evaluator | None) -> None:
+        super().__init__(rule, devices, buffers)
+        self.rain = rain
+        self.records: dict[int, StationRecord] = {}
+        self.tides: dict[int, TidePrediction] = {}
+        self._tried: dict[int, int] = {}
+
+    def history_needs(self) -> tuple[str, str, float] | None:
+        return self.rule.measurement, self.rule.metric, self.rule.history_s
+
+    def _record(self, dev: int) -> StationRecord:
+        rec = self.records.get(dev)
+        if rec is None:
+            rec = self.records[dev] = StationRecord(int(self.rule.history_s // 3600))
+        return rec
+
+    def seed_history(self, dev: int, t_ms: Sequence[int], values: Sequence[float]) -> None:
+        rec = self._record(dev)
+        for t, v in zip(t_ms, values, strict=True):
+            rec.add(int(t), float(v))
+
+    def _tide(self, dev: int, t: int) -> TidePrediction | None:
+        r = self.rule
+        tide = self.tides.get(dev)
+        if tide is not None and t - tide.fitted_at < r.refit_every_s * 1000:
+            return tide
+        rec = self.records.get(dev)
+        if rec is None or rec.span_h() * 3600 < r.min_history_s or t - self._tried.get(dev, NEVER) < 3_600_000:
+            return tide if tide is not None and t - tide.fitted_at < (r.refit_every_s + r.horizon_s) * 1000 else None
+        self._tried[dev] = t
+        lat = float(self.devices.lat[dev]) if np.isfinite(self.devices.lat[dev]) else r.lat
+        tide = fit_tide(rec, r.constituents, lat, t, int((r.refit_every_s + r.horizon_s) * 1000))
+        self.tides[dev] = tide
+        return tide
+
+    def evaluate(self, rnd: Round) -> Signals | None:
+        r = self.rule
+        v_all = rnd.values[r.metric]
+        ref = self.reference(rnd)
+        n = len(rnd.dev)
+        sig = np.full(n, _BAND, np.int8)
+        value = np.full(n, np.nan)
+        limit = np.full(n, r.limit) if ref is None else r.limit + ref
+        eta = np.full(n, np.nan)
+        rain_near = None
+        if self.rain is not None and r.rain_m_per_mm > 0:
+            near = self.devices.nearest(self.rain.measurement, self.rain.rule.labels,
+                                        self.rain.metrics[0] if self.rain.metrics else None)[rnd.dev]
+            totals = getattr(self.rain, "last_total", None)
+            if totals is not None:
+                rain_near = np.where(near >= 0, totals[np.maximum(near, 0)], 0.0)
+        ahead = np.arange(GRID_MS, int(r.horizon_s * 1000) + GRID_MS, GRID_MS, dtype=np.float64)
+        for i in range(n):
+            dev, t, v = int(rnd.dev[i]), int(rnd.t[i]), float(v_all[i])
+            if not np.isfinite(v):
+                continue
+            self._record(dev).add(t, v)
+            tide = self._tide(dev, t)
+            if tide is None or not np.isfinite(limit[i]):
+                continue
+            now = float(tide.at(t))
+            if not np.isfinite(now):
+                continue
+            residual = v - now
+            prev_t = int(self.surge_t[dev])
+            if prev_t == NEVER or not np.isfinite(self.surge[dev]):
+                self.surge[dev] = residual
+            elif t > prev_t:
+                dt_s = (t - prev_t) / 1000.0
+                before = float(self.surge[dev])
+                self.surge[dev] += (residual - before) * (1.0 - np.exp(-dt_s / r.surge_tau_s))
+                rate = (float(self.surge[dev]) - before) / dt_s
+                self.surge_slope[dev] += (rate - self.surge_slope[dev]) * (1.0 - np.exp(-dt_s / 3600.0))
+            self.surge_t[dev] = t
+            rise = 0.0
+            if rain_near is not None and np.isfinite(rain_near[i]):
+                rise = float(rain_near[i]) * r.rain_m_per_mm
+            self.rain_rise[dev], self.tide_now[dev] = rise, now
+            if r.watch == "surge":
+                surge = float(self.surge[dev])
+                value[i] = surge
+                limit[i] = r.limit
+                if surge >= r.limit:
+                    sig[i] = _BREACH
+                elif surge < r.limit - r.clear_margin:
+                    sig[i] = _CLEAR
+                continue
+            trend = max(0.0, float(self.surge_slope[dev])) * np.minimum(ahead, r.surge_trend_s * 1000) / 1000.0
+            future = tide.at(t + ahead) + self.surge[dev] + trend + rise
+            if not np.isfinite(future).any():
+                continue
+            k = int(np.nanargmax(future))
+            self.peak[dev], self.peak_t[dev] = future[k], t + int(ahead[k])
+            self.surge_at_peak[dev] = self.surge[dev] + trend[k]
+            value[i] = future[k]
+            over = np.flatnonzero(future >= limit[i])
+            if v >= limit[i]:
+                continue  # the level is over: the threshold alarm speaks, the warning holds
+            if len(over):
+                sig[i], eta[i] = _BREACH, ahead[over[0]] / 1000.0
+            elif future[k] < limit[i] - r.clear_margin:
+                sig[i] = _CLEAR
+        sev = np.full(n, self.severity, np.int8)
+        return Signals(rnd.dev, rnd.t, sig, sev, value, limit, eta)
+
+    def describe(self, key: int) -> dict[str, object]:
+        import datetime as dt
+
+        peak_t = int(self.peak_t[key]) if key < len(self.peak_t) else NEVER
+        local = dt.datetime.fromtimestamp(peak_t / 1000, dt.UTC) + dt.timedelta(hours=8) if peak_t != NEVER else None
+        out: dict[str, object] = {
+            "surge": float(self.surge_at_peak[key]), "rain": float(self.rain_rise[key]),
+            "tide": float(self.peak[key] - self.surge_at_peak[key] - self.rain_rise[key]),
+            "peak": float(self.peak[key]), "peak_at": local.strftime("%H:%M") if local else "?",
+        }
+        if self.rule.affects_label is not None:
+            out["affected"] = self.affected(key, self.rule.affects_label)
+        return out
 
 
 class CompositeEval(Evaluator):
@@ -604,13 +771,7 @@ class CompositeEval(Evaluator):
             near = int(self.neighbour(d)[key]) if key < len(self.devices) else -1
             out[f"near_{d.rule.id.split('.')[-1]}"] = self.devices.device[near] if near >= 0 else "none"
         if r.affects_label is not None:
-            me = self.devices.device[key]
-            hit = [self.devices.device[i] for i, lab in enumerate(self.devices.labels)
-                   if lab.get(r.affects_label) == me and self.devices.district[i] == self.devices.district[key]]
-            places = [self.devices.labels[self.devices.index[(self.devices.district[key], h)]].get("place", h)
-                      for h in hit]
-            out["affected"] = ", ".join(f"{p} ({h})" if p != h else h for p, h in zip(places, hit, strict=True)) \
-                or "no device recorded downstream"
+            out["affected"] = self.affected(key, r.affects_label)
         return out
 
     def key_label(self, key: int) -> tuple[str, str]:

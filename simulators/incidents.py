@@ -47,6 +47,7 @@ class IncidentType:
     #: Found in the simulated data (a flooded street), not scheduled; from `onset`.
     emergent: bool = False
     onset: float | None = None
+    onset_offset: float | None = None
 
     def threshold_for(self, labels: Mapping[str, str], default: float | None) -> float | None:
         """A device's hazard threshold: its `hazard_label` if it has one, else `default`."""
@@ -57,7 +58,8 @@ class IncidentType:
 INCIDENT_TYPES: dict[str, IncidentType] = {
     name: IncidentType(inc.name, fam.family, inc.profile, inc.metric, inc.group, dict(inc.defaults),
                        inc.hazard, inc.hazard_threshold, inc.hazard_label, inc.source, inc.effect, inc.sensor,
-                       inc.felt_by, inc.benign, inc.emergent, inc.onset)
+                       inc.felt_by, inc.benign, inc.emergent, inc.onset,
+                       inc.onset_offset)
     for name, (fam, inc) in registry.incident_kinds().items()
 }
 

@@ -236,12 +236,14 @@ class Scenario:
             if not itype.emergent:
                 continue
             above = itype.hazard == "above"
-            onset = float(itype.onset or 0.0)
             for dev in world.devices.values():
                 if dev.profile.profile != itype.profile:
                     continue
                 threshold = itype.threshold_for(dev.spec.labels, itype.hazard_threshold)
                 assert threshold is not None
+                onset = threshold + itype.onset_offset if itype.onset_offset is not None else float(itype.onset or 0)
+                # a crossing a scheduled incident of the device's explains is that incident's
+                own = [i for i in dev.incidents if not i.origin and INCIDENT_TYPES[i.type].metric == itype.metric]
                 begun: int | None = None
                 crossed: int | None = None
                 for t in range(start_ms, end_ms + step, step):
@@ -254,7 +256,7 @@ class Scenario:
                     if begun is not None and crossed is None and (v >= threshold if above else v <= threshold):
                         crossed = t
                     if not past_onset and begun is not None:
-                        if crossed is not None:
+                        if crossed is not None and not any(i.start_ms <= crossed < i.end_ms for i in own):
                             out.append(self._emergent_record(itype.name, dev, begun, t, crossed, threshold))
                         begun = crossed = None
         return out

@@ -142,6 +142,9 @@ class IncidentKind(_Model):
     #: come from the start of the district-wide incident behind it (the rain).
     emergent: bool = False
     onset: float | None = None
+    #: ... or from where it last left its device's hazard threshold plus this (-0.8: a
+    #: river station's episode begins 0.8 m under its own warning level).
+    onset_offset: float | None = None
 
     @model_validator(mode="after")
     def _varies_known(self) -> IncidentKind:
@@ -153,8 +156,10 @@ class IncidentKind(_Model):
         for k, (lo, hi) in self.vary.items():
             if lo > hi:
                 raise ValueError(f"vary.{k}: low {lo} is above high {hi}")
-        if self.emergent and (self.hazard not in ("above", "below") or self.onset is None):
-            raise ValueError("emergent: give hazard (above or below) and onset, the level where its episode begins")
+        one_onset = (self.onset is None) != (self.onset_offset is None)
+        if self.emergent and (self.hazard not in ("above", "below") or not one_onset):
+            raise ValueError("emergent: give hazard (above or below) and one of onset (the level where its episode "
+                             "begins) or onset_offset (the same from each device's hazard threshold)")
         return self
 
 

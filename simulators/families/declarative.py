@@ -18,6 +18,8 @@ Per field (all optional but ``nominal``; a field with only ``initial`` stays at 
           - {name: S2, period_h: 12.0, amplitude: 0.42, phase_deg: 40}
         lag_h: [0, 1.5]      # per-device delay, drawn once (the tide reaches upstream later)
         scale: [0.8, 1.0]    # per-device factor on every amplitude
+      rain_rise: {per_mm: 0.004, over_h: 3, lag_h: 1}   # + 4 mm per mm of the district's rain
+                          # over 3 h, an hour after it fell (simulators/weather.py)
       round: 1               # decimals (0: an integer)
 
 The field's physical range in the family clamps the value.
@@ -42,6 +44,7 @@ from typing import Any
 from simulators.daylight import TZ, local_hour
 from simulators.families.base import DeviceContext, FamilyModel, Values
 from simulators.incidents import ActiveIncident
+from simulators.weather import fallen_mm
 from urbansense import registry
 from urbansense.registry import Effect
 
@@ -95,6 +98,9 @@ class _FieldSignal:
     low: float | None
     high: float | None
     harmonics: Harmonics | None = None
+    #: (m per mm, window ms, lag ms): rises with the rain fallen on the district over the
+    #: window that ended `lag` ago (the time the rain takes to run off into a river).
+    rain_rise: tuple[float, int, int] | None = None
 
 
 def envelope(effect: Effect, inc: ActiveIncident, t_ms: int) -> float:
@@ -154,6 +160,7 @@ class DeclarativeDevice(FamilyModel):
                 harmonics = Harmonics.from_hint(
                     tide, ctx.variation("lag:" + spec.name, float(lag[0]), float(lag[1])),
                     ctx.variation("scale:" + spec.name, float(scale[0]), float(scale[1])))
+            rain = sim.get("rain_rise")
             self._signals.append(_FieldSignal(
                 spec.name, info.type if info else "float", float(sim["nominal"]) * factor,
                 float(sim.get("noise", 0.0)), ctx.key(spec.name),
@@ -163,7 +170,9 @@ class DeclarativeDevice(FamilyModel):
                 (str(follows["field"]), float(follows.get("gain", 1.0))) if follows else None,
                 int(sim["round"]) if "round" in sim else None,
                 info.range[0] if info and info.range else None,
-                info.range[1] if info and info.range else None, harmonics))
+                info.range[1] if info and info.range else None, harmonics,
+                (float(rain["per_mm"]), int(float(rain.get("over_h", 3.0)) * 3_600_000),
+                 int(float(rain.get("lag_h", 0.0)) * 3_600_000)) if rain else None))
 
     def values(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> Values:
         hour = local_hour(t_ms)
@@ -173,6 +182,8 @@ class DeclarativeDevice(FamilyModel):
             v = s.nominal + sum(b.at_hour(hour) for b in s.bumps)
             if s.harmonics is not None:
                 v += s.harmonics.at(t_ms)
+            if s.rain_rise is not None and incidents:
+                v += s.rain_rise[0] * fallen_mm(incidents, t_ms - s.rain_rise[2], s.rain_rise[1])
             if weekend:
                 v += s.weekend
             raw[s.name] = v + s.noise * self.gauss(s.key, t_ms)

@@ -1,10 +1,8 @@
 """Urban flooding and drainage: rain gauges, street low points, combined-sewer outfalls and
 drainage pump stations under the district's rain.
 
-Rain is weather: a `rainstorm` or `rain` incident is scheduled on the district's rain
-gauges and felt by every device of the district (urbansense/registry.py `felt_by`).
-Its hyetograph is a bell over the incident (peak `peak_mmh` at `peak_at` of its length,
-`width` wide) with convective cells on top; each device sees it times its own factor.
+Rain is weather (simulators/weather.py): scheduled on the district's rain gauges, felt
+by every device of the district; each device sees it times its own factor.
 
 What follows from it needs state (water stored in a sump, ponding on a street), so these
 models integrate over event time in fixed steps from the scenario's start, keeping a
@@ -35,25 +33,11 @@ from collections.abc import Sequence
 from simulators import noise
 from simulators.families.base import DeviceContext, FamilyModel, Values
 from simulators.incidents import ActiveIncident
+from simulators.weather import rain_rate
 
 STEP_MS = 30_000
 CHECKPOINT_MS = 600_000
-RAIN_KINDS = frozenset({"rainstorm", "rain"})
 PUMPS = 3
-
-
-def storm_rate(inc: ActiveIncident, t_ms: int) -> float:
-    """A rain incident's intensity (mm/h) at t, before any device's own factor."""
-    if not inc.active(t_ms) or inc.end_ms <= inc.start_ms:
-        return 0.0
-    u = (t_ms - inc.start_ms) / (inc.end_ms - inc.start_ms)
-    peak_at = float(inc.params.get("peak_at", 0.4))
-    width = float(inc.params.get("width", 0.2))
-    bell = math.exp(-(((u - peak_at) / width) ** 2)) * math.sqrt(math.sin(math.pi * u))
-    # convective cells: a few tens of percent up and down over half an hour or so
-    cells = 1.0 + 0.2 * math.sin(2 * math.pi * t_ms / 2_220_000 + inc.start_ms % 7) \
-        + 0.1 * math.sin(2 * math.pi * t_ms / 780_000)
-    return max(0.0, inc.p("peak_mmh") * bell * cells)
 
 
 class Integrated(FamilyModel):
@@ -75,7 +59,7 @@ class Integrated(FamilyModel):
 
     def rain(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> float:
         """The rain falling on this device (mm/h)."""
-        return self.rain_factor * sum(storm_rate(i, t_ms) for i in incidents if i.type in RAIN_KINDS)
+        return self.rain_factor * rain_rate(incidents, t_ms)
 
     def state_at(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> list[float]:
         epoch = self.ctx.epoch_ms

@@ -14,11 +14,13 @@ def test_shipped_catalog_loads_with_every_kind() -> None:
     rules = load_catalog()
     kinds = {r.kind for r in rules}
     assert kinds == {"threshold", "rate", "forecast", "anomaly", "flatline", "drift", "deadman",
-                     "gateway_offline", "composite", "aqi", "counter_check", "water_class"}
+                     "gateway_offline", "composite", "aqi", "counter_check", "water_class", "accumulation",
+                     "tide_forecast"}
     ids = {r.id for r in rules}
     for needed in ("gas.methane_alarm", "gas.methane_rising", "gas.overpressure", "water.pipe_burst",
                    "water.flow_creep", "elevator.trapped_passenger", "lighting.lamp_out", "lighting.day_burning",
-                   "lighting.circuit_current_loss", "air.aqi", "system.gateway_offline"):
+                   "lighting.circuit_current_loss", "air.aqi", "system.gateway_offline", "flood.rainstorm_orange",
+                   "river.compound_flood", "sea.storm_surge", "radiation.source_suspected"):
         assert needed in ids
     trapped = next(r for r in rules if r.id == "elevator.trapped_passenger")
     assert trapped.severity == "critical" and trapped.for_s == 0

@@ -108,3 +108,29 @@ def test_flooding_is_found_in_the_simulated_data_and_light_rain_asks_for_nothing
     rain = [r for r in truth if r["type"] == "rain"]
     assert rain and all(r.get("benign") for r in rain)
     assert not any(r.get("benign") for r in truth if r["type"] != "rain")
+
+
+def test_the_typhoon_day_brings_every_incident_the_city_plan_names() -> None:
+    sc = load_scenario("typhoon-day")
+    start = pinned_start("typhoon-day")
+    truth = sc.ground_truth(SEED, start)
+    kinds = {r["type"] for r in truth if r["kind"] == "incident"}
+    assert {"storm_surge", "storm_waves", "high_water", "rainstorm", "pump_trip", "red_tide", "source_transit",
+            "waterlogging", "sewer_overflow", "rain"} <= kinds
+    assert len([r for r in truth if r["type"] == "waterlogging"]) >= 2
+    # the river's level rises with the rain an hour after it fell (its catchment runs off)
+    world = sc.build_world(SEED, start)
+    storm = next(r for r in truth if r["type"] == "rainstorm")
+    station = next(d for d in world.devices.values() if d.profile.measurement == "river"
+                   and not any(i.type == "high_water" for i in d.incidents if not i.origin))
+    dry_world = sc.build_world(SEED, start)
+    dry = dry_world.devices[station.id]
+    dry.incidents = [i for i in dry.incidents if i.type not in ("rainstorm", "rain")]
+    t = int(storm["end"])
+    wet_level = float(station.model.values(t, [i for i in station.incidents if i.start_ms <= t])["level_m"])
+    dry_level = float(dry.model.values(t, [i for i in dry.incidents if i.start_ms <= t])["level_m"])
+    assert wet_level - dry_level > 0.05
+    # half an hour into the rain, none of it has reached the river yet
+    early = int(storm["start"]) + 1_800_000
+    assert float(station.model.values(early, [i for i in station.incidents if i.start_ms <= early])["level_m"]) == \
+        pytest.approx(float(dry.model.values(early, [i for i in dry.incidents if i.start_ms <= early])["level_m"]))
