@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from rules.catalog import Rule, load_catalog
 from rules.engine import RulesEngine
 from rules.inventory import InventoryDevice
-from urbansense.schema import AlertEvent, TelemetryBatch
+from urbansense.schema import AlertEvent, Sample, TelemetryBatch
 
 if TYPE_CHECKING:
     from simulators.scenario import Scenario
@@ -185,6 +185,26 @@ def run_scenario(scenario: str | Path, rules: list[Rule] | None = None, *, seed:
                    maintenance=maintenance_rules(rules))
     result.signals = signals
     return result
+
+
+def past_record(scenario: Scenario, seed: int, start_ms: int, needs: list[tuple[str, str, float]],
+                every_s: float = 600.0) -> Iterator[TelemetryBatch]:
+    """The readings the devices that rules need a record of (`needs`, from
+    RulesEngine.history_needs) would have sent before the scenario's start, one every
+    `every_s`, as batches per gateway: what a live city's InfluxDB already holds."""
+    world = scenario.world(seed, start_ms)
+    longest = {m: max(h for mm, _f, h in needs if mm == m) for m, _f, _h in needs}
+    step = int(every_s * 1000)
+    first = start_ms - int(max(longest.values(), default=0) * 1000)
+    for gw in world.gateways:
+        devs = [d for d in gw.devices if d.profile.measurement in longest]
+        if not devs:
+            continue
+        for t in range(first - first % step, start_ms, step):
+            samples = [Sample(dev=d.id, m=d.profile.measurement, t=t, f=dict(d.model.values(t, [])))
+                       for d in devs if t >= start_ms - longest[d.profile.measurement] * 1000]
+            if samples:
+                yield TelemetryBatch(gw=gw.name, district=gw.district, seq=0, sent=t, samples=samples)
 
 
 def seed_history(engine: RulesEngine, scenario: Scenario, seed: int, start_ms: int) -> int:

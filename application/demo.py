@@ -109,6 +109,7 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     watcher.subscribe(topics.ALL_ALERTS, lambda m: state.on_alert(codec.decode_alert(bytes(m.payload))))
     watcher.connect()
     influx = InfluxClient(stack.influx_url)
+    _write_past_record(console, scenario, args.seed, start_ms, influx)
     procs = ProcessGroup(run_dir / "logs", env)
     interrupted = False
     try:
@@ -141,6 +142,33 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     if args.json:
         print(json.dumps(summary, indent=2))
     return summary
+
+
+def _write_past_record(console: Console, scenario: Any, seed: int, start_ms: int, influx: InfluxClient) -> None:
+    """The weeks of record some rules fit before they speak (a tide station's harmonics),
+    written into InfluxDB as a city's database already holds them; the rules engine reads
+    them back when it starts."""
+    from application.backtest import past_record
+    from ingest.points import batch_lines
+    from rules.catalog import load_catalog
+    from rules.engine import RulesEngine
+    from rules.inventory import from_gateways
+
+    needs = RulesEngine(load_catalog(), from_gateways(scenario.loaded_for(seed))).history_needs()
+    lines: list[str] = []
+    devices: set[str] = set()
+    for batch in past_record(scenario, seed, start_ms, needs):
+        lines.extend(batch_lines(batch))
+        devices.update(s.dev for s in batch.samples)
+        if len(lines) >= 5000:
+            influx.write("\n".join(lines))
+            lines.clear()
+    if lines:
+        influx.write("\n".join(lines))
+    if devices:
+        days = max(h for _m, _f, h in needs) / 86400
+        console.print(f"  the past {days:.0f} days of {len(devices)} station(s) written to InfluxDB (their record "
+                      "for the tide fit)")
 
 
 def _live(console: Console, headless: bool, state: DemoState, clock: ScenarioClock, influx: InfluxClient,

@@ -23,7 +23,7 @@ from rules.engine import RulesEngine, alert_lines
 from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
 from rules.inventory import load_inventory
 from rules.silences import ALL_SILENCES, SilenceError
-from rules.warmstart import warm_start
+from rules.warmstart import history_start, warm_start
 from urbansense import codec, topics
 from urbansense.config import ConfigError
 from urbansense.influx import InfluxClient, InfluxError
@@ -100,6 +100,9 @@ class RulesService:
             n = warm_start(self.engine, self.influx, int(time.time() * 1000), self.config.lookback_s,
                            self.config.districts)
             log.info("warm start: replayed %d stored samples (%.0f s look-back)", n, self.config.lookback_s)
+        if self.influx is not None and self.engine.history_needs():
+            n = history_start(self.engine, self.influx, int(time.time() * 1000), self.config.districts)
+            log.info("history: %d station record(s) read back for the rules that fit them (the tide)", n)
         self.mqtt.connect(wait=False)
         self.ready.set()
         deadline = None if duration_s is None else time.monotonic() + duration_s

@@ -63,3 +63,26 @@ def warm_start(engine: RulesEngine, client: InfluxClient, now_ms: int, lookback_
     except InfluxError as exc:
         log.warning("warm start skipped: %s", exc)
     return samples
+
+
+def history_start(engine: RulesEngine, client: InfluxClient, now_ms: int, districts: set[str] | None = None) -> int:
+    """Give the rules that need weeks of record (a tide station's harmonic fit) each
+    device's hourly means from InfluxDB, up to `now_ms`. Returns the devices seeded."""
+    seeded = 0
+    for measurement, metric, history_s in engine.history_needs():
+        q = (f'SELECT mean("{metric}") FROM "{measurement}" WHERE time >= {now_ms - int(history_s * 1000)}ms '
+             f'AND time < {now_ms}ms GROUP BY time(1h), "district", "device" fill(none)')
+        try:
+            found = client.query(q)
+        except InfluxError as exc:
+            log.warning("history for %s.%s skipped: %s", measurement, metric, exc)
+            continue
+        for series in found:
+            district, device = series.tags.get("district"), series.tags.get("device")
+            if not (district and device) or (districts and district not in districts):
+                continue
+            rows = [(int(t) + 1_800_000, float(v)) for t, v in series.values if v is not None]
+            if rows and engine.seed_history(district, device, measurement, metric, [t for t, _ in rows],
+                                            [v for _, v in rows]):
+                seeded += 1
+    return seeded

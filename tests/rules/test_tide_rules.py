@@ -12,6 +12,8 @@ import pytest
 from rules.engine import RulesEngine
 from rules.inventory import InventoryDevice
 from rules.kinds import TideForecastEval
+from rules.warmstart import history_start
+from urbansense.influx import InfluxClient
 from urbansense.schema import AlertEvent
 
 from .helpers import T0, batch, rule
@@ -120,3 +122,19 @@ def test_the_surge_itself_can_be_watched() -> None:
     firing = [e for e in events if e.state == "firing"]
     assert len(firing) == 1 and firing[0].value is not None and 0.8 <= firing[0].value <= 1.0
     assert 60 < (firing[0].t - T0) / 60_000 < 180
+
+
+@pytest.mark.integration
+def test_a_restarted_engine_reads_the_station_record_back_from_influxdb(influx_db: InfluxClient) -> None:
+    """The live path: 16 days of readings every ten minutes in a real InfluxDB, read back
+    as hourly means by history_start; the fit is as good as from the simulation's record."""
+    lines = [f"river,district=pudong,gateway=gw-1,device=rv-1 level_m={tide(t):.4f} {t}"
+             for t in range(T0 - 16 * DAY_MS, T0, 600_000)]
+    for i in range(0, len(lines), 5000):
+        influx_db.write("\n".join(lines[i:i + 5000]))
+    eng = RulesEngine([rule(**COMPOUND)], INVENTORY)
+    assert history_start(eng, influx_db, T0) == 1
+    events = play(eng, range(0, 16 * 60), surge=1.0)
+    firing = [e for e in events if e.state == "firing"]
+    assert firing and firing[0].rule == "river.compound_flood"
+    assert _first_high_water_over(4.55, 1.0) - (firing[0].t - T0) / 60_000 >= 30
