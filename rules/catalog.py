@@ -211,6 +211,9 @@ class TideForecastRule(_MetricRule, _Offset):
     #: Carry the surge's trend (its rise per hour, smoothed over an hour) this far ahead:
     #: a typhoon's surge still building when the tide turns up. 0: the surge persists.
     surge_trend_s: float = Field(default=0.0, ge=0)
+    #: ... once the surge is at least this (m): the tide's own wobbles around a fit are
+    #: no surge to extrapolate.
+    surge_trend_min_m: float = Field(default=0.2, ge=0)
     horizon_s: float = Field(default=4 * 3600, gt=0)
     rain_from: str | None = None
     rain_m_per_mm: float = Field(default=0.0, ge=0)

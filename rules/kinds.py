@@ -698,7 +698,8 @@ class TideForecastEval(Evaluator):
                 elif surge < r.limit - r.clear_margin:
                     sig[i] = _CLEAR
                 continue
-            trend = max(0.0, float(self.surge_slope[dev])) * np.minimum(ahead, r.surge_trend_s * 1000) / 1000.0
+            rising = float(self.surge_slope[dev]) if self.surge[dev] >= r.surge_trend_min_m else 0.0
+            trend = max(0.0, rising) * np.minimum(ahead, r.surge_trend_s * 1000) / 1000.0
             future = tide.at(t + ahead) + self.surge[dev] + trend + rise
             if not np.isfinite(future).any():
                 continue

@@ -24,7 +24,7 @@ from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
 from rules.inventory import load_inventory
 from rules.silences import ALL_SILENCES, SilenceError
 from rules.warmstart import history_start, warm_start
-from urbansense import codec, topics
+from urbansense import clock, codec, topics
 from urbansense.config import ConfigError
 from urbansense.influx import InfluxClient, InfluxError
 from urbansense.lineprotocol import encode_point
@@ -101,7 +101,8 @@ class RulesService:
                            self.config.districts)
             log.info("warm start: replayed %d stored samples (%.0f s look-back)", n, self.config.lookback_s)
         if self.influx is not None and self.engine.history_needs():
-            n = history_start(self.engine, self.influx, int(time.time() * 1000), self.config.districts)
+            # event time: a replayed or simulated city (the demo) runs behind the wall clock
+            n = history_start(self.engine, self.influx, clock.now_ms(), self.config.districts)
             log.info("history: %d station record(s) read back for the rules that fit them (the tide)", n)
         self.mqtt.connect(wait=False)
         self.ready.set()

@@ -4,8 +4,9 @@ MQTT, all following the scenario clock.
 One process serves all devices: units on the same TCP port share one pymodbus server
 (simulators/modbus_server.py). Each tick (default twice a wall-clock second) the runner
 asks the world for every device's reading at the current event time and writes it into
-the device's registers, or makes the device silent / answer exceptions; air stations
-publish their JSON once per poll interval.
+the device's registers, or makes the device silent / answer exceptions; MQTT stations
+publish their JSON once per poll interval of wall time or per scenario step of event
+time, whichever comes first.
 """
 
 from __future__ import annotations
@@ -81,8 +82,12 @@ class LiveSimulator:
             self.mqtt = MqttClient(MqttSettings.from_url(mqtt_url),
                                    client_id=client_id or f"sim-{scenario.name}-{time.time_ns() % 10**9}")
         self.poll_s = min((g.config.poll_interval_s for g in scenario.loaded), default=1.0)
+        #: ... or every scenario step of event time, whichever comes first: a station sped
+        #: up 240 times still reports every minute of its day, not every four.
+        self.report_ms = int(scenario.step_s * 1000)
         self.stats = RunStats()
         self._next_publish = 0.0
+        self._last_report = -(2**62)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -154,8 +159,9 @@ class LiveSimulator:
                 break
             t = max(self.start_ms, now_event)
             self.step(t)
-            if time.monotonic() >= self._next_publish:
+            if time.monotonic() >= self._next_publish or t - self._last_report >= self.report_ms:
                 self._next_publish = time.monotonic() + self.poll_s
+                self._last_report = t
                 self.publish_stations(t)
             if on_progress is not None:
                 on_progress(t)

@@ -138,3 +138,17 @@ def test_a_restarted_engine_reads_the_station_record_back_from_influxdb(influx_d
     firing = [e for e in events if e.state == "firing"]
     assert firing and firing[0].rule == "river.compound_flood"
     assert _first_high_water_over(4.55, 1.0) - (firing[0].t - T0) / 60_000 >= 30
+
+
+def test_a_building_surge_is_carried_ahead_and_a_plain_tide_is_not() -> None:
+    """surge_trend_s: a surge still rising is warned of earlier; the tide's own wobbles
+    about its fit (a surge under surge_trend_min_m) are not extrapolated."""
+    def first_warning(**extra: object) -> float:
+        events = play(engine(**extra), range(0, 16 * 60), surge=1.0, surge_from=120)
+        firing = [e for e in events if e.state == "firing"]
+        assert firing
+        return (firing[0].t - T0) / 60_000
+
+    steady, trending = first_warning(), first_warning(surge_trend_s=7200)
+    assert trending < steady
+    assert play(engine(surge_trend_s=7200), range(0, 24 * 60, 5)) == []
