@@ -52,7 +52,11 @@ def inventory(n: int) -> list[InventoryDevice]:
         for i in range(per):
             labels = ({"circuit": f"c{i // 10}"} if m == "lighting" else
                       {"warning_level_m": "4.55", "guaranteed_level_m": "5.86", "target_class": "III",
-                       "waterbody": "river"} if m == "river" else {})
+                       "waterbody": "river"} if m == "river" else
+                      {"warning_level_m": "4.90"} if m == "sea" else
+                      {"background_ngyh": "85", "alarm_ngyh": "200"} if m == "radiation" else
+                      {"alarm_cm": "15", "weir_m": "1.80", "high_level_m": "3.50",
+                       "pump_station": f"fl-{i - i % 4 + 3:05d}"} if m == "flood" else {})
             out.append(InventoryDevice("bench", f"gw-{m}-{i // 500}", f"{m[:2]}-{i:05d}", m,
                                        31.2 + (i % 50) * 0.001, 121.5, labels))
     return out
@@ -83,6 +87,27 @@ def fields(m: str, i: int, rng: random.Random, trapped: bool = False) -> dict[st
                 "tp_mgl": 0.14 + 0.004 * g(0, 1), "ph": 7.5 + 0.03 * g(0, 1), "turbidity_ntu": 35 + 2 * g(0, 1),
                 "water_temp_c": 18.0, "do_check_pct": 0.5, "codmn_check_pct": -1.0, "nh3n_check_pct": 1.2,
                 "tp_check_pct": 0.3}
+    if m == "flood":  # rain gauge, low point, outfall, pump station in turn
+        kind = i % 4
+        if kind == 0:
+            return {"rain_total_mm": 1000.0 + i % 7 * 0.1, "rain_rate_mmh": 0.0}
+        if kind == 1:
+            return {"depth_cm": round(max(0.0, 0.2 * g(0, 1)), 1)}
+        if kind == 2:
+            return {"cso_level_m": round(0.4 + 0.01 * g(0, 1), 3), "overflowing": False}
+        return {"sump_level_m": round(1.3 + 0.005 * g(0, 1), 3), "pump1_run": True, "pump2_run": False,
+                "pump3_run": False, "pump1_current_a": 85 + g(0, 1), "pump2_current_a": 0.0, "pump3_current_a": 0.0,
+                "pump_faults": 0, "station_flow_m3s": 2.0}
+    if m == "radiation":
+        return {"dose_ngyh": round(85 * (1 + 0.02 * g(0, 1)), 1)}
+    if m == "sea":  # tide gauge, wave buoy, quality buoy in turn
+        kind = i % 3
+        if kind == 0:
+            return {"level_m": round(2.2 + 0.01 * g(0, 1), 3)}
+        if kind == 1:
+            return {"wave_height_m": round(0.9 + 0.08 * g(0, 1), 2), "wave_period_s": 5.8}
+        return {"chla_ugl": round(4 + 0.3 * g(0, 1), 2), "do_mgl": 7.6 + 0.08 * g(0, 1), "ph": 8.1,
+                "water_temp_c": 18.0, "salinity_psu": 24.0}
     return {"pm25_ugm3": round(35 + 3 * g(0, 1)), "pm10_ugm3": round(60 + 5 * g(0, 1)),
             "no2_ugm3": round(40 + 4 * g(0, 1)), "so2_ugm3": round(8 + g(0, 1)), "o3_ugm3": round(70 + 5 * g(0, 1)),
             "co_mgm3": round(0.6 + 0.05 * g(0, 1), 2), "temperature_c": 18.0, "humidity_pct": 65.0}

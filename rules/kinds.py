@@ -35,7 +35,7 @@ from rules.catalog import (
 from rules.devices import NEVER, Devices, Index, Round
 from rules.lifecycle import SEVERITY_LEVELS, LifecycleArrays, Signal, State
 from rules.surface_water import WORSE, SurfaceWaterTable
-from rules.tides import GRID_MS, StationRecord, TidePrediction
+from rules.tides import GRID_MS, HOUR_MS, StationRecord, TidePrediction
 from rules.tides import fit as fit_tide
 from rules.windows import (
     TimeBuckets,
@@ -601,7 +601,21 @@ class TideForecastEval(Evaluator):
                                                        "tide_now": (np.nan, np.float64),
                                                        "peak": (np.nan, np.float64),
                                                        "peak_t": (NEVER, np.int64),
-                                                       "rain_rise": (0.0, np.float64)}
+                                                       "rain_rise": (0.0, np.float64),
+                                                       # the hour being summed, per device
+                                                       "hour": (NEVER, np.int64),
+                                                       "hour_sum": (0.0, np.float64),
+                                                       "hour_n": (0.0, np.float64),
+                                                       "hour_times": (0.0, np.float64),
+                                                       # when a device's fit is next worth trying
+                                                       "next_check": (NEVER, np.int64),
+                                                       "fitted": (0, np.bool_)}
+    hour: IntArray
+    hour_sum: FloatArray
+    hour_n: FloatArray
+    hour_times: FloatArray
+    next_check: IntArray
+    fitted: npt.NDArray[np.bool_]
     surge: FloatArray
     surge_t: IntArray
     surge_slope: FloatArray
@@ -616,7 +630,6 @@ class TideForecastEval(Evaluator):
         self.rain = rain
         self.records: dict[int, StationRecord] = {}
         self.tides: dict[int, TidePrediction] = {}
-        self._tried: dict[int, int] = {}
 
     def history_needs(self) -> tuple[str, str, float] | None:
         return self.rule.measurement, self.rule.metric, self.rule.history_s
@@ -637,14 +650,33 @@ class TideForecastEval(Evaluator):
         tide = self.tides.get(dev)
         if tide is not None and t - tide.fitted_at < r.refit_every_s * 1000:
             return tide
+        still = tide if tide is not None and t - tide.fitted_at < (r.refit_every_s + r.horizon_s) * 1000 else None
+        if t < self.next_check[dev]:
+            return still
+        self.next_check[dev] = t + 3_600_000  # a record too short now is worth a look in an hour
         rec = self.records.get(dev)
-        if rec is None or rec.span_h() * 3600 < r.min_history_s or t - self._tried.get(dev, NEVER) < 3_600_000:
-            return tide if tide is not None and t - tide.fitted_at < (r.refit_every_s + r.horizon_s) * 1000 else None
-        self._tried[dev] = t
+        if rec is None or rec.span_h() * 3600 < r.min_history_s:
+            return still
         lat = float(self.devices.lat[dev]) if np.isfinite(self.devices.lat[dev]) else r.lat
         tide = fit_tide(rec, r.constituents, lat, t, int((r.refit_every_s + r.horizon_s) * 1000))
         self.tides[dev] = tide
+        self.fitted[dev] = True
         return tide
+
+    def _sum_hours(self, dev: Index, t: IntArray, v: FloatArray) -> None:
+        """Add the round's readings to each device's current hour; an hour that has ended
+        goes into the device's record (once per device and hour, not per reading)."""
+        hour = t // HOUR_MS
+        ended = dev[(self.hour[dev] != hour) & (self.hour_n[dev] > 0)]
+        for d in ended.tolist():
+            self._record(d).add_hour(int(self.hour[d]), float(self.hour_sum[d]), int(self.hour_n[d]),
+                                     float(self.hour_times[d]))
+        new = dev[self.hour[dev] != hour]
+        self.hour_sum[new] = self.hour_n[new] = self.hour_times[new] = 0.0
+        self.hour[dev] = hour
+        self.hour_sum[dev] += v
+        self.hour_n[dev] += 1.0
+        self.hour_times[dev] += (t - hour * HOUR_MS).astype(np.float64)
 
     def evaluate(self, rnd: Round) -> Signals | None:
         r = self.rule
@@ -663,11 +695,12 @@ class TideForecastEval(Evaluator):
             if totals is not None:
                 rain_near = np.where(near >= 0, totals[np.maximum(near, 0)], 0.0)
         ahead = np.arange(GRID_MS, int(r.horizon_s * 1000) + GRID_MS, GRID_MS, dtype=np.float64)
-        for i in range(n):
+        good = np.isfinite(v_all)
+        self._sum_hours(rnd.dev[good], rnd.t[good], v_all[good])
+        # only stations with a tide, or due a try at fitting one, need more than that
+        busy = np.flatnonzero(good & (self.fitted[rnd.dev] | (rnd.t >= self.next_check[rnd.dev])))
+        for i in busy.tolist():
             dev, t, v = int(rnd.dev[i]), int(rnd.t[i]), float(v_all[i])
-            if not np.isfinite(v):
-                continue
-            self._record(dev).add(t, v)
             tide = self._tide(dev, t)
             if tide is None or not np.isfinite(limit[i]):
                 continue

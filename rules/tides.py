@@ -37,9 +37,16 @@ class StationRecord:
         if not np.isfinite(value):
             return
         hour = t_ms // HOUR_MS
-        self.sums[hour] = self.sums.get(hour, 0.0) + value
-        self.counts[hour] = self.counts.get(hour, 0) + 1
-        self.times[hour] = self.times.get(hour, 0.0) + float(t_ms - hour * HOUR_MS)
+        self.add_hour(hour, value, 1, float(t_ms - hour * HOUR_MS))
+
+    def add_hour(self, hour: int, total: float, count: int, times_ms: float) -> None:
+        """Add an hour's readings at once: their sum, count and the sum of their times
+        after the hour's start (ms)."""
+        if count <= 0:
+            return
+        self.sums[hour] = self.sums.get(hour, 0.0) + total
+        self.counts[hour] = self.counts.get(hour, 0) + count
+        self.times[hour] = self.times.get(hour, 0.0) + times_ms
         if len(self.sums) > self.keep_h + 24:
             newest = max(self.sums)
             for h in [h for h in self.sums if h <= newest - self.keep_h]:
