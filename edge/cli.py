@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -169,9 +170,7 @@ def _command(args: argparse.Namespace) -> int:
                   f"(missing: {', '.join('--' + m for m in missing)})", file=sys.stderr)
             return 2
         district, gateway, dev, field = args.district, args.gateway, args.dev, args.field
-        raw = args.value.strip().lower()
-        value = raw == "true" if raw in ("true", "false") else json.loads(raw) if raw[:1].isdigit() or \
-            raw[:1] in "-." else args.value
+        value = _command_value(args.value)
     cmd_id = f"c-{uuid.uuid4().hex[:10]}"
     answer: dict[str, object] = {}
     got = threading.Event()
@@ -205,3 +204,18 @@ def _command(args: argparse.Namespace) -> int:
         return 0
     print(f"refused: {answer.get('reason', 'no reason given')}", file=sys.stderr)
     return 1
+
+
+def _command_value(text: str) -> bool | int | float | str:
+    """--value as the command carries it: true/false, a number, else the text itself (the
+    gateway answers with the reason if the field takes no such value)."""
+    raw = text.strip().lower()
+    if raw in ("true", "false"):
+        return raw == "true"
+    try:
+        number = float(raw)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        return text
+    return int(number) if number.is_integer() and "." not in raw and "e" not in raw else number

@@ -72,6 +72,10 @@ class _Rule(BaseModel):
     #: Judge only devices whose gateway-config labels include all of these (a stuck-level
     #: check for tidal stations, `waterbody: river`, and not for lakes, whose level stands).
     labels: dict[str, str] = Field(default_factory=dict)
+    #: The alert names the devices whose gateway-config label `affects_label` is the
+    #: alerting device (the streets that drain to a pump station, the low points behind a
+    #: river station: `{affected}` in the message).
+    affects_label: str | None = Field(default=None, pattern=METRIC_PATTERN)
     #: The command its alerts recommend (they carry it for an operator to confirm).
     recommend: Recommend | None = None
 
@@ -219,9 +223,6 @@ class TideForecastRule(_MetricRule, _Offset):
     rain_m_per_mm: float = Field(default=0.0, ge=0)
     #: Latitude for the fit where a station has no location.
     lat: float = 31.2
-    #: The alert names the devices whose label `affects_label` is this station (the low
-    #: points downstream of it: `{affected}` in the message).
-    affects_label: str | None = Field(default=None, pattern=METRIC_PATTERN)
 
     @model_validator(mode="after")
     def _history(self) -> TideForecastRule:
@@ -375,9 +376,6 @@ class CompositeRule(_Rule):
     nearby: list[str] = Field(default_factory=list)
     not_nearby: list[str] = Field(default_factory=list)
     nearby_within_s: float = Field(default=600.0, gt=0)
-    #: The alert names the devices whose gateway-config label `affects_label` is this
-    #: device (the streets that drain to a pump station: `{affected}` in the message).
-    affects_label: str | None = Field(default=None, pattern=METRIC_PATTERN)
 
     @model_validator(mode="after")
     def _near_scope(self) -> CompositeRule:

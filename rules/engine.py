@@ -401,6 +401,8 @@ class RulesEngine:
             "eta_min": (eta_s / 60.0) if eta_s is not None and not math.isnan(eta_s) else math.nan,
             **ev.describe(key),
         }
+        if rule.affects_label is not None and ev.tracks_breach:  # keys are devices
+            fields["affected"] = ev.affected(key, rule.affects_label)
         if out is Change.RESOLVED:
             # The firing template describes the breach ("below 0.2 MPa", "in about N min"),
             # which no longer holds: say what the value is now instead.

@@ -158,6 +158,11 @@ class Evaluator:
     def seed_history(self, dev: int, t_ms: Sequence[int], values: Sequence[float]) -> None:
         """Take a device's past record (hourly means will do)."""
 
+    def nearest_judged(self) -> Index:
+        """Each device's nearest device this rule judges (its measurement and `labels`, a
+        profile reading its metric; -1: none): the neighbour other rules consult."""
+        return self.devices.nearest(self.measurement, self.rule.labels, self.metrics[0] if self.metrics else None)
+
     def affected(self, key: int, label: str) -> str:
         """The devices of the key's district whose `label` names the key's device, by
         their `place` label where they have one: the places an alert affects."""
@@ -598,7 +603,6 @@ class TideForecastEval(Evaluator):
                                                        "surge_t": (NEVER, np.int64),
                                                        "surge_slope": (0.0, np.float64),
                                                        "surge_at_peak": (np.nan, np.float64),
-                                                       "tide_now": (np.nan, np.float64),
                                                        "peak": (np.nan, np.float64),
                                                        "peak_t": (NEVER, np.int64),
                                                        "rain_rise": (0.0, np.float64),
@@ -620,7 +624,6 @@ class TideForecastEval(Evaluator):
     surge_t: IntArray
     surge_slope: FloatArray
     surge_at_peak: FloatArray
-    tide_now: FloatArray
     peak: FloatArray
     peak_t: IntArray
     rain_rise: FloatArray
@@ -689,8 +692,7 @@ class TideForecastEval(Evaluator):
         eta = np.full(n, np.nan)
         rain_near = None
         if self.rain is not None and r.rain_m_per_mm > 0:
-            near = self.devices.nearest(self.rain.measurement, self.rain.rule.labels,
-                                        self.rain.metrics[0] if self.rain.metrics else None)[rnd.dev]
+            near = self.rain.nearest_judged()[rnd.dev]
             totals = getattr(self.rain, "last_total", None)
             if totals is not None:
                 rain_near = np.where(near >= 0, totals[np.maximum(near, 0)], 0.0)
@@ -721,7 +723,7 @@ class TideForecastEval(Evaluator):
             rise = 0.0
             if rain_near is not None and np.isfinite(rain_near[i]):
                 rise = float(rain_near[i]) * r.rain_m_per_mm
-            self.rain_rise[dev], self.tide_now[dev] = rise, now
+            self.rain_rise[dev] = rise
             if r.watch == "surge":
                 surge = float(self.surge[dev])
                 value[i] = surge
@@ -760,8 +762,6 @@ class TideForecastEval(Evaluator):
             "tide": float(self.peak[key] - self.surge_at_peak[key] - self.rain_rise[key]),
             "peak": float(self.peak[key]), "peak_at": local.strftime("%H:%M") if local else "?",
         }
-        if self.rule.affects_label is not None:
-            out["affected"] = self.affected(key, self.rule.affects_label)
         return out
 
 
@@ -784,28 +784,21 @@ class CompositeEval(Evaluator):
             ok &= d.last_breach[dev] >= since
         return ok
 
-    def neighbour(self, dep: Evaluator) -> Index:
-        """Each device's nearest device that `dep` judges (-1: none)."""
-        return self.devices.nearest(dep.measurement, dep.rule.labels, dep.metrics[0] if dep.metrics else None)
-
     def _neighbours_agree(self, dev: Index, t: IntArray) -> npt.NDArray[np.bool_]:
         ok = np.ones(len(dev), bool)
         since = t - int(self.rule.nearby_within_s * 1000)
         for deps, wanted in ((self.near, True), (self.not_near, False)):
             for d in deps:
-                near = self.neighbour(d)[dev]
+                near = d.nearest_judged()[dev]
                 breached = np.where(near >= 0, d.last_breach[np.maximum(near, 0)] >= since, False)
                 ok &= breached if wanted else ~breached
         return ok
 
     def describe(self, key: int) -> dict[str, object]:
-        r = self.rule
         out: dict[str, object] = {}
         for d in (*self.near, *self.not_near):
-            near = int(self.neighbour(d)[key]) if key < len(self.devices) else -1
+            near = int(d.nearest_judged()[key]) if key < len(self.devices) else -1
             out[f"near_{d.rule.id.split('.')[-1]}"] = self.devices.device[near] if near >= 0 else "none"
-        if r.affects_label is not None:
-            out["affected"] = self.affected(key, r.affects_label)
         return out
 
     def key_label(self, key: int) -> tuple[str, str]:

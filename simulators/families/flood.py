@@ -5,10 +5,7 @@ Rain is weather (simulators/weather.py): scheduled on the district's rain gauges
 by every device of the district; each device sees it times its own factor.
 
 What follows from it needs state (water stored in a sump, ponding on a street), so these
-models integrate over event time in fixed steps from the scenario's start, keeping a
-checkpoint every ten minutes: a model is still a function of event time (the same at any
-speed, in live and offline play), and asking for an earlier time restarts from the
-checkpoint before it.
+models integrate over event time (simulators/families/integrated.py).
 
 - **rain gauge**: a tipping bucket's counter (0.1 mm a tip) and its intensity (mm/h).
 - **pump station**: runoff of its catchment (a linear reservoir, 25 min) fills the sump;
@@ -31,54 +28,11 @@ import math
 from collections.abc import Sequence
 
 from simulators import noise
-from simulators.families.base import DeviceContext, FamilyModel, Values
+from simulators.families.base import DeviceContext, Values
+from simulators.families.integrated import Integrated
 from simulators.incidents import ActiveIncident
-from simulators.weather import rain_rate
 
-STEP_MS = 30_000
-CHECKPOINT_MS = 600_000
 PUMPS = 3
-
-
-class Integrated(FamilyModel):
-    """A model whose state integrates over event time (see the module's doc)."""
-
-    def __init__(self, ctx: DeviceContext) -> None:
-        super().__init__(ctx)
-        self.rain_factor = ctx.variation("rain", 0.85, 1.15)
-        self._t: int | None = None
-        self._state: list[float] = []
-        self._checkpoints: dict[int, tuple[float, ...]] = {}
-
-    def initial(self) -> list[float]:
-        raise NotImplementedError
-
-    def step(self, state: list[float], t_ms: int, dt_s: float, incidents: Sequence[ActiveIncident]) -> None:
-        """Advance `state` in place by dt_s from t_ms."""
-        raise NotImplementedError
-
-    def rain(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> float:
-        """The rain falling on this device (mm/h)."""
-        return self.rain_factor * rain_rate(incidents, t_ms)
-
-    def state_at(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> list[float]:
-        epoch = self.ctx.epoch_ms
-        if t_ms <= epoch:
-            return self.initial()
-        grid = t_ms - (t_ms - epoch) % STEP_MS
-        if self._t is None or grid < self._t:
-            before = [c for c in self._checkpoints if c <= grid]
-            if before:
-                self._t = max(before)
-                self._state = list(self._checkpoints[self._t])
-            else:
-                self._t, self._state = epoch, self.initial()
-        while self._t < grid:
-            self.step(self._state, self._t, STEP_MS / 1000, incidents)
-            self._t += STEP_MS
-            if (self._t - epoch) % CHECKPOINT_MS == 0:
-                self._checkpoints[self._t] = tuple(self._state)
-        return self._state
 
 
 class RainGauge(Integrated):

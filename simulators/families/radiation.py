@@ -8,7 +8,7 @@ the washed-out share W follows
 
     dW/dt = a r (1 - W / W_max) - W / tau,     a = 0.06 per mm, W_max = 0.8, tau = 45 min
 
-with r the rain on the station (mm/h; simulators/families/flood.py): about +30 % in
+with r the rain on the station (mm/h; simulators/weather.py): about +30 % in
 steady rain of 10 mm/h, +60 % at 50 mm/h. Not a hazard.
 
 A `source_transit` (a lost or stolen source carried past in a vehicle) is: a short
@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 
 from simulators.families.base import DeviceContext, Values
-from simulators.families.flood import Integrated
+from simulators.families.integrated import Integrated
 from simulators.incidents import ActiveIncident
 
 WASHOUT_PER_MM = 0.06

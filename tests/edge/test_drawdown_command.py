@@ -69,3 +69,15 @@ def test_a_command_without_a_running_gateway_says_so(tmp_path: Path, stack: Stac
                            "--mqtt", stack.mqtt_url, "--timeout", "1"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "no answer from gateway pd-gw-nobody" in done.stderr and "edge agent running" in done.stderr
+
+
+def test_command_values_are_read_as_the_command_path_takes_them() -> None:
+    """`--value` is true/false, a number, or else the text itself for the gateway to judge:
+    a lone '-' or '.' used to stop the CLI with a JSON decoding traceback."""
+    from edge.cli import _command_value
+
+    assert _command_value("TRUE") is True and _command_value("false") is False
+    assert _command_value("40") == 40 and isinstance(_command_value("40"), int)
+    assert _command_value("-2") == -2 and _command_value("40.5") == 40.5 and _command_value("1e2") == 100.0
+    for text in ("-", ".", "", "abc", "nan", "inf"):
+        assert _command_value(text) == text
