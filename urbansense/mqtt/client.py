@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ class ConnectionStats:
     published: int = 0
     acked: int = 0
     received: int = 0
+    connect_failures: int = 0  # attempts that found no broker (connection refused, unreachable)
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -100,9 +102,6 @@ class MqttClient:
         self._on_publish_ack = on_publish_ack
         self._on_connect_cb = on_connect
         self._on_disconnect_cb = on_disconnect
-        self._reconnect_min_s = reconnect_min_s
-        self._reconnect_max_s = reconnect_max_s
-        self._reconnect_thread: threading.Thread | None = None
         # a connection dropped before any CONNACK is logged once per failure streak
         self._warned_unanswered = False
         self._client = _BufferedClient(
@@ -113,7 +112,13 @@ class MqttClient:
         )
         self._client.max_inflight_messages_set(max_inflight)
         self._client.max_queued_messages_set(max_queued)
-        # paho's own reconnect has no jitter; we run our own loop (see _reconnect_loop).
+        # One reconnector: paho's network thread, with capped doubling back-off. The first
+        # wait is scaled per client (jitter), so a fleet that lost its broker together does
+        # not come back in step. (A second loop of our own, calling reconnect() beside
+        # paho's, made both wait on each other: up to 5 s after the broker returned, with
+        # reconnect_max_s=1.)
+        self._client.reconnect_delay_set(reconnect_min_s * _JITTER.uniform(0.5, 1.0),  # type: ignore[arg-type]
+                                         max(reconnect_min_s, reconnect_max_s))  # type: ignore[arg-type]
         if settings.username:
             self._client.username_pw_set(settings.username, settings.password)
         if settings.tls:
@@ -125,6 +130,7 @@ class MqttClient:
             self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
+        self._client.on_connect_fail = self._handle_connect_fail
         self._client.on_message = self._handle_message
         if os.environ.get("URBANSENSE_MQTT_LEAN", "1") != "0":  # 0: paho's own PUBLISH handling
             self._client.on_inbound = self._dispatch
@@ -152,8 +158,7 @@ class MqttClient:
                     f"cannot reach MQTT broker at {self.settings.url}: {exc.strerror or exc}; "
                     "is it running? (urbansense stack status)"
                 ) from None
-            self._start_reconnect_loop()
-            self._client.loop_start()
+            self._client.loop_start()  # the network thread retries
             return
         self._client.loop_start()
         if wait and not self._connected.wait(timeout_s):
@@ -276,6 +281,12 @@ class MqttClient:
         if self._on_connect_cb:
             self._on_connect_cb()
 
+    def _handle_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        """paho could not open the connection (called inside its `except OSError`)."""
+        self.stats.connect_failures += 1
+        exc = sys.exc_info()[1]
+        self.stats.last_error = str(exc) if exc is not None else "cannot connect"
+
     def _handle_disconnect(self, client: paho.Client, userdata: object, flags: object,
                            reason: ReasonCode, props: Properties | None) -> None:
         was_connected = self._connected.is_set()
@@ -295,28 +306,7 @@ class MqttClient:
                         self.settings.url, hint)
         if self._on_disconnect_cb:
             self._on_disconnect_cb(str(reason))
-        self._start_reconnect_loop()
-
-    def _start_reconnect_loop(self) -> None:
-        if self._reconnect_thread is not None and self._reconnect_thread.is_alive():
-            return
-        self._reconnect_thread = threading.Thread(target=self._reconnect_loop, daemon=True,
-                                                  name=f"mqtt-reconnect-{self.client_id}")
-        self._reconnect_thread.start()
-
-    def _reconnect_loop(self) -> None:
-        delay = self._reconnect_min_s
-        while not self._stopping and not self._connected.is_set():
-            time.sleep(delay * _JITTER.uniform(0.5, 1.0) if delay > self._reconnect_min_s else delay)
-            if self._stopping or self._connected.is_set():
-                return
-            try:
-                self._client.reconnect()
-                if self._connected.wait(5.0):
-                    return
-            except OSError as exc:
-                self.stats.last_error = str(exc)
-            delay = min(delay * 2, self._reconnect_max_s)
+        # paho's network thread reconnects (reconnect_delay_set in __init__)
 
     def _handle_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         """paho's on_message: a QoS 2 message (QoS 0/1 come by the lean path, unless
