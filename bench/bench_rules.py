@@ -55,6 +55,7 @@ def inventory(n: int) -> list[InventoryDevice]:
                        "waterbody": "river"} if m == "river" else
                       {"warning_level_m": "4.90"} if m == "sea" else
                       {"background_ngyh": "85", "alarm_ngyh": "200"} if m == "radiation" else
+                      {"compartment": ("gas", "power", "water")[i % 3], "high_level_m": "0.8"} if m == "tunnel" else
                       {"alarm_cm": "15", "weir_m": "1.80", "high_level_m": "3.50",
                        "pump_station": f"fl-{i - i % 4 + 3:05d}"} if m == "flood" else {})
             out.append(InventoryDevice("bench", f"gw-{m}-{i // 500}", f"{m[:2]}-{i:05d}", m,
@@ -100,6 +101,11 @@ def fields(m: str, i: int, rng: random.Random, trapped: bool = False) -> dict[st
                 "pump_faults": 0, "station_flow_m3s": 2.0}
     if m == "radiation":
         return {"dose_ngyh": round(85 * (1 + 0.02 * g(0, 1)), 1)}
+    if m == "tunnel":
+        return {"o2_pct": round(20.9 + 0.03 * g(0, 1), 2), "ch4_pct_vol": round(max(0.0, 0.01 + 0.004 * g(0, 1)), 3),
+                "h2s_ppm": 0.2, "co_ppm": round(1.0 + 0.3 * g(0, 1), 1), "temperature_c": round(22 + 0.1 * g(0, 1), 1),
+                "humidity_pct": 72.0, "sump_level_m": 0.15, "fan_run": False, "sump_pump_run": False,
+                "door_open": False}
     if m == "sea":  # tide gauge, wave buoy, quality buoy in turn
         kind = i % 3
         if kind == 0:

@@ -177,7 +177,8 @@ class EdgeAgent:
             result["t"] = now_ms()
         outcome = "ok" if result["ok"] else "refused"
         self.telemetry.command(outcome)
-        log.info("command %s: %s %s=%r -> %s%s", result.get("id", ""), result.get("dev", "?"),
+        log.info("command %s%s: %s %s=%r -> %s%s", result.get("id", ""),
+                 f" from {result['by']}" if result.get("by") else "", result.get("dev", "?"),
                  result.get("field", "?"), result.get("value"), outcome,
                  f" ({result['reason']})" if not result["ok"] else "")
         self.mqtt.publish(self.result_topic, codec.dumps(result), qos=1)

@@ -2,6 +2,9 @@
 
     {"id": "c-17", "dev": "lamp-0003", "field": "dim_level_pct", "value": 40}
 
+An optional `by` says who sent it (the rules service's automatic responses carry
+"rule tunnel.gas_high"); it is logged and echoed in the result, for the audit trail.
+
 Only a field its profile marks `writable`, only within its `min`/`max`. The value is
 written through the device's link (the same transaction queue as polling), read back,
 and the outcome is answered on .../cmd/result:
@@ -45,6 +48,7 @@ class Command:
     dev: str
     field: str
     value: FieldValue
+    by: str = ""
 
 
 @dataclass
@@ -75,7 +79,7 @@ def parse_command(payload: bytes) -> Command:
     value = raw["value"]
     if not isinstance(value, bool | int | float | str) or (isinstance(value, float) and not math.isfinite(value)):
         raise CommandRefused(f"value must be a finite number, true/false or a string, got {value!r}")
-    return Command(str(raw.get("id", "")), str(raw["dev"]), str(raw["field"]), value)
+    return Command(str(raw.get("id", "")), str(raw["dev"]), str(raw["field"]), value, str(raw.get("by", ""))[:100])
 
 
 def prepare(command: Command, links: dict[str, ModbusLink], mqtt_devices: set[str]) -> PreparedWrite:
@@ -118,6 +122,8 @@ def _matches(spec: FieldSpec, wanted: FieldValue, got: FieldValue) -> bool:
 async def execute(prepared: PreparedWrite) -> dict[str, Any]:
     cmd = prepared.command
     result: dict[str, Any] = {"v": 1, "id": cmd.id, "dev": cmd.dev, "field": cmd.field, "value": cmd.value}
+    if cmd.by:
+        result["by"] = cmd.by
     try:
         readback = await prepared.link.write_and_verify(prepared.state, prepared.spec, prepared.words)
     except (ModbusTimeout, ModbusLinkError, ModbusExceptionResponse, ModbusProtocolError, OSError) as exc:
@@ -140,7 +146,7 @@ def refusal(payload: bytes, reason: str) -> dict[str, Any]:
         raw = {}
     raw = raw if isinstance(raw, dict) else {}
     out: dict[str, Any] = {"v": 1, "id": str(raw.get("id", "")), "ok": False, "reason": reason, "t": now_ms()}
-    for key in ("dev", "field", "value"):
+    for key in ("dev", "field", "value", "by"):
         if key in raw and isinstance(raw[key], bool | int | float | str):
             out[key] = raw[key]
     return out

@@ -78,6 +78,10 @@ class _Rule(BaseModel):
     affects_label: str | None = Field(default=None, pattern=METRIC_PATTERN)
     #: The command its alerts recommend (they carry it for an operator to confirm).
     recommend: Recommend | None = None
+    #: The command the rules service sends by itself when an alert of it fires (a
+    #: tunnel's fans on when gas rises), read back by the gateway; the outcome is added
+    #: to the alert's history. Only a value the family lists in the field's `unattended`.
+    respond: Recommend | None = None
 
     @property
     def hold_ms(self) -> int:
@@ -560,6 +564,32 @@ def load_catalog(path: Path | None = None) -> list[Rule]:
             if not isinstance(d, AccumulationRule):
                 problems.append(f"{where[r.id]}: rule {r.id!r}: rain_from: {r.rain_from!r} must be an accumulation "
                                 "rule (the rain at the nearest gauge)")
+        if r.respond is not None:
+            problems.extend(f"{where[r.id]}: rule {r.id!r}: respond: {p}" for p in _unattended_problems(r))
     if problems:
         raise ConfigError(problems)
     return rules
+
+
+def _unattended_problems(rule: Rule) -> list[str]:
+    """Why the family of a rule's `respond` command does not let a rule send it alone."""
+    from urbansense import registry
+
+    assert rule.respond is not None
+    cmd = rule.respond
+    measurement = getattr(rule, "measurement", None)
+    fam = registry.families().get(measurement) if measurement else None
+    if fam is None:
+        return [f"the rule reads no family's devices (measurement {measurement!r})\n"
+                "  fix: respond only from a rule on one family's devices"]
+    info = fam.fields.get(cmd.field)
+    if info is None or not info.writable:
+        return [f"{cmd.field!r} is not a writable field of family {fam.family!r}\n"
+                "  fix: name a field its family.yaml marks writable"]
+    if not any(type(v) is type(cmd.value) and v == cmd.value for v in info.unattended):
+        allowed = ", ".join(repr(v) for v in info.unattended) or "none"
+        return [f"family {fam.family!r} does not let a rule write {cmd.field} = {cmd.value!r} without a person "
+                f"(unattended values: {allowed})\n"
+                "  fix: use recommend: (an operator confirms it), or list the value under the field's "
+                "unattended: in the family.yaml"]
+    return []

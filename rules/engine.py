@@ -410,12 +410,16 @@ class RulesEngine:
             message = f"Resolved: {rule.id} at {device}{now}"
         else:
             message = _message(rule, fields)
+        # an operator confirms a recommended command; a response is sent once, as the alert fires
+        wanted = rule.respond if rule.respond is not None and out is Change.FIRING else rule.recommend
         command = None
-        if rule.recommend is not None and out is not Change.RESOLVED and ev.tracks_breach:
+        if wanted is not None and out is not Change.RESOLVED and ev.tracks_breach:
             gw = int(self.devices.gateway[key])
             if gw >= 0:
                 command = {"topic": topics.command(district, self.devices.gateways.names[gw][1]), "dev": device,
-                           "field": rule.recommend.field, "value": rule.recommend.value}
+                           "field": wanted.field, "value": wanted.value}
+                if wanted is rule.respond:
+                    command["auto"] = True
         return [AlertEvent(id=alert_id, rule=rule.id, domain=rule.domain, severity=severity,
                            state="resolved" if out is Change.RESOLVED else "firing", district=district,
                            device=device, metric=metric, value=val, threshold=thr,
@@ -527,6 +531,8 @@ def alert_line(event: AlertEvent) -> str:
         fields["threshold"] = float(event.threshold)
     if event.forecast is not None:
         fields["eta_s"] = float(event.forecast.eta_s)
+    if event.response is not None:
+        fields["response_ok"] = bool(event.response["ok"])
     return encode_point("alerts", tags, fields, event.t)
 
 

@@ -22,6 +22,7 @@ from rules.catalog import Rule, load_catalog, rule_files
 from rules.engine import RulesEngine, alert_lines
 from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
 from rules.inventory import load_inventory
+from rules.response import Responder
 from rules.silences import ALL_SILENCES, SilenceError
 from rules.warmstart import history_start, warm_start
 from urbansense import clock, codec, topics
@@ -86,6 +87,9 @@ class RulesService:
             self.mqtt.subscribe(topics.ALL_TELEMETRY, self._enqueue, qos=1)
             self.mqtt.subscribe(topics.ALL_STATUS, self._enqueue, qos=1)
         self.mqtt.subscribe(ALL_SILENCES, self._enqueue, qos=1)
+        # the gateways' answers to the commands rules send by themselves (`respond:`)
+        self.responder = Responder()
+        self.mqtt.subscribe(f"{topics.ROOT}/+/+/cmd/result", self._enqueue, qos=1)
         self.ready = threading.Event()
 
     def _enqueue(self, msg: paho.MQTTMessage) -> None:
@@ -124,6 +128,8 @@ class RulesService:
                     samples_at_metrics = self.engine.samples_seen
                     next_metrics = now + self.config.metrics_interval_s
                     self._self_metrics(rate)
+                for event in self.responder.overdue():
+                    self.publish(event)
                 self._flush_influx()
         finally:
             self._flush_influx()
@@ -150,6 +156,11 @@ class RulesService:
         events: list[AlertEvent] = []
         oldest = min(arrived for _t, _p, arrived in chunk)
         for topic, payload, _arrived in chunk:
+            if topic.endswith("/cmd/result"):
+                answered = self.responder.answer(payload)
+                if answered is not None:
+                    events.append(answered)
+                continue
             if topic.startswith("city/rules/silences/"):
                 try:
                     self.engine.silences.handle_message(topic, payload)
@@ -187,6 +198,10 @@ class RulesService:
         self.events_published += 1
         log.info("%s %s [%s] %s", event.state.upper(), event.id, event.severity, event.message)
         self._pending_lines.extend(alert_lines(event))
+        command = self.responder.observe(event)
+        if command is not None:
+            self.mqtt.publish(*command, qos=1)
+            log.info("RESPOND %s: sent %s to %s", event.id, command[1].decode(), command[0])
 
     def _flush_influx(self) -> None:
         if not self._pending_lines:

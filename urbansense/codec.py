@@ -585,6 +585,11 @@ def decode_alert(payload: bytes | str) -> AlertEvent:
             raise _problem("command.field", why)
         if not isinstance(command["value"], bool | int | float):
             raise _problem("command.value", f"must be a number or true/false, got {_describe(command['value'])}")
+        if not isinstance(command.get("auto", False), bool):
+            raise _problem("command.auto", f"must be true/false or absent, got {_describe(command['auto'])}")
+    response = raw.get("response")
+    if response is not None and (not isinstance(response, dict) or not isinstance(response.get("ok"), bool)):
+        raise _problem("response", 'must be {"id", "ok": true/false, ...} or absent')
     return AlertEvent(
         id=_str(_require(raw, "id", ""), "id"),
         rule=_str(_require(raw, "rule", ""), "rule"),
@@ -601,6 +606,7 @@ def decode_alert(payload: bytes | str) -> AlertEvent:
         message=_str(_require(raw, "message", ""), "message"),
         forecast=forecast,
         command=command,
+        response=response,
     )
 
 

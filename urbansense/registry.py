@@ -68,6 +68,9 @@ class FieldInfo(_Model):
     urgent: bool = False
     #: An operator (or an allowed rule) may write it through the command path.
     writable: bool = False
+    #: The values a rule may write to it by itself, with no person confirming (a tunnel's
+    #: fans on when gas rises: `respond:` in a rule). Anything else waits for an operator.
+    unattended: tuple[bool | int | float, ...] = ()
     #: Computed by the device from its own operation (a statistic over its last trips, a
     #: metering chip's power factor), not read from a transducer that can stick or drift.
     derived: bool = False
@@ -76,6 +79,8 @@ class FieldInfo(_Model):
     def _ordered(self) -> FieldInfo:
         if self.range is not None and self.range[0] > self.range[1]:
             raise ValueError(f"range: low {self.range[0]} is above high {self.range[1]}")
+        if self.unattended and not self.writable:
+            raise ValueError("unattended: values for a field nobody may write; add writable: true or drop unattended")
         return self
 
 

@@ -102,6 +102,10 @@ class AlertEvent:
     #: A command the alert recommends (a pump to start), for an operator to confirm:
     #: {"topic", "dev", "field", "value"} as the command path takes it.
     command: dict[str, Any] | None = None
+    #: What became of a command the rules service sent by itself (`command.auto`), as the
+    #: gateway answered: {"id", "ok", "readback" or "reason"}; on an event of its own that
+    #: adds it to the alert's history.
+    response: dict[str, Any] | None = None
     #: On an escalation, the severity this event replaces (not on the wire: the `alerts`
     #: measurement closes that severity's entry, so a dashboard shows the alert once).
     supersedes: str | None = None
@@ -127,4 +131,6 @@ class AlertEvent:
             out["forecast"] = {"crosses_at": self.forecast.crosses_at, "eta_s": self.forecast.eta_s}
         if self.command is not None:
             out["command"] = self.command
+        if self.response is not None:
+            out["response"] = self.response
         return out
