@@ -113,7 +113,8 @@ def score(name: str, truth: list[dict[str, Any]], events: list[AlertEvent], inve
     counted apart from false alarms (see the module's doc)."""
     names = _group_labels(inventory)
     grace = int(grace_s * 1000)
-    firing = [e for e in events if e.state == "firing"]
+    # an automatic response's outcome is an event of an alert already counted, not another alert
+    firing = [e for e in events if e.state == "firing" and e.response is None]
     claimed: set[int] = set()
 
     def judge(rec: dict[str, Any], detect_on_health: bool) -> IncidentScore:

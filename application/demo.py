@@ -277,6 +277,9 @@ def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: 
         "incidents": incidents,
         "missed": [i["type"] for i in missed],
         "false_alarms": len(result.false_alarms),
+        # commands the rules sent by themselves, as the gateways answered them
+        "automatic_responses": [{"alert": e.id, "message": e.message, "ok": bool(e.response["ok"])}
+                                for e in events if e.response is not None],
         "false_alarm_rules": sorted({e.rule for e in result.false_alarms}),
         "maintenance_tickets_unmatched": len(result.maintenance_unmatched),
         "truth_file": str(truth_path),
@@ -315,6 +318,9 @@ def _print_summary(console: Console, summary: dict[str, Any], stack: Stack, keep
     console.print(table)
     console.print(f"False alarms: {summary['false_alarms']}"
                   + (f" ({', '.join(summary['false_alarm_rules'])})" if summary["false_alarms"] else ""))
+    for response in summary.get("automatic_responses", []):
+        mark = "[green]done[/]" if response["ok"] else "[red]not done[/]"
+        console.print(f"Automatic response ({mark}): {response['message']}")
     if summary.get("maintenance_tickets_unmatched"):
         console.print(f"Maintenance tickets on equipment that did not fail: {summary['maintenance_tickets_unmatched']}")
     console.print("\n[bold]Next steps[/]")

@@ -56,6 +56,7 @@ def inventory(n: int) -> list[InventoryDevice]:
                       {"warning_level_m": "4.90"} if m == "sea" else
                       {"background_ngyh": "85", "alarm_ngyh": "200"} if m == "radiation" else
                       {"compartment": ("gas", "power", "water")[i % 3], "high_level_m": "0.8"} if m == "tunnel" else
+                      {"hh_pct": "90", "max_temp_c": "45", "relief_kpa": "100", "oel_ppm": "28"} if m == "chemical" else
                       {"alarm_cm": "15", "weir_m": "1.80", "high_level_m": "3.50",
                        "pump_station": f"fl-{i - i % 4 + 3:05d}"} if m == "flood" else {})
             out.append(InventoryDevice("bench", f"gw-{m}-{i // 500}", f"{m[:2]}-{i:05d}", m,
@@ -101,6 +102,14 @@ def fields(m: str, i: int, rng: random.Random, trapped: bool = False) -> dict[st
                 "pump_faults": 0, "station_flow_m3s": 2.0}
     if m == "radiation":
         return {"dose_ngyh": round(85 * (1 + 0.02 * g(0, 1)), 1)}
+    if m == "chemical":  # tank, flammable detector, toxic detector in turn
+        kind = i % 3
+        if kind == 0:
+            return {"level_pct": round(55 + 0.05 * g(0, 1), 2), "temperature_c": round(20 + 0.1 * g(0, 1), 1),
+                    "pressure_kpa": round(15 + 0.2 * g(0, 1), 1), "relief_open": False}
+        if kind == 1:
+            return {"lel_pct": round(max(0.0, 0.3 + 0.2 * g(0, 1)), 1), "alarm_level": 0, "sensor_fault": False}
+        return {"toxic_ppm": round(max(0.0, 0.3 + 0.15 * g(0, 1)), 2), "alarm_level": 0, "sensor_fault": False}
     if m == "tunnel":
         return {"o2_pct": round(20.9 + 0.03 * g(0, 1), 2), "ch4_pct_vol": round(max(0.0, 0.01 + 0.004 * g(0, 1)), 3),
                 "h2s_ppm": 0.2, "co_ppm": round(1.0 + 0.3 * g(0, 1), 1), "temperature_c": round(22 + 0.1 * g(0, 1), 1),

@@ -181,9 +181,23 @@ class Evaluator:
         return self.devices.carrying(want)[keys]
 
     def reference(self, rnd: Round) -> FloatArray | None:
-        """Each round device's own reference level (`offset_from`), NaN where it has none."""
-        label = getattr(self.rule, "offset_from", None)
+        """Each round device's own reference level (`offset_from`, `relative_to`), NaN
+        where it has none."""
+        label = getattr(self.rule, "offset_from", None) or getattr(self.rule, "relative_to", None)
         return None if label is None else self.devices.label_values(label)[rnd.dev]
+
+    def levels(self, value: FloatArray, ref: FloatArray) -> FloatArray:
+        """A value on the rule's scale: its offset from the reference, or its multiple of it."""
+        if getattr(self.rule, "relative_to", None) is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return value / np.where(ref > 0, ref, np.nan)
+        return value - ref
+
+    def actual(self, level: FloatArray | float, ref: FloatArray) -> FloatArray:
+        """A level of the rule's scale as a value of the metric (the inverse of levels)."""
+        if getattr(self.rule, "relative_to", None) is not None:
+            return np.asarray(level * ref, np.float64)
+        return np.asarray(level + ref, np.float64)
 
     def _grow_keys(self, n: int) -> None:
         """Group-keyed rules: room in the lifecycle for n groups."""
@@ -219,8 +233,8 @@ class ThresholdEval(Evaluator):
         ref = self.reference(rnd)
         if ref is None:
             return self._hysteresis(rnd, v, r.op, r.threshold, r.clear, r.critical_threshold)
-        s = self._hysteresis(rnd, v - ref, r.op, r.threshold, r.clear, r.critical_threshold)
-        s.value, s.threshold = v, s.threshold + ref
+        s = self._hysteresis(rnd, self.levels(v, ref), r.op, r.threshold, r.clear, r.critical_threshold)
+        s.value, s.threshold = v, self.actual(s.threshold, ref)
         return s
 
 
@@ -245,9 +259,9 @@ class ForecastEval(Evaluator):
         buf = self.buffers.fed(rnd, r.measurement, r.metric, r.window_s, r.buckets)
         means, x, valid = buf.view(rnd.dev, rnd.t)
         ref = self.reference(rnd)
-        if ref is not None:  # levels as offsets from each device's own reference
-            v, means = v - ref, means - ref[:, None]
-            valid = valid & ~np.isnan(ref)[:, None]
+        if ref is not None:  # levels as offsets from (or multiples of) each device's own reference
+            v, means = self.levels(v, ref), self.levels(means, ref[:, None])
+            valid = valid & ~np.isnan(ref)[:, None] & ~np.isnan(means)
         sign = 1.0 if r.op == "above" else -1.0
         armed = np.ones(len(v), bool) if r.arm is None else sign * (v - r.arm) >= 0
         # Least squares first (cheap); the robust line only where it can matter: armed rows
@@ -293,7 +307,7 @@ class ForecastEval(Evaluator):
         sig = np.where(breach, _BREACH, np.where(clear, _CLEAR, _BAND)).astype(np.int8)
         sig[np.isnan(v)] = _BAND
         sev = np.full(len(v), self.severity, np.int8)
-        limit = np.full(len(v), r.limit) if ref is None else r.limit + ref
+        limit = np.full(len(v), r.limit) if ref is None else self.actual(r.limit, ref)
         return Signals(rnd.dev, rnd.t, sig, sev, reported, limit, np.where(breach, eta, np.nan))
 
 

@@ -79,6 +79,9 @@ class ActiveIncident:
     #: The device it was scheduled on, for one felt by the whole district (a pump station's
     #: trip as the streets it drains see it); "" on the device's own incidents.
     origin: str = ""
+    #: A group incident's devices, in the group's order (a leak's detectors: the model
+    #: finds its source among them).
+    group: tuple[str, ...] = ()
 
     @property
     def last_member(self) -> bool:

@@ -120,7 +120,7 @@ class Scenario:
                 dev = world.devices[dev_id]
                 if ev.kind == "incident":
                     dev.incidents.append(ActiveIncident(ev.type, start, end, dict(ev.params), member,
-                                                        len(ev.devices)))
+                                                        len(ev.devices), group=tuple(ev.devices)))
                 else:
                     fkey = noise.stream_key(seed, dev_id, "fault", ev.type, str(ev.at_s))
                     dev.faults.append(ActiveFault(ev.type, start, end, ev.metric, dict(ev.params), fkey,

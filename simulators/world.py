@@ -182,7 +182,8 @@ class World:
                 profile = loaded.profiles[spec.profile]
                 if profile.profile not in quantisers:
                     quantisers[profile.profile] = modbus_quantisers(profile)
-                ctx = DeviceContext(spec.id, seed, profile, dict(spec.labels), epoch_ms=epoch_ms)
+                where = (spec.location.lat, spec.location.lon) if spec.location is not None else None
+                ctx = DeviceContext(spec.id, seed, profile, dict(spec.labels), epoch_ms=epoch_ms, location=where)
                 dev = SimDevice(ctx, cfg.gateway, cfg.district, link, spec, model_for(ctx),
                                 quantisers[profile.profile])
                 devs.append(dev)

@@ -74,7 +74,10 @@ def _summary() -> dict[str, object]:
     return {"scenario": "pudong-incidents", "verified": True, "missing_in_influxdb": 0, "readings_published": 10,
             "readings_in_influxdb": 10, "readings_distinct": 10, "false_alarms": 0, "false_alarm_rules": [],
             "incidents": [{"type": "door_open_while_moving", "device": "el-0104", "played": True, "detected": True,
-                           "first_alert_rule": "elevator.door_open_while_moving", "lead_time_s": -12.0}]}
+                           "first_alert_rule": "elevator.door_open_while_moving", "lead_time_s": -12.0}],
+            "automatic_responses": [{"alert": "tunnel.gas_alarm:pudong:tn-0101", "ok": True,
+                                     "message": "Automatic response to tunnel.gas_alarm at tn-0101: "
+                                                "tn-0101.fan_run = True done, read back True"}]}
 
 
 def test_the_printed_summary_is_true_as_printed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -88,6 +91,7 @@ def test_the_printed_summary_is_true_as_printed(capsys: pytest.CaptureFixture[st
     _print_summary(summary_console(), _summary(), stack, keep=False)  # type: ignore[arg-type]
     out = capsys.readouterr().out
     assert "elevator.door_open_while_moving" in out and "0.2 min after" in out
+    assert "Automatic response (done): Automatic response to tunnel.gas_alarm at tn-0101: tn-0101.fan_run" in out
     assert "curl" not in out and "8086" not in out and "urbansense demo --keep" in out
     _print_summary(summary_console(), _summary(), stack, keep=True)  # type: ignore[arg-type]
     out = capsys.readouterr().out

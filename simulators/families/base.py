@@ -32,6 +32,8 @@ class DeviceContext:
     #: Every device's model in the scenario by id, for models coupled to a neighbour's
     #: (a street's drain backing up when the pump station it drains to is full).
     peers: Mapping[str, FamilyModel] = field(default_factory=dict)
+    #: (lat, lon) from the gateway config, where it gives one: how far a leak travels to it.
+    location: tuple[float, float] | None = None
 
     def key(self, stream: str) -> int:
         return noise.stream_key(self.seed, self.id, stream)

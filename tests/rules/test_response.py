@@ -80,3 +80,16 @@ def test_the_responder_sends_once_and_records_the_answer_on_the_alert_as_it_now_
     codec.decode_alert(codec.encode_alert(event))  # on the wire as the contract says
     assert r.answer(codec.dumps({"id": sent["id"], "ok": True})) is None  # answered once
     assert (r.sent, r.done, r.failed) == (1, 0, 1)
+
+
+def test_a_response_is_an_event_of_an_alert_already_counted_not_another_alarm() -> None:
+    """Scoring (backtest, demo, chaos runs): the event recording the fans' read-back does
+    not count as a second alert."""
+    import dataclasses
+
+    from application.backtest import score
+
+    fired = _alert(AUTO)
+    answered = dataclasses.replace(fired, t=3_000, command=None, response={"id": "r-1", "ok": True})
+    result = score("t", [], [fired, answered], [], 0, 3_600_000)
+    assert [e.id for e in result.false_alarms] == [fired.id]
