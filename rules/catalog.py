@@ -115,12 +115,12 @@ class _Offset(BaseModel):
     #: occupational exposure limit for its gas, in ppm): the rule's levels are then
     #: multiples of it (threshold 1.0: 100 % of the limit), and a device without the label
     #: is not judged. Not with offset_from.
-    relative_to: str | None = Field(default=None, pattern=METRIC_PATTERN)
+    multiple_of: str | None = Field(default=None, pattern=METRIC_PATTERN)
 
     @model_validator(mode="after")
     def _one_reference(self) -> _Offset:
-        if self.offset_from is not None and self.relative_to is not None:
-            raise ValueError("give offset_from or relative_to, not both")
+        if self.offset_from is not None and self.multiple_of is not None:
+            raise ValueError("give offset_from or multiple_of, not both")
         return self
 
 
@@ -241,8 +241,8 @@ class TideForecastRule(_MetricRule, _Offset):
 
     @model_validator(mode="after")
     def _history(self) -> TideForecastRule:
-        if self.relative_to is not None:
-            raise ValueError("relative_to: a tide's levels are offsets (offset_from), not multiples")
+        if self.multiple_of is not None:
+            raise ValueError("multiple_of: a tide's levels are offsets (offset_from), not multiples")
         if self.min_history_s > self.history_s:
             raise ValueError(f"min_history_s ({self.min_history_s}) cannot exceed history_s ({self.history_s})")
         return self

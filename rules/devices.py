@@ -28,6 +28,11 @@ class Round:
     t: npt.NDArray[np.int64]
     values: dict[str, npt.NDArray[np.float64]]
 
+    def only(self, keep: npt.NDArray[np.bool_], metric: str) -> Round:
+        """The rows `keep` selects, with `metric`'s values only (for an evaluator that
+        reads nothing else)."""
+        return Round(self.measurement, self.dev[keep], self.t[keep], {metric: self.values[metric][keep]})
+
 
 @dataclass(slots=True)
 class Gateways:

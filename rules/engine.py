@@ -117,7 +117,7 @@ class RulesEngine:
         target_label) that have no number in it, said in words a user can act on."""
         out: list[str] = []
         for r in self.rules:
-            label = (getattr(r, "offset_from", None) or getattr(r, "relative_to", None)
+            label = (getattr(r, "offset_from", None) or getattr(r, "multiple_of", None)
                      or getattr(r, "target_label", None))
             if label is None:
                 continue

@@ -181,21 +181,21 @@ class Evaluator:
         return self.devices.carrying(want)[keys]
 
     def reference(self, rnd: Round) -> FloatArray | None:
-        """Each round device's own reference level (`offset_from`, `relative_to`), NaN
+        """Each round device's own reference level (`offset_from`, `multiple_of`), NaN
         where it has none."""
-        label = getattr(self.rule, "offset_from", None) or getattr(self.rule, "relative_to", None)
+        label = getattr(self.rule, "offset_from", None) or getattr(self.rule, "multiple_of", None)
         return None if label is None else self.devices.label_values(label)[rnd.dev]
 
     def levels(self, value: FloatArray, ref: FloatArray) -> FloatArray:
         """A value on the rule's scale: its offset from the reference, or its multiple of it."""
-        if getattr(self.rule, "relative_to", None) is not None:
+        if getattr(self.rule, "multiple_of", None) is not None:
             with np.errstate(invalid="ignore", divide="ignore"):
                 return value / np.where(ref > 0, ref, np.nan)
         return value - ref
 
     def actual(self, level: FloatArray | float, ref: FloatArray) -> FloatArray:
         """A level of the rule's scale as a value of the metric (the inverse of levels)."""
-        if getattr(self.rule, "relative_to", None) is not None:
+        if getattr(self.rule, "multiple_of", None) is not None:
             return np.asarray(level * ref, np.float64)
         return np.asarray(level + ref, np.float64)
 
@@ -255,20 +255,36 @@ class ForecastEval(Evaluator):
 
     def evaluate(self, rnd: Round) -> Signals | None:
         r = self.rule
-        reported = v = rnd.values[r.metric]
         buf = self.buffers.fed(rnd, r.measurement, r.metric, r.window_s, r.buckets)
-        means, x, valid = buf.view(rnd.dev, rnd.t)
+        # Only the devices that report the metric this round and that the rule judges
+        # (a family of several device kinds shares a measurement): a row without a value
+        # would only hold its state, and the window fits are the costly part.
+        keep = ~np.isnan(rnd.values[r.metric])
+        judged = self.matching(rnd.dev)
+        if judged is not None:
+            keep &= judged
+        if not keep.all():
+            if not keep.any():
+                return None
+            rnd = rnd.only(keep, r.metric)
+        reported = v = rnd.values[r.metric]
         ref = self.reference(rnd)
         if ref is not None:  # levels as offsets from (or multiples of) each device's own reference
-            v, means = self.levels(v, ref), self.levels(means, ref[:, None])
-            valid = valid & ~np.isnan(ref)[:, None] & ~np.isnan(means)
+            v = self.levels(v, ref)
         sign = 1.0 if r.op == "above" else -1.0
-        armed = np.ones(len(v), bool) if r.arm is None else sign * (v - r.arm) >= 0
+        with np.errstate(invalid="ignore"):
+            armed = np.ones(len(v), bool) if r.arm is None else sign * (v - r.arm) >= 0
+        busy = self.lifecycle.state[rnd.dev] != State.INACTIVE
+        if not armed.any() and not busy.any():
+            return None  # nothing armed and nothing pending or firing: no row can change
+        means, x, valid = buf.view(rnd.dev, rnd.t)
+        if ref is not None:
+            means = self.levels(means, ref[:, None])
+            valid = valid & ~np.isnan(ref)[:, None] & ~np.isnan(means)
         # Least squares first (cheap); the robust line only where it can matter: armed rows
         # that move toward the limit at all, or whose warning is pending or firing. A spike
         # steepens least squares, so a row it fools is always among them.
         level, slope, n = linear_fit(x, means, valid)
-        busy = self.lifecycle.state[rnd.dev] != State.INACTIVE
         pick = np.flatnonzero(armed & ((sign * slope * 60.0 > 0.25 * r.min_slope_per_min) | busy))
         if len(pick):
             level[pick], slope[pick], _n = theil_sen(x[pick], means[pick], valid[pick])

@@ -1,4 +1,4 @@
-"""Rules whose levels are multiples of each device's own reference (`relative_to`): a
+"""Rules whose levels are multiples of each device's own reference (`multiple_of`): a
 toxic-gas detector's alarm at 100 % and 200 % of its gas's exposure limit."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from urbansense.schema import AlertEvent, TelemetryBatch
 from .helpers import T0, batch, rule
 
 TOXIC = rule(id="chemical.toxic_alarm", kind="threshold", measurement="chemical", metric="toxic_ppm",
-             relative_to="oel_ppm", op="above", threshold=1.0, critical_threshold=2.0, clear=0.8)
+             multiple_of="oel_ppm", op="above", threshold=1.0, critical_threshold=2.0, clear=0.8)
 RISING = rule(id="chemical.toxic_rising", kind="forecast", measurement="chemical", metric="toxic_ppm",
-              relative_to="oel_ppm", op="above", limit=1.0, arm=0.2, window_s=300, buckets=10, min_points=4,
+              multiple_of="oel_ppm", op="above", limit=1.0, arm=0.2, window_s=300, buckets=10, min_points=4,
               horizon_s=1800, min_slope_per_min=0.01)
 
 
@@ -61,7 +61,19 @@ def test_a_rule_cannot_be_both_offset_and_relative(tmp_path: Path) -> None:
 domain: chemical
 rules:
   - {id: chemical.x, kind: threshold, measurement: chemical, metric: toxic_ppm, op: above, threshold: 1,
-     offset_from: oel_ppm, relative_to: oel_ppm}
+     offset_from: oel_ppm, multiple_of: oel_ppm}
 """)
-    with pytest.raises(ConfigError, match="give offset_from or relative_to, not both"):
+    with pytest.raises(ConfigError, match="give offset_from or multiple_of, not both"):
         load_catalog(tmp_path)
+
+
+def test_every_shipped_device_carries_the_labels_its_rules_judge_it_against() -> None:
+    """The shipped catalogue over the shipped gateway configs: no rule is left without a
+    device's reference (offset_from, multiple_of, target_label). Also caught a key named
+    like another kind's: `relative_to` was the drift rules' (none / district_median), and
+    the engine took "none" for a label every elevator lacked."""
+    from rules.inventory import load_inventory
+    from urbansense.paths import GATEWAYS_DIR
+
+    inventory = load_inventory([GATEWAYS_DIR], None, strict=False)
+    assert RulesEngine(load_catalog(), inventory).unlabelled() == []
