@@ -69,6 +69,9 @@ class StoreAndForward:
         self._seen_epoch = 0
         # after a reconnect, publishing waits resume_delay_s (UplinkSpec.resume_delay_s)
         self.resume_delay_s = resume_delay_s
+        # an agent restarted on a log with samples in it (killed during an outage, say)
+        # may be meeting a broker that restarted too: its first connection waits as well
+        self._started_with_backlog = wal.depth > 0
         self._connected_at = 0.0
         self._urgent_waiting = False
         self._wake = asyncio.Event()
@@ -186,8 +189,12 @@ class StoreAndForward:
 
     # ------------------------------------------------------------------ state
     def _resumable(self, epoch: int) -> bool:
-        """The first connection publishes at once; a reconnection after resume_delay_s."""
-        return epoch <= 1 or time.monotonic() - self._connected_at >= self.resume_delay_s
+        """A reconnection publishes after resume_delay_s; so does the first connection when
+        the agent started with a backlog or found no broker at first (both: the broker
+        may have restarted, and an ingester may not be back yet). Otherwise at once."""
+        first_clean = (epoch <= 1 and not self._started_with_backlog
+                       and self.mqtt.stats.connect_failures == 0)
+        return first_clean or time.monotonic() - self._connected_at >= self.resume_delay_s
 
     def _go_offline(self) -> None:
         if self._online:

@@ -234,7 +234,8 @@ class UplinkSpec(_Model):
     #: Reconnect back-off: starts at the minimum, doubles, capped, with jitter.
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
-    #: After a reconnect (not the first connect), publishing waits this long. A broker
+    #: After a reconnect (and the first connect of an agent that started with a backlog or
+    #: found no broker at first), publishing waits this long. A broker
     #: restarted from its persistence file (Mosquitto 2.0) drops what is published to the
     #: ingesters' shared subscription until one of them has reconnected, and the broker
     #: acknowledges it all the same; the wait lets the ingesters (which retry every second)

@@ -173,3 +173,59 @@ def test_after_a_broker_restart_the_edge_waits_for_the_ingesters(tmp_path: Path,
     assert reconnected_at and reconnected_at[0] < 1.0, "the edge was not back before the ingester"
     assert sorted(got) == list(range(n_samples)), f"lost {n_samples - len(got)} sample(s)"
     assert wal.depth == 0
+
+
+def test_an_agent_restarted_on_its_backlog_waits_for_the_ingesters_too(tmp_path: Path, private_stack: Stack) -> None:
+    """An agent killed during an outage and started again on its log may meet a broker that
+    has just restarted: its first connection must wait resume_delay_s as a reconnection
+    does, or its backlog reaches the restored shared group before any ingester and is
+    dropped. (A fresh agent's first connection waited for nothing: CI's 60 s outage test
+    lost 1,578 samples of its restarted agent once the ingesters reconnected promptly.)"""
+    gw = unique("gw")
+    topic = f"city/test/{gw}/telemetry"
+    settings = MqttSettings.from_url(private_stack.mqtt_url)
+    got: set[int] = set()
+    member_id = unique("ingester")
+
+    def member() -> MqttClient:
+        client = MqttClient(settings, member_id, clean_start=False, session_expiry_s=600)
+        client.subscribe(f"$share/ingest/{topic}", lambda m: got.update(
+            int(s.f["n"]) for s in codec.decode_batch(bytes(m.payload)).samples), qos=1)
+        client.connect()
+        return client
+
+    member().close()  # the group exists, its member is away
+    private_stack.stop("mosquitto")
+    private_stack.start("mosquitto")  # the group is restored with nobody in it
+    wal = WriteAheadLog(tmp_path / "k.wal", max_bytes=1 << 24)
+    box: dict[str, StoreAndForward] = {}
+    batch, wal_spec = BatchSpec(max_samples=100, max_interval_s=0.1), WalSpec(commit_interval_s=0.02)
+    offline = MqttClient(settings, client_id=unique("edge-before"))
+    before = StoreAndForward(wal, offline, topic, gateway=gw, district="test", batch=batch, wal_spec=wal_spec,
+                             telemetry=SelfTelemetry(gw))
+    for n in range(300):
+        before.add(_sample("dev-k", n))
+    before.flush()  # the killed agent's log
+    assert wal.depth == 300
+    client = MqttClient(settings, client_id=unique("edge-test"), reconnect_min_s=0.1, reconnect_max_s=0.2,
+                        on_publish_ack=lambda mid: box["f"].on_puback(mid),
+                        on_connect=lambda: box["f"].on_connect(),
+                        on_disconnect=lambda why: box["f"].on_disconnect(why))
+    fwd = box["f"] = StoreAndForward(wal, client, topic, gateway=gw, district="test", batch=batch,
+                                     wal_spec=wal_spec, telemetry=SelfTelemetry(gw), resume_delay_s=3.0)
+    client.connect()
+
+    async def scenario() -> MqttClient:
+        task = asyncio.create_task(fwd.run())
+        await asyncio.sleep(1.0)  # the restarted agent is connected; the ingester is not yet
+        back = await asyncio.to_thread(member)
+        deadline = time.monotonic() + 20
+        while (len(got) < 300 or wal.depth) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        return back
+
+    ingester = asyncio.run(scenario())
+    ingester.close()
+    client.close()
+    assert sorted(got) == list(range(300)), f"lost {300 - len(got)} sample(s)"
