@@ -111,6 +111,15 @@ def test_seq_persists_across_restarts_and_unacked_samples_stay(tmp_path: Path, s
     wal.close()
 
 
+def _group_member(settings: MqttSettings, client_id: str, topic: str, got: set[int]) -> MqttClient:
+    """An ingester's persistent session in the shared group, noting each sample's `n`."""
+    client = MqttClient(settings, client_id, clean_start=False, session_expiry_s=600, reconnect_max_s=30)
+    client.subscribe(f"$share/ingest/{topic}", lambda m: got.update(
+        int(s.f["n"]) for s in codec.decode_batch(bytes(m.payload)).samples), qos=1)
+    client.connect()
+    return client
+
+
 def test_after_a_broker_restart_the_edge_waits_for_the_ingesters(tmp_path: Path, private_stack: Stack) -> None:
     """A restarted Mosquitto drops what is published to a restored shared group until a
     member reconnects (tests/test_stack.py shows the broker doing it). The ingester here
@@ -124,11 +133,7 @@ def test_after_a_broker_restart_the_edge_waits_for_the_ingesters(tmp_path: Path,
     member_id = unique("ingester")
 
     def member() -> MqttClient:
-        client = MqttClient(settings, member_id, clean_start=False, session_expiry_s=600, reconnect_max_s=30)
-        client.subscribe(f"$share/ingest/{topic}", lambda m: got.update(
-            int(s.f["n"]) for s in codec.decode_batch(bytes(m.payload)).samples), qos=1)
-        client.connect()
-        return client
+        return _group_member(settings, member_id, topic, got)
 
     ingester = member()
     wal = WriteAheadLog(tmp_path / "r.wal", max_bytes=1 << 24)
@@ -188,11 +193,7 @@ def test_an_agent_restarted_on_its_backlog_waits_for_the_ingesters_too(tmp_path:
     member_id = unique("ingester")
 
     def member() -> MqttClient:
-        client = MqttClient(settings, member_id, clean_start=False, session_expiry_s=600)
-        client.subscribe(f"$share/ingest/{topic}", lambda m: got.update(
-            int(s.f["n"]) for s in codec.decode_batch(bytes(m.payload)).samples), qos=1)
-        client.connect()
-        return client
+        return _group_member(settings, member_id, topic, got)
 
     member().close()  # the group exists, its member is away
     private_stack.stop("mosquitto")
