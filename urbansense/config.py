@@ -250,6 +250,13 @@ class BatchSpec(_Model):
     max_interval_s: float = Field(default=1.0, gt=0)
 
 
+def _no_nul(path: str | None) -> str | None:
+    """A file or folder path the OS can take (it refuses a NUL with a bare ValueError)."""
+    if path is not None and "\x00" in path:
+        raise ValueError("a path cannot contain a NUL character")
+    return path
+
+
 class WalSpec(_Model):
     path: str | None = None
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
@@ -260,6 +267,8 @@ class WalSpec(_Model):
     sync: Literal["normal", "full"] = "normal"
     #: Telemetry batches awaiting PUBACK at once (flow control towards the broker).
     max_inflight_batches: int = Field(default=20, ge=1, le=1000)
+
+    _path_ok = field_validator("path")(_no_nul)
 
 
 class PollingSpec(_Model):
@@ -294,6 +303,8 @@ class GatewayConfig(_Model):
     #: profiles (urbansense/families/*/profiles), which are always available.
     profiles_dir: str = "../profiles"
     links: list[LinkSpec] = Field(min_length=1)
+
+    _profiles_dir_ok = field_validator("profiles_dir")(_no_nul)
 
     @field_validator("links")
     @classmethod

@@ -124,3 +124,14 @@ HOSTILE = {
 def test_hostile_yaml(tree: Path, text: str) -> None:
     content = text.encode("latin-1") if "\xe9" in text else text.encode()
     _load(_gateway_file(tree, content), load_gateway)
+
+
+def test_a_nul_in_profiles_dir_is_a_config_error_naming_the_key(tree: Path) -> None:
+    """Found by the property test above in CI: a NUL in `profiles_dir` reached the OS's
+    realpath and stopped the loader with ValueError("embedded null byte")."""
+    for key, doc in (("profiles_dir", {**GATEWAY, "profiles_dir": "\x00"}),
+                     ("wal.path", {**GATEWAY, "wal": {"path": "edge\x00.wal"}})):
+        path = _gateway_file(tree, yaml.safe_dump(doc).encode())
+        with pytest.raises(ConfigError) as err:
+            load_gateway(path)
+        assert any(key in p and "NUL" in p for p in err.value.problems), err.value.problems
