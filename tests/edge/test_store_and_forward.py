@@ -26,16 +26,18 @@ def _sample(dev: str, n: int, urgent: bool = False) -> Sample:
     return Sample(dev=dev, m="water", t=1_700_000_000_000 + n, f={"n": n}, urgent=urgent)
 
 
-def _forwarder(stack: Stack, wal: WriteAheadLog, gw: str, **wal_opts: float) -> tuple[StoreAndForward, MqttClient]:
+def _forwarder(stack: Stack, wal: WriteAheadLog, gw: str, *, resume_delay_s: float = 0.0,
+               reconnect_s: tuple[float, float] = (0.5, 30.0), **wal_opts: float) -> tuple[StoreAndForward, MqttClient]:
     box: dict[str, StoreAndForward] = {}
     client = MqttClient(MqttSettings.from_url(stack.mqtt_url), client_id=unique("edge-test"),
+                        reconnect_min_s=reconnect_s[0], reconnect_max_s=reconnect_s[1],
                         on_publish_ack=lambda mid: box["f"].on_puback(mid),
                         on_connect=lambda: box["f"].on_connect(),
                         on_disconnect=lambda why: box["f"].on_disconnect(why))
     fwd = StoreAndForward(wal, client, f"city/test/{gw}/telemetry", gateway=gw, district="test",
                           batch=BatchSpec(max_samples=100, max_interval_s=0.1),
                           wal_spec=WalSpec(commit_interval_s=0.02, **wal_opts),  # type: ignore[arg-type]
-                          telemetry=SelfTelemetry(gw))
+                          telemetry=SelfTelemetry(gw), resume_delay_s=resume_delay_s)
     box["f"] = fwd
     return fwd, client
 
@@ -137,15 +139,7 @@ def test_after_a_broker_restart_the_edge_waits_for_the_ingesters(tmp_path: Path,
 
     ingester = member()
     wal = WriteAheadLog(tmp_path / "r.wal", max_bytes=1 << 24)
-    box: dict[str, StoreAndForward] = {}
-    client = MqttClient(settings, client_id=unique("edge-test"), reconnect_min_s=0.1, reconnect_max_s=0.2,
-                        on_publish_ack=lambda mid: box["f"].on_puback(mid),
-                        on_connect=lambda: box["f"].on_connect(),
-                        on_disconnect=lambda why: box["f"].on_disconnect(why))
-    fwd = box["f"] = StoreAndForward(wal, client, topic, gateway=gw, district="test",
-                                     batch=BatchSpec(max_samples=100, max_interval_s=0.1),
-                                     wal_spec=WalSpec(commit_interval_s=0.02), telemetry=SelfTelemetry(gw),
-                                     resume_delay_s=3.0)
+    fwd, client = _forwarder(private_stack, wal, gw, resume_delay_s=3.0, reconnect_s=(0.1, 0.2))
     client.connect()
     n_samples = 700
     reconnected_at: list[float] = []
@@ -199,21 +193,12 @@ def test_an_agent_restarted_on_its_backlog_waits_for_the_ingesters_too(tmp_path:
     private_stack.stop("mosquitto")
     private_stack.start("mosquitto")  # the group is restored with nobody in it
     wal = WriteAheadLog(tmp_path / "k.wal", max_bytes=1 << 24)
-    box: dict[str, StoreAndForward] = {}
-    batch, wal_spec = BatchSpec(max_samples=100, max_interval_s=0.1), WalSpec(commit_interval_s=0.02)
-    offline = MqttClient(settings, client_id=unique("edge-before"))
-    before = StoreAndForward(wal, offline, topic, gateway=gw, district="test", batch=batch, wal_spec=wal_spec,
-                             telemetry=SelfTelemetry(gw))
+    before, _ = _forwarder(private_stack, wal, gw)  # never connected
     for n in range(300):
         before.add(_sample("dev-k", n))
     before.flush()  # the killed agent's log
     assert wal.depth == 300
-    client = MqttClient(settings, client_id=unique("edge-test"), reconnect_min_s=0.1, reconnect_max_s=0.2,
-                        on_publish_ack=lambda mid: box["f"].on_puback(mid),
-                        on_connect=lambda: box["f"].on_connect(),
-                        on_disconnect=lambda why: box["f"].on_disconnect(why))
-    fwd = box["f"] = StoreAndForward(wal, client, topic, gateway=gw, district="test", batch=batch,
-                                     wal_spec=wal_spec, telemetry=SelfTelemetry(gw), resume_delay_s=3.0)
+    fwd, client = _forwarder(private_stack, wal, gw, resume_delay_s=3.0, reconnect_s=(0.1, 0.2))
     client.connect()
 
     async def scenario() -> MqttClient:
