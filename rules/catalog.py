@@ -123,6 +123,11 @@ class _Offset(BaseModel):
             raise ValueError("give offset_from or multiple_of, not both")
         return self
 
+    @property
+    def reference_label(self) -> str | None:
+        """The label holding each device's own reference, whichever way the levels use it."""
+        return self.offset_from or self.multiple_of
+
 
 class _Hysteresis(_MetricRule):
     op: Op = "above"

@@ -117,8 +117,7 @@ class RulesEngine:
         target_label) that have no number in it, said in words a user can act on."""
         out: list[str] = []
         for r in self.rules:
-            label = (getattr(r, "offset_from", None) or getattr(r, "multiple_of", None)
-                     or getattr(r, "target_label", None))
+            label = getattr(r, "reference_label", None) or getattr(r, "target_label", None)
             if label is None:
                 continue
             values = self.devices.label_values(label)

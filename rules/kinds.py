@@ -183,7 +183,7 @@ class Evaluator:
     def reference(self, rnd: Round) -> FloatArray | None:
         """Each round device's own reference level (`offset_from`, `multiple_of`), NaN
         where it has none."""
-        label = getattr(self.rule, "offset_from", None) or getattr(self.rule, "multiple_of", None)
+        label = getattr(self.rule, "reference_label", None)
         return None if label is None else self.devices.label_values(label)[rnd.dev]
 
     def levels(self, value: FloatArray, ref: FloatArray) -> FloatArray:

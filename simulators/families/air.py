@@ -26,8 +26,6 @@ class AirQualityStation(FamilyModel):
         super().__init__(ctx)
         self.site = ctx.variation("site", 0.85, 1.15)
         self.nominal = {s.name: float(s.sim.get("nominal", 0.0)) for s in ctx.profile.fields}
-        self.sigma = {s.name: float(s.sim.get("noise", 0.0)) for s in ctx.profile.fields}
-        self._k = {s.name: ctx.key(s.name) for s in ctx.profile.fields}
 
     def envelope(self, inc: ActiveIncident, t_ms: int) -> float:
         """0..1: rise over rise_s, hold, fall over the last fall_s of the incident."""
@@ -36,23 +34,21 @@ class AirQualityStation(FamilyModel):
         fall = min(1.0, remaining_s / inc.p("fall_s")) if inc.p("fall_s") > 0 else 1.0
         return max(0.0, min(rise, fall))
 
-    def _n(self, name: str, t_ms: int) -> float:
-        return self.sigma[name] * self.gauss(self._k[name], t_ms)
 
     def values(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> Values:
         hour = local_hour(t_ms)
         rush = _bump(hour, 8.0, 2.0) + _bump(hour, 18.0, 2.5)
         sun = _bump(hour, 15.0, 3.0)
         pm25_trend = self.nominal["pm25_ugm3"] * self.site * (0.8 + 0.35 * rush)
-        pm25 = pm25_trend + self._n("pm25_ugm3", t_ms)
-        no2 = self.nominal["no2_ugm3"] * self.site * (0.7 + 0.6 * rush) + self._n("no2_ugm3", t_ms)
-        co = self.nominal["co_mgm3"] * (0.8 + 0.5 * rush) + self._n("co_mgm3", t_ms)
-        so2 = self.nominal["so2_ugm3"] + self._n("so2_ugm3", t_ms)
-        o3 = self.nominal["o3_ugm3"] * (0.5 + 1.0 * sun) + self._n("o3_ugm3", t_ms)
+        pm25 = pm25_trend + self.field_noise("pm25_ugm3", t_ms)
+        no2 = self.nominal["no2_ugm3"] * self.site * (0.7 + 0.6 * rush) + self.field_noise("no2_ugm3", t_ms)
+        co = self.nominal["co_mgm3"] * (0.8 + 0.5 * rush) + self.field_noise("co_mgm3", t_ms)
+        so2 = self.nominal["so2_ugm3"] + self.field_noise("so2_ugm3", t_ms)
+        o3 = self.nominal["o3_ugm3"] * (0.5 + 1.0 * sun) + self.field_noise("o3_ugm3", t_ms)
         temperature = self.nominal["temperature_c"] + 4.0 * math.sin(2 * math.pi * (hour - 9) / 24) \
-            + self._n("temperature_c", t_ms)
+            + self.field_noise("temperature_c", t_ms)
         humidity = self.nominal["humidity_pct"] - 12.0 * math.sin(2 * math.pi * (hour - 9) / 24) \
-            + self._n("humidity_pct", t_ms)
+            + self.field_noise("humidity_pct", t_ms)
         for inc in incidents:
             if inc.type != "pollution_episode" or not inc.active(t_ms):
                 continue
@@ -62,7 +58,7 @@ class AirQualityStation(FamilyModel):
             no2 += 0.25 * extra
             co += 0.006 * extra
             o3 -= 0.2 * extra * (o3 > 20)
-        pm10 = 1.6 * pm25 + self._n("pm10_ugm3", t_ms)
+        pm10 = 1.6 * pm25 + self.field_noise("pm10_ugm3", t_ms)
         return {
             "pm25_ugm3": max(0, round(pm25)),
             "pm10_ugm3": max(0, round(pm10)),

@@ -56,6 +56,8 @@ class FamilyModel:
 
     def __init__(self, ctx: DeviceContext) -> None:
         self.ctx = ctx
+        #: per profile field: (its noise stream, its `sim.noise` standard deviation)
+        self._field_noise = {s.name: (ctx.key(s.name), float(s.sim.get("noise", 0.0))) for s in ctx.profile.fields}
 
     def values(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> Values:
         """Engineering values at `t_ms`. `incidents` are those of this device that started
@@ -76,4 +78,10 @@ class FamilyModel:
     def gauss(self, key: int, t_ms: int) -> float:
         """Standard normal noise that changes once per event second (counted from the epoch)."""
         return noise.gauss(key, (t_ms - self.ctx.epoch_ms) // 1000)
+
+    def field_noise(self, name: str, t_ms: int) -> float:
+        """A profile field's white noise at t: its `sim.noise` standard deviation times
+        this device's own stream for the field (0 for a field without the hint)."""
+        key, sd = self._field_noise[name]
+        return sd * self.gauss(key, t_ms)
 

@@ -64,12 +64,6 @@ class StorageTank(FamilyModel):
         self.per_degc = ctx.sim("pressure_kpa", "per_degc", 1.2)
         label = ctx.labels.get("relief_kpa")
         self.relief_kpa = float(label) if label else 100.0
-        self._keys = {name: (ctx.key(name), ctx.sim(name, "noise", 0.0))
-                      for name in ("level_pct", "temperature_c", "pressure_kpa")}
-
-    def _noisy(self, name: str, v: float, t_ms: int) -> float:
-        key, sd = self._keys[name]
-        return v + sd * self.gauss(key, t_ms)
 
     def values(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> Values:
         hour = local_hour(t_ms)
@@ -95,9 +89,9 @@ class StorageTank(FamilyModel):
             relief = True
         else:
             pressure += rise
-        return {"level_pct": round(min(100.0, max(0.0, self._noisy("level_pct", level, t_ms))), 2),
-                "temperature_c": round(self._noisy("temperature_c", temp, t_ms), 1),
-                "pressure_kpa": round(self._noisy("pressure_kpa", pressure, t_ms), 1),
+        return {"level_pct": round(min(100.0, max(0.0, level + self.field_noise("level_pct", t_ms))), 2),
+                "temperature_c": round(temp + self.field_noise("temperature_c", t_ms), 1),
+                "pressure_kpa": round(pressure + self.field_noise("pressure_kpa", t_ms), 1),
                 "relief_open": relief}
 
 
@@ -108,12 +102,10 @@ class LeakDetector(FamilyModel):
         super().__init__(ctx)
         self.metric = "lel_pct" if any(f.name == "lel_pct" for f in ctx.profile.fields) else "toxic_ppm"
         self.baseline = ctx.sim(self.metric, "nominal", 0.3)
-        self.noise = ctx.sim(self.metric, "noise", 0.2)
         label = ctx.labels.get("oel_ppm")
         self.oel = float(label) if label else 28.0
         #: the reading at the first alarm level: 25 %LEL, or 100 % of the gas's limit
         self.first_alarm = 25.0 if self.metric == "lel_pct" else self.oel
-        self._key = ctx.key(self.metric)
 
     def gas(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> float:
         """The leak's concentration here (without noise)."""
@@ -132,7 +124,7 @@ class LeakDetector(FamilyModel):
         return total
 
     def values(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> Values:
-        reading = max(0.0, self.baseline + self.gas(t_ms, incidents) + self.noise * self.gauss(self._key, t_ms))
+        reading = max(0.0, self.baseline + self.gas(t_ms, incidents) + self.field_noise(self.metric, t_ms))
         level = 2 if reading >= 2 * self.first_alarm else 1 if reading >= self.first_alarm else 0
         digits = 1 if self.metric == "lel_pct" else 2
         return {self.metric: round(reading, digits), "alarm_level": level, "sensor_fault": False}

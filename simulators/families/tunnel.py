@@ -43,8 +43,6 @@ class Compartment(Integrated):
         self.area = ctx.sim("sump_level_m", "area_m2", 6.0)
         self.seep = ctx.sim("sump_level_m", "seep_m3h", 0.05) * ctx.variation("seep", 0.5, 1.5)
         self.pump_m3h = ctx.sim("sump_level_m", "pump_m3h", 12.0)
-        self._noise = {name: (ctx.key(name), ctx.sim(name, "noise", 0.0))
-                       for name in ("o2_pct", "ch4_pct_vol", "h2s_ppm", "co_ppm", "temperature_c", "humidity_pct")}
         self.h2s = ctx.sim("h2s_ppm", "nominal", 0.2)
         self.co = ctx.sim("co_ppm", "nominal", 1.0)
         self.humidity = ctx.sim("humidity_pct", "nominal", 72.0)
@@ -94,8 +92,7 @@ class Compartment(Integrated):
         ch4, heat, sump, pump = self.state_at(t_ms, incidents)
 
         def noisy(name: str, v: float) -> float:
-            key, sd = self._noise[name]
-            return v + sd * self.gauss(key, t_ms)
+            return v + self.field_noise(name, t_ms)
 
         ch4_now = max(0.0, noisy("ch4_pct_vol", ch4))
         wet = 10.0 if self._active(incidents, "water_ingress", t_ms) else 0.0

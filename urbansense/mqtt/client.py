@@ -152,6 +152,7 @@ class MqttClient:
                 clean_start=self._clean_start, properties=props,
             )
         except OSError as exc:
+            self.stats.connect_failures += 1
             self.stats.last_error = str(exc)
             if wait:
                 raise MqttError(
