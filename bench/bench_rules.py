@@ -57,6 +57,7 @@ def inventory(n: int) -> list[InventoryDevice]:
                       {"background_ngyh": "85", "alarm_ngyh": "200"} if m == "radiation" else
                       {"compartment": ("gas", "power", "water")[i % 3], "high_level_m": "0.8"} if m == "tunnel" else
                       {"hh_pct": "90", "max_temp_c": "45", "relief_kpa": "100", "oel_ppm": "28"} if m == "chemical" else
+                      {"class": "tanker", "route": "r1"} if m == "vehicle" else
                       {"alarm_cm": "15", "weir_m": "1.80", "high_level_m": "3.50",
                        "pump_station": f"fl-{i - i % 4 + 3:05d}"} if m == "flood" else {})
             out.append(InventoryDevice("bench", f"gw-{m}-{i // 500}", f"{m[:2]}-{i:05d}", m,
@@ -110,6 +111,9 @@ def fields(m: str, i: int, rng: random.Random, trapped: bool = False) -> dict[st
         if kind == 1:
             return {"lel_pct": round(max(0.0, 0.3 + 0.2 * g(0, 1)), 1), "alarm_level": 0, "sensor_fault": False}
         return {"toxic_ppm": round(max(0.0, 0.3 + 0.15 * g(0, 1)), 2), "alarm_level": 0, "sensor_fault": False}
+    if m == "vehicle":  # on tanker route r1, at 50 km/h
+        return {"lat": round(31.24 + 0.0001 * (i % 100), 6), "lon": 121.578, "speed_kmh": round(50 + g(0, 1), 1),
+                "heading_deg": 180, "gnss_fix": True, "emergency": False}
     if m == "tunnel":
         return {"o2_pct": round(20.9 + 0.03 * g(0, 1), 2), "ch4_pct_vol": round(max(0.0, 0.01 + 0.004 * g(0, 1)), 3),
                 "h2s_ppm": 0.2, "co_ppm": round(1.0 + 0.3 * g(0, 1), 1), "temperature_c": round(22 + 0.1 * g(0, 1), 1),

@@ -55,6 +55,25 @@ def map_payload(profile: Profile, payload: object) -> tuple[dict[str, FieldValue
     return fields, problems
 
 
+#: How far ahead of the gateway's clock a device's own time may be (its clock runs fast).
+MAX_AHEAD_MS = 300_000
+#: How old a held report may be (a backlog older than this is a wrong clock, not a gap).
+MAX_AGE_MS = 7 * 86_400_000
+
+
+def device_time(raw: object, key: str, received: int) -> tuple[int, str | None]:
+    """A reading's time from the device's own clock (the payload's `key`, epoch ms), or
+    the time of receipt with the reason when that is missing or not believable."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw != raw:
+        return received, f"{key}: {raw!r} is not an epoch-ms time; stamped on receipt"
+    t = int(raw)
+    if t > received + MAX_AHEAD_MS:
+        return received, f"{key}: {t} is {(t - received) / 1000:.0f} s ahead of the gateway clock; stamped on receipt"
+    if t < received - MAX_AGE_MS:
+        return received, f"{key}: {t} is more than 7 days old; stamped on receipt"
+    return t, None
+
+
 def _value(spec: FieldSpec, raw: object) -> FieldValue | None:
     if isinstance(raw, bool):
         return raw
@@ -111,11 +130,32 @@ class MqttInputLink:
             return
         self.telemetry.mqtt_messages += 1
         state.messages += 1
-        t = now_ms()
+        received = now_ms()
         try:
-            fields, problems = map_payload(state.profile, codec.loads(payload, "sensor payload"))
+            body = codec.loads(payload, "sensor payload")
         except codec.PayloadError as exc:
-            fields, problems = {}, [str(exc)]
+            self._report(state, received, {}, [str(exc)])
+            return
+        key = state.profile.timestamp_key
+        if isinstance(body, list) and key is not None:
+            # a terminal's backlog after a coverage gap: each report with its own time
+            for item in body:
+                self._one(state, received, item)
+            return
+        self._one(state, received, body)
+
+    def _one(self, state: MqttDevice, received: int, body: object) -> None:
+        fields, problems = map_payload(state.profile, body)
+        t = received
+        key = state.profile.timestamp_key
+        if key is not None and isinstance(body, dict):
+            t, problem = device_time(body.get(key), key, received)
+            if problem:
+                problems.append(problem)
+        self._report(state, t, fields, problems)
+
+    def _report(self, state: MqttDevice, t: int, fields: dict[str, FieldValue], problems: list[str]) -> None:
+        topic = state.topic
         if not fields:
             reason = "; ".join(problems) or "payload carries none of the profile's keys"
             if state.last_error != reason:

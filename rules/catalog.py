@@ -8,6 +8,7 @@ The rule kinds and their keys are documented in rules/README.md.
 
 from __future__ import annotations
 
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from rules.surface_water import SurfaceWaterTable, SurfaceWaterTableError
 from urbansense import registry
 from urbansense.config import ConfigError, MeasurementName, _display, format_validation_error, read_yaml
 from urbansense.identifiers import DOMAINS, METRIC_PATTERN
+from urbansense.zones import ZoneError, ZoneSet
 
 #: The rules that belong to no family: gateways and the pipeline's health.
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
@@ -410,6 +412,77 @@ class CompositeRule(_Rule):
         return [*self.all_of, *self.nearby, *self.not_nearby]
 
 
+class GeofenceRule(_Rule):
+    """Moving devices against zones of a GeoJSON file (urbansense/zones.py): inside a zone
+    (a banned area; with `speed_above` / `speed_below`, speeding in a zone or stopping in
+    it) or outside every zone that applies (a route corridor). A zone applies to a device
+    when its `classes` include the device's `class` label, it is in force at the local
+    time (`hours`), and, with `match`, its property of that name equals the device's
+    label of that name (a corridor's `route`). A sample without a satellite fix
+    (`fix_metric` false) or a position tells nothing."""
+
+    kind: Literal["geofence"] = "geofence"
+    measurement: Measurement
+    #: The GeoJSON file, relative to the rule file's folder (a family's zones/).
+    zones: str
+    when: Literal["inside", "outside"] = "inside"
+    match: str | None = Field(default=None, pattern=METRIC_PATTERN)
+    #: Breach only above this speed (km/h), or above the zone's `speed_limit_kmh`
+    #: (`limit`, the lowest of the zones the device is in) plus `tolerance_pct` ...
+    speed_above: float | Literal["limit"] | None = None
+    tolerance_pct: float = Field(default=0.0, ge=0)
+    #: ... or only below this speed (stopped: a long stop with `for_s`).
+    speed_below: float | None = Field(default=None, gt=0)
+    #: Only while one of these rules has fired within `alerts_within_s` on a device whose
+    #: label `zone_label` equals the zone's property of that name (a tanker in a utility
+    #: tunnel's zone while that tunnel's gas rises): one alert naming both.
+    while_alerts: list[str] = Field(default_factory=list)
+    zone_label: str | None = Field(default=None, pattern=METRIC_PATTERN)
+    alerts_within_s: float = Field(default=900.0, gt=0)
+    class_label: str = Field(default="class", pattern=METRIC_PATTERN)
+    lat_metric: str = Field(default="lat", pattern=METRIC_PATTERN)
+    lon_metric: str = Field(default="lon", pattern=METRIC_PATTERN)
+    speed_metric: str = Field(default="speed_kmh", pattern=METRIC_PATTERN)
+    fix_metric: str | None = Field(default="gnss_fix", pattern=METRIC_PATTERN)
+    #: The zones' `hours` are this time zone's.
+    timezone: str = "Asia/Shanghai"
+    #: The rule file's folder (set by the loader: where `zones` is found).
+    folder: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> GeofenceRule:
+        if self.speed_above is not None and self.speed_below is not None:
+            raise ValueError("give speed_above or speed_below, not both")
+        if self.when == "outside" and (self.speed_above is not None or self.speed_below is not None
+                                       or self.while_alerts):
+            raise ValueError("when: outside (a corridor) takes no speed_above, speed_below or while_alerts")
+        if bool(self.while_alerts) != (self.zone_label is not None):
+            raise ValueError("while_alerts and zone_label go together (the zone property naming the other devices)")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone: {self.timezone!r} is not a known time zone (e.g. Asia/Shanghai)") from None
+        return self
+
+    @property
+    def zone_path(self) -> Path:
+        return (self.folder or Path.cwd()) / self.zones
+
+    @property
+    def parts(self) -> list[str]:
+        return list(self.while_alerts)
+
+
+class DrivingTimeRule(_Hysteresis):
+    """Continuous driving (hours) since the last rest: moving above `moving_above`
+    (km/h, the rule's metric) counts; a stop of at least `rest_s` resets it. Levels in
+    hours (threshold 3.75 warns a quarter of an hour before the 4 h limit)."""
+
+    kind: Literal["driving_time"] = "driving_time"
+    moving_above: float = Field(default=5.0, ge=0)
+    rest_s: float = Field(default=1200.0, gt=0)
+
+
 def _table_path(name: str) -> Path:
     """A standard's table in rules/tables/, or the error naming those there are."""
     path = TABLES_DIR / name
@@ -487,11 +560,11 @@ RULE_KINDS: dict[str, type[_Rule]] = {
     "flatline": FlatlineRule, "drift": DriftRule, "deadman": DeadmanRule,
     "gateway_offline": GatewayOfflineRule, "composite": CompositeRule, "aqi": AqiRule,
     "counter_check": CounterCheckRule, "water_class": WaterClassRule, "accumulation": AccumulationRule,
-    "tide_forecast": TideForecastRule,
+    "tide_forecast": TideForecastRule, "geofence": GeofenceRule, "driving_time": DrivingTimeRule,
 }
 Rule = (ThresholdRule | RateRule | ForecastRule | AnomalyRule | FlatlineRule | DriftRule
         | DeadmanRule | GatewayOfflineRule | CompositeRule | AqiRule | CounterCheckRule | WaterClassRule
-        | AccumulationRule | TideForecastRule)
+        | AccumulationRule | TideForecastRule | GeofenceRule | DrivingTimeRule)
 
 
 def _load_file(f: Path, problems: list[str]) -> list[Rule]:
@@ -527,6 +600,13 @@ def _load_file(f: Path, problems: list[str]) -> list[Rule]:
         except ValidationError as exc:
             problems.extend(format_validation_error(where, model, exc, item))
             continue
+        if isinstance(rule, GeofenceRule):
+            rule.folder = f.parent
+            try:
+                ZoneSet.load(rule.zone_path)
+            except ZoneError as exc:
+                problems.extend(f"{where}: zones: {p}" for p in exc.problems)
+                continue
         if domain in DOMAINS and rule.domain != domain and domain != "system":
             problems.append(f"{where}: measurement {rule.domain!r} does not belong in a {domain!r} file")
         out.append(rule)
@@ -577,6 +657,13 @@ def load_catalog(path: Path | None = None) -> list[Rule]:
                                                                                | WaterClassRule | DeadmanRule):
                         problems.append(f"{where[r.id]}: rule {r.id!r}: {key}: {dep!r} must be a device rule "
                                         "(not composite, deadman, aqi or water_class)")
+        if isinstance(r, GeofenceRule):
+            for dep in r.while_alerts:
+                d = by_id.get(dep)
+                if d is None or getattr(d, "measurement", None) is None or isinstance(
+                        d, CompositeRule | AqiRule | WaterClassRule | DeadmanRule | GeofenceRule):
+                    problems.append(f"{where[r.id]}: rule {r.id!r}: while_alerts: {dep!r} must name a device rule "
+                                    "(not composite, deadman, aqi, water_class or geofence)")
         if isinstance(r, TideForecastRule) and r.rain_from is not None:
             d = by_id.get(r.rain_from)
             if not isinstance(d, AccumulationRule):

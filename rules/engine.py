@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rules.catalog import CompositeRule, GatewayOfflineRule, Rule, TideForecastRule, WaterClassRule
+from rules.catalog import CompositeRule, GatewayOfflineRule, GeofenceRule, Rule, TideForecastRule, WaterClassRule
 from rules.devices import NEVER, Devices, Index, Round
 from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
 from rules.inventory import InventoryDevice
@@ -45,6 +45,7 @@ from rules.lifecycle import (
     step,
     step_many,
 )
+from rules.motion import MOTION_EVALUATORS, GeofenceEval
 from rules.silences import SilenceSet
 from rules.sun import sun_elevation_deg
 from urbansense import topics
@@ -52,6 +53,7 @@ from urbansense.lineprotocol import encode_point
 from urbansense.schema import AlertEvent, Forecast, GatewayStatus, TelemetryBatch
 
 log = logging.getLogger("urbansense.rules")
+EVALUATORS: dict[str, type[Evaluator]] = {**KIND_EVALUATORS, **MOTION_EVALUATORS}
 _CLEAR, _BREACH = int(Signal.CLEAR), int(Signal.BREACH)
 
 #: The rule id of a device's flapping (sensor-health) episode; not a catalogue rule.
@@ -70,6 +72,8 @@ DEFAULT_MESSAGES = {
     "composite": "{rule} at {device}",
     "aqi": "AQI at {device} is {value:.0f} (threshold {threshold:g})",
     "water_class": "{device} is {class_name} under GB 3838-2002 (target {target_name}), set by {deciding}",
+    "geofence": "{device} in {zone} ({rule})",
+    "driving_time": "{device} driving {value:.1f} h without a rest (limit {threshold:g} h)",
 }
 
 
@@ -143,12 +147,12 @@ class RulesEngine:
         self.rules = rules
         self.evaluators = {}
         self.gateway_rules = [r for r in rules if isinstance(r, GatewayOfflineRule)]
-        later = CompositeRule | TideForecastRule  # built after the rules they read
+        later = CompositeRule | TideForecastRule | GeofenceRule  # built after the rules they read
         ordered: list[Rule] = [r for r in rules if not isinstance(r, later | GatewayOfflineRule)]
         ordered += [r for r in rules if isinstance(r, later)]
         for r in ordered:
             old = (keep or {}).get(r.id)
-            same_parts = not isinstance(old, CompositeEval) or all(
+            same_parts = not isinstance(old, CompositeEval | GeofenceEval) or all(
                 self.evaluators.get(d) is dep for d, dep in zip(r.parts, old.deps, strict=False))  # type: ignore[union-attr]
             if isinstance(old, TideForecastEval) and isinstance(r, TideForecastRule):
                 same_parts = old.rain is (self.evaluators.get(r.rain_from) if r.rain_from else None)
@@ -158,11 +162,13 @@ class RulesEngine:
             if isinstance(r, CompositeRule):
                 ev: Evaluator = CompositeEval(r, self.devices, self.buffers,
                                               [self.evaluators[d] for d in r.parts])
+            elif isinstance(r, GeofenceRule):
+                ev = GeofenceEval(r, self.devices, self.buffers, [self.evaluators[d] for d in r.parts])
             elif isinstance(r, TideForecastRule):
                 ev = TideForecastEval(r, self.devices, self.buffers,
                                       self.evaluators.get(r.rain_from) if r.rain_from else None)
             else:
-                ev = KIND_EVALUATORS[r.kind](r, self.devices, self.buffers)
+                ev = EVALUATORS[r.kind](r, self.devices, self.buffers)
             if old is not None and type(old) is type(ev):
                 ev.lifecycle = old.lifecycle  # changed thresholds: alerts already firing stay firing
             self.evaluators[r.id] = ev

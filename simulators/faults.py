@@ -10,6 +10,10 @@ Link faults change whether and how the device answers:
     modbus_exception  the device answers every request with exception `code` (default 4,
                       SLAVE DEVICE FAILURE)
     malformed_payload an MQTT station publishes broken JSON (`probability` per message)
+    coverage_gap      an MQTT terminal out of coverage (a vehicle in a cutting): silent,
+                      then it uploads what it held as one JSON array, each report with
+                      its own time (offline: the held samples come with the first poll
+                      after the gap)
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from simulators import noise
 
 SENSOR_FAULTS = ("stuck", "drift", "spikes")
-LINK_FAULTS = ("dropout", "dead_device", "modbus_exception", "malformed_payload")
+LINK_FAULTS = ("dropout", "dead_device", "modbus_exception", "malformed_payload", "coverage_gap")
 FAULT_TYPES = SENSOR_FAULTS + LINK_FAULTS
 FAULT_DEFAULTS: dict[str, dict[str, float]] = {
     "stuck": {},
@@ -30,6 +34,7 @@ FAULT_DEFAULTS: dict[str, dict[str, float]] = {
     "dead_device": {},
     "modbus_exception": {"code": 4},
     "malformed_payload": {"probability": 1.0},
+    "coverage_gap": {},
 }
 #: What the edge agent reports for a device that does not answer or answers an exception
 #: (edge/link.py `error_reason`, edge/modbus_pdu.py), so that offline batches match live

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from simulators.device import DeviceTables
 from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer
 from simulators.scenario import Scenario
-from simulators.stations import malformed_payload, station_payload, station_topic
+from simulators.stations import backlog_payload, malformed_payload, station_payload, station_topic
 from simulators.world import SimDevice, World
 from urbansense.clock import ScenarioClock
 from urbansense.config import ConfigError
@@ -88,6 +88,7 @@ class LiveSimulator:
         self.stats = RunStats()
         self._next_publish = 0.0
         self._last_report = -(2**62)
+        self._last_published = start_ms
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -132,6 +133,10 @@ class LiveSimulator:
         if self.mqtt is None:
             return
         for dev in self.stations:
+            held = dev.held(t_ms, t_ms - self._last_published)
+            if held:
+                self.mqtt.publish(station_topic(dev.profile, dev.id), backlog_payload(dev.profile, held), qos=1)
+                self.stats.published += 1
             reading = dev.reading(t_ms)
             if reading.silent:
                 continue
@@ -143,6 +148,7 @@ class LiveSimulator:
                 payload = station_payload(dev.profile, t_ms, reading.values)
             self.mqtt.publish(station_topic(dev.profile, dev.id), payload, qos=1)
             self.stats.published += 1
+        self._last_published = t_ms
 
     def run(self, clock: ScenarioClock, *, stop: threading.Event | None = None, tick_s: float = 0.5,
             wall_duration_s: float | None = None,

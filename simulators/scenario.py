@@ -166,10 +166,11 @@ class Scenario:
         for dev in world.devices.values():
             dev.urgent_last.clear()
         seqs = {g.name: 0 for g in world.gateways}
+        step_ms = int((step_s or self.step_s) * 1000)
         for t in self.ticks_ms(start_ms, step_s):
             batches: list[TelemetryBatch] = []
             for gw in world.gateways:
-                samples = [s for d in gw.devices if (s := d.sample(t)) is not None]
+                samples = [s for d in gw.devices for s in (*d.backlog(t, step_ms), d.sample(t)) if s is not None]
                 size = gw.loaded.config.batch.max_samples
                 for i in range(0, len(samples), size):
                     seqs[gw.name] += 1
@@ -288,6 +289,11 @@ class Scenario:
         for t in range(first, end, step):
             for dev in devs:
                 threshold = limits[dev.id]
+                if itype.hazard == "model":
+                    inc = next(i for i in dev.incidents if i.type == ev.type and i.start_ms == start)
+                    if dev.model.hazard(t, inc):
+                        return t
+                    continue
                 if itype.hazard == "leak":
                     assert threshold is not None
                     inc = next(i for i in dev.incidents if i.type == ev.type and i.start_ms == start)

@@ -415,8 +415,8 @@ class EventPlanner:
                     problems.append(f"{where}.metric: {', '.join(missing)} have no field {metric!r}")
                     return None
             proto = {inventory[d][2] for d in devices}
-            if ev.type == "malformed_payload" and proto != {"mqtt"}:
-                problems.append(f"{where}: malformed_payload is an MQTT fault; select MQTT stations")
+            if ev.type in ("malformed_payload", "coverage_gap") and proto != {"mqtt"}:
+                problems.append(f"{where}: {ev.type} is an MQTT fault; select MQTT stations")
                 return None
             if ev.type == "modbus_exception" and proto != {"modbus"}:
                 problems.append(f"{where}: modbus_exception is a Modbus fault; select Modbus devices")

@@ -3,7 +3,7 @@ broken payloads faulty stations send."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import orjson
 
@@ -19,13 +19,27 @@ def station_topic(profile: Profile, device: str) -> str:
     return (profile.topic or "sensors/{device}/data").replace("{device}", device)
 
 
-def station_payload(profile: Profile, t_ms: int, values: Mapping[str, object]) -> bytes:
-    """The station's JSON with the vendor's keys (the profile's `key:`)."""
-    body: dict[str, object] = {"ts": t_ms}
+def _body(profile: Profile, t_ms: int, values: Mapping[str, object]) -> dict[str, object]:
+    body: dict[str, object] = {profile.timestamp_key or "ts": t_ms}
     for spec in profile.fields:
         if spec.name in values:
-            body[spec.key or spec.name] = values[spec.name]
-    return orjson.dumps(body)
+            value = values[spec.name]
+            if isinstance(value, float) and (spec.scale != 1.0 or spec.offset != 0.0):
+                value = round((value - spec.offset) / spec.scale, 6)  # in the device's unit (knots)
+            body[spec.key or spec.name] = value
+    return body
+
+
+def station_payload(profile: Profile, t_ms: int, values: Mapping[str, object]) -> bytes:
+    """The station's JSON with the vendor's keys (the profile's `key:`), each value in the
+    device's own unit (the inverse of the profile's scale and offset)."""
+    return orjson.dumps(_body(profile, t_ms, values))
+
+
+def backlog_payload(profile: Profile, held: Sequence[tuple[int, Mapping[str, object]]]) -> bytes:
+    """A terminal's upload after a coverage gap: one JSON array of its reports, oldest
+    first, each with its own time."""
+    return orjson.dumps([_body(profile, t, values) for t, values in held])
 
 
 def malformed_payload(profile: Profile, device: str, t_ms: int, values: Mapping[str, object]) -> bytes:

@@ -122,7 +122,7 @@ class SimDevice:
         for fault in self.faults:
             if not fault.active(t_ms):
                 continue
-            if fault.type == "dead_device" or (fault.type == "dropout" and fault.hits(t_ms)):
+            if fault.type in ("dead_device", "coverage_gap") or (fault.type == "dropout" and fault.hits(t_ms)):
                 return Reading(None, ERR_TIMEOUT, silent=True)
             if fault.type == "modbus_exception":
                 code = int(fault.p("code"))
@@ -134,6 +134,26 @@ class SimDevice:
         if self.is_mqtt:
             return Reading(dict(values))
         return Reading({name: self.quantise[name](v) for name, v in values.items() if name in self.quantise})
+
+    def held(self, t_ms: int, step_ms: int) -> list[tuple[int, Values]]:
+        """What an MQTT terminal held through a coverage gap that ended in the step up to
+        t, to upload now: (time, values) of each report it would have sent (every step
+        back from t that falls in the gap), oldest first."""
+        out: list[tuple[int, Values]] = []
+        for fault in self.faults:
+            if fault.type != "coverage_gap" or not (t_ms - step_ms < fault.end_ms <= t_ms):
+                continue
+            k = (t_ms - fault.start_ms) // step_ms
+            for j in range(k, 0, -1):
+                tt = t_ms - j * step_ms
+                if fault.start_ms <= tt < fault.end_ms:
+                    out.append((tt, self.engineering(tt)))
+        return out
+
+    def backlog(self, t_ms: int, step_ms: int) -> list[Sample]:
+        """The held reports (`held`) as the samples the edge agent publishes for them."""
+        m = self.profile.measurement
+        return [Sample(dev=self.id, m=m, t=tt, f=dict(values)) for tt, values in self.held(t_ms, step_ms)]
 
     def sample(self, t_ms: int) -> Sample | None:
         """The sample the edge agent publishes for a poll at t (None: MQTT silence)."""

@@ -137,6 +137,10 @@ class Profile(_Model):
     order: Order = "ABCD"
     #: MQTT profiles: topic the device publishes on; {device} is replaced by the device id.
     topic: str | None = None
+    #: MQTT profiles: the payload key holding the device's own time (epoch ms). Its
+    #: readings keep it (a vehicle terminal's backlog after a coverage gap, uploaded as a
+    #: JSON array); without it the edge stamps the time of receipt.
+    timestamp_key: str | None = None
     #: Methane LEL convention etc.; stated explicitly where it matters.
     conventions: dict[str, Any] = Field(default_factory=dict)
     fields: list[FieldSpec] = Field(min_length=1)
@@ -152,6 +156,8 @@ class Profile(_Model):
                 raise ValueError(f"field {f.name!r} needs an 'address' in a modbus profile")
             if self.protocol == "mqtt" and f.key is None:
                 f.key = f.name
+        if self.timestamp_key is not None and self.protocol != "mqtt":
+            raise ValueError("timestamp_key is for mqtt profiles (a Modbus reading is stamped at its poll)")
         if self.protocol == "mqtt" and not self.topic:
             raise ValueError("an mqtt profile needs 'topic' (e.g. sensors/{device}/data)")
         return self

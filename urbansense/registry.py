@@ -41,7 +41,7 @@ RESERVED_MEASUREMENTS = frozenset({"system", "alerts", "aqi", "water_class", "ga
                                    "urbansense_ingest", "urbansense_rules"})
 
 FieldType = Literal["float", "int", "bool", "string"]
-HazardTest = Literal["below", "above", "true", "leak"]
+HazardTest = Literal["below", "above", "true", "leak", "model"]
 Shape = Literal["step", "ramp", "exponential", "spike", "oscillation", "plume"]
 
 
@@ -104,7 +104,9 @@ class IncidentKind(_Model):
     group: bool = False
     defaults: dict[str, float] = Field(default_factory=dict)
     #: below/above: metric below/above the threshold; true: a flag set or a code non-zero;
-    #: leak: the flow above normal demand reaches the threshold.
+    #: leak: the flow above normal demand reaches the threshold; model: the family's
+    #: simulation hook judges it (`FamilyModel.hazard`: a vehicle inside a zone it is
+    #: banned from, over the limit of the zone it is in).
     hazard: HazardTest | None = None
     hazard_threshold: float | None = None
     #: A device label holding the device's own threshold (a river station's warning
@@ -180,10 +182,11 @@ class PanelHint(_Model):
     naming and colouring each state; ``table``: a ``query`` as a table (default: the
     latest value of every field by device); ``row``: a row title; ``aqi``: the AQI
     panels the rules engine's `aqi` rule feeds; ``water_class``: the surface-water class
-    panels its `water_class` rule feeds. A ``query`` may use {measurement} and
+    panels its `water_class` rule feeds; ``tracks``: a map of moving devices' tracks and
+    latest positions (their `lat` and `lon` fields). A ``query`` may use {measurement} and
     {device_filter} (district and device variables)."""
 
-    kind: Literal["timeseries", "stat", "state", "table", "row", "aqi", "water_class"] = "timeseries"
+    kind: Literal["timeseries", "stat", "state", "table", "row", "aqi", "water_class", "tracks"] = "timeseries"
     field: str | None = None
     title: str | None = None
     agg: Literal["mean", "max", "min", "last"] = "mean"

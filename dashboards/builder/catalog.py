@@ -146,6 +146,44 @@ def alerts_table(domain: str | None, title: str = "Active alerts", *, by_device:
 
 # ---------------------------------------------------------------------------- overview
 
+def tracks_panel(measurement: str, title: str, *, w: int = 24, h: int = 14) -> Panel:
+    """Moving devices on a map: each one's track over the dashboard's time range (its
+    `lat` and `lon` fields, a point a minute) and its latest position, with its speed."""
+    track_q = (f'SELECT last("lat") AS "lat", last("lon") AS "lon" FROM "{measurement}" WHERE '
+               f'{DEVICE_FILTER} AND "gnss_fix" = true AND $timeFilter GROUP BY time(1m), "device" fill(none)')
+    last_q = (f'SELECT last("lat") AS "lat", last("lon") AS "lon", last("speed_kmh") AS "speed_kmh" '
+              f'FROM "{measurement}" WHERE {DEVICE_FILTER} AND $timeFilter GROUP BY "device"')
+    coords = {"mode": "coords", "latitude": "lat", "longitude": "lon"}
+    return Panel({
+        "type": "geomap", "title": title,
+        "description": "Tracks (a point a minute, from reports with a satellite fix) and latest positions, "
+                       "coloured by speed. Positions are fields of the measurement, not tags: one series "
+                       "per vehicle however far it drives.",
+        "datasource": {"type": "influxdb", "uid": "urbansense-influxdb"},
+        "targets": [influxql(track_q, ref="tracks", table=True), influxql(last_q, ref="latest", table=True)],
+        "fieldConfig": {"defaults": {"unit": "velocitykmh", "color": {"mode": "continuous-GrYlRd"},
+                                     "min": 0, "max": 90}, "overrides": []},
+        "options": {
+            "view": {"id": "fit", "allLayers": True, "padding": 10, "lat": 31.23, "lon": 121.53, "zoom": 12},
+            "controls": {"showZoom": True, "mouseWheelZoom": True, "showAttribution": True},
+            "basemap": {"type": "default", "name": "Basemap"},
+            "tooltip": {"mode": "details"},
+            "layers": [
+                {"type": "route", "name": "Tracks", "tooltip": True, "location": coords,
+                 "filterData": {"id": "byRefId", "options": "tracks"},
+                 "config": {"style": {"color": {"fixed": "blue"}, "opacity": 0.6, "lineWidth": 2},
+                            "arrow": 0}},
+                {"type": "markers", "name": "Latest positions", "tooltip": True, "location": coords,
+                 "filterData": {"id": "byRefId", "options": "latest"},
+                 "config": {"showLegend": True,
+                            "style": {"color": {"field": "speed_kmh", "fixed": "green"}, "size": {"fixed": 7},
+                                      "symbol": {"mode": "fixed", "fixed": "img/icons/marker/circle.svg"},
+                                      "opacity": 0.9}}},
+            ],
+        },
+    }, w=w, h=h)
+
+
 def geomap_panel(domain: str | None = None, *, by_device: bool = False) -> Panel:
     """Every device of the inventory, and on top those with an active alert (of `domain`)."""
     domain_filter = f"\"domain\" = '{domain}' AND " if domain else ""

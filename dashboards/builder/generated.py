@@ -24,6 +24,7 @@ from dashboards.builder.catalog import (
     last_by_device,
     long_range_panel,
     pollutant_steps,
+    tracks_panel,
     water_class_panels,
 )
 from dashboards.builder.panels import (
@@ -103,6 +104,8 @@ class _Drawer:
             return aqi_panels()
         if hint.kind == "water_class":
             return water_class_panels()
+        if hint.kind == "tracks":
+            return [tracks_panel(self.m, self.title(hint), w=hint.w or 24, h=hint.h)]
         if hint.kind == "stat":
             if hint.query is not None:
                 target = influxql(self.query(hint))

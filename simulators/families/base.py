@@ -75,6 +75,11 @@ class FamilyModel:
         incidents announce themselves (worn doors, an ageing lamp driver) override it."""
         return values
 
+    def hazard(self, t_ms: int, incident: ActiveIncident) -> bool:
+        """Whether the incident's hazard holds at t, for incident kinds whose hazard is
+        `model` (a vehicle inside a zone it is banned from): the family's own judgement."""
+        raise NotImplementedError(f"{type(self).__name__} does not judge the hazard of {incident.type}")
+
     def gauss(self, key: int, t_ms: int) -> float:
         """Standard normal noise that changes once per event second (counted from the epoch)."""
         return noise.gauss(key, (t_ms - self.ctx.epoch_ms) // 1000)

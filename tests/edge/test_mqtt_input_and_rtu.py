@@ -75,6 +75,50 @@ def test_mqtt_sensors_map_through_the_profile(tmp_path: Path, stack: Stack) -> N
     assert "JSON" in (samples[4].err or "")
 
 
+TERMINAL_PROFILE = {
+    "profile": "test-terminal", "measurement": "vehicle", "protocol": "mqtt", "topic": "vehicles/{device}/position",
+    "timestamp_key": "ts",
+    "fields": [{"name": "lat"}, {"name": "lon"}, {"name": "speed_kmh", "key": "spd"},
+               {"name": "emergency", "key": "sos", "type": "bool", "urgent": True}],
+}
+
+
+def test_a_terminal_s_backlog_keeps_each_report_s_own_time(tmp_path: Path, stack: Stack) -> None:
+    gw = unique("gw")
+    dev = unique("vt")
+    cfg = {"gateway": gw, "district": "test", "batch": {"max_interval_s": 0.2},
+           "links": [{"name": "fleet", "transport": "mqtt", "host": "127.0.0.1", "port": stack.mqtt_port,
+                      "devices": [{"id": dev, "profile": "test-terminal"}]}]}
+    path = write_gateway(tmp_path, cfg, [TERMINAL_PROFILE])
+    collector = Collector(stack.mqtt_url, f"city/test/{gw}/telemetry")
+    terminal = MqttClient(MqttSettings.from_url(stack.mqtt_url), client_id=unique("terminal"))
+    terminal.connect()
+    now = int(time.time() * 1000)
+    held = [{"ts": now - (30 - k) * 10_000, "lat": 31.24 + k * 1e-4, "lon": 121.578, "spd": 50.0, "sos": False}
+            for k in range(30)]  # five minutes out of coverage, uploaded as one array
+    with AgentThread(path, stack.mqtt_url, tmp_path / "wal") as run:
+        run.wait_ready()
+        terminal.publish_wait(f"vehicles/{dev}/position", orjson.dumps(held))
+        terminal.publish_wait(f"vehicles/{dev}/position", orjson.dumps(
+            {"ts": now + 3_600_000, "lat": 31.25, "lon": 121.578, "spd": 0.0, "sos": True}))  # clock an hour fast
+        terminal.publish_wait(f"vehicles/{dev}/position", orjson.dumps(
+            {"ts": "yesterday", "lat": 31.25, "lon": 121.578, "spd": 0.0, "sos": False}))
+        collector.drain(1.5)
+    terminal.close()
+    collector.close()
+    samples = collector.samples(dev)
+    assert len(samples) == 32
+    good = sorted((s for s in samples if s.q == "good"), key=lambda s: s.t)
+    assert [s.t for s in good] == [h["ts"] for h in held]  # each where it was measured, none lost
+    assert good[0].f["lat"] == pytest.approx(31.24)
+    fast = next(s for s in samples if s.q == "uncertain" and s.f.get("emergency"))
+    bad = next(s for s in samples if s.q == "uncertain" and not s.f.get("emergency"))
+    # a time the gateway cannot believe: stamped on receipt, marked uncertain with the reason
+    assert fast.q == "uncertain" and abs(fast.t - now) < 60_000 and "ahead of the gateway clock" in (fast.err or "")
+    assert fast.urgent is True and fast.f["emergency"] is True
+    assert bad.q == "uncertain" and "not an epoch-ms time" in (bad.err or "")
+
+
 @pytest.fixture
 def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
     if shutil.which("socat") is None:
