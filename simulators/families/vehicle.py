@@ -35,6 +35,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 from shapely.geometry import Point
@@ -62,9 +63,9 @@ LOCAL_OFFSET_MIN = 480
 
 
 @cache
-def zone_set(name: str) -> ZoneSet:
-    """A zone file of the vehicle family (zones/<name>.geojson)."""
-    return ZoneSet.load(registry.families()["vehicle"].folder / "zones" / f"{name}.geojson")
+def zone_set(folder: Path, name: str) -> ZoneSet:
+    """A zone file of a family folder (zones/<name>.geojson)."""
+    return ZoneSet.load(folder / "zones" / f"{name}.geojson")
 
 
 def minute_of_day(t_ms: int) -> int:
@@ -82,9 +83,11 @@ class _Place:
 class Vehicle(FamilyModel):
     def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
+        #: the family's folder, whose zones/ the vehicle drives by
+        self.folder = registry.families()[ctx.profile.measurement].folder
         self.vclass = ctx.labels.get("class", "bus")
         route_id = ctx.labels.get("route")
-        self.routes = zone_set("routes")
+        self.routes = zone_set(self.folder, "routes")
         route = next((z for z in self.routes.zones if route_id is not None
                       and str(z.properties.get("route")) == route_id and z.line is not None), None)
         if route is None:
@@ -95,7 +98,7 @@ class Vehicle(FamilyModel):
         assert route.line is not None
         s, x, y = line_points(route.line, STEP_M)
         lat, lon = self.routes.unproject(x, y)  # type: ignore[arg-type]
-        self.limits = zone_set("speed-limits")
+        self.limits = zone_set(self.folder, "speed-limits")
         limit = self._limit(np.asarray(lat), np.asarray(lon))
         frac = ctx.sim("speed_kmh", "cruise", 0.85)
         cruise = frac * np.where(np.isfinite(limit), limit, DEFAULT_LIMIT_KMH)
@@ -182,7 +185,7 @@ class Vehicle(FamilyModel):
             off = inc.p("offset_m")
             got = (start.x - off * math.cos(h), start.y + off * math.sin(h), None)  # to the left
         else:
-            zs = zone_set(TARGETS[inc.type])
+            zs = zone_set(self.folder, TARGETS[inc.type])
             minute = minute_of_day(inc.start_ms)
             mine = [z for z in zs.zones if z.applies_to(self.vclass) and z.in_force(minute)]
             if not mine:
@@ -272,7 +275,8 @@ class Vehicle(FamilyModel):
             return not bool(self.route.area.contains(_point(x, y)))
         assert zone is not None
         lat, lon = self.routes.unproject(x, y)
-        if not zone_set(TARGETS[incident.type]).contains(zone, lat, lon) or not zone.in_force(minute_of_day(t_ms)):
+        inside = zone_set(self.folder, TARGETS[incident.type]).contains(zone, lat, lon)
+        if not inside or not zone.in_force(minute_of_day(t_ms)):
             return False
         if incident.type in STOPS:
             # stopped there for the allowed time: since it arrived (the way there done)
