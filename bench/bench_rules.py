@@ -129,7 +129,9 @@ def fields(m: str, i: int, rng: random.Random, trapped: bool = False) -> dict[st
                 "water_temp_c": 18.0, "salinity_psu": 24.0}
     return {"pm25_ugm3": round(35 + 3 * g(0, 1)), "pm10_ugm3": round(60 + 5 * g(0, 1)),
             "no2_ugm3": round(40 + 4 * g(0, 1)), "so2_ugm3": round(8 + g(0, 1)), "o3_ugm3": round(70 + 5 * g(0, 1)),
-            "co_mgm3": round(0.6 + 0.05 * g(0, 1), 2), "temperature_c": 18.0, "humidity_pct": 65.0}
+            "co_mgm3": round(0.6 + 0.05 * g(0, 1), 2), "temperature_c": 18.0, "humidity_pct": 65.0,
+            "wind_speed_ms": round(3.0 + 0.2 * g(0, 1), 1), "wind_dir_deg": round(60 + 4 * g(0, 1)) % 360,
+            "tvoc_ugm3": round(150 + 12 * g(0, 1))}
 
 
 def tick_batches(inv: list[InventoryDevice], t: int, rng: random.Random, size: int = 500,

@@ -473,6 +473,50 @@ class GeofenceRule(_Rule):
         return list(self.while_alerts)
 
 
+class PlumeRule(_Rule):
+    """A leak's plume on the wind toward the devices of `measurement` (air stations):
+    while a `sources` rule fires on a device (a leak at a chemical site, its place the
+    source), each station's own wind (`wind_speed_metric`, `wind_dir_metric`) carries a
+    release of `release_per_unit` g/s per unit of the source's reading (at least
+    `assume_at_least`: a leak worth an alarm is taken to reach it) as a Gaussian plume
+    (urbansense/dispersion.py, Briggs `stability`); a station whose predicted
+    concentration reaches `warn_at` and whom the plume front reaches within `horizon_s`
+    is warned, with the time (`{eta_min}`), the source (`{source}`) and the places of
+    `places` (a GeoJSON file beside the rule file) the plume crosses, with theirs
+    (`{places}`)."""
+
+    kind: Literal["plume"] = "plume"
+    measurement: Measurement
+    sources: list[str] = Field(min_length=1)
+    within_s: float = Field(default=900.0, gt=0)
+    release_per_unit: float = Field(gt=0)
+    assume_at_least: float = Field(default=0.0, ge=0)
+    warn_at: float = Field(gt=0)
+    #: A warned station stays warned while its prediction is above this (default: half
+    #: of warn_at), so a wind veering a degree does not flap it.
+    clear_at: float | None = Field(default=None, gt=0)
+    horizon_s: float = Field(default=3600.0, gt=0)
+    stability: Literal["A", "B", "C", "D", "E", "F"] = "D"
+    wind_speed_metric: str = Field(default="wind_speed_ms", pattern=METRIC_PATTERN)
+    wind_dir_metric: str = Field(default="wind_dir_deg", pattern=METRIC_PATTERN)
+    #: The wind direction's uncertainty (degrees either side): the prediction is the
+    #: highest over that cone.
+    wind_spread_deg: float = Field(default=6.0, ge=0, le=45)
+    #: Below this wind (m/s) a plume has no direction: nothing is predicted.
+    min_wind_ms: float = Field(default=0.5, gt=0)
+    places: str | None = None
+    #: The rule file's folder (set by the loader: where `places` is found).
+    folder: Path | None = Field(default=None, exclude=True)
+
+    @property
+    def parts(self) -> list[str]:
+        return list(self.sources)
+
+    @property
+    def places_path(self) -> Path | None:
+        return None if self.places is None else (self.folder or Path.cwd()) / self.places
+
+
 class DrivingTimeRule(_Hysteresis):
     """Continuous driving (hours) since the last rest: moving above `moving_above`
     (km/h, the rule's metric) counts; a stop of at least `rest_s` resets it. Levels in
@@ -561,10 +605,11 @@ RULE_KINDS: dict[str, type[_Rule]] = {
     "gateway_offline": GatewayOfflineRule, "composite": CompositeRule, "aqi": AqiRule,
     "counter_check": CounterCheckRule, "water_class": WaterClassRule, "accumulation": AccumulationRule,
     "tide_forecast": TideForecastRule, "geofence": GeofenceRule, "driving_time": DrivingTimeRule,
+    "plume": PlumeRule,
 }
 Rule = (ThresholdRule | RateRule | ForecastRule | AnomalyRule | FlatlineRule | DriftRule
         | DeadmanRule | GatewayOfflineRule | CompositeRule | AqiRule | CounterCheckRule | WaterClassRule
-        | AccumulationRule | TideForecastRule | GeofenceRule | DrivingTimeRule)
+        | AccumulationRule | TideForecastRule | GeofenceRule | DrivingTimeRule | PlumeRule)
 
 
 def _load_file(f: Path, problems: list[str]) -> list[Rule]:
@@ -600,12 +645,15 @@ def _load_file(f: Path, problems: list[str]) -> list[Rule]:
         except ValidationError as exc:
             problems.extend(format_validation_error(where, model, exc, item))
             continue
-        if isinstance(rule, GeofenceRule):
+        if isinstance(rule, GeofenceRule | PlumeRule):
             rule.folder = f.parent
+            path = rule.zone_path if isinstance(rule, GeofenceRule) else rule.places_path
             try:
-                ZoneSet.load(rule.zone_path)
+                if path is not None:
+                    ZoneSet.load(path)
             except ZoneError as exc:
-                problems.extend(f"{where}: zones: {p}" for p in exc.problems)
+                key = "zones" if isinstance(rule, GeofenceRule) else "places"
+                problems.extend(f"{where}: {key}: {p}" for p in exc.problems)
                 continue
         if domain in DOMAINS and rule.domain != domain and domain != "system":
             problems.append(f"{where}: measurement {rule.domain!r} does not belong in a {domain!r} file")
@@ -657,6 +705,13 @@ def load_catalog(path: Path | None = None) -> list[Rule]:
                                                                                | WaterClassRule | DeadmanRule):
                         problems.append(f"{where[r.id]}: rule {r.id!r}: {key}: {dep!r} must be a device rule "
                                         "(not composite, deadman, aqi or water_class)")
+        if isinstance(r, PlumeRule):
+            for dep in r.sources:
+                d = by_id.get(dep)
+                if d is None or getattr(d, "measurement", None) is None or isinstance(
+                        d, CompositeRule | AqiRule | WaterClassRule | DeadmanRule | GeofenceRule | PlumeRule):
+                    problems.append(f"{where[r.id]}: rule {r.id!r}: sources: {dep!r} must name a device rule "
+                                    "(a leak's alarm or early warning at a located detector)")
         if isinstance(r, GeofenceRule):
             for dep in r.while_alerts:
                 d = by_id.get(dep)

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rules.catalog import CompositeRule, GatewayOfflineRule, GeofenceRule, Rule, TideForecastRule, WaterClassRule
+from rules.catalog import (
+    CompositeRule,
+    GatewayOfflineRule,
+    GeofenceRule,
+    PlumeRule,
+    Rule,
+    TideForecastRule,
+    WaterClassRule,
+)
 from rules.devices import NEVER, Devices, Index, Round
 from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
 from rules.inventory import InventoryDevice
@@ -46,6 +54,7 @@ from rules.lifecycle import (
     step_many,
 )
 from rules.motion import MOTION_EVALUATORS, GeofenceEval
+from rules.plume import PlumeEval
 from rules.silences import SilenceSet
 from rules.sun import sun_elevation_deg
 from urbansense import topics
@@ -74,6 +83,7 @@ DEFAULT_MESSAGES = {
     "water_class": "{device} is {class_name} under GB 3838-2002 (target {target_name}), set by {deciding}",
     "geofence": "{device} in {zone} ({rule})",
     "driving_time": "{device} driving {value:.1f} h without a rest (limit {threshold:g} h)",
+    "plume": "The plume of the leak at {source} reaches {device} in about {eta_min:.0f} min ({value:.0f} predicted)",
 }
 
 
@@ -147,12 +157,12 @@ class RulesEngine:
         self.rules = rules
         self.evaluators = {}
         self.gateway_rules = [r for r in rules if isinstance(r, GatewayOfflineRule)]
-        later = CompositeRule | TideForecastRule | GeofenceRule  # built after the rules they read
+        later = CompositeRule | TideForecastRule | GeofenceRule | PlumeRule  # built after the rules they read
         ordered: list[Rule] = [r for r in rules if not isinstance(r, later | GatewayOfflineRule)]
         ordered += [r for r in rules if isinstance(r, later)]
         for r in ordered:
             old = (keep or {}).get(r.id)
-            same_parts = not isinstance(old, CompositeEval | GeofenceEval) or all(
+            same_parts = not isinstance(old, CompositeEval | GeofenceEval | PlumeEval) or all(
                 self.evaluators.get(d) is dep for d, dep in zip(r.parts, old.deps, strict=False))  # type: ignore[union-attr]
             if isinstance(old, TideForecastEval) and isinstance(r, TideForecastRule):
                 same_parts = old.rain is (self.evaluators.get(r.rain_from) if r.rain_from else None)
@@ -164,6 +174,8 @@ class RulesEngine:
                                               [self.evaluators[d] for d in r.parts])
             elif isinstance(r, GeofenceRule):
                 ev = GeofenceEval(r, self.devices, self.buffers, [self.evaluators[d] for d in r.parts])
+            elif isinstance(r, PlumeRule):
+                ev = PlumeEval(r, self.devices, self.buffers, [self.evaluators[d] for d in r.parts])
             elif isinstance(r, TideForecastRule):
                 ev = TideForecastEval(r, self.devices, self.buffers,
                                       self.evaluators.get(r.rain_from) if r.rain_from else None)
@@ -367,6 +379,7 @@ class RulesEngine:
             breach = s.sig == _BREACH
             if breach.any():
                 ev.last_breach[s.keys[breach]] = s.t[breach]
+                ev.breach_value[s.keys[breach]] = s.value[breach]
         change = step_many(ev.lifecycle, s.keys, s.sig, s.t, ev.for_ms, s.sev)
         hits = np.flatnonzero(change)
         if len(hits) == 0 or not rule.publish:

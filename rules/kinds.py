@@ -128,7 +128,10 @@ class Evaluator:
         devices.on_grow(self.grow)
 
     #: Per-device state arrays: name -> (initial value, dtype); grown with the device table.
-    STATE: ClassVar[dict[str, tuple[float, type]]] = {"last_breach": (NEVER, np.int64)}
+    STATE: ClassVar[dict[str, tuple[float, type]]] = {"last_breach": (NEVER, np.int64),
+                                                      "breach_value": (np.nan, np.float64)}
+    #: each device's value at its last breach (a leak's reading, for the plume rule)
+    breach_value: FloatArray
 
     def grow(self, cap: int) -> None:
         self.lifecycle.grow(cap)
@@ -597,7 +600,7 @@ class AccumulationEval(Evaluator):
     rule: AccumulationRule
     last_count: FloatArray
     last_total: FloatArray
-    STATE: ClassVar[dict[str, tuple[float, type]]] = {"last_breach": (NEVER, np.int64),
+    STATE: ClassVar[dict[str, tuple[float, type]]] = {**Evaluator.STATE,
                                                        "last_count": (np.nan, np.float64),
                                                        "last_total": (np.nan, np.float64)}
 
@@ -628,7 +631,7 @@ class TideForecastEval(Evaluator):
     its fitted tide, its surge; few stations, so a loop over the round's rows."""
 
     rule: TideForecastRule
-    STATE: ClassVar[dict[str, tuple[float, type]]] = {"last_breach": (NEVER, np.int64),
+    STATE: ClassVar[dict[str, tuple[float, type]]] = {**Evaluator.STATE,
                                                        "surge": (np.nan, np.float64),
                                                        "surge_t": (NEVER, np.int64),
                                                        "surge_slope": (0.0, np.float64),

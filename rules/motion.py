@@ -26,7 +26,7 @@ BoolArray = npt.NDArray[np.bool_]
 
 class GeofenceEval(Evaluator):
     rule: GeofenceRule
-    STATE: ClassVar[dict[str, tuple[float, type]]] = {"last_breach": (NEVER, np.int64), "zone_of": (-1, np.int64)}
+    STATE: ClassVar[dict[str, tuple[float, type]]] = {**Evaluator.STATE, "zone_of": (-1, np.int64)}
     zone_of: npt.NDArray[np.int64]
 
     def __init__(self, rule: GeofenceRule, devices: Devices, buffers: Buffers,
@@ -166,7 +166,7 @@ class DrivingTimeEval(Evaluator):
 
     rule: DrivingTimeRule
     STATE: ClassVar[dict[str, tuple[float, type]]] = {
-        "last_breach": (NEVER, np.int64), "drive_start": (NEVER, np.int64),
+        **Evaluator.STATE, "drive_start": (NEVER, np.int64),
         "stop_since": (NEVER, np.int64), "last_t": (NEVER, np.int64)}
     drive_start: npt.NDArray[np.int64]
     stop_since: npt.NDArray[np.int64]

@@ -115,7 +115,7 @@ class Scenario:
                 for dev in world.devices.values():
                     if dev.district == district and dev.id not in ev.devices:
                         dev.incidents.append(ActiveIncident(ev.type, start, end, dict(ev.params),
-                                                            origin=ev.devices[0]))
+                                                            origin=ev.devices[0], group=tuple(ev.devices)))
             for member, dev_id in enumerate(ev.devices):
                 dev = world.devices[dev_id]
                 if ev.kind == "incident":

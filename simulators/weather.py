@@ -47,3 +47,24 @@ def fallen_mm(incidents: Sequence[ActiveIncident], t_ms: int, window_ms: int) ->
     end = t_ms - t_ms % SUM_STEP_MS
     steps = range(end - window_ms + SUM_STEP_MS // 2, end, SUM_STEP_MS)
     return sum(rain_rate(rain, t) for t in steps) * SUM_STEP_MS / 3_600_000
+
+
+# ---------------------------------------------------------------------------- wind
+WIND_KINDS = frozenset({"wind_regime"})
+
+
+def wind(seed_key: int, incidents: Sequence[ActiveIncident], t_ms: int, epoch_ms: int) -> tuple[float, float]:
+    """The district's wind at t: (speed m/s, direction it blows from, degrees). A
+    `wind_regime` incident sets it over its spell; otherwise a light wind drawn once per
+    seed (`seed_key`). Either meanders: +/- 8 degrees over three hours, +/- 10 % over two."""
+    from simulators import noise
+
+    from_deg = 360.0 * noise.uniform(seed_key, 0)
+    speed = 1.5 + 2.0 * noise.uniform(seed_key, 1)
+    for inc in incidents:
+        if inc.type in WIND_KINDS and inc.active(t_ms):
+            from_deg, speed = inc.p("from_deg"), inc.p("speed_ms")
+    s = (t_ms - epoch_ms) / 1000.0
+    from_deg += 8.0 * math.sin(2 * math.pi * s / 10_800.0 + 0.3)
+    speed *= 1.0 + 0.1 * math.sin(2 * math.pi * s / 7_200.0 + 1.1)
+    return max(0.2, speed), from_deg % 360.0

@@ -101,17 +101,21 @@ class LeakDetector(FamilyModel):
     def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
         self.metric = "lel_pct" if any(f.name == "lel_pct" for f in ctx.profile.fields) else "toxic_ppm"
+        #: the leaks it sees (a flammable leak's vapour drifts over the whole district, whose
+        #: toxic detectors do not read it)
+        self.leak = "flammable_leak" if self.metric == "lel_pct" else "toxic_leak"
         self.baseline = ctx.sim(self.metric, "nominal", 0.3)
         label = ctx.labels.get("oel_ppm")
         self.oel = float(label) if label else 28.0
         #: the reading at the first alarm level: 25 %LEL, or 100 % of the gas's limit
         self.first_alarm = 25.0 if self.metric == "lel_pct" else self.oel
 
-    def gas(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> float:
-        """The leak's concentration here (without noise)."""
+    def concentration(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> float:
+        """The leak's concentration here (without noise); at the source itself, the
+        source's own (the air stations' plume model reads it as the release)."""
         total = 0.0
         for inc in incidents:
-            if inc.type not in ("flammable_leak", "toxic_leak") or not inc.group or not inc.active(t_ms):
+            if inc.type != self.leak or not inc.group or not inc.active(t_ms):
                 continue
             src = inc.group[min(len(inc.group) - 1, int(inc.p("source") * len(inc.group)))]
             peer = self.ctx.peers.get(src)
@@ -124,7 +128,7 @@ class LeakDetector(FamilyModel):
         return total
 
     def values(self, t_ms: int, incidents: Sequence[ActiveIncident]) -> Values:
-        reading = max(0.0, self.baseline + self.gas(t_ms, incidents) + self.field_noise(self.metric, t_ms))
+        reading = max(0.0, self.baseline + self.concentration(t_ms, incidents) + self.field_noise(self.metric, t_ms))
         level = 2 if reading >= 2 * self.first_alarm else 1 if reading >= self.first_alarm else 0
         digits = 1 if self.metric == "lel_pct" else 2
         return {self.metric: round(reading, digits), "alarm_level": level, "sensor_fault": False}

@@ -181,3 +181,74 @@ def test_the_shipped_vehicle_rules_load() -> None:
     ids = {r.id for r in load_catalog()}
     assert {"vehicle.speeding", "vehicle.banned_zone", "vehicle.off_route", "vehicle.long_stop", "vehicle.anchoring",
             "vehicle.tanker_at_tunnel_hazard", "vehicle.continuous_driving", "vehicle.position_lost"} <= ids
+
+
+# ---------------------------------------------------------------------------- plume
+TANK_FARM = (31.3452, 121.5758)
+
+
+def _plume_engine(**more: Any) -> RulesEngine:
+    leak = rule(id="chemical.flammable_alarm", kind="threshold", measurement="chemical", metric="lel_pct",
+                op="above", threshold=25)
+    plume = rule(id="air.plume_approaching", kind="plume", measurement="air", sources=["chemical.flammable_alarm"],
+                 release_per_unit=2, assume_at_least=25, warn_at=450, horizon_s=3600, places="zones/places.geojson",
+                 message="Plume of the leak at {source} expected at {device} in about {eta_min:.0f} min; "
+                         "places downwind: {places}", **more)
+    plume.folder = registry.families()["air"].folder  # type: ignore[union-attr]
+    import math
+
+    from urbansense.dispersion import EARTH_M_PER_DEG
+
+    def station(name: str, bearing: float, dist: float) -> InventoryDevice:
+        b = math.radians(bearing)
+        lat = TANK_FARM[0] + dist * math.cos(b) / EARTH_M_PER_DEG
+        lon = TANK_FARM[1] + dist * math.sin(b) / (EARTH_M_PER_DEG * math.cos(math.radians(TANK_FARM[0])))
+        return InventoryDevice("pudong", "pd-gw-air-north", name, "air", lat, lon, {}, frozenset())
+
+    inventory = [InventoryDevice("pudong", "pd-gw-chem", "cf-0101", "chemical", *TANK_FARM,
+                                 {"site": "gaoqiao-tank-farm"}, frozenset({"lel_pct"})),
+                 station("aq-down", 232, 2600), station("aq-side", 270, 2600), station("aq-up", 52, 2600)]
+    return RulesEngine([leak, plume], inventory)
+
+
+def _air(t: int, from_deg: float, speed: float = 2.5) -> TelemetryBatch:
+    return TelemetryBatch(gw="pd-gw-air-north", district="pudong", seq=0, sent=t, samples=[
+        Sample(dev=d, m="air", t=t, f={"wind_speed_ms": speed, "wind_dir_deg": from_deg})
+        for d in ("aq-down", "aq-side", "aq-up")])
+
+
+def _lel(t: int, lel: float) -> TelemetryBatch:
+    return TelemetryBatch(gw="pd-gw-chem", district="pudong", seq=0, sent=t,
+                          samples=[Sample(dev="cf-0101", m="chemical", t=t, f={"lel_pct": lel})])
+
+
+def test_a_leak_s_plume_warns_the_stations_downwind_with_the_time_and_the_places() -> None:
+    eng = _plume_engine()
+    # a breeze from the north-east (52 deg) blows toward aq-down (232 deg from the site)
+    assert run(eng, [_air(DAY, 52.0), _lel(DAY, 3.0), _air(DAY + 10_000, 52.0)]) == []  # no leak: nothing
+    out = [e for e in run(eng, [_lel(DAY + 20_000, 30.0), _air(DAY + 30_000, 52.0)]) if e.domain == "air"]
+    assert [(e.rule, e.device) for e in out] == [("air.plume_approaching", "aq-down")]
+    warning = out[0]
+    # 2.6 km at 2.5 m/s: the front takes 17 min, less the 10 s since the alarm
+    assert warning.forecast is not None and 16 * 60 < warning.forecast.eta_s < 18 * 60
+    assert "cf-0101 (gaoqiao-tank-farm)" in warning.message and "gaoqiao town (~" in warning.message
+    # the wind veering to the east: the plume now goes west, to aq-side; aq-down clears
+    batches = [b for k in range(1, 90) for b in (_lel(DAY + 30_000 + k * 10_000, 30.0),
+                                                 _air(DAY + 30_000 + k * 10_000, 90.0))]
+    later = [e for e in run(eng, batches) if e.domain == "air"]
+    assert ("aq-side", "firing") in [(e.device, e.state) for e in later]
+    assert ("aq-down", "resolved") in [(e.device, e.state) for e in later]
+    assert all(e.device != "aq-up" for e in out + later)  # upwind: never
+
+
+def test_no_plume_is_predicted_in_a_calm_or_once_the_leak_has_stopped() -> None:
+    eng = _plume_engine(within_s=300)
+    calm = run(eng, [_lel(DAY, 30.0), _air(DAY + 10_000, 52.0, speed=0.2)])
+    assert [e.rule for e in calm] == ["chemical.flammable_alarm"]  # calm: no direction, no plume
+    # the breeze picks up (the rule takes a ten-minute mean wind)
+    out = [e for e in run(eng, [b for k in range(2, 40) for b in (_lel(DAY + k * 10_000, 30.0),
+                                                                   _air(DAY + k * 10_000, 52.0))])
+           if e.domain == "air"]
+    assert [e.device for e in out] == ["aq-down"]
+    quiet = [b for k in range(40, 80) for b in (_lel(DAY + k * 10_000, 1.0), _air(DAY + k * 10_000, 52.0))]
+    assert [(e.device, e.state) for e in run(eng, quiet) if e.domain == "air"] == [("aq-down", "resolved")]
