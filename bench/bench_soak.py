@@ -137,6 +137,14 @@ def rules_inbox(influx: InfluxClient, every_s: float) -> dict[str, float]:
     return {}
 
 
+def init_database(stack: Stack) -> None:
+    """`urbansense ingest init` on the stack's InfluxDB (database, retention, roll-ups)."""
+    init = subprocess.run([sys.executable, "-m", "application.cli", "ingest", "init", "--influx",
+                           stack.influx_url], capture_output=True, text=True, timeout=60)
+    if init.returncode != 0:
+        raise RuntimeError(init.stderr or init.stdout)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0, help="soak length after the warm-up (default 30)")
@@ -177,10 +185,7 @@ def main() -> int:
     procs: ProcessGroup | None = None
     watcher: MqttClient | None = None
     try:
-        init = subprocess.run([sys.executable, "-m", "application.cli", "ingest", "init", "--influx",
-                               stack.influx_url], capture_output=True, text=True, timeout=60)
-        if init.returncode != 0:
-            raise RuntimeError(init.stderr or init.stdout)
+        init_database(stack)
         gw_dir = run_dir / "gateways"
         paths = scenario.write_gateway_configs(gw_dir, mqtt_port=stack.mqtt_port)
         # A silent device holds its whole link (one transaction at a time) for the time-out:

@@ -57,11 +57,14 @@ LEARN_S = 3600.0
 
 def district_gateways(district: str) -> list[Path]:
     """The district's gateways as the shipped scenarios model it (every gateway file of
-    the district that a shipped scenario plays), but those whose families keep out of
+    the district that a shipped scenario plays, but not a scenario's own stage: a
+    scenario with `composed_days: false`), but those whose families keep out of
     composed days (`composed_days: false`)."""
     names: set[str] = set()
     for path in sorted(SCENARIOS_DIR.glob("*.yaml")):
         raw = yaml.safe_load(path.read_text()) or {}
+        if raw.get("composed_days") is False:  # its gateways are its own stage
+            continue
         names.update(g for g in raw.get("gateways", []) if isinstance(g, str) and not g.endswith((".yaml", ".yml")))
     files = [GATEWAYS_DIR / f"{n}.yaml" for n in sorted(names)]
     out = [p for p in files if p.exists() and (g := load_gateway(p)).config.district == district
@@ -123,7 +126,7 @@ def compose_day(gateway_paths: Sequence[Path], name: str, *, quiet: bool = False
     incidents: list[dict[str, Any]] = []
     if not quiet:
         for kind, itype in INCIDENT_TYPES.items():
-            if itype.profile not in profiles:
+            if itype.profile not in profiles or itype.emergent:  # emergent: found in the data, not drawn
                 continue
             _fam, spec = registry.incident_kinds()[kind]
             lasts = (parse_duration(spec.lasts[0]), parse_duration(spec.lasts[1]))

@@ -107,6 +107,10 @@ class ScenarioFile(_Model):
     #: Suggested --speed (the scenario's length divided by a pleasant watching time).
     speed: float = Field(default=60.0, gt=0)
     gateways: list[str] = Field(min_length=1)
+    #: False: the gateways only this scenario plays are its own stage (stations set up
+    #: around a tank farm for its plume), not the district's standing ones that
+    #: `urbansense sim compose` draws randomised days on.
+    composed_days: bool = True
     incidents: list[EventSpec] = Field(default_factory=list)
     faults: list[EventSpec] = Field(default_factory=list)
     absent: list[AbsentSpec] = Field(default_factory=list)

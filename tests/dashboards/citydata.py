@@ -34,8 +34,7 @@ TICKS = 40  # 20 minutes
 #: Pudong's 50 devices with one of each incident, Xuhui's 640 devices, Pudong's river
 #: and lake stations, its drainage and radiation stations, its tide gauges and buoys, its
 #: utility tunnel, its chemical storage sites.
-SCENARIOS = ("pudong-incidents", "district-scale", "huangpu-river-day", "typhoon-day", "tunnel-day", "chemical-day",
-             "vehicle-day")
+SCENARIOS = ("pudong-incidents", "district-scale", "huangpu-river-day", "typhoon-day", "hazmat-day")
 #: Numeric values of the newest tick for the first device of a kind: the incidents.
 INCIDENT = {"methane_lel_pct": 30, "fault_code": 3, "alarm_level": 1}
 
