@@ -196,3 +196,15 @@ def test_a_bad_absent_entry_is_refused_with_where_and_fix(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as err:
         load_scenario(path)
     assert "absent[0].per: no selected device has a label 'circuit'" in str(err.value)
+
+
+def test_a_scenario_s_own_stage_and_emergent_kinds_stay_out_of_composed_days() -> None:
+    # hazmat-day's air stations round the tank farm (composed_days: false) are not the
+    # district's standing ones ...
+    assert "pd-gw-air-north" not in {p.stem for p in district_gateways("pudong")}
+    # ... and where such stations are composed by name, a plume's arrival (found in the
+    # data) is never drawn as an incident; their weather is
+    north = next(p for p in district_gateways("pudong") if p.stem == "pd-gw-air").with_name("pd-gw-air-north.yaml")
+    kinds = {e["type"] for e in compose_day([north], "north-day")["incidents"]}
+    assert "plume_arrival" not in kinds and "wind_regime" in kinds
+    assert all(not INCIDENT_TYPES[k].emergent for k in kinds)
