@@ -706,19 +706,13 @@ def load_catalog(path: Path | None = None) -> list[Rule]:
                         problems.append(f"{where[r.id]}: rule {r.id!r}: {key}: {dep!r} must be a device rule "
                                         "(not composite, deadman, aqi or water_class)")
         if isinstance(r, PlumeRule):
-            for dep in r.sources:
-                d = by_id.get(dep)
-                if d is None or getattr(d, "measurement", None) is None or isinstance(
-                        d, CompositeRule | AqiRule | WaterClassRule | DeadmanRule | GeofenceRule | PlumeRule):
-                    problems.append(f"{where[r.id]}: rule {r.id!r}: sources: {dep!r} must name a device rule "
-                                    "(a leak's alarm or early warning at a located detector)")
+            problems.extend(_device_rule_problems(
+                f"{where[r.id]}: rule {r.id!r}: sources", r.sources, by_id, (GeofenceRule, PlumeRule),
+                "(a leak's alarm or early warning at a located detector)"))
         if isinstance(r, GeofenceRule):
-            for dep in r.while_alerts:
-                d = by_id.get(dep)
-                if d is None or getattr(d, "measurement", None) is None or isinstance(
-                        d, CompositeRule | AqiRule | WaterClassRule | DeadmanRule | GeofenceRule):
-                    problems.append(f"{where[r.id]}: rule {r.id!r}: while_alerts: {dep!r} must name a device rule "
-                                    "(not composite, deadman, aqi, water_class or geofence)")
+            problems.extend(_device_rule_problems(
+                f"{where[r.id]}: rule {r.id!r}: while_alerts", r.while_alerts, by_id, (GeofenceRule,),
+                "(not composite, deadman, aqi, water_class or geofence)"))
         if isinstance(r, TideForecastRule) and r.rain_from is not None:
             d = by_id.get(r.rain_from)
             if not isinstance(d, AccumulationRule):
@@ -729,6 +723,15 @@ def load_catalog(path: Path | None = None) -> list[Rule]:
     if problems:
         raise ConfigError(problems)
     return rules
+
+
+def _device_rule_problems(where: str, deps: list[str], by_id: dict[str, Rule], also_not: tuple[type, ...],
+                          what: str) -> list[str]:
+    """The named rules that are not device rules another rule may read the breaches of
+    (unknown, or composite, aqi, water_class, deadman, or one of `also_not`)."""
+    excluded = (CompositeRule, AqiRule, WaterClassRule, DeadmanRule, *also_not)
+    return [f"{where}: {dep!r} must name a device rule {what}" for dep in deps
+            if (d := by_id.get(dep)) is None or getattr(d, "measurement", None) is None or isinstance(d, excluded)]
 
 
 def _unattended_problems(rule: Rule) -> list[str]:

@@ -38,6 +38,8 @@ class GeofenceEval(Evaluator):
         self.metrics = tuple(m for m in (r.lat_metric, r.lon_metric, r.speed_metric, r.fix_metric) if m)
         self.tz = zoneinfo.ZoneInfo(r.timezone)
         self._applies = np.zeros((0, len(self.zones)), bool)
+        self._partner_n = -1
+        self._partner_idx: list[npt.NDArray[np.intp]] = []
         limits = [z.speed_limit_kmh if z.speed_limit_kmh is not None else np.inf for z in self.zones.zones]
         self._limits = np.asarray(limits, np.float64)
 
@@ -68,16 +70,26 @@ class GeofenceEval(Evaluator):
         assert r.zone_label is not None
         since = t_ms - int(r.alerts_within_s * 1000)
         out = np.zeros(len(self.zones), bool)
-        labels = self.devices.labels
-        for j, z in enumerate(self.zones.zones):
-            name = z.properties.get(r.zone_label)
-            if name is None:
-                continue
-            members = [i for i, lab in enumerate(labels) if lab.get(r.zone_label) == str(name)]
-            if members:
-                idx = np.asarray(members, np.intp)
+        for j, idx in enumerate(self.partner_devices()):
+            if len(idx):
                 out[j] = any(bool((d.last_breach[idx] >= since).any()) for d in self.deps)
         return out
+
+    def partner_devices(self) -> list[npt.NDArray[np.intp]]:
+        """Per zone: the devices whose `zone_label` label equals the zone's property of
+        that name (found once per size of the device table, not on every round)."""
+        r = self.rule
+        n = len(self.devices)
+        if self._partner_n != n:
+            labels = self.devices.labels
+            self._partner_idx = []
+            for z in self.zones.zones:
+                name = z.properties.get(r.zone_label) if r.zone_label is not None else None
+                members = [] if name is None else [i for i, lab in enumerate(labels)
+                                                   if lab.get(r.zone_label or "") == str(name)]
+                self._partner_idx.append(np.asarray(members, np.intp))
+            self._partner_n = n
+        return self._partner_idx
 
     def partners_firing(self, key: int) -> str:
         """The devices (and rules) of the zone's partners that fired: what the alert names."""
@@ -85,12 +97,10 @@ class GeofenceEval(Evaluator):
         j = int(self.zone_of[key]) if key < len(self.zone_of) else -1
         if j < 0 or r.zone_label is None:
             return ""
-        name = str(self.zones.zones[j].properties.get(r.zone_label))
         since = self.devices.last_seen[key] - int(r.alerts_within_s * 1000)
         hits = []
-        for i, lab in enumerate(self.devices.labels):
-            if lab.get(r.zone_label) != name:
-                continue
+        for raw in self.partner_devices()[j]:
+            i = int(raw)
             fired = [d.rule.id for d in self.deps if d.last_breach[i] >= since]
             if fired:
                 hits.append(f"{self.devices.device[i]} ({', '.join(fired)})")
