@@ -57,7 +57,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     console = summary_console(stderr=args.json, quiet=args.headless)
     probe = load_scenario(args.scenario)
-    tcp_ports = sorted({link.port for g in probe.loaded for link in g.config.links if link.transport == "tcp"})
+    tcp_ports = sorted({link.port for g in probe.loaded for link in g.config.links if link.on_tcp_port})
     offset = _port_offset(tcp_ports) if tcp_ports else 0
     scenario = load_scenario(args.scenario, port_offset=offset)
 

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from edge import commands
+from edge.hj212_input import Hj212Link
+from edge.jt808_input import Jt808Link
 from edge.link import ModbusLink
 from edge.mqtt_input import MqttInputLink
+from edge.pushed import PushedInput
 from edge.store_and_forward import StoreAndForward
 from edge.telemetry import SelfTelemetry
 from edge.wal import WriteAheadLog
@@ -69,13 +72,20 @@ class EdgeAgent:
             district=cfg.district, batch=cfg.batch, wal_spec=cfg.wal, telemetry=self.telemetry,
             resume_delay_s=cfg.uplink.resume_delay_s)
         self.links: dict[str, ModbusLink] = {}
-        self.mqtt_links: dict[str, MqttInputLink] = {}
+        #: Links whose devices push: MQTT sensors, HJ 212 stations, JT/T 808 terminals.
+        self.pushed_links: dict[str, PushedInput] = {}
         for link in cfg.links:
             if not link.devices:
                 continue
             if link.transport == "mqtt":
-                self.mqtt_links[link.name] = MqttInputLink(link, gateway.profiles, gateway=cfg.gateway,
-                                                           sink=self.emit, telemetry=self.telemetry)
+                self.pushed_links[link.name] = MqttInputLink(link, gateway.profiles, gateway=cfg.gateway,
+                                                             sink=self.emit, telemetry=self.telemetry)
+            elif link.transport == "hj212":
+                self.pushed_links[link.name] = Hj212Link(link, gateway.profiles, sink=self.emit,
+                                                         telemetry=self.telemetry)
+            elif link.transport == "jt808":
+                self.pushed_links[link.name] = Jt808Link(link, gateway.profiles, sink=self.emit,
+                                                         telemetry=self.telemetry)
             else:
                 self.links[link.name] = ModbusLink(link, gateway.profiles, default_interval_s=cfg.poll_interval_s,
                                                    polling=cfg.polling, sink=self.emit, telemetry=self.telemetry)
@@ -93,7 +103,7 @@ class EdgeAgent:
         out: dict[str, str] = {}
         for link in self.links.values():
             out.update({d: "fail" if s.ok is False else "ok" for d, s in link.devices.items()})
-        for mlink in self.mqtt_links.values():
+        for mlink in self.pushed_links.values():
             out.update({d: "fail" if s.ok is False else "ok" for d, s in mlink.devices.items()})
         return out
 
@@ -165,7 +175,7 @@ class EdgeAgent:
     async def handle_command(self, payload: bytes) -> dict[str, Any]:
         try:
             command = commands.parse_command(payload)
-            prepared = commands.prepare(command, self.links, {d for m in self.mqtt_links.values() for d in m.devices})
+            prepared = commands.prepare(command, self.links, {d for m in self.pushed_links.values() for d in m.devices})
         except commands.CommandRefused as exc:
             result = commands.refusal(payload, str(exc))
         else:
@@ -195,11 +205,11 @@ class EdgeAgent:
         self.mqtt.subscribe(self.cmd_topic, self._on_command, qos=1)
         self.mqtt.connect(wait=False)
         tasks = [asyncio.create_task(link.run(), name=f"link-{name}") for name, link in self.links.items()]
-        tasks += [asyncio.create_task(m.run(), name=f"mqtt-{name}") for name, m in self.mqtt_links.items()]
+        tasks += [asyncio.create_task(m.run(), name=f"pushed-{name}") for name, m in self.pushed_links.items()]
         tasks.append(asyncio.create_task(self.forwarder.run(), name="store-and-forward"))
         tasks.append(asyncio.create_task(self._status_loop(), name="status"))
-        log.info("edge agent %s/%s: %d Modbus link(s), %d MQTT link(s), %d device(s); log %s",
-                 self.cfg.district, self.cfg.gateway, len(self.links), len(self.mqtt_links),
+        log.info("edge agent %s/%s: %d Modbus link(s), %d pushed link(s) (MQTT, HJ 212, JT/T 808), "
+                 "%d device(s); log %s", self.cfg.district, self.cfg.gateway, len(self.links), len(self.pushed_links),
                  len(self.device_states()), self.wal.path)
         try:
             if duration_s is None:

@@ -64,6 +64,7 @@ def check(path: Path | str) -> CheckReport:
     for name, profile in sorted(gw.profiles.items()):
         _profile_checks(profile, _profile_file(gw, name), report)
     endpoints: dict[tuple[str, int], str] = {}
+    listening: dict[int, str] = {}
     for li, link in enumerate(cfg.links):
         where = f"{shown}: links[{li}]"
         if link.transport == "tcp":
@@ -74,6 +75,18 @@ def check(path: Path | str) -> CheckReport:
                     "  fix: put both links' devices under one link: one endpoint is one connection and "
                     "one transaction queue")
             endpoints[key] = link.name
+        if link.transport in ("hj212", "jt808"):
+            if link.port in listening:
+                report.problems.append(f"{where}: link {link.name} listens on port {link.port} like link "
+                                       f"{listening[link.port]}\n  fix: give each hj212/jt808 link its own port")
+            listening[link.port] = link.name
+        if link.transport == "hj212" and link.password_env is None:
+            report.warnings.append(f"{where}: hj212 link {link.name} has no password_env: any station password "
+                                   "is accepted\n  fix: set password_env to the variable holding the stations' PW")
+        if link.transport == "jt808" and link.auth_key_env is None:
+            report.warnings.append(f"{where}: jt808 link {link.name} has no auth_key_env: a new key is drawn at "
+                                   "each start and every terminal registers again\n  fix: set auth_key_env to "
+                                   "the variable holding a long random secret")
         if link.transport == "rtu" and link.serial is not None and not Path(link.serial.port).exists():
             report.warnings.append(f"{where}.serial.port: {link.serial.port} does not exist on this machine "
                                    "(fine if the config is for another gateway)")

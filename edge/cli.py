@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
@@ -29,14 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     check.set_defaults(func=_check)
 
     probe = esub.add_parser("probe", help="read raw registers and print them decoded in every type and "
-                                          "byte/word order")
+                                          "byte/word order; or decode a captured HJ 212 or JT/T 808 packet")
+    probe.add_argument("--decode", metavar="PACKET",
+                       help="decode a captured HJ 212 packet (##..., as text) or JT/T 808 frame (7E...7E, as hex) "
+                            "and print every field; '-' reads stdin, @FILE reads a file")
     probe.add_argument("--host", help="Modbus TCP host")
     probe.add_argument("--port", type=int, default=502, help="Modbus TCP port (default 502)")
     probe.add_argument("--serial", metavar="DEVICE", help="serial port for Modbus RTU instead of TCP")
     probe.add_argument("--baudrate", type=int, default=9600)
     probe.add_argument("--parity", default="N", choices=["N", "E", "O"])
     probe.add_argument("--unit", type=int, default=1, help="unit id (slave address)")
-    probe.add_argument("--address", type=int, required=True, help="0-based protocol address")
+    probe.add_argument("--address", type=int, help="0-based protocol address (reading registers)")
     probe.add_argument("--count", type=int, default=4, help="registers to read (1..125)")
     probe.add_argument("--table", default="holding", choices=["holding", "input", "coil", "discrete"])
     probe.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
@@ -102,8 +106,24 @@ def _check(args: argparse.Namespace) -> int:
 def _probe(args: argparse.Namespace) -> int:
     from edge.modbus_pdu import ModbusExceptionResponse, ModbusLinkError, ModbusProtocolError, ModbusTimeout
     from edge.modbus_transport import ModbusMaster, RtuMaster, TcpMaster
-    from edge.probe import read_raw, render
+    from edge.probe import decode_capture, read_raw, render
 
+    if args.decode is not None:
+        capture = args.decode
+        try:
+            if capture == "-":
+                capture = sys.stdin.read()
+            elif capture.startswith("@"):
+                capture = Path(capture[1:]).read_text(errors="replace")
+            text, ok = decode_capture(capture)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(text)
+        return 0 if ok else 1
+    if args.address is None:
+        print("error: give --address N (reading registers) or --decode PACKET", file=sys.stderr)
+        return 2
     limit = 2000 if args.table in ("coil", "discrete") else 125
     if not 1 <= args.count <= limit:
         print(f"error: --count must be 1..{limit} for {args.table}", file=sys.stderr)

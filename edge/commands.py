@@ -82,10 +82,11 @@ def parse_command(payload: bytes) -> Command:
     return Command(str(raw.get("id", "")), str(raw["dev"]), str(raw["field"]), value, str(raw.get("by", ""))[:100])
 
 
-def prepare(command: Command, links: dict[str, ModbusLink], mqtt_devices: set[str]) -> PreparedWrite:
+def prepare(command: Command, links: dict[str, ModbusLink], pushed_devices: set[str]) -> PreparedWrite:
     """Check a command against the device's profile; raise CommandRefused with the reason."""
-    if command.dev in mqtt_devices:
-        raise CommandRefused(f"device {command.dev} is an MQTT sensor; it takes no commands")
+    if command.dev in pushed_devices:
+        raise CommandRefused(f"device {command.dev} pushes its readings (MQTT, HJ 212 or JT/T 808); "
+                             "it takes no commands")
     link = next((lk for lk in links.values() if command.dev in lk.devices), None)
     if link is None:
         raise CommandRefused(f"no device {command.dev!r} on this gateway")

@@ -70,6 +70,9 @@ class SelfTelemetry:
         self.errors: Counter[str] = Counter()
         self.samples = 0
         self.mqtt_messages = 0
+        #: Messages from HJ 212 stations and JT/T 808 terminals, and those refused, by reason.
+        self.push_messages = 0
+        self.protocol_errors: Counter[str] = Counter()
         self.commands: Counter[str] = Counter()
         # Recent values only: bounded so memory does not grow with uptime.
         self.jitter_s: deque[float] = deque(maxlen=20000)
@@ -91,6 +94,9 @@ class SelfTelemetry:
         self.connected = Gauge("edge_mqtt_connected", "1 while the uplink is connected", registry=r)
         self.device_up = Gauge("edge_device_up", "1 when the device answered its last poll", ["device"],
                                registry=r)
+        self._protocol_errors = PromCounter(
+            "edge_protocol_errors", "HJ 212 / JT/T 808 messages refused, by link and reason (crc, length, "
+            "unknown_device, password, unauthenticated, garbage, body)", ["link", "reason"], registry=r)
         self._commands = PromCounter("edge_commands", "Commands by outcome", ["outcome"], registry=r)
         # Labelled children looked up once (labels() costs more than the setting).
         self._device_up: dict[str, tuple[Gauge, list[int]]] = {}
@@ -125,6 +131,10 @@ class SelfTelemetry:
             entry[1][0] = value
             entry[0].set(value)
 
+    def protocol_error(self, link: str, reason: str) -> None:
+        self.protocol_errors[reason] += 1
+        self._protocol_errors.labels(link, reason).inc()
+
     def command(self, outcome: str) -> None:
         self.commands[outcome] += 1
         self._commands.labels(outcome).inc()
@@ -142,7 +152,10 @@ class SelfTelemetry:
             "poll_latency_p50_ms": round(_percentile(latency, 0.5) * 1000, 3),
             "poll_latency_p99_ms": round(_percentile(latency, 0.99) * 1000, 3),
             "mqtt_input_messages": float(self.mqtt_messages),
+            "push_messages": float(self.push_messages),
         }
+        for reason, n in self.protocol_errors.items():
+            out[f"protocol_errors_{reason}"] = float(n)
         for reason, n in self.errors.items():
             out[f"errors_{reason}"] = float(n)
         return out

@@ -1,5 +1,7 @@
 """Live mode: every Modbus device of a scenario on real Modbus TCP, every air station on
-MQTT, all following the scenario clock.
+MQTT, every device of an hj212 or jt808 link as an HJ 212 station or JT/T 808 terminal
+connecting to its edge agent (simulators/field_protocols.py), all following the scenario
+clock.
 
 One process serves all devices: units on the same TCP port share one pymodbus server
 (simulators/modbus_server.py). Each tick (default twice a wall-clock second) the runner
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from simulators.device import DeviceTables
+from simulators.field_protocols import Hj212Station, Jt808Terminal
 from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer
 from simulators.scenario import Scenario
 from simulators.stations import backlog_payload, malformed_payload, station_payload, station_topic
@@ -50,9 +54,15 @@ class LiveSimulator:
         self.tables: dict[str, DeviceTables] = {}
         self.modbus_devices: list[SimDevice] = []
         self.stations: list[SimDevice] = []
+        #: Devices of hj212 and jt808 links, each with its protocol client.
+        self.field_devices: list[tuple[SimDevice, Hj212Station | Jt808Terminal]] = []
         by_endpoint: dict[tuple[str, int], dict[int, DeviceTables]] = {}
         problems: list[str] = []
         for dev in self.world.devices.values():
+            if dev.link.transport in ("hj212", "jt808"):
+                if serve_stations:
+                    self.field_devices.append((dev, field_client(dev)))
+                continue
             if dev.is_mqtt:
                 if serve_stations:
                     self.stations.append(dev)
@@ -108,6 +118,8 @@ class LiveSimulator:
 
     def stop(self) -> None:
         self.server.stop()
+        for _dev, client in self.field_devices:
+            client.close()
         if self.mqtt is not None:
             self.mqtt.close()
 
@@ -130,6 +142,7 @@ class LiveSimulator:
         self.stats.tick_seconds += time.perf_counter() - t0
 
     def publish_stations(self, t_ms: int) -> None:
+        self.publish_field_devices(t_ms)
         if self.mqtt is None:
             return
         for dev in self.stations:
@@ -149,6 +162,27 @@ class LiveSimulator:
             self.mqtt.publish(station_topic(dev.profile, dev.id), payload, qos=1)
             self.stats.published += 1
         self._last_published = t_ms
+
+    def publish_field_devices(self, t_ms: int) -> None:
+        for dev, client in self.field_devices:
+            held = dev.held(t_ms, t_ms - self._last_published)
+            if held:
+                if isinstance(client, Jt808Terminal):
+                    client.backfill(held)
+                else:  # a station sends what it held, packet by packet, each at its own time
+                    for tt, values in held:
+                        client.report(tt, values)
+            reading = dev.reading(t_ms)
+            if reading.silent:
+                client.flush()
+                continue
+            if reading.malformed:
+                client.garbage(t_ms) if isinstance(client, Hj212Station) else client.garbage()
+                self.stats.malformed += 1
+                continue
+            assert reading.values is not None
+            client.report(t_ms, reading.values)
+            self.stats.published += 1
 
     def run(self, clock: ScenarioClock, *, stop: threading.Event | None = None, tick_s: float = 0.5,
             wall_duration_s: float | None = None,
@@ -177,3 +211,21 @@ class LiveSimulator:
                 next_tick = time.monotonic()
                 delay = 0
             stop.wait(delay)
+
+
+#: The HJ 212 password a simulated station sends when its link names no password_env
+#: (the factory default of many dataloggers).
+DEFAULT_PASSWORD = "123456"
+
+
+def field_client(dev: SimDevice) -> Hj212Station | Jt808Terminal:
+    """The protocol client of a device on an hj212 or jt808 link. Terminals whose phone
+    number is odd speak the 2019 header, the others the 2013 one."""
+    link = dev.link
+    ident = dev.spec.ident or dev.id
+    if link.transport == "hj212":
+        password = os.environ.get(link.password_env, DEFAULT_PASSWORD) if link.password_env else DEFAULT_PASSWORD
+        return Hj212Station(host=link.host, port=link.port, mn=ident, pw=password, st=dev.profile.hj212_st,
+                            profile=dev.profile)
+    return Jt808Terminal(host=link.host, port=link.port, phone=ident, version=1 if int(ident) % 2 else None,
+                         profile=dev.profile, plate=dev.spec.labels.get("plate", ""))

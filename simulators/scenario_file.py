@@ -246,11 +246,11 @@ def parse_scenario(path_or_name: str | Path, *, port_offset: int = 0,
     if problems:
         raise ConfigError(problems)
     if free_ports:
-        shipped = sorted({link.port for g in loaded for link in g.config.links if link.transport == "tcp"})
+        shipped = sorted({link.port for g in loaded for link in g.config.links if link.on_tcp_port})
         port_map = dict(zip(shipped, free_tcp_ports(len(shipped)), strict=True))
     for g in loaded:
         for link in g.config.links:
-            if link.transport == "tcp":
+            if link.on_tcp_port:
                 link.port = (port_map or {}).get(link.port, link.port + port_offset)
     # Inventory: id -> (profile, labels, protocol)
     inventory: dict[str, tuple[str, dict[str, str], str]] = {}

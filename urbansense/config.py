@@ -12,6 +12,7 @@ import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -24,13 +25,14 @@ from pydantic import (
     model_validator,
 )
 
-from urbansense import registry
+from urbansense import jt808, registry
 from urbansense.identifiers import ID_PATTERN, METRIC_PATTERN
 from urbansense.registers import RegisterType, register_count
 
 M = TypeVar("M", bound=BaseModel)
 Order = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 Table = Literal["holding", "input", "coil", "discrete"]
+DataKind = Literal["realtime", "minute", "hourly", "daily"]
 
 
 def _known_measurement(value: str) -> str:
@@ -59,7 +61,10 @@ FIX_HINTS: dict[str, str] = {
     "name": "use lower-case letters, digits and '_' starting with a letter (e.g. pressure_mpa)",
     "measurement": "name a family: a folder of urbansense/families/ or of URBANSENSE_FAMILIES",
     "port": "a TCP port number 1..65535",
-    "transport": "one of tcp, rtu, mqtt",
+    "transport": "one of tcp, rtu, mqtt, hj212, jt808",
+    "hj212": "an HJ 212-2017 pollutant code from the station's manual, e.g. a34004 (PM2.5)",
+    "jt808": "one of the names in urbansense/jt808.py ITEMS, e.g. lat, speed_kmh, alarm.emergency, status.located",
+    "ident": "the station's MN (HJ 212) or the terminal's phone number (JT/T 808), as configured in the device",
 }
 
 
@@ -88,6 +93,13 @@ class FieldSpec(_Model):
     bit: int | None = Field(default=None, ge=0, le=15)
     # MQTT location (MQTT profiles): key of the value in the device's JSON payload
     key: str | None = None
+    #: The field's HJ 212-2017 pollutant code (a34004, w01009): the model can sit on an
+    #: hj212 link. The value is the command's (Rtd in real-time data, Avg in minute, hourly
+    #: and daily data) unless the code names it (a34004-Max). In the standard's units.
+    hj212: str | None = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9]{1,7}(-[A-Za-z]{2,12})?$")
+    #: The field's item in a JT/T 808 location report (urbansense/jt808.py ITEMS): the
+    #: model can sit on a jt808 link.
+    jt808: str | None = None
     # Engineering value = raw * scale + offset
     scale: float = 1.0
     offset: float = 0.0
@@ -108,6 +120,10 @@ class FieldSpec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> FieldSpec:
+        if self.jt808 is not None and self.jt808 not in jt808.ITEMS:
+            close = difflib.get_close_matches(self.jt808, sorted(jt808.ITEMS), n=1)
+            raise ValueError(f"jt808: {self.jt808!r} is not an item of a location report"
+                             + (f"; did you mean {close[0]!r}?" if close else ""))
         if self.bit is not None and self.type not in ("bit", "bool"):
             raise ValueError(f"'bit' is only meaningful with type bit/bool, not {self.type}")
         if self.table in ("coil", "discrete") and self.type not in ("bit", "bool"):
@@ -141,6 +157,9 @@ class Profile(_Model):
     #: readings keep it (a vehicle terminal's backlog after a coverage gap, uploaded as a
     #: JSON array); without it the edge stamps the time of receipt.
     timestamp_key: str | None = None
+    #: HJ 212 system type (ST) the model reports when it speaks HJ 212: 21 surface water,
+    #: 22 air quality, 23 noise, 31 air pollution source, 32 water pollution source.
+    hj212_st: str = Field(default="22", pattern=r"^\d{2}$")
     #: Methane LEL convention etc.; stated explicitly where it matters.
     conventions: dict[str, Any] = Field(default_factory=dict)
     fields: list[FieldSpec] = Field(min_length=1)
@@ -184,6 +203,8 @@ class DeviceSpec(_Model):
     location: Location | None = None
     #: Grouping labels, e.g. circuit/cabinet for lamps, area for water points.
     labels: dict[str, str] = Field(default_factory=dict)
+    #: On an hj212 link the station's MN; on a jt808 link the terminal's phone number.
+    ident: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]{1,24}$")
 
 
 class SerialSpec(_Model):
@@ -195,10 +216,11 @@ class SerialSpec(_Model):
 
 
 class LinkSpec(_Model):
-    """A physical link: a TCP endpoint, a serial port, or a gateway-local MQTT broker."""
+    """A physical link: a TCP endpoint, a serial port, a gateway-local MQTT broker, or a
+    TCP server that stations (hj212) or vehicle terminals (jt808) connect to."""
 
     name: str = Field(pattern=ID_PATTERN)
-    transport: Literal["tcp", "rtu", "mqtt"] = "tcp"
+    transport: Literal["tcp", "rtu", "mqtt", "hj212", "jt808"] = "tcp"
     host: str = "127.0.0.1"
     port: int = Field(default=502, ge=1, le=65535)
     serial: SerialSpec | None = None
@@ -213,10 +235,62 @@ class LinkSpec(_Model):
     coalesce_ms: float = Field(default=0.0, ge=0, le=1000)
     #: Cap on the requests one coalesced exchange has in flight (gateways limit them).
     max_outstanding: int = Field(default=32, ge=1, le=1000)
+    #: hj212 and jt808 links: the zone of the devices' clocks (the standards send local time).
+    device_tz: str = "Asia/Shanghai"
+    #: hj212: the environment variable holding the stations' password (PW); unset, any
+    #: password is accepted (edge check warns).
+    password_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    #: hj212: which data commands become samples (the others are answered and counted).
+    hj212_data: list[DataKind] = Field(default_factory=lambda: list[DataKind](["realtime", "minute"]),
+                                       min_length=1)
+    #: hj212: a station whose data time is further than this from the gateway's clock is
+    #: sent its time (CN 1012), at most once per 10 minutes.
+    max_clock_offset_s: float = Field(default=60.0, gt=0)
+    #: jt808: the environment variable holding the key authentication codes are derived
+    #: from; unset, a key is drawn at each start (terminals register again).
+    auth_key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    #: hj212 and jt808: a connection silent this long is closed.
+    idle_timeout_s: float = Field(default=600.0, gt=0)
     devices: list[DeviceSpec] = Field(default_factory=list)
+
+    @field_validator("device_tz")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError(f"{value!r} is not a time zone (e.g. Asia/Shanghai)") from None
+        return value
+
+    @property
+    def on_tcp_port(self) -> bool:
+        """The link's `port` is a TCP port on the device side: a Modbus TCP device's, or the
+        one the agent listens on for HJ 212 stations and JT/T 808 terminals."""
+        return self.transport in ("tcp", "hj212", "jt808")
+
+    @property
+    def pushed(self) -> bool:
+        """Devices push to this link (mqtt, hj212, jt808) rather than being polled."""
+        return self.transport in ("mqtt", "hj212", "jt808")
 
     @model_validator(mode="after")
     def _consistent(self) -> LinkSpec:
+        if self.transport in ("hj212", "jt808"):
+            if "port" not in self.model_fields_set:
+                raise ValueError(f"link {self.name}: an {self.transport} link needs 'port', the TCP port its "
+                                 "devices connect to")
+            for dev in self.devices:
+                if dev.ident is None:
+                    raise ValueError(f"device {dev.id} on {self.transport} link {self.name} needs 'ident' "
+                                     f"({'its MN' if self.transport == 'hj212' else 'its phone number'})")
+                if self.transport == "jt808" and (not dev.ident.isdigit() or len(dev.ident) > 20):
+                    raise ValueError(f"device {dev.id}: a JT/T 808 terminal's ident is its phone number "
+                                     f"(up to 20 digits), got {dev.ident!r}")
+            idents = [d.ident.lstrip("0") if self.transport == "jt808" and d.ident else d.ident
+                      for d in self.devices]
+            dup = sorted({i for i in idents if idents.count(i) > 1 and i})
+            if dup:
+                raise ValueError(f"link {self.name}: ident {dup[0]!r} is used by two devices")
         if self.transport == "rtu" and self.serial is None:
             raise ValueError("an rtu link needs 'serial: {port: /dev/ttyUSB0, baudrate: 9600}'")
         if self.coalesce_ms > 0 and (self.transport != "tcp" or not self.pipeline):
@@ -553,7 +627,13 @@ def load_gateway(path: Path | str) -> LoadedGateway:
                 problems.extend(exc.problems)
                 continue
             prof = profiles[dev.profile]
-            if prof.protocol == "mqtt" and link.transport != "mqtt":
+            if link.transport in ("hj212", "jt808"):
+                if not any(getattr(f, link.transport) for f in prof.fields):
+                    problems.append(f"{where}: profile {dev.profile!r} maps no field to {link.transport}\n  "
+                                    f"fix: give its fields '{link.transport}:' "
+                                    f"({'pollutant codes' if link.transport == 'hj212' else 'location items'}), "
+                                    f"or put the device under another link")
+            elif prof.protocol == "mqtt" and link.transport != "mqtt":
                 problems.append(f"{where}: profile {dev.profile!r} is an MQTT device but link "
                                 f"{link.name!r} is {link.transport}\n  fix: put it under a link with transport: mqtt")
             if prof.protocol == "modbus" and link.transport == "mqtt":

@@ -39,7 +39,7 @@ class DistrictRun:
         self.stack = stack
         probe = load_scenario(str(scenario_path))
         self.tcp_ports = sorted({link.port for g in probe.loaded for link in g.config.links
-                                 if link.transport == "tcp"})
+                                 if link.on_tcp_port})
         self.offset = port_offset(self.tcp_ports)
         self.scenario = load_scenario(str(scenario_path), port_offset=self.offset)
         self.speed = float(self.scenario.speed or 120.0)

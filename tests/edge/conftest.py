@@ -5,6 +5,7 @@ thread or as a process, and an MQTT collector of telemetry batches."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import subprocess
@@ -21,6 +22,8 @@ import yaml
 
 from application.stack import free_port
 from edge.agent import EdgeAgent
+from edge.mqtt_input import MqttInputLink
+from ingest.service import Ingester
 from simulators.device import DeviceTables
 from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer
 from urbansense import codec
@@ -69,6 +72,24 @@ def write_gateway(tmp: Path, cfg: dict[str, Any], profiles: list[dict[str, Any]]
     path = gdir / f"{cfg['gateway']}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+@contextlib.contextmanager
+def running_ingester(mqtt_url: str, influx_url: str, database: str) -> Iterator[Ingester]:
+    """The real ingester in a thread, started once both its subscriptions are acknowledged
+    (samples published before that have no session to go to)."""
+    ingester = Ingester(MqttSettings.from_url(mqtt_url), influx_url, database=database, instance=unique("ingest"))
+    thread = threading.Thread(target=ingester.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while ingester.mqtt.stats.extra.get("subacks", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ingester.mqtt.stats.extra.get("subacks", 0) >= 2, "ingester did not subscribe"
+        yield ingester
+    finally:
+        ingester.stop()
+        thread.join(20)
 
 
 def unique(prefix: str) -> str:
@@ -156,7 +177,8 @@ class AgentThread:
     def wait_ready(self, timeout_s: float = 15.0) -> AgentThread:
         """Until the agent's uplink and every MQTT input link have their subscriptions
         acknowledged (commands and sensor messages published from now on arrive)."""
-        clients = [self.agent.mqtt, *(link.client for link in self.agent.mqtt_links.values())]
+        clients = [self.agent.mqtt, *(link.client for link in self.agent.pushed_links.values()
+                                      if isinstance(link, MqttInputLink))]
         deadline = time.monotonic() + timeout_s
         for client in clients:
             assert client.wait_subscribed(max(0.0, deadline - time.monotonic())), \

@@ -60,7 +60,7 @@ def test_mqtt_sensors_map_through_the_profile(tmp_path: Path, stack: Stack) -> N
             sensor.publish_wait(f"sensors/{dev}/data", p if isinstance(p, bytes) else orjson.dumps(p))
             time.sleep(0.1)
         collector.drain(1.5)
-        state = run.agent.mqtt_links["local-broker"].devices[dev]
+        state = run.agent.pushed_links["local-broker"].devices[dev]
         assert state.messages == 5
     sensor.close()
     collector.close()

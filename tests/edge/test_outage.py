@@ -12,7 +12,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,10 +21,8 @@ import orjson
 import pytest
 
 from application.stack import Stack
-from ingest.service import Ingester
-from tests.edge.conftest import ModbusSim, agent_process, tcp_links, unique, write_gateway
+from tests.edge.conftest import ModbusSim, agent_process, running_ingester, tcp_links, unique, write_gateway
 from urbansense.influx import InfluxClient
-from urbansense.mqtt import MqttSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -85,26 +82,14 @@ def outage(tmp_path: Path, private_stack: Stack, meter_profile_dir: Path) -> Ite
     mqtt_url = private_stack.mqtt_url  # stays valid while the broker is stopped
     influx = InfluxClient(private_stack.influx_url, "t_" + uuid.uuid4().hex[:10])
     influx.create_database()
-    ingester = Ingester(MqttSettings.from_url(mqtt_url), private_stack.influx_url, database=influx.database,
-                        instance=unique("ingest"))
-    thread = threading.Thread(target=ingester.run, daemon=True)
     steady, killed = Gateway(tmp_path, "steady", mqtt_url), Gateway(tmp_path, "killed", mqtt_url)
-    with steady.sim, killed.sim:
-        thread.start()
-        # Samples published before the ingester has subscribed have no session to go to:
-        # start the agents only once both its subscriptions are acknowledged.
-        deadline = time.monotonic() + 30
-        while ingester.mqtt.stats.extra.get("subacks", 0) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ingester.mqtt.stats.extra.get("subacks", 0) >= 2, "ingester did not subscribe"
+    with steady.sim, killed.sim, running_ingester(mqtt_url, private_stack.influx_url, influx.database):
         try:
             yield private_stack, influx, steady, killed
         finally:
             steady.stop()
             killed.stop()
-            ingester.stop()
-            thread.join(20)
-            influx.close()
+    influx.close()
 
 
 def _wait_stored(influx: InfluxClient, expect: dict[str, tuple[Gateway, Served]],

@@ -67,7 +67,7 @@ def test_district_scale_has_500_modbus_devices_on_several_ports() -> None:
     families = {p for g in s.loaded for p in g.profiles}
     assert families == {"water-supply-point", "gas-regulator-station", "methane-detector", "lamp-controller",
                         "elevator-controller", "air-quality-station"}
-    ports = {link.port for g in s.loaded for link in g.config.links if link.transport == "tcp"}
+    ports = {link.port for g in s.loaded for link in g.config.links if link.on_tcp_port}
     assert len(ports) >= 5
     tick = next(s.play_offline(1, s.default_start_ms(FIXED_NOW_MS)))
     assert sum(len(b.samples) for b in tick.batches) == s.device_count()
@@ -93,7 +93,7 @@ def test_port_remapping_for_tests() -> None:
     free = load_scenario("pudong-incidents", free_ports=True)
 
     def ports(s):
-        return [link.port for g in s.loaded for link in g.config.links if link.transport == "tcp"]
+        return [link.port for g in s.loaded for link in g.config.links if link.on_tcp_port]
 
     assert ports(moved) == [p + 1000 for p in ports(shipped)]
     assert len(set(ports(free))) == len(set(ports(shipped))) and not set(ports(free)) & set(ports(shipped))
