@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -57,8 +59,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     console = summary_console(stderr=args.json, quiet=args.headless)
     probe = load_scenario(args.scenario)
-    tcp_ports = sorted({link.port for g in probe.loaded for link in g.config.links if link.on_tcp_port})
-    offset = _port_offset(tcp_ports) if tcp_ports else 0
+    # every port of the scenario moves by one offset: the simulator's Modbus TCP devices and
+    # the ports edge agents listen on for HJ 212 stations and JT/T 808 terminals
+    ports = sorted({link.port for g in probe.loaded for link in g.config.links if link.on_tcp_port})
+    offset = _port_offset(ports) if ports else 0
+    tcp_ports = sorted({link.port for g in probe.loaded for link in g.config.links if link.transport == "tcp"})
     scenario = load_scenario(args.scenario, port_offset=offset)
 
     # The demo's own stack, wiped at every start: no data or queued session of an earlier run
@@ -97,7 +102,7 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     end_wall = now + int((startup_s + wall_s) * 1000)
     start_ms = scenario.default_start_ms(end_wall)
     clock = ScenarioClock(start_ms, now + int(startup_s * 1000), speed)
-    env = {**stack.env(), "URBANSENSE_CLOCK": clock.to_env()}
+    env = {**stack.env(), "URBANSENSE_CLOCK": clock.to_env(), **field_secrets()}
 
     gw_paths = scenario.write_gateway_configs(run_dir / "gateways", mqtt_port=stack.mqtt_port, seed=args.seed)
     # the demo's poll period, in wall seconds; short link time-outs (see tune_gateway_configs)
@@ -142,6 +147,17 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     if args.json:
         print(json.dumps(summary, indent=2))
     return summary
+
+
+#: The secrets the shipped HJ 212 and JT/T 808 links name (password_env, auth_key_env),
+#: with the length drawn for a run: a station password is 6 characters on most
+#: dataloggers' keypads; the terminals' key is a long secret.
+FIELD_SECRETS = {"URBANSENSE_HJ212_PASSWORD": 3, "URBANSENSE_JT808_AUTH_KEY": 24}
+
+
+def field_secrets() -> dict[str, str]:
+    """The user's values if set, else drawn for this run (the simulated devices get the same)."""
+    return {name: os.environ.get(name) or secrets.token_hex(n) for name, n in FIELD_SECRETS.items()}
 
 
 def _write_past_record(console: Console, scenario: Any, seed: int, start_ms: int, influx: InfluxClient) -> None:
@@ -197,7 +213,9 @@ def _poll_influx(influx: InfluxClient, state: DemoState) -> None:
         total = 0
         for m in MEASUREMENTS:
             for row in influx.rows(f'SELECT count(*) FROM "{m}" WHERE time >= {state.start_ms}ms'):
-                counts = [v for k, v in row.items() if k.startswith("count_") and k != "count_device_error"]
+                # a field with no point in the window counts null (InfluxDB 1.x), not 0
+                counts = [v for k, v in row.items()
+                          if k.startswith("count_") and k != "count_device_error" and v is not None]
                 total += int(max(counts, default=0)) + int(row.get("count_device_error") or 0)
         state.on_ingested(total)
         for series in influx.query('SELECT last("aqi") AS aqi, last("primary") AS p FROM "aqi" '

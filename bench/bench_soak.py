@@ -173,8 +173,9 @@ def main() -> int:
     if total_s > probe.duration_s:
         ap.error(f"{args.scenario} lasts {probe.duration_s / 60:.0f} min of event time in real time; "
                  f"ask for at most {(probe.duration_s - args.warmup) / 60:.0f} minutes")
-    tcp_ports = sorted({link.port for g in probe.loaded for link in g.config.links if link.on_tcp_port})
-    offset = port_offset(tcp_ports)
+    ports = sorted({link.port for g in probe.loaded for link in g.config.links if link.on_tcp_port})
+    offset = port_offset(ports)
+    tcp_ports = sorted({link.port for g in probe.loaded for link in g.config.links if link.transport == "tcp"})
     scenario = load_scenario(args.scenario, port_offset=offset)
     modbus = scenario.device_count() - scenario.device_count("mqtt")
     poll_s = max(0.02, modbus / args.rate)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -36,11 +37,11 @@ from edge.modbus_pdu import (
     write_coil_request,
     write_registers_request,
 )
-from edge.modbus_transport import ModbusMaster, RtuMaster, TcpMaster
+from edge.modbus_transport import FramedTcpMaster, ModbusMaster, RtuMaster, TcpMaster
 from edge.planner import ReadRequest, plan_reads, split_per_field
 from edge.telemetry import SelfTelemetry
 from urbansense import clock
-from urbansense.config import DeviceSpec, FieldSpec, LinkSpec, PollingSpec, Profile
+from urbansense.config import ConfigError, DeviceSpec, FieldSpec, LinkSpec, ModbusTlsSpec, PollingSpec, Profile
 from urbansense.schema import FieldValue, Sample
 
 log = logging.getLogger("urbansense.edge")
@@ -125,13 +126,33 @@ def _decode_all(state: DeviceState, requests: list[Request], answers: list[bytes
     return fields
 
 
+def tls_context(spec: ModbusTlsSpec) -> ssl.SSLContext:
+    """The client side of Modbus/TCP Security: TLS 1.2 or later, the device's certificate
+    checked against ca_file, the gateway's own certificate offered when configured."""
+    try:
+        ctx = ssl.create_default_context(cafile=spec.ca_file)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if spec.cert_file and spec.key_file:
+            ctx.load_cert_chain(spec.cert_file, spec.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([f"tls: cannot load {spec.ca_file}, {spec.cert_file}, {spec.key_file}: {exc}\n"
+                           "  fix: point ca_file, cert_file and key_file at PEM files the agent can read"]) from None
+    return ctx
+
+
 def make_master(link: LinkSpec) -> ModbusMaster:
+    kind = link.modbus_framing
     if link.transport == "rtu":
         assert link.serial is not None
         s = link.serial
         return RtuMaster(s.port, baudrate=s.baudrate, parity=s.parity, stopbits=s.stopbits,
-                         bytesize=s.bytesize)
-    return TcpMaster(link.host, link.port, connect_timeout_s=max(link.timeout_s, 1.0))
+                         bytesize=s.bytesize, framing=kind)
+    connect_timeout_s = max(link.timeout_s, 1.0)
+    if kind != "mbap":
+        return FramedTcpMaster(link.host, link.port, kind, connect_timeout_s=connect_timeout_s)
+    tls = tls_context(link.tls) if link.tls is not None else None
+    return TcpMaster(link.host, link.port, connect_timeout_s=connect_timeout_s, tls=tls,
+                     server_name=link.tls.server_name if link.tls else None)
 
 
 class ModbusLink:
@@ -143,7 +164,7 @@ class ModbusLink:
         self.sink = sink
         self.telemetry = telemetry
         self.master = master or make_master(link)
-        self.pipelined = link.pipeline and link.transport == "tcp"
+        self.pipelined = link.pipeline and link.transport == "tcp" and link.modbus_framing == "mbap"
         #: Devices due within this many seconds of the one the scheduler woke for are
         #: polled with it in one exchange (link `coalesce_ms`; 0: one device at a time).
         self.coalesce_s = link.coalesce_ms / 1000.0 if self.pipelined else 0.0

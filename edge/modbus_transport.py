@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 import struct
 import threading
 import time
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 from edge.modbus_pdu import (
     ModbusLinkError,
@@ -30,6 +31,10 @@ from edge.modbus_pdu import (
     Request,
     expected_length,
 )
+from urbansense import modbus_framing as framing
+from urbansense.modbus_framing import crc16
+
+__all__ = ["FramedTcpMaster", "ModbusMaster", "RtuMaster", "TcpMaster", "crc16", "rtu_frame"]
 
 
 class ModbusMaster(Protocol):
@@ -55,6 +60,31 @@ _MBAP_HEAD = struct.Struct(">HHH")
 _Sent = tuple[int, "asyncio.Future[bytes]", Request]
 #: What ends one device's batch in `transact_batches` without failing the others.
 _DEVICE_ERRORS = (ModbusTimeout, ModbusLinkError, ModbusProtocolError)
+
+
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+async def _open(factory: Callable[[], P], host: str, port: int, timeout_s: float, *,
+                tls: ssl.SSLContext | None = None, server_name: str | None = None, what: str = "") -> P:
+    """A TCP (or TLS) connection with its protocol; every failure as ModbusLinkError."""
+    loop = asyncio.get_running_loop()
+    try:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+        # that arrives as the awaited future completes, and the agent would never stop.
+        async with asyncio.timeout(timeout_s):
+            if tls is None:
+                _transport, proto = await loop.create_connection(factory, host, port)
+            else:
+                _transport, proto = await loop.create_connection(factory, host, port, ssl=tls,
+                                                                 server_hostname=server_name or host)
+    except ssl.SSLError as exc:
+        raise ModbusLinkError(f"TLS with {host}:{port} failed: {exc.reason or exc}; check the link's ca_file, "
+                              "cert_file and key_file against the device's certificate") from None
+    except (TimeoutError, OSError) as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ModbusLinkError(f"cannot connect to {what}{host}:{port}: {why}") from None
+    return proto
 
 
 class _MbapProtocol(asyncio.Protocol):
@@ -92,10 +122,13 @@ class _MbapProtocol(asyncio.Protocol):
 class TcpMaster:
     """One TCP connection per endpoint, shared by every unit id behind it."""
 
-    def __init__(self, host: str, port: int, connect_timeout_s: float = 3.0) -> None:
+    def __init__(self, host: str, port: int, connect_timeout_s: float = 3.0, *,
+                 tls: ssl.SSLContext | None = None, server_name: str | None = None) -> None:
         self.host = host
         self.port = port
         self.connect_timeout_s = connect_timeout_s
+        self.tls = tls
+        self.server_name = server_name
         self.requests = 0
         self._protocol: _MbapProtocol | None = None
         self._tid = 0
@@ -109,15 +142,8 @@ class TcpMaster:
         proto = self._protocol
         if proto is not None and not proto.lost:
             return proto
-        loop = asyncio.get_running_loop()
-        try:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
-            # that arrives as the awaited future completes, and the agent would never stop.
-            async with asyncio.timeout(self.connect_timeout_s):
-                _transport, fresh = await loop.create_connection(_MbapProtocol, self.host, self.port)
-        except (TimeoutError, OSError) as exc:
-            why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            raise ModbusLinkError(f"cannot connect to {self.host}:{self.port}: {why}") from None
+        fresh = await _open(_MbapProtocol, self.host, self.port, self.connect_timeout_s, tls=self.tls,
+                            server_name=self.server_name)
         self._protocol = fresh
         return fresh
 
@@ -247,38 +273,39 @@ class TcpMaster:
 # --------------------------------------------------------------------------- RTU
 
 
-def _crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc16(data: bytes) -> int:
-    """Modbus RTU CRC (poly 0xA001, init 0xFFFF); sent low byte first."""
-    crc = 0xFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc
-
-
 def rtu_frame(request: Request) -> bytes:
-    body = bytes([request.unit]) + request.pdu
-    return body + struct.pack("<H", crc16(body))
+    return framing.rtu_frame(request.unit, request.pdu)
 
 
-class RtuMaster:
+class _InTurn:
+    """A master that carries one transaction at a time (a serial bus behind it)."""
+
+    async def transact(self, request: Request, timeout_s: float) -> bytes:
+        raise NotImplementedError
+
+    async def transact_many(self, requests: Sequence[Request], timeout_s: float) -> list[bytes]:
+        """A serial line carries one transaction at a time: in turn."""
+        return [await self.transact(request, timeout_s) for request in requests]
+
+    async def transact_batches(self, batches: Sequence[tuple[Sequence[Request], float]]
+                               ) -> list[list[bytes] | Exception]:
+        """In turn too (the link only coalesces Modbus TCP; here for the protocol's sake)."""
+        results: list[list[bytes] | Exception] = []
+        for requests, timeout_s in batches:
+            try:
+                results.append(await self.transact_many(requests, timeout_s))
+            except _DEVICE_ERRORS as exc:
+                results.append(exc)
+        return results
+
+
+class RtuMaster(_InTurn):
     """A serial port: blocking pyserial I/O in a worker thread, one transaction at a time."""
 
     def __init__(self, port: str, *, baudrate: int = 9600, parity: str = "N", stopbits: int = 1,
-                 bytesize: int = 8) -> None:
+                 bytesize: int = 8, framing: str = "rtu") -> None:
         self.port = port
+        self.framing = framing
         self.settings = {"baudrate": baudrate, "parity": parity, "stopbits": stopbits, "bytesize": bytesize}
         self.requests = 0
         self._serial: object | None = None
@@ -305,8 +332,15 @@ class RtuMaster:
             try:
                 port.reset_input_buffer()  # drop a late answer to an earlier request
                 time.sleep(self.frame_gap_s)
-                port.write(rtu_frame(request))
                 port.timeout = timeout_s
+                if self.framing == "ascii":
+                    port.write(framing.ascii_frame(request.unit, request.pdu))
+                    line = port.read_until(b"\n")
+                    if not line.endswith(b"\n"):
+                        raise ModbusTimeout(f"no answer within {timeout_s:g} s" if not line else
+                                            f"answer cut short after {len(line)} characters")
+                    return _checked(request, line, "ascii")
+                port.write(rtu_frame(request))
                 head = port.read(3)
                 if len(head) < 3:
                     raise ModbusTimeout(f"no answer within {timeout_s:g} s")
@@ -321,30 +355,11 @@ class RtuMaster:
             frame = head + rest
             if len(frame) < need + 3:
                 raise ModbusTimeout(f"answer cut short after {len(frame)} bytes")
-            if crc16(frame[:-2]) != struct.unpack("<H", frame[-2:])[0]:
-                raise ModbusProtocolError("CRC mismatch (noise on the line or wrong baud rate?)")
-            if frame[0] != request.unit:
-                raise ModbusProtocolError(f"answer from unit {frame[0]}, asked unit {request.unit}")
-            return frame[1:-2]
+            return _checked(request, frame, "rtu")
 
     async def transact(self, request: Request, timeout_s: float) -> bytes:
         self.requests += 1
         return await asyncio.to_thread(self._transact_blocking, request, timeout_s)
-
-    async def transact_many(self, requests: Sequence[Request], timeout_s: float) -> list[bytes]:
-        """A serial line carries one transaction at a time: in turn."""
-        return [await self.transact(request, timeout_s) for request in requests]
-
-    async def transact_batches(self, batches: Sequence[tuple[Sequence[Request], float]]
-                               ) -> list[list[bytes] | Exception]:
-        """In turn too (the link only coalesces on TCP; here for the protocol's sake)."""
-        results: list[list[bytes] | Exception] = []
-        for requests, timeout_s in batches:
-            try:
-                results.append(await self.transact_many(requests, timeout_s))
-            except _DEVICE_ERRORS as exc:
-                results.append(exc)
-        return results
 
     def _close_blocking(self) -> None:
         with self._lock:  # not while a transaction is using the port
@@ -354,3 +369,113 @@ class RtuMaster:
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close_blocking)
+
+
+def _checked(request: Request, frame: bytes, kind: str) -> bytes:
+    """The answer PDU of a serial-line frame (RTU or ASCII) to `request`."""
+    try:
+        unit, pdu = framing.read_ascii(frame) if kind == "ascii" else framing.read_rtu(frame)
+    except framing.FramingError as exc:
+        raise ModbusProtocolError(str(exc)) from None
+    if unit != request.unit:
+        raise ModbusProtocolError(f"answer from unit {unit}, asked unit {request.unit}")
+    return pdu
+
+
+# --------------------------------------------------------------------------- serial server
+
+
+class _SerialFrameProtocol(asyncio.Protocol):
+    """A TCP connection to a transparent serial server: answers arrive as RTU or ASCII
+    frames, one transaction at a time."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiting: tuple[int, asyncio.Future[bytes]] | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.waiting is None:
+            self.buffer.clear()  # nobody asked: a late answer, dropped
+            return
+        function, fut = self.waiting
+        if self.kind == "ascii":
+            end = self.buffer.find(b"\n")
+            if end < 0:
+                return
+            whole = bytes(self.buffer[:end + 1])
+        else:
+            need = framing.rtu_response_length(function, bytes(self.buffer[:3]))
+            if need is None or len(self.buffer) < need:
+                return
+            whole = bytes(self.buffer[:need])
+        self.buffer.clear()
+        self.waiting = None
+        if not fut.done():
+            fut.set_result(whole)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.waiting is not None and not self.waiting[1].done():
+            self.waiting[1].set_exception(ModbusLinkError(f"connection closed: {exc or 'by peer'}"))
+        self.waiting = None
+
+
+class FramedTcpMaster(_InTurn):
+    """Modbus RTU or ASCII frames over TCP, as a transparent serial device server
+    forwards them to and from its RS-485 bus unchanged (no MBAP header, no transaction
+    id): one transaction at a time; bytes that arrive when nothing is asked (a late
+    answer) are dropped, and after three time-outs in a row the connection is replaced."""
+
+    def __init__(self, host: str, port: int, kind: str, connect_timeout_s: float = 3.0) -> None:
+        self.host = host
+        self.port = port
+        self.kind = kind
+        self.connect_timeout_s = connect_timeout_s
+        self.requests = 0
+        self._protocol: _SerialFrameProtocol | None = None
+        self._lock = asyncio.Lock()
+        self._timeouts = 0
+
+    async def _connection(self) -> _SerialFrameProtocol:
+        proto = self._protocol
+        if proto is not None and not proto.lost:
+            return proto
+        fresh = await _open(lambda: _SerialFrameProtocol(self.kind), self.host, self.port, self.connect_timeout_s,
+                            what="serial server ")
+        self._protocol = fresh
+        return fresh
+
+    async def transact(self, request: Request, timeout_s: float) -> bytes:
+        async with self._lock:
+            proto = await self._connection()
+            fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            proto.buffer.clear()
+            proto.waiting = (request.function, fut)
+            assert proto.transport is not None
+            proto.transport.write(framing.frame(self.kind, request.unit, request.pdu))
+            self.requests += 1
+            try:
+                async with asyncio.timeout(timeout_s):
+                    whole = await fut
+            except TimeoutError:
+                proto.waiting = None
+                self._timeouts += 1
+                if self._timeouts >= RECONNECT_AFTER_TIMEOUTS:
+                    await self.close()
+                    self._timeouts = 0
+                raise ModbusTimeout(f"no answer within {timeout_s:g} s") from None
+            self._timeouts = 0
+            return _checked(request, whole, self.kind)
+
+    async def close(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+        self._protocol = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import struct
 import threading
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 
 from simulators.device import DeviceTables
+from urbansense import modbus_framing as framing
 
 log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -178,15 +180,13 @@ def answer(context: UnitsContext, unit: int, pdu: bytes) -> bytes | None:
     return _exception(function, ILLEGAL_FUNCTION)
 
 
-class MbapServerProtocol(asyncio.Protocol):
-    """One client connection: MBAP frames in, answers out (several frames per segment
-    are answered in one write)."""
+class _EndpointConnection(asyncio.Protocol):
+    """One client connection of an endpoint (closed with it)."""
 
     def __init__(self, endpoint: ModbusEndpoint) -> None:
         self.endpoint = endpoint
         self.context = endpoint.context
         self.transport: asyncio.Transport | None = None
-        self.buffer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -195,6 +195,15 @@ class MbapServerProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.endpoint.connections.discard(self)
+
+
+class MbapServerProtocol(_EndpointConnection):
+    """One client connection: MBAP frames in, answers out (several frames per segment
+    are answered in one write)."""
+
+    def __init__(self, endpoint: ModbusEndpoint) -> None:
+        super().__init__(endpoint)
+        self.buffer = b""
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer + data if self.buffer else data
@@ -224,20 +233,66 @@ class MbapServerProtocol(asyncio.Protocol):
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
 
 
-class ModbusEndpoint:
-    """One TCP port serving a set of units; runs in the caller's asyncio loop."""
+class SerialServerProtocol(_EndpointConnection):
+    """One client of a transparent serial device server: RTU or ASCII frames in, the bus's
+    answers out in the same framing. A frame with a bad CRC or LRC gets no answer, as on
+    the bus (the master times out)."""
 
-    def __init__(self, host: str, port: int, units: dict[int, DeviceTables]) -> None:
+    def __init__(self, endpoint: ModbusEndpoint) -> None:
+        super().__init__(endpoint)
+        self.kind = endpoint.framing
+        self.serial_buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.serial_buffer += data
+        out: list[bytes] = []
+        while self.serial_buffer:
+            if self.kind == "ascii":
+                end = self.serial_buffer.find(b"\n")
+                if end < 0:
+                    break
+                whole = bytes(self.serial_buffer[:end + 1])
+            else:
+                need = framing.rtu_request_length(bytes(self.serial_buffer[:7]))
+                if need is None or len(self.serial_buffer) < need:
+                    break
+                whole = bytes(self.serial_buffer[:need])
+            del self.serial_buffer[:len(whole)]
+            try:
+                unit, pdu = framing.read_ascii(whole) if self.kind == "ascii" else framing.read_rtu(whole)
+            except framing.FramingError:
+                self.serial_buffer.clear()  # resynchronise on the next request, as a bus does after a gap
+                break
+            response = answer(self.context, unit, pdu)
+            if response is not None:
+                out.append(framing.frame(self.kind, unit, response))
+        if len(self.serial_buffer) > 600:
+            self.serial_buffer.clear()
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+
+class ModbusEndpoint:
+    """One TCP port serving a set of units; runs in the caller's asyncio loop. With
+    framing rtu or ascii it is a transparent serial device server (the units on its bus
+    answer RTU or ASCII frames over TCP); with `tls` it serves Modbus/TCP Security."""
+
+    def __init__(self, host: str, port: int, units: dict[int, DeviceTables], *, framing: str = "mbap",
+                 tls: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
+        self.framing = framing
+        self.tls = tls
         self.context = UnitsContext(units)
-        self.connections: set[MbapServerProtocol] = set()
+        self.connections: set[_EndpointConnection] = set()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: MbapServerProtocol(self), self.host, self.port,
-                                                reuse_address=True)
+        factory: type[MbapServerProtocol | SerialServerProtocol] = (
+            MbapServerProtocol if self.framing == "mbap" else SerialServerProtocol)
+        self._server = await loop.create_server(lambda: factory(self), self.host, self.port,
+                                                reuse_address=True, ssl=self.tls)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -57,6 +57,7 @@ class LiveSimulator:
         #: Devices of hj212 and jt808 links, each with its protocol client.
         self.field_devices: list[tuple[SimDevice, Hj212Station | Jt808Terminal]] = []
         by_endpoint: dict[tuple[str, int], dict[int, DeviceTables]] = {}
+        framings: dict[tuple[str, int], str] = {}
         problems: list[str] = []
         for dev in self.world.devices.values():
             if dev.link.transport in ("hj212", "jt808"):
@@ -74,6 +75,7 @@ class LiveSimulator:
             tables = DeviceTables(dev.profile)
             dev.ctx.commands = tables.commands  # operator writes reach the model
             units = by_endpoint.setdefault((dev.link.host, dev.link.port), {})
+            framings[(dev.link.host, dev.link.port)] = dev.link.modbus_framing
             if dev.spec.unit in units:
                 problems.append(f"{dev.gateway}: unit {dev.spec.unit} on {dev.link.host}:{dev.link.port} is "
                                 f"used twice (device {dev.id})\n  fix: give each device on a port its own unit id")
@@ -82,7 +84,9 @@ class LiveSimulator:
             self.modbus_devices.append(dev)
         if problems:
             raise ConfigError(problems)
-        self.endpoints = [ModbusEndpoint(host, port, units) for (host, port), units in by_endpoint.items()]
+        # a tcp link with rtu or ascii framing: the devices sit behind a serial device server
+        self.endpoints = [ModbusEndpoint(host, port, units, framing=framings.get((host, port), "mbap"))
+                          for (host, port), units in by_endpoint.items()]
         self.server = ThreadedModbusServer(self.endpoints)
         self.mqtt: MqttClient | None = None
         if self.stations:
@@ -142,9 +146,15 @@ class LiveSimulator:
         self.stats.tick_seconds += time.perf_counter() - t0
 
     def publish_stations(self, t_ms: int) -> None:
+        """Every pushing device's report for event time t (and what a device held through a
+        coverage gap that ended since the last call)."""
         self.publish_field_devices(t_ms)
-        if self.mqtt is None:
-            return
+        if self.mqtt is not None:
+            self.publish_mqtt_stations(t_ms)
+        self._last_published = t_ms
+
+    def publish_mqtt_stations(self, t_ms: int) -> None:
+        assert self.mqtt is not None
         for dev in self.stations:
             held = dev.held(t_ms, t_ms - self._last_published)
             if held:
@@ -161,7 +171,6 @@ class LiveSimulator:
                 payload = station_payload(dev.profile, t_ms, reading.values)
             self.mqtt.publish(station_topic(dev.profile, dev.id), payload, qos=1)
             self.stats.published += 1
-        self._last_published = t_ms
 
     def publish_field_devices(self, t_ms: int) -> None:
         for dev, client in self.field_devices:

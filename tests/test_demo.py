@@ -96,3 +96,18 @@ def test_the_printed_summary_is_true_as_printed(capsys: pytest.CaptureFixture[st
     _print_summary(summary_console(), _summary(), stack, keep=True)  # type: ignore[arg-type]
     out = capsys.readouterr().out
     assert "curl -G http://127.0.0.1:41234/query" in out and f"--run-dir {tmp_path} down" in out
+
+
+def test_the_live_count_takes_fields_with_no_point_in_the_window(influx_db: InfluxClient) -> None:
+    """A field written before the run began but not since (a lake station's level: its
+    past record is written for the tide fit, and over HJ 212 it sends none) has a null
+    count in the window (InfluxDB 1.x, same shard): the live view counts the readings and
+    does not crash."""
+    from application.demo import _poll_influx
+    from application.demo_view import DemoState
+    influx_db.write("air,device=a,district=d,gateway=g tvoc_ugm3=1 1999999000000\n"
+                    "air,device=b,district=d,gateway=g pm25_ugm3=5 2000000000000\n"
+                    "air,device=b,district=d,gateway=g pm25_ugm3=6 2000000001000", precision="ms")
+    state = DemoState("s", 1.0, 2_000_000_000_000, 2_100_000_000_000)
+    _poll_influx(influx_db, state)
+    assert state.ingested == 2

@@ -68,6 +68,13 @@ FIX_HINTS: dict[str, str] = {
 }
 
 
+def _no_nul(path: str | None) -> str | None:
+    """A file or folder path the OS can take (it refuses a NUL with a bare ValueError)."""
+    if path is not None and "\x00" in path:
+        raise ValueError("a path cannot contain a NUL character")
+    return path
+
+
 class ConfigError(ValueError):
     """One or more problems in a config file; str() lists each with its fix."""
 
@@ -215,6 +222,25 @@ class SerialSpec(_Model):
     bytesize: int = Field(default=8, ge=7, le=8)
 
 
+class ModbusTlsSpec(_Model):
+    """Modbus/TCP Security (TLS, mutual authentication; devices listen on port 802). The
+    key file stays on the gateway, readable by the agent only; none of it is in this repo."""
+
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: The name in the device's certificate, when it is not the link's host.
+    server_name: str | None = None
+
+    _paths_ok = field_validator("ca_file", "cert_file", "key_file")(_no_nul)
+
+    @model_validator(mode="after")
+    def _pair(self) -> ModbusTlsSpec:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (the gateway's certificate and its key)")
+        return self
+
+
 class LinkSpec(_Model):
     """A physical link: a TCP endpoint, a serial port, a gateway-local MQTT broker, or a
     TCP server that stations (hj212) or vehicle terminals (jt808) connect to."""
@@ -224,6 +250,11 @@ class LinkSpec(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=502, ge=1, le=65535)
     serial: SerialSpec | None = None
+    #: How Modbus frames travel: mbap (Modbus TCP), rtu or ascii (serial framings; on a tcp
+    #: link, through a transparent serial device server). Default: mbap on tcp, rtu on serial.
+    framing: Literal["mbap", "rtu", "ascii"] | None = None
+    #: tcp links with mbap framing: Modbus/TCP Security.
+    tls: ModbusTlsSpec | None = None
     timeout_s: float = Field(default=1.0, gt=0)
     pause_s: float = Field(default=0.0, ge=0)
     #: TCP only: send a device's reads back to back (distinct transaction ids) and wait for
@@ -263,6 +294,10 @@ class LinkSpec(_Model):
         return value
 
     @property
+    def modbus_framing(self) -> str:
+        return self.framing or ("rtu" if self.transport == "rtu" else "mbap")
+
+    @property
     def on_tcp_port(self) -> bool:
         """The link's `port` is a TCP port on the device side: a Modbus TCP device's, or the
         one the agent listens on for HJ 212 stations and JT/T 808 terminals."""
@@ -291,6 +326,15 @@ class LinkSpec(_Model):
             dup = sorted({i for i in idents if idents.count(i) > 1 and i})
             if dup:
                 raise ValueError(f"link {self.name}: ident {dup[0]!r} is used by two devices")
+        if self.framing is not None and self.transport not in ("tcp", "rtu"):
+            raise ValueError(f"link {self.name}: framing is for Modbus links (tcp, rtu), not {self.transport}")
+        if self.framing == "mbap" and self.transport == "rtu":
+            raise ValueError(f"link {self.name}: a serial line carries rtu or ascii frames, not mbap")
+        if self.tls is not None and (self.transport != "tcp" or self.modbus_framing != "mbap"):
+            raise ValueError(f"link {self.name}: tls is Modbus/TCP Security: a tcp link with mbap framing")
+        if self.pipeline and self.modbus_framing != "mbap":
+            raise ValueError(f"link {self.name}: pipeline needs Modbus TCP transaction ids (mbap framing); "
+                             f"{self.modbus_framing} frames go one at a time")
         if self.transport == "rtu" and self.serial is None:
             raise ValueError("an rtu link needs 'serial: {port: /dev/ttyUSB0, baudrate: 9600}'")
         if self.coalesce_ms > 0 and (self.transport != "tcp" or not self.pipeline):
@@ -328,13 +372,6 @@ class UplinkSpec(_Model):
 class BatchSpec(_Model):
     max_samples: int = Field(default=500, ge=1, le=5000)
     max_interval_s: float = Field(default=1.0, gt=0)
-
-
-def _no_nul(path: str | None) -> str | None:
-    """A file or folder path the OS can take (it refuses a NUL with a bare ValueError)."""
-    if path is not None and "\x00" in path:
-        raise ValueError("a path cannot contain a NUL character")
-    return path
 
 
 class WalSpec(_Model):

@@ -38,9 +38,11 @@ class DistrictRun:
         self.tmp = tmp
         self.stack = stack
         probe = load_scenario(str(scenario_path))
+        self.offset = port_offset(sorted({link.port for g in probe.loaded for link in g.config.links
+                                          if link.on_tcp_port}))
+        # the simulator's Modbus ports (edge agents listen on the hj212/jt808 ones)
         self.tcp_ports = sorted({link.port for g in probe.loaded for link in g.config.links
-                                 if link.on_tcp_port})
-        self.offset = port_offset(self.tcp_ports)
+                                 if link.transport == "tcp"})
         self.scenario = load_scenario(str(scenario_path), port_offset=self.offset)
         self.speed = float(self.scenario.speed or 120.0)
         self.truth_path = tmp / "truth.jsonl"

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,13 +20,15 @@ from typing import Any, ClassVar
 
 import pytest
 import yaml
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer
 
 from application.stack import free_port
 from edge.agent import EdgeAgent
 from edge.mqtt_input import MqttInputLink
 from ingest.service import Ingester
 from simulators.device import DeviceTables
-from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer
+from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer, UnitsContext
 from urbansense import codec
 from urbansense.config import load_gateway, load_profile
 from urbansense.mqtt import MqttClient, MqttSettings
@@ -268,3 +271,47 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
         if p.poll() is None:
             p.kill()
             p.wait(10)
+
+
+@pytest.fixture
+def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    if shutil.which("socat") is None:
+        pytest.fail("socat is not installed; run: sudo apt-get install -y socat (make test does it)")
+    a, b = str(tmp_path / "ttyA"), str(tmp_path / "ttyB")
+    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 5
+    while not (Path(a).exists() and Path(b).exists()):
+        assert time.monotonic() < deadline, "socat did not create the pty pair"
+        time.sleep(0.05)
+    yield a, b
+    proc.terminate()
+    proc.wait(5)
+
+
+class RtuSim:
+    """pymodbus' serial server on one end of a pty pair (RTU, or ASCII with framer)."""
+
+    def __init__(self, port: str, units: dict[int, DeviceTables], framer: FramerType = FramerType.RTU) -> None:
+        self.context = UnitsContext(units)
+        self.framer = framer
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = port
+        self.server: ModbusSerialServer | None = None
+
+    async def _start(self) -> None:  # pymodbus servers are built inside their loop
+        self.server = ModbusSerialServer(self.context, framer=self.framer, port=self.port, baudrate=19200,
+                                         ignore_missing_devices=True)
+        await self.server.serve_forever(background=True)
+
+    def __enter__(self) -> RtuSim:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.server is not None
+        asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)

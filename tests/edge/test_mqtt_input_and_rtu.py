@@ -3,23 +3,15 @@ pseudo-terminal pair against the simulator's pymodbus RTU server)."""
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
-from pymodbus.framer import FramerType
-from pymodbus.server import ModbusSerialServer
 
 from application.stack import Stack
 from simulators.device import DeviceTables
-from simulators.modbus_server import UnitsContext
-from tests.edge.conftest import METER_PROFILE, AgentThread, Collector, unique, write_gateway
+from tests.edge.conftest import METER_PROFILE, AgentThread, Collector, RtuSim, unique, write_gateway
 from urbansense.config import load_profile
 from urbansense.mqtt import MqttClient, MqttSettings
 
@@ -117,47 +109,6 @@ def test_a_terminal_s_backlog_keeps_each_report_s_own_time(tmp_path: Path, stack
     assert fast.q == "uncertain" and abs(fast.t - now) < 60_000 and "ahead of the gateway clock" in (fast.err or "")
     assert fast.urgent is True and fast.f["emergency"] is True
     assert bad.q == "uncertain" and "not an epoch-ms time" in (bad.err or "")
-
-
-@pytest.fixture
-def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    if shutil.which("socat") is None:
-        pytest.fail("socat is not installed; run: sudo apt-get install -y socat (make test does it)")
-    a, b = str(tmp_path / "ttyA"), str(tmp_path / "ttyB")
-    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 5
-    while not (Path(a).exists() and Path(b).exists()):
-        assert time.monotonic() < deadline, "socat did not create the pty pair"
-        time.sleep(0.05)
-    yield a, b
-    proc.terminate()
-    proc.wait(5)
-
-
-class RtuSim:
-    def __init__(self, port: str, units: dict[int, DeviceTables]) -> None:
-        self.context = UnitsContext(units)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.port = port
-        self.server: ModbusSerialServer | None = None
-
-    async def _start(self) -> None:  # pymodbus servers are built inside their loop
-        self.server = ModbusSerialServer(self.context, framer=FramerType.RTU, port=self.port, baudrate=19200,
-                                         ignore_missing_devices=True)
-        await self.server.serve_forever(background=True)
-
-    def __enter__(self) -> RtuSim:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.server is not None
-        asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
 
 
 def test_modbus_rtu_over_a_serial_line(tmp_path: Path, stack: Stack, pty_pair: tuple[str, str],

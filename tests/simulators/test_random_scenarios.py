@@ -208,3 +208,10 @@ def test_a_scenario_s_own_stage_and_emergent_kinds_stay_out_of_composed_days() -
     kinds = {e["type"] for e in compose_day([north], "north-day")["incidents"]}
     assert "plume_arrival" not in kinds and "wind_regime" in kinds
     assert all(not INCIDENT_TYPES[k].emergent for k in kinds)
+
+
+def test_the_field_protocol_gateways_stay_out_of_composed_days() -> None:
+    # field-protocols' gateways (HJ 212 stations, JT/T 808 terminals, a serial server)
+    # are that scenario's own (composed_days: false): the shipped random days do not change
+    stems = {p.stem for p in district_gateways("pudong")}
+    assert not stems & {"pd-gw-env-212", "pd-gw-fleet-808"}
