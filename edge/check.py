@@ -87,6 +87,13 @@ def check(path: Path | str) -> CheckReport:
             report.warnings.append(f"{where}: jt808 link {link.name} has no auth_key_env: a new key is drawn at "
                                    "each start and every terminal registers again\n  fix: set auth_key_env to "
                                    "the variable holding a long random secret")
+        if link.tls is not None:
+            tls_files = {"ca_file": link.tls.ca_file, "cert_file": link.tls.cert_file,
+                         "key_file": link.tls.key_file}
+            for tls_key, file in tls_files.items():
+                if file and not Path(file).exists():
+                    report.warnings.append(f"{where}.tls.{tls_key}: {file} does not exist on this machine (fine if "
+                                           "the config is for another gateway)")
         if link.transport == "rtu" and link.serial is not None and not Path(link.serial.port).exists():
             report.warnings.append(f"{where}.serial.port: {link.serial.port} does not exist on this machine "
                                    "(fine if the config is for another gateway)")
