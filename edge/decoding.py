@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
+from operator import itemgetter
+from typing import Any
 
 from edge.planner import ReadRequest
 from urbansense import codec, registers
@@ -61,6 +63,77 @@ def field_decoder(spec: FieldSpec, profile: Profile) -> FieldDecoder:
             return raw
         return round(float(raw) * scale + offset, 9)
     return decode
+
+
+ReadDecoder = Callable[[bytes], dict[str, FieldValue]]
+
+
+def read_decoder(request: ReadRequest, profile: Profile) -> ReadDecoder | None:
+    """Every field of a register read decoded from the answer's data bytes in one struct
+    call: the bytes each field needs, in the order its type and byte/word order want them,
+    are gathered once (an index permutation worked out here) and unpacked by one format.
+    None when a field needs the general path (strings, a type the family declares
+    otherwise); then `decode_read` serves. Same values as `decode_read` (a test checks
+    every shipped profile's reads in every order)."""
+    if request.table not in ("holding", "input"):
+        return None
+    perm: list[int] = []
+    fmt = ">"
+    env: dict[str, Any] = {"round": round, "float": float, "bool": bool, "int": int}
+    items: list[str] = []
+    for k, spec in enumerate(request.fields):
+        order = spec.order_in(profile)
+        if spec.type == "string" or order not in registers.ORDER_ALIASES or spec.address is None:
+            return None
+        at = 2 * (spec.address - request.address)
+        value = f"v[{k}]"
+        if spec.type in ("bit", "bool"):
+            perm += [at, at + 1]
+            fmt += "H"
+            expr = f"bool({value})" if spec.bit is None else f"bool({value} >> {int(spec.bit)} & 1)"
+            items.append(f"{spec.name!r}: {expr}")
+            continue
+        n = registers.WORDS[spec.type]
+        byte_order, word_order = registers.ORDER_ALIASES[order]
+        for i in (range(n - 1, -1, -1) if word_order == "little" else range(n)):
+            a = at + 2 * i
+            perm += [a, a + 1] if byte_order == "big" else [a + 1, a]
+        fmt += registers._STRUCT[spec.type][1:]
+        enum, scale, offset = spec.enum, spec.scale, spec.offset
+        plain = scale == 1.0 and offset == 0.0
+        is_float = spec.type.startswith("float")
+        declared = codec.FIELD_TYPES.get(profile.measurement, {}).get(spec.name)
+        if declared is not None and enum is None and (declared == "int") != (plain and not is_float):
+            return None  # converted to the declared type: the general path does it
+        if enum is not None:
+            env[f"e{k}"] = enum
+            expr = f'e{k}.get(int({value}), "unknown-%d" % int({value}))'
+        elif plain and not is_float:
+            expr = value
+        else:
+            env[f"s{k}"], env[f"o{k}"] = scale, offset
+            expr = f"round(float({value}) * s{k} + o{k}, 9)"
+        items.append(f"{spec.name!r}: {expr}")
+    env["gather"] = itemgetter(*perm)
+    env["unpack"] = struct.Struct(fmt).unpack
+    env["short"] = _short_answer(request)
+    # One function per read, written once (as the standard library writes namedtuple and
+    # dataclass methods): a dict display of the fields' expressions, no call per field.
+    source = (f"def decode(data):\n"
+              f"    if len(data) < {2 * request.count}:\n"
+              f"        short(data)\n"
+              f"    v = unpack(bytes(gather(data)))\n"
+              f"    return {{{', '.join(items)}}}\n")
+    exec(source, env)  # field names are validated identifiers; every constant comes from env
+    decode: ReadDecoder = env["decode"]
+    return decode
+
+
+def _short_answer(request: ReadRequest) -> Callable[[bytes], None]:
+    def short(data: bytes) -> None:
+        raise ValueError(f"asked {request.count} registers of {request.table} {request.address}, "
+                         f"got {len(data) // 2}")
+    return short
 
 
 def decode_read(request: ReadRequest, profile: Profile, data: Sequence[int]) -> dict[str, FieldValue]:

@@ -37,9 +37,13 @@ log = logging.getLogger("urbansense.edge")
 
 
 def map_location(profile: Profile, loc: jt808.Location) -> dict[str, FieldValue]:
-    items = loc.items()
-    return {spec.name: number_field(profile, spec.name, items[spec.jt808])
-            for spec in profile.fields if spec.jt808 is not None and spec.jt808 in items}
+    out: dict[str, FieldValue] = {}
+    for spec in profile.fields:
+        if spec.jt808 is not None:
+            value = loc.item(spec.jt808)
+            if value is not None:
+                out[spec.name] = number_field(profile, spec.name, value)
+    return out
 
 
 def shift_zone(t_ms: int, tz: dt.tzinfo) -> int:

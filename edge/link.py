@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from edge.deadband import ReportByException
-from edge.decoding import decode_read, field_value
+from edge.decoding import decode_read, field_value, read_decoder
 from edge.modbus_pdu import (
     ILLEGAL_DATA_ADDRESS,
     ModbusExceptionResponse,
@@ -118,11 +118,33 @@ def _values(req: ReadRequest, request: Request, answer: bytes) -> list[int]:
     return data
 
 
+class _ReadOneByOne:
+    """`_batched_sample`'s answer when a device must be read one by one."""
+
+
+_ONE_BY_ONE = _ReadOneByOne()
+
+
+def _fields(req: ReadRequest, profile: Profile, request: Request, answer: bytes) -> dict[str, FieldValue]:
+    """One read's fields from its answer: the whole-read decoder (one struct call) where
+    it serves and the answer is a plain register read, else the general path (which also
+    raises the precise error of a refused or malformed answer)."""
+    fast = req.fast
+    if fast is None or fast[0] is not profile:
+        fast = req.fast = (profile, read_decoder(req, profile))
+    decoder = fast[1]
+    if decoder is not None and len(answer) > 2 and answer[0] == request.pdu[0]:
+        n = answer[1]
+        if n == len(answer) - 2 and not n % 2 and n >= 2 * req.count:
+            return decoder(answer[2:])
+    return decode_read(req, profile, _values(req, request, answer))
+
+
 def _decode_all(state: DeviceState, requests: list[Request], answers: list[bytes]) -> dict[str, FieldValue]:
     """A device's fields from the answers to its planned reads, in plan order."""
     fields: dict[str, FieldValue] = {}
     for req, request, answer in zip(state.plan, requests, answers, strict=True):
-        fields.update(decode_read(req, state.profile, _values(req, request, answer)))
+        fields.update(_fields(req, state.profile, request, answer))
     return fields
 
 
@@ -166,8 +188,9 @@ class ModbusLink:
         self.master = master or make_master(link)
         self.pipelined = link.pipeline and link.transport == "tcp" and link.modbus_framing == "mbap"
         #: Devices due within this many seconds of the one the scheduler woke for are
-        #: polled with it in one exchange (link `coalesce_ms`; 0: one device at a time).
-        self.coalesce_s = link.coalesce_ms / 1000.0 if self.pipelined else 0.0
+        #: polled with it (link `coalesce_ms`): in one exchange on a pipelined link, one
+        #: after another otherwise; 0: each device at its own time.
+        self.coalesce_s = link.coalesce_ms / 1000.0
         # Event time (the scenario clock from the environment, else the wall clock),
         # parsed once rather than on every poll.
         self.now_ms = clock.current().now_ms
@@ -200,11 +223,17 @@ class ModbusLink:
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                if self.coalesce_s:
+                if self.coalesce_s and self.pipelined:
                     group = self._take_group(heap, states, due, i)
                     await self._guarded(self._poll_group([(states[j], d) for d, j in group]),
                                         [states[j] for _d, j in group])
                     for _d, j in group:
+                        heapq.heappush(heap, (states[j].next_due, j))
+                    continue
+                if self.coalesce_s:  # a scan class: the devices due soon, one after another
+                    group = self._take_group(heap, states, due, i)
+                    for d, j in group:
+                        await self._guarded(self._poll_and_emit(states[j], d), [states[j]])
                         heapq.heappush(heap, (states[j].next_due, j))
                     continue
                 state = states[i]
@@ -282,39 +311,49 @@ class ModbusLink:
                     pause = max(state.pause_s for state, _due in batched)
                     if pause:
                         await asyncio.sleep(pause)
+            t = self.now_ms()
             for (state, due), reqs, result in zip(batched, requests, results, strict=True):
-                before = self.master.requests  # a refused read re-reads one by one
-                sample = await self._batched_sample(state, reqs, result)
-                polled.append((state, due, sample, len(reqs) + self.master.requests - before))
+                outcome = self._batched_sample(state, reqs, result, t)
+                if isinstance(outcome, _ReadOneByOne):  # a read was refused: read this device one by one now
+                    before = self.master.requests
+                    outcome = await self._one_by_one(state)
+                    polled.append((state, due, outcome, len(reqs) + self.master.requests - before))
+                else:
+                    polled.append((state, due, outcome, len(reqs)))
             for state, due in alone:
                 before = self.master.requests
                 sample = await self.poll(state)
                 polled.append((state, due, sample, self.master.requests - before))
         done = time.monotonic()
-        for state, due, sample, sent in polled:
-            self.telemetry.poll_done(self.link.name, started - due, done - started, sent)
+        self.telemetry.polls_done(self.link.name, [started - due for _s, due, _x, _n in polled], done - started,
+                                  sum(sent for _s, _d, _x, sent in polled))
+        for state, due, sample, _sent in polled:
             self._reschedule(state, due, done)
             if sample is not None:
                 self.sink(sample)
 
-    async def _batched_sample(self, state: DeviceState, requests: list[Request],
-                              result: list[bytes] | Exception) -> Sample | None:
-        """One device's sample from its answers in a coalesced exchange."""
+    def _batched_sample(self, state: DeviceState, requests: list[Request], result: list[bytes] | Exception,
+                        t: int) -> Sample | _ReadOneByOne | None:
+        """One device's sample from its answers in a coalesced exchange; _ONE_BY_ONE when
+        a read was refused (illegal data address) and the device must be read one by one."""
         state.polls += 1
         try:
             if isinstance(result, Exception):
                 raise result
             fields = _decode_all(state, requests, result)
-            unreadable: list[str] = []
         except ModbusExceptionResponse as exc:
             if exc.code != ILLEGAL_DATA_ADDRESS:
                 return self._failed(state, exc)
-            # A read is refused: from now on this device is read one by one (as `_read_fields`).
+            # From now on this device is read one by one (as `_read_fields`).
             state.one_by_one = True
-            try:
-                fields, unreadable = await self._read_fields(state)
-            except POLL_ERRORS as exc2:
-                return self._failed(state, exc2)
+            return _ONE_BY_ONE
+        except POLL_ERRORS as exc:
+            return self._failed(state, exc)
+        return self._succeeded(state, fields, [], t)
+
+    async def _one_by_one(self, state: DeviceState) -> Sample | None:
+        try:
+            fields, unreadable = await self._read_fields(state)
         except POLL_ERRORS as exc:
             return self._failed(state, exc)
         return self._succeeded(state, fields, unreadable)
@@ -322,19 +361,16 @@ class ModbusLink:
     async def poll(self, state: DeviceState) -> Sample | None:
         """Read every planned request of one device (caller holds the link)."""
         state.polls += 1
-        try:
-            fields, unreadable = await self._read_fields(state)
-        except POLL_ERRORS as exc:
-            return self._failed(state, exc)
-        return self._succeeded(state, fields, unreadable)
+        return await self._one_by_one(state)
 
     def _succeeded(self, state: DeviceState, fields: dict[str, FieldValue],
-                   unreadable: list[str]) -> Sample | None:
+                   unreadable: list[str], t: int | None = None) -> Sample | None:
         if unreadable and unreadable != state.unreadable:
             log.warning("device %s refuses %s (illegal data address); check those addresses in profile %s",
                         state.spec.id, ", ".join(unreadable), state.profile.profile)
         state.unreadable = unreadable
-        t = self.now_ms()
+        if t is None:
+            t = self.now_ms()
         if state.ok is False:
             log.info("device %s on %s answers again", state.spec.id, self.link.name)
         state.ok, state.fail_streak, state.last_error = True, 0, ""
@@ -365,7 +401,8 @@ class ModbusLink:
         while i < len(state.plan):
             req = state.plan[i]
             try:
-                data = await self._read(state, req)
+                request, answer = await self._read(state, req)
+                read = _fields(req, state.profile, request, answer)
             except ModbusExceptionResponse as exc:
                 if exc.code != ILLEGAL_DATA_ADDRESS:
                     raise
@@ -378,7 +415,7 @@ class ModbusLink:
                 if i == len(state.plan) and not fields:
                     raise  # nothing at all is readable: the device (or its profile) is wrong
                 continue
-            fields.update(decode_read(req, state.profile, data))
+            fields.update(read)
             i += 1
         return fields, unreadable
 
@@ -409,14 +446,14 @@ class ModbusLink:
         req.request = (unit, request)
         return request
 
-    async def _read(self, state: DeviceState, req: ReadRequest) -> list[int]:
+    async def _read(self, state: DeviceState, req: ReadRequest) -> tuple[Request, bytes]:
         request = self._request(state, req)
         try:
             answer = await self.master.transact(request, state.timeout_s)
         finally:
             if state.pause_s:
                 await asyncio.sleep(state.pause_s)
-        return _values(req, request, answer)
+        return request, answer
 
     def _failed(self, state: DeviceState, exc: BaseException) -> Sample:
         code, reason = error_reason(exc)
@@ -444,5 +481,5 @@ class ModbusLink:
             if state.pause_s:
                 await asyncio.sleep(state.pause_s)
             back = ReadRequest(spec.table, spec.address, spec.registers, [spec])
-            data = await self._read(state, back)
+            data = _values(back, *await self._read(state, back))
         return field_value(spec, state.profile, data[: spec.registers])

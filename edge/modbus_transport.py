@@ -148,7 +148,27 @@ class TcpMaster:
         return fresh
 
     async def transact(self, request: Request, timeout_s: float) -> bytes:
-        return (await self.transact_many([request], timeout_s))[0]
+        """One transaction (the common poll: one read of one device): `transact_many`
+        without its lists."""
+        proto = self._protocol
+        if proto is None or proto.lost:
+            proto = await self._connection()
+        loop = asyncio.get_running_loop()
+        self._tid = tid = self._tid % 0xFFFF + 1
+        fut: asyncio.Future[bytes] = loop.create_future()
+        proto.pending[tid] = fut
+        deadline = loop.time() + timeout_s
+        self._deadlines[tid] = (deadline, fut)
+        assert proto.transport is not None
+        proto.transport.write(_MBAP.pack(tid, 0, len(request.pdu) + 1, request.unit) + request.pdu)
+        self.requests += 1
+        if deadline < self._timer_at or self._timer_loop is not loop:
+            self._arm(loop, deadline)
+        try:
+            return (await self._collect([(tid, fut, request)], timeout_s))[0]
+        finally:
+            proto.pending.pop(tid, None)  # a late answer then has no future: dropped
+            self._deadlines.pop(tid, None)
 
     def _send(self, proto: _MbapProtocol, loop: asyncio.AbstractEventLoop,
               batches: Sequence[tuple[Sequence[Request], float]]) -> list[list[_Sent]]:

@@ -29,6 +29,9 @@ class ReadRequest:
         field(default=None, compare=False, repr=False)
     #: (unit, request PDU) of the last read built for it: the same bytes every poll.
     request: tuple[int, Request] | None = field(default=None, compare=False, repr=False)
+    #: (profile, the whole-read decoder or None): built by edge.decoding on first use.
+    fast: tuple[object, Callable[[bytes], dict[str, FieldValue]] | None] | None = \
+        field(default=None, compare=False, repr=False)
 
     @property
     def end(self) -> int:

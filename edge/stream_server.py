@@ -7,7 +7,6 @@ for the link's `idle_timeout_s` is closed; nothing a connection sends can stop a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 
@@ -27,6 +26,8 @@ class Session:
         self.server = server
         self.peer = peer
         self.reasons: Counter[str] = Counter()
+        #: When the connection last brought bytes (loop time): the idle sweep reads it.
+        self.last_rx = 0.0
 
     def feed(self, data: bytes) -> list[bytes]:
         raise NotImplementedError
@@ -43,19 +44,64 @@ class Session:
                         message, more)
 
 
+class _DeviceConnection(asyncio.Protocol):
+    """One device's TCP connection: bytes in to its session, answers out, no task or
+    stream object per connection (one device message costs one callback)."""
+
+    def __init__(self, server: StreamServerInput) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        addr = transport.get_extra_info("peername")
+        peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        self.session = self.server.session(peer)
+        self.session.last_rx = self.loop.time()
+        self.server.connections[self] = self.session
+
+    def data_received(self, data: bytes) -> None:
+        session, transport = self.session, self.transport
+        assert session is not None and transport is not None
+        session.last_rx = self.loop.time()
+        try:
+            answers = session.feed(data)
+        except Exception:  # a bug must not cost the device its connection or others theirs
+            log.exception("%s link %s: %s: message handling failed", self.server.link.transport,
+                          self.server.link.name, session.peer)
+            self.server.telemetry.protocol_error(self.server.link.name, "internal")
+            return
+        if answers:
+            transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.session is not None:
+            log.info("%s link %s: %s dropped: %s", self.server.link.transport, self.server.link.name,
+                     self.session.peer, exc)
+        self.server.connections.pop(self, None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 class StreamServerInput(PushedInput):
     def __init__(self, link: LinkSpec, *, sink: SampleSink, telemetry: SelfTelemetry) -> None:
         super().__init__(sink=sink, telemetry=telemetry)
         self.link = link
-        self.connections = 0
         self.server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        #: The open connections and their sessions.
+        self.connections: dict[_DeviceConnection, Session] = {}
 
     def session(self, peer: str) -> Session:
         raise NotImplementedError
 
     async def start(self) -> asyncio.Server:
-        self.server = await asyncio.start_server(self._serve, self.link.host, self.link.port)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _DeviceConnection(self), self.link.host, self.link.port)
         return self.server
 
     async def run(self) -> None:
@@ -65,51 +111,31 @@ class StreamServerInput(PushedInput):
             log.error("%s link %s cannot listen on %s:%d: %s; fix: free the port or set the link's port",
                       self.link.transport, self.link.name, self.link.host, self.link.port, exc.strerror or exc)
             raise
+        sweep = asyncio.create_task(self._close_idle())
         try:
             async with server:
                 await server.serve_forever()
         finally:
+            sweep.cancel()
             # the devices must see the agent go (they hold their data until it is back)
-            for writer in list(self._writers):
-                writer.close()
+            for connection in list(self.connections):
+                connection.close()
+
+    async def _close_idle(self) -> None:
+        """Close the connections silent for `idle_timeout_s` (one sweep for all of them,
+        not a timer per read)."""
+        limit = self.link.idle_timeout_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(limit / 4, 30.0))
+            now = loop.time()
+            for connection, session in list(self.connections.items()):
+                if now - session.last_rx >= limit:
+                    log.info("%s link %s: %s silent for %.0f s, closed", self.link.transport, self.link.name,
+                             session.peer, limit)
+                    connection.close()
 
     @property
     def port(self) -> int:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        addr = writer.get_extra_info("peername")
-        peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-        session = self.session(peer)
-        self.connections += 1
-        self._writers.add(writer)
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.link.idle_timeout_s):
-                        data = await reader.read(65536)
-                except TimeoutError:
-                    log.info("%s link %s: %s silent for %.0f s, closed", self.link.transport, self.link.name,
-                             peer, self.link.idle_timeout_s)
-                    break
-                if not data:
-                    break
-                try:
-                    answers = session.feed(data)
-                except Exception:  # a bug must not cost the device its connection or others theirs
-                    log.exception("%s link %s: %s: message handling failed", self.link.transport,
-                                  self.link.name, peer)
-                    self.telemetry.protocol_error(self.link.name, "internal")
-                    continue
-                if answers:
-                    writer.write(b"".join(answers))
-                    await writer.drain()
-        except (ConnectionError, OSError) as exc:
-            log.info("%s link %s: %s dropped: %s", self.link.transport, self.link.name, peer, exc)
-        finally:
-            self.connections -= 1
-            self._writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()

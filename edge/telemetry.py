@@ -115,6 +115,28 @@ class SelfTelemetry:
         _observe(self.latency_hist, link, latency_s)
         self.requests_by_link[link] += requests
 
+    def polls_done(self, link: str, jitters_s: list[float], latency_s: float, requests: int) -> None:
+        """`poll_done` for the devices of one coalesced exchange (one latency, their own jitters)."""
+        n = len(jitters_s)
+        self.polls += n
+        self.modbus_requests += requests
+        self.jitter_s.extend(jitters_s)
+        self.latency_s.extend([latency_s] * n)
+        jitter = self.jitter_hist.get(link)
+        if jitter is None:
+            jitter = self.jitter_hist[link] = ([0] * (len(_LATENCY_BUCKETS) + 1), [0.0])
+        counts, total = jitter
+        for value in jitters_s:
+            value = max(0.0, value)
+            counts[bisect.bisect_left(_LATENCY_BUCKETS, value)] += 1
+            total[0] += value
+        latency = self.latency_hist.get(link)
+        if latency is None:
+            latency = self.latency_hist[link] = ([0] * (len(_LATENCY_BUCKETS) + 1), [0.0])
+        latency[0][bisect.bisect_left(_LATENCY_BUCKETS, latency_s)] += n
+        latency[1][0] += latency_s * n
+        self.requests_by_link[link] += requests
+
     def poll_failed(self, reason_code: str) -> None:
         self.errors[reason_code] += 1
         self._errors.labels(reason_code).inc()

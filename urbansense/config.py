@@ -260,9 +260,10 @@ class LinkSpec(_Model):
     #: TCP only: send a device's reads back to back (distinct transaction ids) and wait for
     #: all answers, instead of one read at a time. Only for devices that accept it.
     pipeline: bool = False
-    #: TCP with `pipeline: true` only: when the link's scheduler wakes, every device due
-    #: within the next `coalesce_ms` is polled with it, all their reads in one write.
-    #: 0 (the default): one device per exchange.
+    #: When the link's scheduler wakes, every device due within the next `coalesce_ms` is
+    #: polled with it: with `pipeline: true` all their reads in one write; otherwise one
+    #: after another in the same turn, without waking for each (a scan class).
+    #: 0 (the default): each device at its own time.
     coalesce_ms: float = Field(default=0.0, ge=0, le=1000)
     #: Cap on the requests one coalesced exchange has in flight (gateways limit them).
     max_outstanding: int = Field(default=32, ge=1, le=1000)
@@ -337,10 +338,9 @@ class LinkSpec(_Model):
                              f"{self.modbus_framing} frames go one at a time")
         if self.transport == "rtu" and self.serial is None:
             raise ValueError("an rtu link needs 'serial: {port: /dev/ttyUSB0, baudrate: 9600}'")
-        if self.coalesce_ms > 0 and (self.transport != "tcp" or not self.pipeline):
-            raise ValueError(f"link {self.name}: coalesce_ms needs a tcp link with 'pipeline: true' "
-                             f"(it sends several devices' reads in one write); got transport "
-                             f"{self.transport!r}, pipeline {self.pipeline}")
+        if self.coalesce_ms > 0 and self.transport not in ("tcp", "rtu"):
+            raise ValueError(f"link {self.name}: coalesce_ms is for Modbus links (tcp, rtu), not "
+                             f"{self.transport}")
         return self
 
 

@@ -74,17 +74,33 @@ class Hj212Error(ValueError):
     """A packet that cannot be read; str() says what is wrong with it."""
 
 
-def crc16(data: bytes) -> int:
-    """The standard's CRC16 over the data segment (not the Modbus CRC: the register
-    takes the byte into its low half after a shift right by 8)."""
-    reg = 0xFFFF
-    for byte in data:
-        reg = (reg >> 8) ^ byte
+def _crc_table() -> list[int]:
+    table = []
+    for low in range(256):
+        reg = low
         for _ in range(8):
             carry = reg & 1
             reg >>= 1
             if carry:
                 reg ^= 0xA001
+        table.append(reg)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16(data: bytes) -> int:
+    """The standard's CRC16 over the data segment (not the Modbus CRC: the register
+    takes the byte into its low half after a shift right by 8). Per byte the standard
+    says: reg = (reg >> 8) ^ byte, then eight shifts right, XOR-ing 0xA001 after each
+    that shifts out a 1. The high byte never reaches bit 0 within those eight, so the
+    eight shifts are (reg >> 8) ^ table[reg & 0xFF]."""
+    reg = 0xFFFF
+    table = _CRC_TABLE
+    for byte in data:
+        reg = (reg >> 8) ^ byte
+        reg = (reg >> 8) ^ table[reg & 0xFF]
     return reg
 
 

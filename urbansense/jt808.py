@@ -80,6 +80,7 @@ ITEMS: frozenset[str] = frozenset(
     + [f"alarm.{n}" for n in ALARM_BITS] + [f"status.{n}" for n in STATUS_BITS]
     + [name for name, _f, _s in EXTRA_ITEMS.values()])
 BODY_MAX = 1023
+_PLAIN = frozenset(["lat", "lon", "altitude_m", "speed_kmh", "heading_deg"])
 CHINA = dt.timezone(dt.timedelta(hours=8))
 
 
@@ -93,6 +94,8 @@ def escape(data: bytes) -> bytes:
 
 
 def unescape(data: bytes) -> bytes:
+    if 0x7D not in data:
+        return bytes(data)
     out = bytearray()
     i, n = 0, len(data)
     while i < n:
@@ -109,9 +112,13 @@ def unescape(data: bytes) -> bytes:
 
 
 def check_code(data: bytes) -> int:
-    x = 0
-    for b in data:
-        x ^= b
+    """XOR of every byte, folded in halves on one integer (log2(n) steps, not n)."""
+    x = int.from_bytes(data, "little")
+    width = len(data)
+    while width > 1:
+        half = (width + 1) // 2
+        x = (x & ((1 << (8 * half)) - 1)) ^ (x >> (8 * half))
+        width = half
     return x
 
 
@@ -309,6 +316,17 @@ class Location:
     extras: dict[str, float] = field(default_factory=dict)
     #: Additional items this codec does not name: id -> raw bytes.
     unknown: dict[int, bytes] = field(default_factory=dict)
+
+    def item(self, name: str) -> float | int | bool | None:
+        """One item a profile field can map (`jt808:` names); None if the report has none."""
+        if name in _PLAIN:
+            return getattr(self, name)
+        kind, _, bit_name = name.partition(".")
+        if kind == "alarm":
+            return bool(self.alarms >> ALARM_BITS[bit_name] & 1)
+        if kind == "status":
+            return bool(self.status >> STATUS_BITS[bit_name] & 1)
+        return self.extras.get(name)
 
     def items(self) -> dict[str, float | int | bool]:
         """Everything a profile field can map (`jt808:` names), by name."""

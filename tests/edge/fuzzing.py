@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import random
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 
 
 def fuzzed_stream(good: bytes, seed: int, rounds: int = 3000) -> Iterator[bytes]:
@@ -24,3 +27,26 @@ def fuzzed_stream(good: bytes, seed: int, rounds: int = 3000) -> Iterator[bytes]
             yield bytes(mutated)
         else:
             yield good
+
+
+def retained_growth(feed: Callable[[bytes], object], chunks: Iterator[bytes], *, warmup: int = 1000,
+                    measured: int = 2000) -> int:
+    """Bytes still allocated after `measured` more chunks than after a warm-up of
+    `warmup` (tracemalloc): what a session would keep for ever from a stream of garbage.
+    Log records are held back meanwhile (pytest keeps them in memory)."""
+    quiet = logging.getLogger("urbansense.edge")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    tracemalloc.start()
+    try:
+        for _ in range(warmup):
+            feed(next(chunks))
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(measured):
+            feed(next(chunks))
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        quiet.setLevel(level)

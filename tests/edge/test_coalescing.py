@@ -95,14 +95,7 @@ def test_the_scheduler_coalesces_and_a_silent_unit_does_not_stall_the_link(tmp_p
         sim.devices[(sim.ports[0], 4)].silent = True
         link, samples = _link(tmp_path, sim, interval_s=0.1, pipeline=True, coalesce_ms=80)
 
-        async def run_for(seconds: float) -> None:
-            task = asyncio.create_task(link.run())
-            await asyncio.sleep(seconds)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-
-        asyncio.run(run_for(1.5))
+        asyncio.run(_run_for(link, 1.5))
         polls = link.telemetry.polls
         segments = sum(ep.context.segments for ep in sim.endpoints)
     healthy = [s for s in samples if s.dev != "dev-0-4"]
@@ -112,6 +105,25 @@ def test_the_scheduler_coalesces_and_a_silent_unit_does_not_stall_the_link(tmp_p
     silent = [s for s in samples if s.dev == "dev-0-4"]
     assert silent and all(s.q == "bad" for s in silent)
     assert segments < polls  # several devices per exchange
+
+
+def test_a_scan_class_without_pipelining_polls_one_after_another(tmp_path: Path) -> None:
+    """`coalesce_ms` on a link that takes one request at a time: the devices due in the
+    window are polled in the same turn of the scheduler, one after another (polled early:
+    negative jitter), each answer before the next request; a silent one is bad each time
+    and the others are not held up beyond its time-out."""
+    with ModbusSim(write_gateway_profile(tmp_path), endpoints=1, units=4) as sim:
+        sim.devices[(sim.ports[0], 4)].silent = True
+        link, samples = _link(tmp_path, sim, interval_s=0.2, coalesce_ms=200, timeout_s=0.05)
+
+        asyncio.run(_run_for(link, 1.5))
+        segments = sum(ep.context.segments for ep in sim.endpoints)
+    healthy = [s for s in samples if s.dev != "dev-0-4"]
+    assert {s.dev for s in healthy} == {"dev-0-1", "dev-0-2", "dev-0-3"}
+    assert all(s.q == "good" for s in healthy) and len(healthy) >= 3 * 5
+    assert all(s.q == "bad" for s in samples if s.dev == "dev-0-4")
+    assert segments == link.master.requests - link.telemetry.errors["timeout"]  # one request per segment
+    assert min(link.telemetry.jitter_s) < -0.02  # devices polled ahead of their own slot
 
 
 def test_an_illegal_address_in_a_group_falls_back_for_that_device_only(tmp_path: Path) -> None:
@@ -169,11 +181,11 @@ def test_a_command_write_gets_the_link_between_groups(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("opts", "message"), [
-    ({"coalesce_ms": 5}, "coalesce_ms needs a tcp link with 'pipeline: true'"),
+    ({"coalesce_ms": 5, "transport": "mqtt"}, "coalesce_ms is for Modbus links (tcp, rtu), not mqtt"),
     ({"coalesce_ms": -1, "pipeline": True}, "coalesce_ms"),
     ({"coalesce_ms": 5, "pipeline": True, "max_outstanding": 0}, "max_outstanding"),
 ])
-def test_coalesce_needs_a_pipelined_tcp_link(tmp_path: Path, opts: dict[str, Any], message: str) -> None:
+def test_coalesce_is_for_modbus_links(tmp_path: Path, opts: dict[str, Any], message: str) -> None:
     cfg = {"gateway": "gw", "district": "test", "links": [
         {"name": "l", "transport": "tcp", "devices": [{"id": "d", "profile": "test-meter", "unit": 1}], **opts}]}
     with pytest.raises(ConfigError) as err:
@@ -182,6 +194,15 @@ def test_coalesce_needs_a_pipelined_tcp_link(tmp_path: Path, opts: dict[str, Any
 
 
 # ---------------------------------------------------------------------------- helpers
+
+async def _run_for(link: ModbusLink, seconds: float) -> None:
+    """The link's own scheduler for a while, then cancelled."""
+    task = asyncio.create_task(link.run())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
 
 def write_gateway_profile(tmp_path: Path) -> Path:
     return write_profile(tmp_path / "sim-profiles", METER_PROFILE)

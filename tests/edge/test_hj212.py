@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.hj212_input import map_items
-from tests.edge.fuzzing import fuzzed_stream
+from tests.edge.fuzzing import fuzzed_stream, retained_growth
 from urbansense import hj212
 from urbansense.config import load_profile
 from urbansense.registry import find_profile
@@ -157,3 +157,60 @@ def test_fuzzed_streams_never_crash_a_session() -> None:
         session.feed(data)
         assert len(session.reader.buf) <= session.reader.max_buffer + 200
     assert samples, "the good packets among the noise were read"
+    # and it keeps nothing from the stream (the samples go to the sink, which drops them here)
+    server.sink = lambda _sample: None
+    assert retained_growth(session.feed, fuzzed_stream(good, 2120, rounds=10_000)) < 64 * 1024
+
+
+def _crc_as_the_standard_writes_it(data: bytes) -> int:
+    reg = 0xFFFF
+    for byte in data:
+        reg = (reg >> 8) ^ byte
+        for _ in range(8):
+            carry = reg & 1
+            reg >>= 1
+            if carry:
+                reg ^= 0xA001
+    return reg
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=1100))
+def test_the_table_crc_is_the_standard_s_bitwise_crc(data: bytes) -> None:
+    assert hj212.crc16(data) == _crc_as_the_standard_writes_it(data)
+
+
+def test_a_silent_connection_is_closed_and_a_talking_one_kept() -> None:
+    """The link's idle sweep closes a connection that sent nothing for idle_timeout_s and
+    keeps one that talks (one sweep for all connections, not a timer per read)."""
+    import asyncio
+
+    from application.stack import free_port
+    from edge.hj212_input import Hj212Link
+    from edge.telemetry import SelfTelemetry
+    from urbansense.config import LinkSpec
+
+    port = free_port()
+    link = LinkSpec.model_validate({"name": "env", "transport": "hj212", "port": port, "idle_timeout_s": 0.4,
+                                    "devices": [{"id": "aq-1", "profile": "air-quality-station", "ident": "AQ1"}]})
+    server = Hj212Link(link, {"air-quality-station": load_profile(_path("air-quality-station"))},
+                       sink=lambda _s: None, telemetry=SelfTelemetry("gw"))
+
+    async def scenario() -> tuple[bytes, bool]:
+        task = asyncio.create_task(server.run())
+        await asyncio.sleep(0.1)
+        silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
+        talking_reader, talking = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(8):  # 1.2 s of keeping the second one busy
+            talking.write(b"#")
+            await asyncio.sleep(0.15)
+        closed = await asyncio.wait_for(silent_reader.read(), 2.0)  # b"": closed by the agent
+        alive = not talking_reader.at_eof() and len(server.connections) == 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        silent.close()
+        talking.close()
+        return closed, alive
+
+    closed, alive = asyncio.run(scenario())
+    assert closed == b"" and alive
