@@ -197,8 +197,8 @@ def test_a_silent_connection_is_closed_and_a_talking_one_kept() -> None:
                        sink=lambda _s: None, telemetry=SelfTelemetry("gw"))
 
     async def scenario() -> tuple[bytes, bool]:
+        await server.start()  # listening before the clients connect
         task = asyncio.create_task(server.run())
-        await asyncio.sleep(0.1)
         silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
         talking_reader, talking = await asyncio.open_connection("127.0.0.1", port)
         for _ in range(8):  # 1.2 s of keeping the second one busy
