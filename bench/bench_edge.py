@@ -87,6 +87,13 @@ def main() -> int:
                          "(link coalesce_ms; default 0: one device per exchange)")
     ap.add_argument("--fields", type=int, default=10, choices=range(1, 11), metavar="1..10",
                     help="fields per device: the profile's first N (issue 20's workload: 6, one read)")
+    ap.add_argument("--commit-interval-s", type=float, default=None,
+                    help="the log's group-commit interval (wal commit_interval_s; default: the agent's)")
+    ap.add_argument("--pin", action="store_true",
+                    help="the agent on the last core, everything else (devices, broker, collector) on the others")
+    ap.add_argument("--status-interval-s", type=float, default=30.0,
+                    help="the agent's status message period (polling.status_interval_s; default 30, the "
+                         "agent's own): the jitter figures come from the first status after the window")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     BENCH_PROFILE["fields"] = BENCH_PROFILE["fields"][:args.fields]
@@ -118,8 +125,11 @@ def main() -> int:
     metrics_port = free_port()
     cfg = {"gateway": "bench-gw", "district": "bench", "poll_interval_s": args.interval,
            "profiles_dir": str(tmp / "profiles"),
-           "batch": {"max_samples": 500, "max_interval_s": 1.0}, "polling": {"status_interval_s": 5.0},
+           "batch": {"max_samples": 500, "max_interval_s": 1.0},
+           "polling": {"status_interval_s": args.status_interval_s},
            "metrics": {"port": metrics_port}, "links": links}
+    if args.commit_interval_s is not None:
+        cfg["wal"] = {"commit_interval_s": args.commit_interval_s}
     gw_path = tmp / "bench-gw.yaml"
     gw_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
@@ -171,7 +181,7 @@ def main() -> int:
         requests = sum(ep.context.requests for ep in endpoints) - req0
         hwm = _status_kb(agent.pid, "VmHWM")
         measured_samples, measured_bad = samples, bad
-        pump(5.5)  # one more status message, covering the measured window
+        pump(args.status_interval_s + 0.5)  # one more status message, covering the measured window
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(30)
@@ -185,6 +195,7 @@ def main() -> int:
     result = {
         "devices": n, "fields_per_device": fields, "endpoints": len(endpoints), "measured_s": round(elapsed, 1),
         "interval_s": args.interval, "pipeline": args.pipeline, "coalesce_ms": args.coalesce_ms,
+        "commit_interval_s": args.commit_interval_s, "pinned": args.pin,
         "agent_cpu_share_of_one_core": round(cpu, 3),
         "agent_cpu_us_per_poll": round(1e6 * cpu * args.interval / n, 1),
         "of_which_kernel_us_per_poll": round(1e6 * (sys1 - sys0) / elapsed * args.interval / n, 1),

@@ -26,7 +26,7 @@ from urbansense.clock import now_ms
 from urbansense.config import LoadedGateway
 from urbansense.mqtt import Message, MqttClient, MqttSettings, Will
 from urbansense.paths import default_run_dir
-from urbansense.schema import GatewayStatus, Sample
+from urbansense.schema import GatewayStatus
 
 log = logging.getLogger("urbansense.edge")
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -79,24 +79,21 @@ class EdgeAgent:
                 continue
             if link.transport == "mqtt":
                 self.pushed_links[link.name] = MqttInputLink(link, gateway.profiles, gateway=cfg.gateway,
-                                                             sink=self.emit, telemetry=self.telemetry)
+                                                             sink=self.forwarder.add, telemetry=self.telemetry)
             elif link.transport == "hj212":
-                self.pushed_links[link.name] = Hj212Link(link, gateway.profiles, sink=self.emit,
+                self.pushed_links[link.name] = Hj212Link(link, gateway.profiles, sink=self.forwarder.add,
                                                          telemetry=self.telemetry)
             elif link.transport == "jt808":
-                self.pushed_links[link.name] = Jt808Link(link, gateway.profiles, sink=self.emit,
+                self.pushed_links[link.name] = Jt808Link(link, gateway.profiles, sink=self.forwarder.add,
                                                          telemetry=self.telemetry)
             else:
                 self.links[link.name] = ModbusLink(link, gateway.profiles, default_interval_s=cfg.poll_interval_s,
-                                                   polling=cfg.polling, sink=self.emit, telemetry=self.telemetry)
+                                                   polling=cfg.polling, sink=self.forwarder.add,
+                                                   telemetry=self.telemetry)
         self._stop = asyncio.Event()
         self._commands: set[asyncio.Future[dict[str, Any]]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = time.monotonic()
-
-    # ------------------------------------------------------------------ samples
-    def emit(self, sample: Sample) -> None:
-        self.forwarder.add(sample)
 
     # ------------------------------------------------------------------ status
     def device_states(self) -> dict[str, str]:

@@ -142,6 +142,9 @@ def _fields(req: ReadRequest, profile: Profile, request: Request, answer: bytes)
 
 def _decode_all(state: DeviceState, requests: list[Request], answers: list[bytes]) -> dict[str, FieldValue]:
     """A device's fields from the answers to its planned reads, in plan order."""
+    plan = state.plan
+    if len(plan) == 1 and len(answers) == 1:  # the common device: one read
+        return _fields(plan[0], state.profile, requests[0], answers[0])
     fields: dict[str, FieldValue] = {}
     for req, request, answer in zip(state.plan, requests, answers, strict=True):
         fields.update(_fields(req, state.profile, request, answer))
@@ -365,25 +368,27 @@ class ModbusLink:
 
     def _succeeded(self, state: DeviceState, fields: dict[str, FieldValue],
                    unreadable: list[str], t: int | None = None) -> Sample | None:
-        if unreadable and unreadable != state.unreadable:
-            log.warning("device %s refuses %s (illegal data address); check those addresses in profile %s",
-                        state.spec.id, ", ".join(unreadable), state.profile.profile)
-        state.unreadable = unreadable
+        if unreadable != state.unreadable:
+            if unreadable:
+                log.warning("device %s refuses %s (illegal data address); check those addresses in profile %s",
+                            state.spec.id, ", ".join(unreadable), state.profile.profile)
+            state.unreadable = unreadable
         if t is None:
             t = self.now_ms()
-        if state.ok is False:
-            log.info("device %s on %s answers again", state.spec.id, self.link.name)
-        state.ok, state.fail_streak, state.last_error = True, 0, ""
-        self.telemetry.device_state(state.spec.id, True)
-        urgent = is_urgent(state, fields)
+        if state.ok is not True:  # first poll, or answers again: every poll comes here
+            if state.ok is False:
+                log.info("device %s on %s answers again", state.spec.id, self.link.name)
+            state.ok, state.fail_streak, state.last_error = True, 0, ""
+            self.telemetry.device_state(state.spec.id, True)
+        urgent = is_urgent(state, fields) if state.urgent_fields else False
         fields = state.deadband.filter(fields, t)
         if not fields:
             return None
-        self.telemetry.sample_taken()
+        self.telemetry.samples += 1
         if unreadable:
             return Sample(dev=state.spec.id, m=state.profile.measurement, t=t, f=fields, q="uncertain",
                           err=f"unreadable: {', '.join(unreadable)}", urgent=urgent)
-        return Sample(dev=state.spec.id, m=state.profile.measurement, t=t, f=fields, urgent=urgent)
+        return Sample(state.spec.id, state.profile.measurement, t, fields, "good", None, urgent)
 
     async def _read_fields(self, state: DeviceState) -> tuple[dict[str, FieldValue], list[str]]:
         """Every field of one device, and the fields it refuses (illegal data address)."""

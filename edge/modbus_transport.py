@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from edge.modbus_pdu import (
     ModbusLinkError,
@@ -57,7 +57,6 @@ class ModbusMaster(Protocol):
 RECONNECT_AFTER_TIMEOUTS = 3
 _MBAP = struct.Struct(">HHHB")
 _MBAP_HEAD = struct.Struct(">HHH")
-_Sent = tuple[int, "asyncio.Future[bytes]", Request]
 #: What ends one device's batch in `transact_batches` without failing the others.
 _DEVICE_ERRORS = (ModbusTimeout, ModbusLinkError, ModbusProtocolError)
 
@@ -87,35 +86,85 @@ async def _open(factory: Callable[[], P], host: str, port: int, timeout_s: float
     return proto
 
 
+class _Exchange:
+    """The answers to one coalesced write (`transact_batches`): a single completion for
+    every request in it instead of a future each. Each batch (one device's reads) keeps
+    its own deadline; the exchange completes when every request is answered or given up."""
+
+    __slots__ = ("answers", "batches", "expired", "future", "pending", "waiting")
+
+    def __init__(self, future: asyncio.Future[None], pending: dict[int, asyncio.Future[bytes] | _Exchange]) -> None:
+        self.future = future
+        self.pending = pending  # the connection's transaction ids -> what waits on them
+        self.answers: dict[int, bytes] = {}
+        self.batches: list[tuple[float, list[int]]] = []  # (deadline, transaction ids)
+        self.expired: set[int] = set()  # batches whose deadline passed before all answers came
+        self.waiting = 0  # answers still expected
+
+    def answered(self, tid: int, frame: bytes) -> None:
+        self.answers[tid] = frame
+        self.waiting -= 1
+        if not self.waiting and not self.future.done():
+            self.future.set_result(None)
+
+    def expire(self, now: float) -> float:
+        """Give up the requests of every batch whose deadline has passed (a late answer
+        then finds no slot and is dropped); the next deadline still to come."""
+        upcoming = math.inf
+        for i, (deadline, tids) in enumerate(self.batches):
+            if i in self.expired:
+                continue
+            if deadline > now:
+                upcoming = min(upcoming, deadline)
+                continue
+            self.expired.add(i)
+            for tid in tids:
+                if self.pending.get(tid) is self:
+                    del self.pending[tid]
+                    self.waiting -= 1
+        if not self.waiting and not self.future.done():
+            self.future.set_result(None)
+        return upcoming
+
+
 class _MbapProtocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.pending: dict[int, asyncio.Future[bytes]] = {}
+        self.pending: dict[int, asyncio.Future[bytes] | _Exchange] = {}
         self.buffer = b""
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not isinstance: uvloop's transports do not derive from asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer + data if self.buffer else data
-        self.buffer = buf
-        while len(self.buffer) >= 7:
-            tid, _proto, length = _MBAP_HEAD.unpack_from(self.buffer)
-            if len(self.buffer) < 6 + length:
-                return
-            frame, self.buffer = self.buffer[6 : 6 + length], self.buffer[6 + length :]
-            fut = self.pending.pop(tid, None)
-            # A late answer to a request that already timed out has no future: dropped.
-            if fut is not None and not fut.done():
-                fut.set_result(frame)
+        pending = self.pending
+        pos, end = 0, len(buf)
+        while end - pos >= 7:
+            tid, _proto, length = _MBAP_HEAD.unpack_from(buf, pos)
+            if end - pos < 6 + length:
+                break
+            frame = buf[pos + 6 : pos + 6 + length]
+            pos += 6 + length
+            # A late answer to a request already given up has no slot: dropped.
+            slot = pending.pop(tid, None)
+            if slot is None:
+                continue
+            if isinstance(slot, _Exchange):
+                slot.answered(tid, frame)
+            elif not slot.done():
+                slot.set_result(frame)
+        self.buffer = buf[pos:] if pos < end else b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(ModbusLinkError(f"connection closed: {exc or 'by peer'}"))
+        error = ModbusLinkError(f"connection closed: {exc or 'by peer'}")
+        for slot in self.pending.values():
+            done = slot.future.done() if isinstance(slot, _Exchange) else slot.done()
+            if not done:
+                (slot.future if isinstance(slot, _Exchange) else slot).set_exception(error)
         self.pending.clear()
 
 
@@ -134,6 +183,7 @@ class TcpMaster:
         self._tid = 0
         self._timeouts = 0  # in a row, across all units: one healthy answer resets it
         self._deadlines: dict[int, tuple[float, asyncio.Future[bytes]]] = {}  # tid -> (deadline, answer)
+        self._exchanges: set[_Exchange] = set()  # coalesced writes still waiting for answers
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._timer_loop: asyncio.AbstractEventLoop | None = None
@@ -165,45 +215,6 @@ class TcpMaster:
         if deadline < self._timer_at or self._timer_loop is not loop:
             self._arm(loop, deadline)
         try:
-            return (await self._collect([(tid, fut, request)], timeout_s))[0]
-        finally:
-            proto.pending.pop(tid, None)  # a late answer then has no future: dropped
-            self._deadlines.pop(tid, None)
-
-    def _send(self, proto: _MbapProtocol, loop: asyncio.AbstractEventLoop,
-              batches: Sequence[tuple[Sequence[Request], float]]) -> list[list[_Sent]]:
-        """Write every batch's requests in one write (distinct transaction ids); each
-        batch has its own deadline. Returns each batch's (tid, answer, request)."""
-        now = loop.time()
-        earliest = math.inf
-        out: list[list[_Sent]] = []
-        frames: list[bytes] = []
-        for requests, timeout_s in batches:
-            deadline = now + timeout_s
-            earliest = min(earliest, deadline)
-            sent: list[_Sent] = []
-            for request in requests:
-                self._tid = tid = self._tid % 0xFFFF + 1
-                fut: asyncio.Future[bytes] = loop.create_future()
-                proto.pending[tid] = fut
-                self._deadlines[tid] = (deadline, fut)
-                sent.append((tid, fut, request))
-                frames.append(_MBAP.pack(tid, 0, len(request.pdu) + 1, request.unit) + request.pdu)
-            out.append(sent)
-        assert proto.transport is not None
-        proto.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
-        self.requests += len(frames)
-        # Not asyncio.timeout (never wait_for: see _connection): one timer per transaction,
-        # cancelled a millisecond later, costs more than the rest of the transaction; the
-        # master's single timer (_arm) fires only when the earliest deadline has passed.
-        if earliest < self._timer_at or self._timer_loop is not loop:
-            self._arm(loop, earliest)
-        return out
-
-    async def _collect(self, sent: list[_Sent], timeout_s: float) -> list[bytes]:
-        """The answers of one batch, in order; raises on the first that fails."""
-        answers: list[bytes] = []
-        for _tid, fut, request in sent:
             try:
                 answer = await fut
             except ModbusTimeout:
@@ -217,51 +228,94 @@ class TcpMaster:
             self._timeouts = 0
             if answer[0] != request.unit:
                 raise ModbusProtocolError(f"answer from unit {answer[0]}, asked unit {request.unit}")
-            answers.append(answer[1:])
-        return answers
-
-    def _forget(self, proto: _MbapProtocol, sent: list[_Sent], ok: bool) -> None:
-        for tid, fut, _request in sent:
+            return answer[1:]
+        finally:
             proto.pending.pop(tid, None)  # a late answer then has no future: dropped
             self._deadlines.pop(tid, None)
-            if not ok and fut.done() and not fut.cancelled():
-                fut.exception()  # the ones after the failure: retrieved, so asyncio does not log them
 
     async def transact_many(self, requests: Sequence[Request], timeout_s: float) -> list[bytes]:
         """Send the requests back to back in one write (Modbus TCP pipelining: distinct
-        transaction ids) and return their answers in order; one request is a plain
-        transaction. All share one deadline. Raises on the first that fails."""
-        proto = await self._connection()
-        sent = self._send(proto, asyncio.get_running_loop(), [(requests, timeout_s)])[0]
-        ok = False
-        try:
-            answers = await self._collect(sent, timeout_s)
-            ok = True
-        finally:
-            self._forget(proto, sent, ok)
-        return answers
+        transaction ids) and return their answers in order. All share one deadline.
+        Raises the first failure."""
+        result = (await self.transact_batches([(requests, timeout_s)]))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     async def transact_batches(self, batches: Sequence[tuple[Sequence[Request], float]]
                                ) -> list[list[bytes] | Exception]:
         """Several devices' requests in one write (link `coalesce_ms`): each batch (one
         device's reads, its own time-out) gets its answers or the error that ended it; a
-        batch that fails does not fail the others. The answers are collected as they come."""
-        proto = await self._connection()
-        sent_all = self._send(proto, asyncio.get_running_loop(), batches)
-        results: list[list[bytes] | Exception] = []
+        batch that fails does not fail the others. One completion for the whole exchange
+        (`_Exchange`): no future, timer or task wake-up per request."""
+        proto = self._protocol
+        if proto is None or proto.lost:
+            proto = await self._connection()
+        loop = asyncio.get_running_loop()
+        pending = proto.pending
+        exchange = _Exchange(loop.create_future(), pending)
+        now = loop.time()
+        tid = self._tid
+        frames: list[bytes] = []
+        for requests, timeout_s in batches:
+            tids: list[int] = []
+            for request in requests:
+                tid = tid % 0xFFFF + 1
+                pending[tid] = exchange
+                tids.append(tid)
+                frames.append(_MBAP.pack(tid, 0, len(request.pdu) + 1, request.unit) + request.pdu)
+            exchange.batches.append((now + timeout_s, tids))
+        self._tid = tid
+        exchange.waiting = len(frames)
+        assert proto.transport is not None
+        proto.transport.write(b"".join(frames))
+        self.requests += len(frames)
+        if not frames:
+            exchange.future.set_result(None)
+        self._exchanges.add(exchange)
+        earliest = min(deadline for deadline, _tids in exchange.batches) if exchange.batches else math.inf
+        if earliest < self._timer_at or self._timer_loop is not loop:
+            self._arm(loop, earliest)
+        lost: ModbusLinkError | None = None
         try:
-            for sent, (_requests, timeout_s) in zip(sent_all, batches, strict=True):
-                ok = False
-                try:
-                    results.append(await self._collect(sent, timeout_s))
-                    ok = True
-                except _DEVICE_ERRORS as exc:
-                    results.append(exc)
-                finally:
-                    self._forget(proto, sent, ok)
+            await exchange.future
+        except ModbusLinkError as exc:
+            lost = exc
         finally:
-            for sent in sent_all[len(results):]:  # cancelled part-way: nothing left pending
-                self._forget(proto, sent, False)
+            self._exchanges.discard(exchange)
+            if exchange.waiting:  # cancelled or the connection lost: nothing left pending
+                for _deadline, tids in exchange.batches:
+                    for t in tids:
+                        if pending.get(t) is exchange:
+                            del pending[t]
+        return await self._outcomes(exchange, batches, lost)
+
+    async def _outcomes(self, exchange: _Exchange, batches: Sequence[tuple[Sequence[Request], float]],
+                        lost: ModbusLinkError | None) -> list[list[bytes] | Exception]:
+        """Each batch's answers in request order, or the error that ended it; counts the
+        time-outs in a row as `transact` does (three with no answer between: reconnect)."""
+        answers = exchange.answers
+        results: list[list[bytes] | Exception] = []
+        for (_deadline, tids), (requests, timeout_s) in zip(exchange.batches, batches, strict=True):
+            out: list[bytes] = []
+            error: Exception | None = None
+            for t, request in zip(tids, requests, strict=True):
+                answer = answers.get(t)
+                if answer is None:
+                    error = lost
+                    if error is None:
+                        self._timeouts += 1
+                        if self._timeouts >= RECONNECT_AFTER_TIMEOUTS:
+                            await self.close()  # no unit answers any more: see transact
+                            self._timeouts = 0
+                        error = ModbusTimeout(f"no answer within {timeout_s:g} s")
+                    break
+                self._timeouts = 0
+                if answer[0] != request.unit:
+                    error = ModbusProtocolError(f"answer from unit {answer[0]}, asked unit {request.unit}")
+                    break
+                out.append(answer[1:])
+            results.append(out if error is None else error)
         return results
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
@@ -281,6 +335,8 @@ class TcpMaster:
                     fut.set_exception(ModbusTimeout("timed out"))
             else:
                 upcoming = min(upcoming, deadline)
+        for exchange in list(self._exchanges):
+            upcoming = min(upcoming, exchange.expire(now))
         if upcoming < math.inf:
             self._arm(loop, upcoming)
 
@@ -417,8 +473,8 @@ class _SerialFrameProtocol(asyncio.Protocol):
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not isinstance: uvloop's transports do not derive from asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data

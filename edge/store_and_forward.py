@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 
@@ -41,6 +40,15 @@ MAX_BATCH_BYTES = codec.MAX_PAYLOAD_BYTES * 3 // 4
 Outgoing = tuple[list[int], bytes, bool]
 
 
+#: How often the loop ticks while it replays a backlog or waits to go online.
+BUSY_TICK_S = 0.1
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class StoreAndForward:
     def __init__(self, wal: WriteAheadLog, mqtt: MqttClient, topic: str, *, gateway: str, district: str,
                  batch: BatchSpec, wal_spec: WalSpec, telemetry: SelfTelemetry,
@@ -50,7 +58,7 @@ class StoreAndForward:
         self.topic = topic
         self.max_samples = batch.max_samples
         self.max_interval_s = batch.max_interval_s
-        self.commit_interval_s = wal_spec.commit_interval_s
+        self.commit_interval_s = wal_spec.commit_interval_s or min(batch.max_interval_s, 1.0)
         self.replay_rate = wal_spec.replay_rate_per_s
         self.window = wal_spec.max_inflight_batches
         self.telemetry = telemetry
@@ -74,7 +82,8 @@ class StoreAndForward:
         self._started_with_backlog = wal.depth > 0
         self._connected_at = 0.0
         self._urgent_waiting = False
-        self._wake = asyncio.Event()
+        #: What the loop waits on between ticks (`wake` completes it early).
+        self._waiter: asyncio.Future[None] | None = None
         # cursors
         self._live_pos = wal.max_id()
         self._committed_max = self._live_pos
@@ -93,7 +102,7 @@ class StoreAndForward:
         """Queue a sample for the next group commit (at most commit_interval_s away)."""
         self._pending.append((sample.urgent, codec.dumps(sample.to_wire())))
         if sample.urgent:
-            self._wake.set()
+            self.wake()
 
     def on_puback(self, mid: int) -> None:  # network thread
         self._acks.append(mid)
@@ -116,21 +125,40 @@ class StoreAndForward:
         return len(self._pending) + max(0, self._committed_max - self._live_pos)
 
     def wake(self) -> None:
-        self._wake.set()
+        """Tick now rather than at the end of the commit interval (loop thread only)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # ------------------------------------------------------------------ loop
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            # asyncio.timeout, not wait_for (3.11's wait_for can swallow a cancellation)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.commit_interval_s):
-                    await self._wake.wait()
-            self._wake.clear()
+            # One future and one timer per tick: what asyncio.timeout around an Event costs
+            # twice over, ten times a second on every gateway.
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(self._tick_wait(), _release, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
             try:
                 self.tick()
             except Exception:  # never let one bad tick end forwarding; the log keeps the data
                 log.exception("store-and-forward tick failed; retrying")
                 await asyncio.sleep(1.0)
+
+    def _tick_wait(self) -> float:
+        """Live forwarding ticks once per commit interval (urgent samples and a new
+        connection wake it at once); replaying a backlog, or waiting to go online (the
+        resume delay, a lost connection), at least every BUSY_TICK_S."""
+        if self._online and self._backlog_pos >= self._backlog_upto and not self._inflight_full():
+            return self.commit_interval_s
+        return min(self.commit_interval_s, BUSY_TICK_S)
+
+    def _inflight_full(self) -> bool:
+        return len(self._inflight) >= self.window
 
     def tick(self, *, flush_live: bool = False) -> None:
         epoch, connected = self._epoch, self.mqtt.connected

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from typing import cast
 
 from edge.link import SampleSink
 from edge.pushed import PushedInput
@@ -55,8 +56,8 @@ class _DeviceConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not isinstance: uvloop's transports do not derive from asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
         addr = transport.get_extra_info("peername")
         peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
         self.session = self.server.session(peer)

@@ -20,6 +20,10 @@ log = logging.getLogger("urbansense.edge")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+#: Polls the status message's jitter and latency percentiles cover.
+RECENT_POLLS = 5000
+
+
 def _percentile(ordered: list[float], q: float) -> float:
     """The q-quantile of values sorted ascending."""
     if not ordered:
@@ -74,9 +78,10 @@ class SelfTelemetry:
         self.push_messages = 0
         self.protocol_errors: Counter[str] = Counter()
         self.commands: Counter[str] = Counter()
-        # Recent values only: bounded so memory does not grow with uptime.
-        self.jitter_s: deque[float] = deque(maxlen=20000)
-        self.latency_s: deque[float] = deque(maxlen=20000)
+        # Recent values only: bounded so memory does not grow with uptime, and so the status
+        # message's percentiles (two sorts) stay cheap: 20,000 cost 4 ms a status.
+        self.jitter_s: deque[float] = deque(maxlen=RECENT_POLLS)
+        self.latency_s: deque[float] = deque(maxlen=RECENT_POLLS)
         self.registry = CollectorRegistry()
         r = self.registry
         # Per-poll histograms: [bucket counts..., +Inf count] and sum, per link (_HotCounters).

@@ -22,6 +22,7 @@ import ssl
 import struct
 import threading
 from collections.abc import Sequence
+from typing import cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
@@ -189,8 +190,8 @@ class _EndpointConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not isinstance: uvloop's transports do not derive from asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
         self.endpoint.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

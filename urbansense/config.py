@@ -378,8 +378,11 @@ class WalSpec(_Model):
     path: str | None = None
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     replay_rate_per_s: float = Field(default=2000, gt=0)
-    #: New samples are committed to the log at least this often (group commit).
-    commit_interval_s: float = Field(default=0.1, gt=0, le=5)
+    #: New samples are committed to the log at least this often (group commit). Default:
+    #: as often as batches leave (batch.max_interval_s), at most 1 s: a sample then never
+    #: waits for the log longer than for its batch, and a gateway at 1 Hz polling does one
+    #: SQLite transaction a second instead of ten.
+    commit_interval_s: float | None = Field(default=None, gt=0, le=5)
     #: full: fsync every commit (survives power loss); normal: survives a killed process.
     sync: Literal["normal", "full"] = "normal"
     #: Telemetry batches awaiting PUBACK at once (flow control towards the broker).

@@ -13,8 +13,8 @@ from edge.modbus_transport import RECONNECT_AFTER_TIMEOUTS, TcpMaster, crc16, rt
 
 
 class AwkwardServer:
-    """Unit 1 answers after `slow_s`; unit 2 at once; unit 3 never; unit 4 with exception 2.
-    A register read returns the unit id in every register."""
+    """Unit 1 answers after `slow_s`; unit 2 at once; unit 3 never; unit 4 with exception 2;
+    unit 5 hangs up 50 ms later. A register read returns the unit id in every register."""
 
     def __init__(self, slow_s: float) -> None:
         self.slow_s = slow_s
@@ -42,6 +42,11 @@ class AwkwardServer:
                 _, _, count = struct.unpack(">BHH", pdu[:5])
                 if unit == 3:
                     continue
+                if unit == 5:
+                    task = asyncio.create_task(self._hang_up(writer))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+                    continue
                 if unit == 4:
                     body = bytes([0x83, 2])
                 else:
@@ -57,6 +62,11 @@ class AwkwardServer:
         await asyncio.sleep(delay)  # the slow unit answers while others are served
         if not writer.is_closing():
             writer.write(frame)
+
+
+    async def _hang_up(self, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.05)
+        writer.close()
 
 
 async def _read(master: TcpMaster, unit: int, timeout: float = 0.2) -> list[int]:
@@ -127,6 +137,7 @@ def test_a_cancel_that_meets_the_answer_is_not_swallowed() -> None:
         proto = master._protocol
         assert proto is not None and len(proto.pending) == 1
         (fut,) = proto.pending.values()
+        assert isinstance(fut, asyncio.Future)
         fut.set_result(bytes([1, 3, 6, 0, 7, 0, 7, 0, 7]))  # the answer lands ...
         task.cancel()  # ... in the same iteration as the stop
         with pytest.raises(asyncio.CancelledError):
@@ -167,3 +178,57 @@ def test_pipelined_reads_answer_in_order_and_a_silent_unit_fails_quietly(caplog:
         asyncio.run(scenario())
         gc.collect()
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+def test_a_coalesced_exchange_keeps_each_devices_own_deadline() -> None:
+    """transact_batches: one write, one completion, but each batch (device) has its own
+    time-out. Unit 1 answers after 0.15 s, past its 0.1-s deadline, while the exchange still
+    waits for the silent unit 3 (0.3 s): its late answer is dropped, not accepted, and not
+    paired with a later request; the answering devices keep their answers."""
+
+    async def scenario() -> None:
+        server = AwkwardServer(slow_s=0.15)
+        port = await server.start()
+        master = TcpMaster("127.0.0.1", port)
+        batches = [([read_request(1, "holding", 0, 2)], 0.1),
+                   ([read_request(2, "holding", 0, 2), read_request(2, "holding", 10, 1)], 1.0),
+                   ([read_request(3, "holding", 0, 2)], 0.3),
+                   ([read_request(4, "holding", 0, 2)], 1.0)]
+        results = await master.transact_batches(batches)
+        assert isinstance(results[0], ModbusTimeout)
+        assert not isinstance(results[1], Exception)
+        assert [parse_response(batches[1][0][i], results[1][i], batches[1][0][i].pdu[4]) for i in (0, 1)] \
+            == [[2, 2], [2]]
+        assert isinstance(results[2], ModbusTimeout)
+        assert not isinstance(results[3], Exception)
+        with pytest.raises(ModbusExceptionResponse):
+            parse_response(batches[3][0][0], results[3][0], 2)
+        assert master.requests == 5
+        assert await _read(master, 2) == [2, 2, 2]  # unit 1's late answer is not taken for this one
+        await master.close()
+        await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_lost_mid_exchange_keeps_the_answers_that_came() -> None:
+    """The endpoint hangs up while an exchange waits: the device already answered keeps its
+    answer, the others get the link error (not a time-out), and the next call reconnects."""
+    from edge.modbus_pdu import ModbusLinkError
+
+    async def scenario() -> None:
+        server = AwkwardServer(slow_s=0.0)
+        port = await server.start()
+        master = TcpMaster("127.0.0.1", port)
+        batches = [([read_request(2, "holding", 0, 2)], 2.0), ([read_request(5, "holding", 0, 2)], 2.0),
+                   ([read_request(3, "holding", 0, 2)], 2.0)]
+        results = await master.transact_batches(batches)
+        assert not isinstance(results[0], Exception)
+        assert parse_response(batches[0][0][0], results[0][0], 2) == [2, 2]
+        assert isinstance(results[1], ModbusLinkError) and isinstance(results[2], ModbusLinkError)
+        assert await _read(master, 2) == [2, 2, 2]
+        assert server.connections == 2
+        await master.close()
+        await server.stop()
+
+    asyncio.run(scenario())

@@ -110,3 +110,51 @@ def test_deleting_acknowledged_ids_removes_exactly_those(tmp_path: Path) -> None
     assert left == [i for i in ids if i % 5 == 1]
     assert wal.depth == len(left) and wal.bytes == sum(len(b'{"n":%d}' % (i - 1)) for i in left)
     wal.close()
+
+
+def test_reads_served_from_the_last_commit_match_the_log(tmp_path: Path) -> None:
+    """`read` answers from memory for the rows of the last commit: in any interleaving of
+    commits, deletes (acknowledgements), size-cap drops and reads, it returns what a model
+    of the log holds, and what the log itself holds after reopening."""
+    import random
+
+    rng = random.Random(20)
+    wal = WriteAheadLog(tmp_path / "m.wal", max_bytes=6000)
+    model: dict[int, tuple[bool, bytes]] = {}
+    for step in range(400):
+        action = rng.random()
+        if action < 0.4:
+            batch = [(rng.random() < 0.1, f'{{"step":{step},"k":{k}}}'.encode()) for k in range(rng.randint(1, 30))]
+            ids = wal.commit(batch)
+            model.update(zip(ids, batch, strict=True))
+            if wal.dropped:  # the size cap dropped the oldest: the model follows the log
+                present = {i for i, _ in wal.read(0, None, 10**6)}
+                model = {i: v for i, v in model.items() if i in present}
+        elif action < 0.6 and model:
+            low = rng.choice(sorted(model))
+            gone = [i for i in sorted(model) if low <= i < low + rng.randint(1, 20)]
+            wal.commit(deletes=gone)
+            for i in gone:
+                del model[i]
+        else:
+            top = max(model, default=0)
+            after = rng.randint(max(0, top - 40), top + 1)
+            upto = rng.choice([None, after + rng.randint(0, 40)])
+            limit = rng.randint(1, 50)
+            want = [(i, model[i][1]) for i in sorted(model) if i > after and (upto is None or i <= upto)][:limit]
+            assert wal.read(after, upto, limit) == want, (step, after, upto, limit)
+        assert wal.depth == len(model)
+    wal.close()
+    again = WriteAheadLog(tmp_path / "m.wal", max_bytes=6000)
+    assert again.read(0, None, 10**6) == [(i, model[i][1]) for i in sorted(model)]
+
+
+def test_a_commit_larger_than_the_cap_is_not_read_back_from_memory(tmp_path: Path) -> None:
+    """The size cap drops rows of the very commit that overflows it: `read` must not serve
+    them from the commit's rows in memory."""
+    wal = WriteAheadLog(tmp_path / "c.wal", max_bytes=1024)
+    ids = wal.commit([(False, b"%040d" % k) for k in range(40)])
+    kept = wal.read(0, None, 100)
+    assert wal.dropped > 0 and len(kept) == wal.depth == 40 - wal.dropped
+    assert kept == [(i, b"%040d" % (i - ids[0])) for i in ids[wal.dropped:]]
+    assert wal.read(ids[0] - 1, ids[-1], 100) == kept
