@@ -140,24 +140,22 @@ class EdgeAgent:
             self._publish_status()
         self.forwarder.wake()
 
-    def _update_gauges(self) -> None:
+    def _read_gauges_on_scrape(self) -> None:
+        """The log's and uplink's gauges are read when Prometheus scrapes (on the metrics
+        server's thread; plain attribute reads), not set once a second by the loop."""
         t = self.telemetry
-        t.wal_depth.set(self.wal.depth)
-        t.wal_bytes.set(self.wal.bytes)
-        t.wal_dropped.set(self.wal.dropped)
-        t.reconnects.set(max(0, self.mqtt.stats.connects - 1))
-        t.connected.set(1 if self.mqtt.connected else 0)
+        t.wal_depth.set_function(lambda: self.wal.depth)
+        t.wal_bytes.set_function(lambda: self.wal.bytes)
+        t.wal_dropped.set_function(lambda: self.wal.dropped)
+        t.reconnects.set_function(lambda: max(0, self.mqtt.stats.connects - 1))
+        t.connected.set_function(lambda: 1 if self.mqtt.connected else 0)
 
     async def _status_loop(self) -> None:
         interval = self.cfg.polling.status_interval_s
-        last = time.monotonic()
         while True:
-            await asyncio.sleep(min(1.0, interval))
-            self._update_gauges()
-            if time.monotonic() - last >= interval:
-                last = time.monotonic()
-                if self.mqtt.connected:
-                    self._publish_status()
+            await asyncio.sleep(interval)
+            if self.mqtt.connected:
+                self._publish_status()
 
     # ------------------------------------------------------------------ commands
     def _on_command(self, msg: Message) -> None:  # network thread
@@ -197,6 +195,7 @@ class EdgeAgent:
         # Everything built so far (configs, profiles, metric families) lives as long as the
         # agent: keep it out of the cyclic collector's full passes, which polling triggers often.
         gc.freeze()
+        self._read_gauges_on_scrape()
         if self.cfg.metrics.port:
             self.telemetry.serve(self.cfg.metrics.host, self.cfg.metrics.port)
         self.mqtt.subscribe(self.cmd_topic, self._on_command, qos=1)

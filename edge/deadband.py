@@ -20,6 +20,11 @@ class ReportByException:
                        if f.deadband is not None or f.max_silence_s is not None}
         self._last: dict[str, tuple[FieldValue, int]] = {}
 
+    @property
+    def rules(self) -> bool:
+        """Any field reported by exception (else `filter` passes everything)."""
+        return bool(self._rules)
+
     def filter(self, fields: dict[str, FieldValue], t_ms: int) -> dict[str, FieldValue]:
         if not self._rules:
             return fields

@@ -273,8 +273,8 @@ class TcpMaster:
         if not frames:
             exchange.future.set_result(None)
         self._exchanges.add(exchange)
-        earliest = min(deadline for deadline, _tids in exchange.batches) if exchange.batches else math.inf
-        if earliest < self._timer_at or self._timer_loop is not loop:
+        earliest = min((deadline for deadline, _tids in exchange.batches), default=math.inf)
+        if earliest < math.inf and (earliest < self._timer_at or self._timer_loop is not loop):
             self._arm(loop, earliest)
         lost: ModbusLinkError | None = None
         try:
@@ -288,6 +288,7 @@ class TcpMaster:
                     for t in tids:
                         if pending.get(t) is exchange:
                             del pending[t]
+            self._disarm_if_idle()
         return await self._outcomes(exchange, batches, lost)
 
     async def _outcomes(self, exchange: _Exchange, batches: Sequence[tuple[Sequence[Request], float]],
@@ -317,6 +318,15 @@ class TcpMaster:
                 out.append(answer[1:])
             results.append(out if error is None else error)
         return results
+
+    def _disarm_if_idle(self) -> None:
+        """After an exchange, when nothing waits for an answer any more: the timer need not
+        fire (a scan whose answers all came would otherwise wake the loop once more at its
+        deadline). Not after single transactions: there the armed timer serves the next
+        ones too, cheaper than a timer made and cancelled per request."""
+        if self._timer is not None and not self._exchanges and not self._deadlines:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:

@@ -213,3 +213,49 @@ async def _run_then_close(link: ModbusLink, work: Any) -> None:
         await work
     finally:
         await link.master.close()
+
+
+#: A device with one read, nothing urgent and nothing reported by exception: a scan's
+#: common poll, which takes `ModbusLink._plain_sample`.
+PLAIN_PROFILE: dict[str, Any] = {
+    **METER_PROFILE, "profile": "plain-meter",
+    "fields": [{k: v for k, v in f.items() if k != "urgent"} for f in METER_PROFILE["fields"]
+               if f["table"] == "holding" and f["address"] <= 6],
+}
+
+
+def test_a_plain_device_in_a_scan_takes_the_short_path_to_the_same_sample(tmp_path: Path) -> None:
+    """From its second poll on, a device that answers, with one read and nothing urgent or
+    reported by exception, gets its sample without the general layers: the same fields,
+    quality and flags as the general path gives."""
+    with ModbusSim(write_profile(tmp_path / "sim-profiles", PLAIN_PROFILE), endpoints=1, units=4) as sim:
+        sim.devices[(sim.ports[0], 2)].set("alarm", True)
+        sim.devices[(sim.ports[0], 3)].set("state", "fault")
+        plain = {unit: PLAIN_PROFILE["profile"] for unit in range(1, 5)}
+        alone, alone_samples = _link(tmp_path / "a", sim, [PLAIN_PROFILE], unit_profiles=plain, pipeline=True)
+        together, group_samples = _link(tmp_path / "b", sim, [PLAIN_PROFILE], unit_profiles=plain, pipeline=True,
+                                        coalesce_ms=10)
+        short: list[bool] = []
+        general = together._plain_sample
+
+        def counted(*args: Any) -> Sample | None:
+            sample = general(*args)
+            short.append(sample is not None)
+            return sample
+
+        together._plain_sample = counted  # type: ignore[method-assign,assignment]
+
+        async def twice(link: ModbusLink, poll: Any) -> None:
+            await poll(link)
+            await poll(link)
+
+        asyncio.run(_run_then_close(alone, twice(alone, _poll_once_each)))
+        asyncio.run(_run_then_close(together, twice(together, _poll_as_group)))
+    assert short == [True] * 4  # the second scan; the first (no answer seen yet) goes the general way
+    assert [s.dev for s in group_samples] == [s.dev for s in alone_samples]
+    for a, g in zip(alone_samples, group_samples, strict=True):
+        assert (g.m, g.q, g.err, g.urgent) == (a.m, a.q, a.err, a.urgent) == ("water", "good", None, False)
+        assert isinstance(g.f.pop("poll_counter"), int) and isinstance(a.f.pop("poll_counter"), int)
+        assert g.f == a.f
+    assert [s.f["alarm"] for s in group_samples[4:]] == [False, True, False, False]
+    assert [s.f["state"] for s in group_samples[4:]] == ["running", "running", "fault", "running"]

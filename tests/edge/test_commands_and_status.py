@@ -106,6 +106,8 @@ def test_status_message_and_prometheus_metrics(tmp_path: Path, stack: Stack, met
     assert 'edge_poll_errors_total{reason="exception_2"}' in body
     assert 'edge_device_up{device="dev-0-1"} 1.0' in body
     assert 'edge_device_up{device="dev-0-2"} 0.0' in body
+    assert "edge_mqtt_connected 1.0" in body  # read when scraped
+    assert "edge_mqtt_reconnects 0.0" in body
     for name in ("edge_wal_depth", "edge_wal_dropped", "edge_mqtt_reconnects", "edge_poll_latency_seconds_bucket",
                  "edge_poll_jitter_seconds_bucket", "edge_modbus_requests_total"):
         assert name in body, name
