@@ -16,6 +16,7 @@ default is one transaction at a time.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import ssl
 import struct
@@ -55,6 +56,10 @@ class ModbusMaster(Protocol):
 #: Timeouts in a row, with no unit on the endpoint answering in between, after which the
 #: TCP connection is replaced. A single silent unit never triggers it while others answer.
 RECONNECT_AFTER_TIMEOUTS = 3
+#: An MBAP length counts the unit id and the PDU: 2 (unit, function code) to 254 (a
+#: 253-byte PDU). Anything else means the byte stream is out of step.
+_MBAP_LENGTHS = range(2, 255)
+log = logging.getLogger("urbansense.edge")
 _MBAP = struct.Struct(">HHHB")
 _MBAP_HEAD = struct.Struct(">HHH")
 #: What ends one device's batch in `transact_batches` without failing the others.
@@ -144,6 +149,15 @@ class _MbapProtocol(asyncio.Protocol):
         pos, end = 0, len(buf)
         while end - pos >= 7:
             tid, _proto, length = _MBAP_HEAD.unpack_from(buf, pos)
+            if length not in _MBAP_LENGTHS:
+                # Not an answer a device can send: no later byte can be trusted to start a
+                # frame. Hang up; the waiting requests fail and the next poll reconnects.
+                log.warning("Modbus TCP answer with an MBAP length of %d (2..254 allowed): the stream is "
+                            "out of step; reconnecting", length)
+                self.buffer = b""
+                if self.transport is not None:
+                    self.transport.close()
+                return
             if end - pos < 6 + length:
                 break
             frame = buf[pos + 6 : pos + 6 + length]

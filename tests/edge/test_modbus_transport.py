@@ -4,7 +4,9 @@ answers late, and an endpoint where nobody answers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -14,7 +16,8 @@ from edge.modbus_transport import RECONNECT_AFTER_TIMEOUTS, TcpMaster, crc16, rt
 
 class AwkwardServer:
     """Unit 1 answers after `slow_s`; unit 2 at once; unit 3 never; unit 4 with exception 2;
-    unit 5 hangs up 50 ms later. A register read returns the unit id in every register."""
+    unit 5 hangs up 50 ms later; unit 6 answers with an MBAP length of 0. A register read
+    returns the unit id in every register."""
 
     def __init__(self, slow_s: float) -> None:
         self.slow_s = slow_s
@@ -42,6 +45,9 @@ class AwkwardServer:
                 _, _, count = struct.unpack(">BHH", pdu[:5])
                 if unit == 3:
                     continue
+                if unit == 6:
+                    writer.write(struct.pack(">HHHB", tid, 0, 0, unit))
+                    continue
                 if unit == 5:
                     task = asyncio.create_task(self._hang_up(writer))
                     self.tasks.add(task)
@@ -67,6 +73,19 @@ class AwkwardServer:
     async def _hang_up(self, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(0.05)
         writer.close()
+
+
+@contextlib.asynccontextmanager
+async def _awkward(slow_s: float) -> AsyncIterator[tuple[AwkwardServer, TcpMaster]]:
+    """The awkward server and a master connected to it; both closed afterwards."""
+    server = AwkwardServer(slow_s)
+    port = await server.start()
+    master = TcpMaster("127.0.0.1", port)
+    try:
+        yield server, master
+    finally:
+        await master.close()
+        await server.stop()
 
 
 async def _read(master: TcpMaster, unit: int, timeout: float = 0.2) -> list[int]:
@@ -217,18 +236,32 @@ def test_a_connection_lost_mid_exchange_keeps_the_answers_that_came() -> None:
     from edge.modbus_pdu import ModbusLinkError
 
     async def scenario() -> None:
-        server = AwkwardServer(slow_s=0.0)
-        port = await server.start()
-        master = TcpMaster("127.0.0.1", port)
-        batches = [([read_request(2, "holding", 0, 2)], 2.0), ([read_request(5, "holding", 0, 2)], 2.0),
-                   ([read_request(3, "holding", 0, 2)], 2.0)]
-        results = await master.transact_batches(batches)
-        assert not isinstance(results[0], Exception)
-        assert parse_response(batches[0][0][0], results[0][0], 2) == [2, 2]
-        assert isinstance(results[1], ModbusLinkError) and isinstance(results[2], ModbusLinkError)
-        assert await _read(master, 2) == [2, 2, 2]
-        assert server.connections == 2
-        await master.close()
-        await server.stop()
+        async with _awkward(slow_s=0.0) as (server, master):
+            batches = [([read_request(2, "holding", 0, 2)], 2.0), ([read_request(5, "holding", 0, 2)], 2.0),
+                       ([read_request(3, "holding", 0, 2)], 2.0)]
+            results = await master.transact_batches(batches)
+            assert not isinstance(results[0], Exception)
+            assert parse_response(batches[0][0][0], results[0][0], 2) == [2, 2]
+            assert isinstance(results[1], ModbusLinkError) and isinstance(results[2], ModbusLinkError)
+            assert await _read(master, 2) == [2, 2, 2]
+            assert server.connections == 2
 
     asyncio.run(scenario())
+
+
+def test_an_answer_with_an_impossible_length_ends_the_connection_not_the_link(caplog: pytest.LogCaptureFixture) -> None:
+    """An MBAP length of 0 (or above 254) leaves the byte stream out of step: the master
+    says so, hangs up, the waiting request fails as a link error (not an IndexError in the
+    poll), and the next request reconnects."""
+    from edge.modbus_pdu import ModbusLinkError
+
+    async def scenario() -> None:
+        async with _awkward(slow_s=0.0) as (server, master):
+            with pytest.raises(ModbusLinkError):
+                await _read(master, 6, timeout=2.0)
+            assert await _read(master, 2) == [2, 2, 2]
+            assert server.connections == 2
+
+    with caplog.at_level("WARNING", logger="urbansense.edge"):
+        asyncio.run(scenario())
+    assert any("MBAP length of 0" in r.getMessage() for r in caplog.records)
