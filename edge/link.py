@@ -138,11 +138,21 @@ def _fields(req: ReadRequest, profile: Profile, request: Request, answer: bytes)
     if fast is None or fast[0] is not profile:
         fast = req.fast = (profile, read_decoder(req, profile))
     decoder = fast[1]
-    if decoder is not None and len(answer) > 2 and answer[0] == request.pdu[0]:
-        n = answer[1]
-        if n == len(answer) - 2 and not n % 2 and n >= 2 * req.count:
-            return decoder(answer[2:])
+    if decoder is not None and (data := _register_data(req, request, answer)) is not None:
+        return decoder(data)
     return decode_read(req, profile, _values(req, request, answer))
+
+
+def _register_data(req: ReadRequest, request: Request, answer: bytes) -> bytes | None:
+    """The data bytes of a plain, complete register read's answer (the function code
+    asked, an even byte count covering the read); None for anything else (an exception
+    answer, a short or malformed one), which the general path judges."""
+    if len(answer) < 3 or answer[0] != request.pdu[0]:
+        return None
+    n = answer[1]
+    if n != len(answer) - 2 or n % 2 or n < 2 * req.count:
+        return None
+    return answer[2:]
 
 
 def _decode_all(state: DeviceState, requests: list[Request], answers: list[bytes]) -> dict[str, FieldValue]:
@@ -375,14 +385,11 @@ class ModbusLink:
         fast = plan[0].fast
         if fast is None or fast[0] is not state.profile or fast[1] is None:
             return None  # the first poll (the general path compiles the decoder)
-        answer = answers[0]
-        if len(answer) < 3 or answer[0] != requests[0].pdu[0]:
-            return None
-        n = answer[1]
-        if n != len(answer) - 2 or n % 2 or n < 2 * plan[0].count:
+        data = _register_data(plan[0], requests[0], answers[0])
+        if data is None:
             return None
         self.telemetry.samples += 1
-        return Sample(state.spec.id, state.profile.measurement, t, fast[1](answer[2:]), "good", None, False)
+        return Sample(state.spec.id, state.profile.measurement, t, fast[1](data), "good", None, False)
 
     async def _one_by_one(self, state: DeviceState) -> Sample | None:
         try:

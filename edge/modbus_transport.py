@@ -176,9 +176,9 @@ class _MbapProtocol(asyncio.Protocol):
         self.lost = True
         error = ModbusLinkError(f"connection closed: {exc or 'by peer'}")
         for slot in self.pending.values():
-            done = slot.future.done() if isinstance(slot, _Exchange) else slot.done()
-            if not done:
-                (slot.future if isinstance(slot, _Exchange) else slot).set_exception(error)
+            fut = slot.future if isinstance(slot, _Exchange) else slot
+            if not fut.done():
+                fut.set_exception(error)
         self.pending.clear()
 
 
@@ -232,13 +232,7 @@ class TcpMaster:
             try:
                 answer = await fut
             except ModbusTimeout:
-                self._timeouts += 1
-                if self._timeouts >= RECONNECT_AFTER_TIMEOUTS:
-                    # No unit on this endpoint answers any more: the connection itself may be
-                    # dead without a reset (gateway rebooted, NAT dropped it). Start a new one.
-                    await self.close()
-                    self._timeouts = 0
-                raise ModbusTimeout(f"no answer within {timeout_s:g} s") from None
+                raise await self._timed_out(timeout_s) from None
             self._timeouts = 0
             if answer[0] != request.unit:
                 raise ModbusProtocolError(f"answer from unit {answer[0]}, asked unit {request.unit}")
@@ -308,7 +302,7 @@ class TcpMaster:
     async def _outcomes(self, exchange: _Exchange, batches: Sequence[tuple[Sequence[Request], float]],
                         lost: ModbusLinkError | None) -> list[list[bytes] | Exception]:
         """Each batch's answers in request order, or the error that ended it; counts the
-        time-outs in a row as `transact` does (three with no answer between: reconnect)."""
+        time-outs in a row (`_timed_out`)."""
         answers = exchange.answers
         results: list[list[bytes] | Exception] = []
         for (_deadline, tids), (requests, timeout_s) in zip(exchange.batches, batches, strict=True):
@@ -317,13 +311,7 @@ class TcpMaster:
             for t, request in zip(tids, requests, strict=True):
                 answer = answers.get(t)
                 if answer is None:
-                    error = lost
-                    if error is None:
-                        self._timeouts += 1
-                        if self._timeouts >= RECONNECT_AFTER_TIMEOUTS:
-                            await self.close()  # no unit answers any more: see transact
-                            self._timeouts = 0
-                        error = ModbusTimeout(f"no answer within {timeout_s:g} s")
+                    error = lost or await self._timed_out(timeout_s)
                     break
                 self._timeouts = 0
                 if answer[0] != request.unit:
@@ -332,6 +320,17 @@ class TcpMaster:
                 out.append(answer[1:])
             results.append(out if error is None else error)
         return results
+
+    async def _timed_out(self, timeout_s: float) -> ModbusTimeout:
+        """Count a time-out in a row (any answer resets the count); after
+        RECONNECT_AFTER_TIMEOUTS no unit on this endpoint answers any more, and the
+        connection itself may be dead without a reset (gateway rebooted, NAT dropped it):
+        start a new one. Returns the error to raise or report."""
+        self._timeouts += 1
+        if self._timeouts >= RECONNECT_AFTER_TIMEOUTS:
+            await self.close()
+            self._timeouts = 0
+        return ModbusTimeout(f"no answer within {timeout_s:g} s")
 
     def _disarm_if_idle(self) -> None:
         """After an exchange, when nothing waits for an answer any more: the timer need not
