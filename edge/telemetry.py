@@ -31,10 +31,16 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _observe(hists: dict[str, tuple[list[int], list[float]]], link: str, value: float) -> None:
+def _hist(hists: dict[str, tuple[list[int], list[float]]], link: str) -> tuple[list[int], list[float]]:
+    """A link's histogram, [bucket counts..., +Inf count] and [sum], made on first use."""
     hist = hists.get(link)
     if hist is None:
         hist = hists[link] = ([0] * (len(_LATENCY_BUCKETS) + 1), [0.0])
+    return hist
+
+
+def _observe(hists: dict[str, tuple[list[int], list[float]]], link: str, value: float) -> None:
+    hist = _hist(hists, link)
     hist[0][bisect.bisect_left(_LATENCY_BUCKETS, value)] += 1
     hist[1][0] += value
 
@@ -127,17 +133,12 @@ class SelfTelemetry:
         self.modbus_requests += requests
         self.jitter_s.extend(jitters_s)
         self.latency_s.extend([latency_s] * n)
-        jitter = self.jitter_hist.get(link)
-        if jitter is None:
-            jitter = self.jitter_hist[link] = ([0] * (len(_LATENCY_BUCKETS) + 1), [0.0])
-        counts, total = jitter
+        counts, total = _hist(self.jitter_hist, link)
         for value in jitters_s:
             value = max(0.0, value)
             counts[bisect.bisect_left(_LATENCY_BUCKETS, value)] += 1
             total[0] += value
-        latency = self.latency_hist.get(link)
-        if latency is None:
-            latency = self.latency_hist[link] = ([0] * (len(_LATENCY_BUCKETS) + 1), [0.0])
+        latency = _hist(self.latency_hist, link)
         latency[0][bisect.bisect_left(_LATENCY_BUCKETS, latency_s)] += n
         latency[1][0] += latency_s * n
         self.requests_by_link[link] += requests

@@ -134,10 +134,12 @@ class WriteAheadLog:
             db.execute("ROLLBACK")
             raise
         tail = self._tail
-        if tail is not None and deletes and max(deletes) >= tail[0]:
-            self._tail = None
-        if ids and self.dropped == dropped:  # rows the size cap dropped are not read back
+        if self.dropped != dropped:
+            self._tail = None  # the size cap took rows, maybe some of these
+        elif ids:
             self._tail = (ids[0], [body for _, body in rows])
+        elif tail is not None and deletes and max(deletes) >= tail[0]:
+            self._tail = None  # acknowledged: some of its rows are gone
         return ids
 
     def _drop_oldest(self) -> None:
@@ -161,7 +163,6 @@ class WriteAheadLog:
                 self.depth -= len(victims)
                 dropped += len(victims)
         if dropped:
-            self._tail = None  # (some of) its rows may be gone
             self.dropped += dropped
             self._db.execute("INSERT INTO meta (key, value) VALUES ('dropped', ?) "
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (self.dropped,))

@@ -158,3 +158,15 @@ def test_a_commit_larger_than_the_cap_is_not_read_back_from_memory(tmp_path: Pat
     assert wal.dropped > 0 and len(kept) == wal.depth == 40 - wal.dropped
     assert kept == [(i, b"%040d" % (i - ids[0])) for i in ids[wal.dropped:]]
     assert wal.read(ids[0] - 1, ids[-1], 100) == kept
+
+
+def test_an_acknowledged_row_of_the_last_commit_is_not_read_back(tmp_path: Path) -> None:
+    """Rows of the last commit deleted by a later acknowledgement are gone from `read`,
+    although the commit's rows are kept in memory; a new commit's rows are served again."""
+    wal = WriteAheadLog(tmp_path / "t.wal", max_bytes=1 << 20)
+    ids = wal.commit([(False, b"a"), (False, b"b"), (False, b"c")])
+    wal.commit(deletes=[ids[1]])
+    assert wal.read(ids[0], None, 10) == [(ids[2], b"c")]
+    more = wal.commit([(False, b"d")], deletes=[ids[0]])
+    assert wal.read(ids[0] - 1, None, 10) == [(ids[2], b"c"), (more[0], b"d")]
+    assert wal.read(more[0] - 1, more[0], 10) == [(more[0], b"d")]
