@@ -64,7 +64,14 @@ def _cpu_split(pid: int) -> tuple[float, float]:
 
 
 def _cpu_seconds(pid: int) -> float:
-    return sum(_cpu_split(pid))
+    """CPU seconds of a process: the scheduler's nanosecond run time of its threads
+    (/proc/PID/task/*/schedstat), which /proc/PID/stat reports in 10-ms ticks (a 4 %
+    step on a 60-s run of the issue-20 workload)."""
+    try:
+        return sum(int((task / "schedstat").read_text().split()[0])
+                   for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+    except (OSError, ValueError):  # a thread ended while being read, or no schedstat
+        return sum(_cpu_split(pid))
 
 
 def _status_kb(pid: int, key: str) -> int:

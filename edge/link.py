@@ -51,7 +51,7 @@ SampleSink = Callable[[Sample], None]
 POLL_ERRORS = (ModbusTimeout, ModbusLinkError, ModbusExceptionResponse, ModbusProtocolError, OSError)
 
 
-@dataclass
+@dataclass(slots=True)
 class DeviceState:
     spec: DeviceSpec
     profile: Profile
@@ -71,6 +71,8 @@ class DeviceState:
     one_by_one: bool = False
     unreadable: list[str] = field(default_factory=list)
     urgent_last: dict[str, FieldValue] = field(default_factory=dict)
+    #: The plan's requests (`ModbusLink._requests`); None when the plan changed.
+    requests: list[Request] | None = None
 
     #: The profile's urgent fields (worked out once: every poll looks at them).
     urgent_fields: list[str] = field(init=False)
@@ -312,12 +314,12 @@ class ModbusLink:
         (each device with its own time-out), the answers collected as they come; then
         each device's sample as `_poll_and_emit` makes it. A device read one by one (it
         refused a pipelined read) is polled on its own, after the others."""
-        batched = [(state, due) for state, due in group if not state.one_by_one]
         alone = [(state, due) for state, due in group if state.one_by_one]
+        batched = [(state, due) for state, due in group if not state.one_by_one] if alone else group
         polled: list[tuple[DeviceState, float, Sample | None, int]] = []
         async with self.lock:
             started = time.monotonic()
-            requests = [[self._request(state, req) for req in state.plan] for state, _due in batched]
+            requests = [self._requests(state) for state, _due in batched]
             results: list[list[bytes] | Exception] = []
             if batched:
                 try:
@@ -343,12 +345,16 @@ class ModbusLink:
                 sample = await self.poll(state)
                 polled.append((state, due, sample, self.master.requests - before))
         done = time.monotonic()
-        self.telemetry.polls_done(self.link.name, [started - due for _s, due, _x, _n in polled], done - started,
-                                  sum(sent for _s, _d, _x, sent in polled))
-        for state, due, sample, _sent in polled:
+        jitters: list[float] = []
+        sent = 0
+        sink = self.sink
+        for state, due, sample, requests_sent in polled:
+            jitters.append(started - due)
+            sent += requests_sent
             self._reschedule(state, due, done)
             if sample is not None:
-                self.sink(sample)
+                sink(sample)
+        self.telemetry.polls_done(self.link.name, jitters, done - started, sent)
 
     def _batched_sample(self, state: DeviceState, requests: list[Request], result: list[bytes] | Exception,
                         t: int) -> Sample | _ReadOneByOne | None:
@@ -463,7 +469,7 @@ class ModbusLink:
 
     async def _read_pipelined(self, state: DeviceState) -> dict[str, FieldValue]:
         """All planned reads of a device sent back to back (link `pipeline: true`)."""
-        requests = [self._request(state, req) for req in state.plan]
+        requests = self._requests(state)
         try:
             answers = await self.master.transact_many(requests, state.timeout_s)
         finally:
@@ -473,10 +479,18 @@ class ModbusLink:
 
     def _fall_back(self, state: DeviceState, i: int, req: ReadRequest) -> None:
         state.plan[i : i + 1] = split_per_field(req)
+        state.requests = None
         state.split_reads = True
         log.warning("device %s refused a merged read of %s %d+%d (illegal data address); "
                     "reading those fields one by one from now on", state.spec.id, req.table,
                     req.address, req.count)
+
+    def _requests(self, state: DeviceState) -> list[Request]:
+        """The device's planned reads as requests; built once (`_fall_back` resets them)."""
+        requests = state.requests
+        if requests is None:
+            requests = state.requests = [self._request(state, req) for req in state.plan]
+        return requests
 
     def _request(self, state: DeviceState, req: ReadRequest) -> Request:
         """The read's request; built once per device (the same bytes every poll)."""

@@ -24,7 +24,7 @@ import logging
 import time
 
 from edge.telemetry import SelfTelemetry
-from edge.wal import WriteAheadLog
+from edge.wal import Row, WriteAheadLog
 from urbansense import codec
 from urbansense.clock import now_ms
 from urbansense.config import BatchSpec, WalSpec
@@ -36,8 +36,9 @@ log = logging.getLogger("urbansense.edge")
 #: Batches stay well below the payload limit the broker and ingesters accept.
 MAX_BATCH_BYTES = codec.MAX_PAYLOAD_BYTES * 3 // 4
 
-#: A batch ready to publish: (log ids it carries, payload, is it backlog replay).
-Outgoing = tuple[list[int], bytes, bool]
+#: A batch ready to publish: (log rows it carries, samples in them, payload, is it
+#: backlog replay).
+Outgoing = tuple[list[int], int, bytes, bool]
 
 
 #: How often the loop ticks while it replays a backlog or waits to go online.
@@ -68,7 +69,7 @@ class StoreAndForward:
         self._pending: list[tuple[bool, bytes]] = []
         self._deletes: list[int] = []  # acknowledged, not yet deleted from the log
         self._acks: collections.deque[int] = collections.deque()  # filled by the network thread
-        self._inflight: dict[int, tuple[list[int], bool]] = {}  # mid -> (ids, is_backlog)
+        self._inflight: dict[int, tuple[list[int], int, bool]] = {}  # mid -> (row ids, samples, is_backlog)
         self._backlog_inflight = 0
         self._online = False
         # Each new connection bumps the epoch (network thread); the loop resets its cursors
@@ -87,6 +88,7 @@ class StoreAndForward:
         # cursors
         self._live_pos = wal.max_id()
         self._committed_max = self._live_pos
+        self._live_samples = 0  # samples in the rows after _live_pos
         self._backlog_pos = 0
         self._backlog_upto = 0
         self._urgent_pos = 0
@@ -122,7 +124,7 @@ class StoreAndForward:
     @property
     def pending_samples(self) -> int:
         """Samples not yet handed to the broker on this connection (live ones)."""
-        return len(self._pending) + max(0, self._committed_max - self._live_pos)
+        return len(self._pending) + self._live_samples
 
     def wake(self) -> None:
         """Tick now rather than at the end of the commit interval (loop thread only)."""
@@ -166,13 +168,13 @@ class StoreAndForward:
             entry = self._inflight.pop(self._acks.popleft(), None)
             if entry is not None:
                 self._deletes.extend(entry[0])
-                self.acked_samples += len(entry[0])
-                self._backlog_inflight -= entry[1]
+                self.acked_samples += entry[1]
+                self._backlog_inflight -= entry[2]
         pending, self._pending = self._pending, []
         deletes, self._deletes = self._deletes, []
         if pending or deletes:
             try:
-                ids = self.wal.commit(pending, deletes)
+                ids = self.wal.commit(pending, deletes, max_chunk=self.max_samples)
             except Exception:
                 # e.g. disk full: keep the samples and acknowledgements for the next try
                 self._pending = pending + self._pending
@@ -180,6 +182,7 @@ class StoreAndForward:
                 raise
             if ids:
                 self._committed_max = ids[-1]
+                self._live_samples += len(pending)
                 if any(u for u, _ in pending):
                     self._urgent_waiting = True
         if self._online and (not connected or epoch != self._seen_epoch):
@@ -194,7 +197,7 @@ class StoreAndForward:
         batches = self._urgent_batches() + self._live_batches() + self._backlog_batches()
         if batches:
             self.wal.commit(meta={"seq": self.seq})  # seq is durable before any batch leaves
-            for ids, payload, is_backlog in batches:
+            for ids, count, payload, is_backlog in batches:
                 try:
                     mid = self.mqtt.publish(self.topic, payload, qos=1)
                 except MqttError as exc:
@@ -204,7 +207,7 @@ class StoreAndForward:
                     self._seen_epoch = -1  # forces _go_online on the next tick
                     self._go_offline()
                     return
-                self._inflight[mid] = (ids, is_backlog)
+                self._inflight[mid] = (ids, count, is_backlog)
                 self.published_batches += 1
                 if is_backlog:
                     self._backlog_inflight += 1
@@ -213,7 +216,7 @@ class StoreAndForward:
         """Commit whatever is queued (on shutdown)."""
         pending, self._pending = self._pending, []
         if pending:
-            self.wal.commit(pending)
+            self.wal.commit(pending, max_chunk=self.max_samples)
 
     # ------------------------------------------------------------------ state
     def _resumable(self, epoch: int) -> bool:
@@ -239,6 +242,7 @@ class StoreAndForward:
         self._backlog_pos = 0
         self._urgent_pos = 0
         self._live_pos = self._backlog_upto
+        self._live_samples = 0
         self._tokens = 0.0
         self._last_refill = time.monotonic()
         self._urgent_waiting = False
@@ -247,10 +251,11 @@ class StoreAndForward:
                      self.replay_rate)
 
     # ------------------------------------------------------------------ batches
-    def _payload(self, bodies: list[bytes]) -> bytes:
+    def _batch(self, rows: list[Row], is_backlog: bool) -> Outgoing:
         self.seq += 1
-        return (self._prefix + str(self.seq).encode() + b',"sent":' + str(now_ms()).encode()
-                + b',"samples":[' + b",".join(bodies) + b"]}")
+        payload = (self._prefix + str(self.seq).encode() + b',"sent":' + str(now_ms()).encode()
+                   + b',"samples":[' + b",".join([body for _, _, body in rows]) + b"]}")
+        return [i for i, _, _ in rows], sum(n for _, n, _ in rows), payload, is_backlog
 
     def _room(self) -> int:
         return self.window - len(self._inflight)
@@ -263,16 +268,15 @@ class StoreAndForward:
                 self._urgent_pos = self._backlog_upto
                 break
             self._urgent_pos = rows[-1][0]
-            out.append(([i for i, _ in rows], self._payload([b for _, b in rows]), False))
+            out.append(self._batch(rows, False))
         return out
 
     def _live_batches(self) -> list[Outgoing]:
-        waiting = self._committed_max - self._live_pos
-        if waiting <= 0:
+        if self._committed_max <= self._live_pos:
             self._next_live_flush = time.monotonic() + self.max_interval_s
             return []
         now = time.monotonic()
-        due = self._urgent_waiting or waiting >= self.max_samples or now >= self._next_live_flush
+        due = self._urgent_waiting or self._live_samples >= self.max_samples or now >= self._next_live_flush
         if not due:
             return []
         out: list[Outgoing] = []
@@ -280,10 +284,13 @@ class StoreAndForward:
             rows = _fit(self.wal.read(self._live_pos, self._committed_max, self.max_samples))
             if not rows:
                 self._live_pos = self._committed_max
+                self._live_samples = 0
                 break
             self._live_pos = rows[-1][0]
-            out.append(([i for i, _ in rows], self._payload([b for _, b in rows]), False))
+            out.append(self._batch(rows, False))
+            self._live_samples = max(0, self._live_samples - out[-1][1])
             if self._live_pos >= self._committed_max:
+                self._live_samples = 0
                 break
         self._urgent_waiting = False
         self._next_live_flush = now + self.max_interval_s
@@ -306,16 +313,17 @@ class StoreAndForward:
                 log.info("backlog replay done")
                 break
             self._backlog_pos = rows[-1][0]
-            self._tokens -= len(rows)
-            self.replayed_samples += len(rows)
-            out.append(([i for i, _ in rows], self._payload([b for _, b in rows]), True))
+            out.append(self._batch(rows, True))
+            self._tokens -= out[-1][1]
+            self.replayed_samples += out[-1][1]
         return out
 
 
-def _fit(rows: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-    """The oldest rows whose bodies fit in one batch payload (at least one row)."""
+def _fit(rows: list[Row]) -> list[Row]:
+    """The oldest rows whose bodies fit in one batch payload (at least one row: a row
+    alone always fits, see wal.CHUNK_BYTES)."""
     total = 0
-    for n, (_, body) in enumerate(rows):
+    for n, (_, _, body) in enumerate(rows):
         total += len(body) + 1
         if total > MAX_BATCH_BYTES and n:
             return rows[:n]

@@ -7,6 +7,13 @@ log at its last commit, never torn. `sync: normal` survives a killed process (SQ
 only skips the fsync at commit, which matters for power loss); `sync: full` fsyncs every
 commit and survives power loss too.
 
+A row holds a run of samples committed together (a chunk): at most `max_chunk` samples,
+all urgent or all not, their JSON bodies joined by commas (a batch payload's `samples`
+array is the rows' bodies joined by commas again). One row per commit instead of one
+per sample makes the log's SQLite work per sample about a sixth; a chunk is
+acknowledged, replayed and (by the size cap) dropped whole. A log written when a row
+held one sample is read as it is (`n` is 1 for those rows).
+
 Ids come from AUTOINCREMENT, so they only grow, even across deletes and restarts: the
 forwarder's cursors ("sent up to id N") stay valid. The gateway's `seq` and the drop
 counter live in the same file, so they persist with the samples.
@@ -17,7 +24,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 log = logging.getLogger("urbansense.edge")
@@ -26,15 +33,53 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     urgent INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    n INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS samples_urgent ON samples (urgent, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
+#: A chunk's body stays below this (unless one sample alone is larger), so that any
+#: chunk fits in one batch payload (store_and_forward.MAX_BATCH_BYTES is three times it).
+CHUNK_BYTES = 64 * 1024
+
+#: A log row as `read` returns it: (id, samples in it, body).
+Row = tuple[int, int, bytes]
+
+
 class WalError(RuntimeError):
     pass
+
+
+def _chunks(appends: Sequence[tuple[bool, bytes]], max_chunk: int) -> list[tuple[bool, int, bytes]]:
+    """Samples in commit order as rows: runs of equal urgency, at most max_chunk samples
+    and CHUNK_BYTES bytes each (urgency, samples, body joined by commas)."""
+    out: list[tuple[bool, int, bytes]] = []
+    i, total = 0, len(appends)
+    while i < total:
+        urgent = appends[i][0]
+        end = min(total, i + max_chunk)
+        j, size = i + 1, len(appends[i][1])
+        while j < end and appends[j][0] == urgent:
+            size += len(appends[j][1]) + 1
+            if size > CHUNK_BYTES:
+                break
+            j += 1
+        out.append((urgent, j - i, b",".join([body for _, body in appends[i:j]])))
+        i = j
+    return out
+
+
+def _within(rows: list[Row], limit: int) -> list[Row]:
+    """The oldest rows holding at most `limit` samples in all (at least one row)."""
+    total = 0
+    for k, row in enumerate(rows):
+        total += row[1]
+        if total > limit and k:
+            return rows[:k]
+    return rows
 
 
 def _runs(ids: Iterable[int]) -> list[tuple[int, int]]:
@@ -66,6 +111,9 @@ class WriteAheadLog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(samples)")}
+            if "n" not in columns:  # a log from before chunks: each of its rows is one sample
+                self._db.execute("ALTER TABLE samples ADD COLUMN n INTEGER NOT NULL DEFAULT 1")
             ok = self._db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             self._lock.close()
@@ -75,10 +123,11 @@ class WriteAheadLog:
             self._db.close()
             self._lock.close()
             raise WalError(f"store-and-forward log {self.path} failed its integrity check: {ok}")
-        #: The last commit's appended rows, (first id, bodies): what `read` serves from
-        #: memory; dropped when any of them is deleted.
-        self._tail: tuple[int, list[bytes]] | None = None
-        depth, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(body)), 0) FROM samples").fetchone()
+        #: The last commit's appended rows: what `read` serves from memory; dropped when
+        #: any of them is deleted.
+        self._tail: list[Row] | None = None
+        depth, size = self._db.execute("SELECT COALESCE(SUM(n), 0), COALESCE(SUM(LENGTH(body)), 0) "
+                                       "FROM samples").fetchone()
         self.depth = int(depth)
         self.bytes = int(size)
         self.dropped = self.get_meta("dropped")
@@ -92,13 +141,14 @@ class WriteAheadLog:
         return int(row[0]) if row else default
 
     # ------------------------------------------------------------------ writes
-    def commit(self, appends: Iterable[tuple[bool, bytes]] = (), deletes: Iterable[int] = (),
-               meta: dict[str, int] | None = None) -> list[int]:
-        """One atomic transaction: append samples, delete acknowledged ones, update meta.
-        Returns the ids of the appended samples, in order."""
+    def commit(self, appends: Sequence[tuple[bool, bytes]] = (), deletes: Iterable[int] = (),
+               meta: dict[str, int] | None = None, *, max_chunk: int = 500) -> list[int]:
+        """One atomic transaction: append samples (as rows of at most max_chunk, see
+        `_chunks`), delete acknowledged rows, update meta. Returns the ids of the appended
+        rows, in order."""
         ids: list[int] = []
         db = self._db
-        rows = [(int(urgent), body) for urgent, body in appends]
+        rows = _chunks(appends, max_chunk) if appends else []
         deletes = list(deletes)
         dropped = self.dropped
         db.execute("BEGIN IMMEDIATE")
@@ -107,18 +157,18 @@ class WriteAheadLog:
                 # One statement for the whole group. AUTOINCREMENT inside this write
                 # transaction hands out consecutive ids after the sequence's last value.
                 before = self.max_id()
-                db.executemany("INSERT INTO samples (urgent, body) VALUES (?, ?)", rows)
+                db.executemany("INSERT INTO samples (urgent, n, body) VALUES (?, ?, ?)", rows)
                 after = self.max_id()
                 if after - before != len(rows):
-                    raise WalError(f"log ids moved by {after - before} for {len(rows)} appended samples")
+                    raise WalError(f"log ids moved by {after - before} for {len(rows)} appended rows")
                 ids = list(range(before + 1, after + 1))
-                self.depth += len(rows)
-                self.bytes += sum(len(body) for _, body in rows)
+                self.depth += len(appends)
+                self.bytes += sum(len(body) for _, _, body in rows)
             # Acknowledged batches are mostly runs of consecutive ids: one range delete per
             # run (a statement SQLite keeps prepared) instead of an IN list per 500 ids.
-            # Counted by SQLite, not row by row in Python (half the cost of a delete).
+            # Counted by SQLite, not row by row in Python.
             for low, high in _runs(deletes):
-                count, size = db.execute("SELECT COUNT(*), TOTAL(LENGTH(body)) FROM samples "
+                count, size = db.execute("SELECT TOTAL(n), TOTAL(LENGTH(body)) FROM samples "
                                          "WHERE id BETWEEN ? AND ?", (low, high)).fetchone()
                 if count:
                     db.execute("DELETE FROM samples WHERE id BETWEEN ? AND ?", (low, high))
@@ -137,31 +187,31 @@ class WriteAheadLog:
         if self.dropped != dropped:
             self._tail = None  # the size cap took rows, maybe some of these
         elif ids:
-            self._tail = (ids[0], [body for _, body in rows])
-        elif tail is not None and deletes and max(deletes) >= tail[0]:
+            self._tail = [(i, n, body) for i, (_, n, body) in zip(ids, rows, strict=True)]
+        elif tail is not None and deletes and max(deletes) >= tail[0][0]:
             self._tail = None  # acknowledged: some of its rows are gone
         return ids
 
     def _drop_oldest(self) -> None:
-        """Size cap: drop the oldest ordinary samples first, urgent ones only when nothing
-        else is left; every drop is counted (persisted as meta 'dropped')."""
+        """Size cap: drop the oldest ordinary rows first, urgent ones only when nothing
+        else is left; every dropped sample is counted (persisted as meta 'dropped')."""
         dropped = 0
         for urgent in (0, 1):
             while self.bytes > self.max_bytes:
-                rows = self._db.execute("SELECT id, LENGTH(body) FROM samples WHERE urgent = ? ORDER BY id "
+                rows = self._db.execute("SELECT id, n, LENGTH(body) FROM samples WHERE urgent = ? ORDER BY id "
                                         "LIMIT 500", (urgent,)).fetchall()
                 if not rows:
                     break
                 victims = []
-                for row_id, size in rows:
+                for row_id, n, size in rows:
                     victims.append(int(row_id))
                     self.bytes -= int(size)
+                    self.depth -= int(n)
+                    dropped += int(n)
                     if self.bytes <= self.max_bytes:
                         break
                 marks = ",".join("?" * len(victims))
                 self._db.execute(f"DELETE FROM samples WHERE id IN ({marks})", victims)
-                self.depth -= len(victims)
-                dropped += len(victims)
         if dropped:
             self.dropped += dropped
             self._db.execute("INSERT INTO meta (key, value) VALUES ('dropped', ?) "
@@ -175,16 +225,15 @@ class WriteAheadLog:
         return int(row[0]) if row else 0
 
     def read(self, after_id: int, upto_id: int | None, limit: int, *,
-             urgent: bool | None = None) -> list[tuple[int, bytes]]:
-        """Samples with after_id < id <= upto_id, oldest first. The rows of the last commit
-        come from memory (live forwarding reads them right after committing them)."""
+             urgent: bool | None = None) -> list[Row]:
+        """Rows with after_id < id <= upto_id, oldest first, holding at most `limit`
+        samples in all (at least one row). The rows of the last commit come from memory
+        (live forwarding reads them right after committing them)."""
         tail = self._tail
-        if tail is not None and urgent is None and tail[0] <= after_id + 1 <= tail[0] + len(tail[1]):
-            first, bodies = tail
-            last = first + len(bodies) - 1
-            end = min(last, after_id + limit, last if upto_id is None else upto_id)
-            return [(i, bodies[i - first]) for i in range(after_id + 1, end + 1)]
-        sql = "SELECT id, body FROM samples WHERE id > ?"
+        if tail is not None and urgent is None and tail[0][0] <= after_id + 1 <= tail[-1][0] + 1:
+            last = tail[-1][0] if upto_id is None else min(upto_id, tail[-1][0])
+            return _within(tail[after_id + 1 - tail[0][0] : last + 1 - tail[0][0]], limit)
+        sql = "SELECT id, n, body FROM samples WHERE id > ?"
         args: list[int] = [after_id]
         if upto_id is not None:
             sql += " AND id <= ?"
@@ -193,8 +242,8 @@ class WriteAheadLog:
             sql += " AND urgent = ?"
             args.append(int(urgent))
         sql += " ORDER BY id LIMIT ?"
-        args.append(limit)
-        return [(int(i), bytes(b)) for i, b in self._db.execute(sql, args).fetchall()]
+        args.append(limit)  # every row holds at least one sample
+        return _within([(int(i), int(n), bytes(b)) for i, n, b in self._db.execute(sql, args).fetchall()], limit)
 
     def close(self) -> None:
         try:
