@@ -172,14 +172,44 @@ class StoreAndForward:
                 self._backlog_inflight -= entry[2]
         pending, self._pending = self._pending, []
         deletes, self._deletes = self._deletes, []
+        try:
+            # One transaction a tick: the new samples, the acknowledged ones gone, and the
+            # seq of the batches about to leave (durable before any of them leaves).
+            with self.wal.transaction():
+                batches = self._log_and_batch(pending, deletes, epoch, connected, flush_live)
+        except Exception:
+            # e.g. disk full: nothing of this tick is in the log. Keep the samples and the
+            # acknowledgements for the next try, and send again from the oldest sample
+            # in the log, as after a reconnect: the cursors may have moved past rows that
+            # were rolled back (their ids are handed out again).
+            self._pending = pending + self._pending
+            self._deletes = deletes + self._deletes
+            self._committed_max = self.wal.max_id()
+            if self._online:
+                self._seen_epoch = -1  # forces _go_online on the next tick
+                self._go_offline("the log could not be written")
+            raise
+        if batches:
+            for ids, count, payload, is_backlog in batches:
+                try:
+                    mid = self.mqtt.publish(self.topic, payload, qos=1)
+                except MqttError as exc:
+                    # The cursors already moved past these samples: start over from the
+                    # oldest unacknowledged one, as after a reconnect (duplicates are harmless).
+                    log.warning("publish failed (%s); resending from the oldest logged sample", exc)
+                    self._seen_epoch = -1  # forces _go_online on the next tick
+                    self._go_offline("a publish failed")
+                    return
+                self._inflight[mid] = (ids, count, is_backlog)
+                self.published_batches += 1
+                if is_backlog:
+                    self._backlog_inflight += 1
+
+    def _log_and_batch(self, pending: list[tuple[bool, bytes]], deletes: list[int], epoch: int,
+                       connected: bool, flush_live: bool) -> list[Outgoing]:
+        """A tick's log work (inside the tick's transaction) and the batches it sends."""
         if pending or deletes:
-            try:
-                ids = self.wal.commit(pending, deletes, max_chunk=self.max_samples)
-            except Exception:
-                # e.g. disk full: keep the samples and acknowledgements for the next try
-                self._pending = pending + self._pending
-                self._deletes = deletes + self._deletes
-                raise
+            ids = self.wal.commit(pending, deletes, max_chunk=self.max_samples)
             if ids:
                 self._committed_max = ids[-1]
                 self._live_samples += len(pending)
@@ -191,26 +221,13 @@ class StoreAndForward:
             self._seen_epoch = epoch
             self._go_online()
         if not self._online:
-            return
+            return []
         if flush_live:
             self._urgent_waiting = True
         batches = self._urgent_batches() + self._live_batches() + self._backlog_batches()
         if batches:
-            self.wal.commit(meta={"seq": self.seq})  # seq is durable before any batch leaves
-            for ids, count, payload, is_backlog in batches:
-                try:
-                    mid = self.mqtt.publish(self.topic, payload, qos=1)
-                except MqttError as exc:
-                    # The cursors already moved past these samples: start over from the
-                    # oldest unacknowledged one, as after a reconnect (duplicates are harmless).
-                    log.warning("publish failed (%s); resending from the oldest logged sample", exc)
-                    self._seen_epoch = -1  # forces _go_online on the next tick
-                    self._go_offline()
-                    return
-                self._inflight[mid] = (ids, count, is_backlog)
-                self.published_batches += 1
-                if is_backlog:
-                    self._backlog_inflight += 1
+            self.wal.commit(meta={"seq": self.seq})
+        return batches
 
     def flush(self) -> None:
         """Commit whatever is queued (on shutdown)."""
@@ -227,9 +244,9 @@ class StoreAndForward:
                        and self.mqtt.stats.connect_failures == 0)
         return first_clean or time.monotonic() - self._connected_at >= self.resume_delay_s
 
-    def _go_offline(self) -> None:
+    def _go_offline(self, why: str = "uplink lost") -> None:
         if self._online:
-            log.warning("uplink lost; samples stay in the log (%d waiting)", self.wal.depth)
+            log.warning("%s; samples stay in the log (%d waiting)", why, self.wal.depth)
         self._online = False
         self._inflight.clear()
         self._backlog_inflight = 0

@@ -21,10 +21,11 @@ counter live in the same file, so they persist with the samples.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 log = logging.getLogger("urbansense.edge")
@@ -126,6 +127,7 @@ class WriteAheadLog:
         #: The last commit's appended rows: what `read` serves from memory; dropped when
         #: any of them is deleted.
         self._tail: list[Row] | None = None
+        self._in_transaction = False
         depth, size = self._db.execute("SELECT COALESCE(SUM(n), 0), COALESCE(SUM(LENGTH(body)), 0) "
                                        "FROM samples").fetchone()
         self.depth = int(depth)
@@ -141,18 +143,40 @@ class WriteAheadLog:
         return int(row[0]) if row else default
 
     # ------------------------------------------------------------------ writes
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The commits made inside as one SQLite transaction (one write to the file instead
+        of several): nothing of it is in the log until it ends, and an error anywhere in it
+        rolls all of it back, the counters and the rows served from memory included."""
+        if self._in_transaction:
+            yield
+            return
+        snapshot = (self.depth, self.bytes, self.dropped, self._tail)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self.depth, self.bytes, self.dropped, self._tail = snapshot
+            raise
+        finally:
+            self._in_transaction = False
+
     def commit(self, appends: Sequence[tuple[bool, bytes]] = (), deletes: Iterable[int] = (),
                meta: dict[str, int] | None = None, *, max_chunk: int = 500) -> list[int]:
-        """One atomic transaction: append samples (as rows of at most max_chunk, see
-        `_chunks`), delete acknowledged rows, update meta. Returns the ids of the appended
-        rows, in order."""
+        """One atomic transaction (or part of the open `transaction`): append samples (as
+        rows of at most max_chunk, see `_chunks`), delete acknowledged rows, update meta.
+        Returns the ids of the appended rows, in order."""
         ids: list[int] = []
         db = self._db
         rows = _chunks(appends, max_chunk) if appends else []
         deletes = list(deletes)
         dropped = self.dropped
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction():
             if rows:
                 # One statement for the whole group. AUTOINCREMENT inside this write
                 # transaction hands out consecutive ids after the sequence's last value.
@@ -179,17 +203,13 @@ class WriteAheadLog:
             for key, value in (meta or {}).items():
                 db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                            "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        tail = self._tail
-        if self.dropped != dropped:
-            self._tail = None  # the size cap took rows, maybe some of these
-        elif ids:
-            self._tail = [(i, n, body) for i, (_, n, body) in zip(ids, rows, strict=True)]
-        elif tail is not None and deletes and max(deletes) >= tail[0][0]:
-            self._tail = None  # acknowledged: some of its rows are gone
+            tail = self._tail
+            if self.dropped != dropped:
+                self._tail = None  # the size cap took rows, maybe some of these
+            elif ids:
+                self._tail = [(i, n, body) for i, (_, n, body) in zip(ids, rows, strict=True)]
+            elif tail is not None and deletes and max(deletes) >= tail[0][0]:
+                self._tail = None  # acknowledged: some of its rows are gone
         return ids
 
     def _drop_oldest(self) -> None:

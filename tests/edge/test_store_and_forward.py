@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,59 @@ def test_seq_persists_across_restarts_and_unacked_samples_stay(tmp_path: Path, s
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and seqs[-1] > last_seq
     assert sorted(s.f["n"] for s in collector.samples()) == list(range(30)) + list(range(100, 110))
     assert wal.depth == 0
+    wal.close()
+
+
+def test_a_full_disk_loses_no_sample_and_sends_them_when_space_returns(
+        tmp_path: Path, stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """The log's disk fills while samples keep coming (SQLite's "database or disk is
+    full", by its page limit): a tick that cannot write rolls back whole, keeps its samples
+    and acknowledgements in memory and says why; once there is space again every sample
+    reaches the broker, on the same connection, and the log empties."""
+    gw = unique("gw")
+    wal = WriteAheadLog(tmp_path / "full.wal", max_bytes=1 << 26)
+    fwd, client = _forwarder(stack, wal, gw)
+    collector = Collector(stack.mqtt_url, f"city/test/{gw}/telemetry")
+    client.connect()
+    pad = {f"pad{k}": "x" * 1000 for k in range(3)}  # a sample needs a page of its own
+
+    def padded(n: int) -> Sample:
+        return Sample(dev="dev-a", m="water", t=1_700_000_000_000 + n, f={"n": n, **pad})
+
+    def received() -> set[int]:
+        collector.drain()
+        return {int(s.f["n"]) for s in collector.samples()}
+
+    async def until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(fwd.run())
+        try:
+            for n in range(10):
+                fwd.add(padded(n))
+            await until(lambda: received() == set(range(10)) and wal.depth == 0, "the first samples")
+            pages = wal._db.execute("PRAGMA page_count").fetchone()[0]
+            wal._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+            for n in range(10, 210):  # more than the freed pages hold
+                fwd.add(padded(n))
+            await until(lambda: "database or disk is full" in caplog.text, "a tick that cannot write")
+            for n in range(210, 230):  # taken while the disk is full
+                fwd.add(padded(n))
+            assert received() <= set(range(10, 210)) | set(range(10))
+            wal._db.execute("PRAGMA max_page_count = 1073741823")  # space again
+            await until(lambda: received() == set(range(230)) and wal.depth == 0, "every sample")
+        finally:
+            task.cancel()
+
+    with caplog.at_level("WARNING", logger="urbansense.edge"):
+        asyncio.run(scenario())
+    assert "the log could not be written; samples stay in the log" in caplog.text
+    assert client.stats.connects == 1  # no reconnection was needed
+    client.close()
     wal.close()
 
 

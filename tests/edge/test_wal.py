@@ -243,3 +243,26 @@ def test_a_log_from_before_chunks_is_read_as_one_sample_per_row(tmp_path: Path) 
     wal.commit(deletes=[1, 2])
     assert wal.depth == 2 and wal.read(0, None, 10) == [(3, 2, b'{"n":3},{"n":4}')]
     wal.close()
+
+
+def test_a_transaction_is_all_or_nothing_counters_included(tmp_path: Path) -> None:
+    """Commits inside `transaction` land together; an error inside it rolls them all
+    back, with the depth, the bytes and the rows served from memory as they were."""
+    wal = WriteAheadLog(tmp_path / "x.wal", max_bytes=1 << 20)
+    first = wal.commit([(False, b"a"), (False, b"b")])
+    before = (wal.depth, wal.bytes, wal.read(0, None, 10))
+    with pytest.raises(RuntimeError, match="after the commits"), wal.transaction():
+        wal.commit([(False, b"c")], deletes=first)
+        wal.commit(meta={"seq": 9})
+        assert wal.depth == 1 and wal.read(first[-1], None, 10) == [(first[-1] + 1, 1, b"c")]
+        raise RuntimeError("after the commits")
+    assert (wal.depth, wal.bytes, wal.read(0, None, 10)) == before and wal.get_meta("seq") == 0
+    with wal.transaction():
+        again = wal.commit([(False, b"c")], deletes=first)
+        wal.commit(meta={"seq": 9})
+    assert again == [first[-1] + 1]  # the rolled-back id is handed out again
+    wal.close()
+    reopened = WriteAheadLog(tmp_path / "x.wal", max_bytes=1 << 20)
+    assert reopened.read(0, None, 10) == [(again[0], 1, b"c")] and reopened.get_meta("seq") == 9
+    assert reopened.depth == 1
+    reopened.close()
