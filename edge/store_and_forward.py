@@ -172,6 +172,7 @@ class StoreAndForward:
                 self._backlog_inflight -= entry[2]
         pending, self._pending = self._pending, []
         deletes, self._deletes = self._deletes, []
+        seq = self.seq
         try:
             # One transaction a tick: the new samples, the acknowledged ones gone, and the
             # seq of the batches about to leave (durable before any of them leaves).
@@ -184,6 +185,7 @@ class StoreAndForward:
             # were rolled back (their ids are handed out again).
             self._pending = pending + self._pending
             self._deletes = deletes + self._deletes
+            self.seq = seq  # the batches numbered in it never leave: no gap on the wire
             self._committed_max = self.wal.max_id()
             if self._online:
                 self._seen_epoch = -1  # forces _go_online on the next tick

@@ -4,8 +4,9 @@ replay beside live data, seq persisted across restarts."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,63 @@ def test_a_full_disk_loses_no_sample_and_sends_them_when_space_returns(
         asyncio.run(scenario())
     assert "the log could not be written; samples stay in the log" in caplog.text
     assert client.stats.connects == 1  # no reconnection was needed
+    client.close()
+    wal.close()
+
+
+class _SeqWriteFails(WriteAheadLog):
+    """A log whose next write of the seq fails (an I/O error at that instant): the tick's
+    transaction has by then logged samples and formed their batches."""
+
+    fail_next_seq = False
+
+    def commit(self, appends: Sequence[tuple[bool, bytes]] = (), deletes: Iterable[int] = (),
+               meta: dict[str, int] | None = None, *, max_chunk: int = 500) -> list[int]:
+        if meta and self.fail_next_seq:
+            self.fail_next_seq = False
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().commit(appends, deletes, meta, max_chunk=max_chunk)
+
+
+def test_a_tick_that_fails_after_forming_its_batches_sends_them_later_without_a_seq_gap(
+        tmp_path: Path, stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """The tick's transaction fails at its last write, after its samples were logged and
+    its batches numbered: all of it is rolled back (the ids are handed out again), so the
+    forwarder must not trust its cursors or its seq. Every sample still arrives, and the
+    seq on the wire has no gap (the ingester would report one as lost data)."""
+    gw = unique("gw")
+    wal = _SeqWriteFails(tmp_path / "seq.wal", max_bytes=1 << 24)
+    fwd, client = _forwarder(stack, wal, gw)
+    collector = Collector(stack.mqtt_url, f"city/test/{gw}/telemetry")
+    client.connect()
+
+    def received() -> set[int]:
+        collector.drain()
+        return {int(s.f["n"]) for s in collector.samples()}
+
+    async def scenario() -> None:
+        task = asyncio.create_task(fwd.run())
+        deadline = time.monotonic() + 30
+        try:
+            for n in range(10):
+                fwd.add(_sample("dev-a", n))
+            while received() != set(range(10)):
+                assert time.monotonic() < deadline, "the first samples never arrived"
+                await asyncio.sleep(0.05)
+            wal.fail_next_seq = True
+            for n in range(10, 20):
+                fwd.add(_sample("dev-a", n))
+            while received() != set(range(20)) or wal.depth:
+                assert time.monotonic() < deadline, f"missing {sorted(set(range(20)) - received())}"
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+
+    with caplog.at_level("WARNING", logger="urbansense.edge"):
+        asyncio.run(scenario())
+    assert not wal.fail_next_seq and "disk I/O error" in caplog.text
+    seqs = sorted({b.seq for b in collector.batches})
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))
     client.close()
     wal.close()
 
