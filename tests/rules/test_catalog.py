@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from rules.catalog import load_catalog
+from rules.catalog import RULE_KINDS, load_catalog
 from urbansense.config import ConfigError
 
 
@@ -112,3 +113,23 @@ def test_aqi_inputs_are_checked_against_the_table(tmp_path: Path) -> None:
 def test_example_rule_file_is_valid() -> None:
     rules = load_catalog(Path(__file__).resolve().parents[2] / "rules" / "example-rules.yaml")
     assert len(rules) == 10
+
+
+def test_every_kind_has_an_example_and_a_row_in_the_readme() -> None:
+    """Each rule kind the engine knows is shown somewhere a user copies from (the example
+    file, or a shipped family or system file, which the example file points to) and has
+    a row in rules/README.md's kind table: a new kind cannot go undocumented. (The
+    example file once claimed a rule of every kind while nine were missing.)"""
+    repo = Path(__file__).resolve().parents[2]
+    shown = {rule.kind for rule in load_catalog(repo / "rules" / "example-rules.yaml")}
+    shown |= {rule.kind for rule in load_catalog()}
+    assert set(RULE_KINDS) - shown == set()
+    readme = (repo / "rules" / "README.md").read_text()
+    assert [kind for kind in RULE_KINDS if f"| `{kind}` |" not in readme] == []
+    # the example file's header names, for each kind it cannot hold, a shipped rule of it
+    header = (repo / "rules" / "example-rules.yaml").read_text().split("\ndomain:")[0]
+    pointers = dict(re.findall(r"^#\s+([a-z_]+)\s+([a-z0-9_]+\.[a-z0-9_]+)\s+\S+$", header, re.MULTILINE))
+    shipped = {rule.id: rule.kind for rule in load_catalog()}
+    assert {kind: shipped.get(rule_id) for kind, rule_id in pointers.items()} == {kind: kind for kind in pointers}
+    example_kinds = {rule.kind for rule in load_catalog(repo / "rules" / "example-rules.yaml")}
+    assert set(RULE_KINDS) == example_kinds | set(pointers)
