@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -172,35 +173,18 @@ def test_the_private_broker_delivers_as_the_deployment_does(stack: Stack) -> Non
     assert not any(line.split()[0] in deployed for line in shared if line.split()[0] != "persistence")
 
 
-def test_influxd_never_gets_one_port_twice(monkeypatch: pytest.MonkeyPatch, stack: Stack) -> None:
-    """CI once saw influxd given the same port for HTTP and RPC (the kernel handed the
-    free port out twice in a row), and it failed to start. The kernel's choice is not
-    reproducible, so the sockets replay it here."""
-    import socket as socket_module
+def test_free_ports_are_never_handed_out_twice_nor_where_connections_take_theirs(stack: Stack) -> None:
+    """The kernel gives the ports of outgoing connections (and of bind to 0) from its
+    ephemeral range: a test's HJ 212 server once found the port it had been given taken
+    by a connection in between, and CI once saw influxd given the same port for HTTP and
+    RPC. Ports come from below that range, never twice in a process, and bindable."""
+    from application.stack import ephemeral_ports, free_port
 
-    from application import stack as stack_module
-
-    handed = iter([5000, 5000, 5000, 5001])
-
-    class Replayed:
-        def __init__(self, *_: object) -> None:
-            self.port = next(handed)
-
-        def __enter__(self) -> Replayed:
-            return self
-
-        def __exit__(self, *_: object) -> None:
-            pass
-
-        def bind(self, _address: object) -> None:
-            pass
-
-        def getsockname(self) -> tuple[str, int]:
-            return "127.0.0.1", self.port
-
-    monkeypatch.setattr(socket_module, "socket", Replayed)
-    assert stack_module.free_port() == 5000
-    assert stack_module.free_port(besides=(5000,)) == 5001
-    monkeypatch.undo()
+    low, _high = ephemeral_ports()
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 < port < low for port in ports)
+    with socket.socket() as server:  # free now: a server can have it
+        server.bind(("127.0.0.1", free_port()))
     influxd = stack.services()["influxd"]
     assert influxd.port != influxd.extra_port
