@@ -13,7 +13,6 @@ import contextlib
 import getpass
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -29,57 +28,12 @@ import requests
 from urbansense.endpoints import SERVICES, STATE_FILE, ServiceState, pid_alive, recorded_services
 from urbansense.endpoints import default_urls as default_urls
 from urbansense.paths import BROKER_DELIVERY_CONF, default_run_dir, shown
+from urbansense.ports import ephemeral_ports as ephemeral_ports
+from urbansense.ports import free_port as free_port
 
 
 class StackError(RuntimeError):
     pass
-
-
-#: Ports this process has handed out (`free_port` never gives one twice).
-_HANDED_OUT: set[int] = set()
-_PORT_PICKER = random.SystemRandom()  # not the seedable module generator: two processes seeded alike
-#: Where `free_port` looks, below the kernel's ephemeral range.
-_LISTEN_PORTS_FROM = 10_000
-
-
-def ephemeral_ports() -> tuple[int, int]:
-    """The kernel's range for the local ports of outgoing connections (and for bind to 0)."""
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def _bindable(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1", *, besides: tuple[int, ...] = ()) -> int:
-    """A port free on `host` now, for a server this process is about to start: never one
-    it handed out before, nor one of `besides`, and below the kernel's ephemeral range, so
-    that no outgoing connection can take it before the server binds it (the kernel hands
-    those ports to every connect: a test's HJ 212 server once found its port taken; and
-    bind to 0 once gave influxd the same port twice in a row)."""
-    low, _high = ephemeral_ports()
-    if low - _LISTEN_PORTS_FROM >= 1000:
-        for _ in range(500):
-            port = _PORT_PICKER.randrange(_LISTEN_PORTS_FROM, low)
-            if port not in _HANDED_OUT and port not in besides and _bindable(host, port):
-                _HANDED_OUT.add(port)
-                return port
-    while True:  # an unusual ephemeral range (or nothing free below it): the kernel's pick
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT and port not in besides:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def find_binary(name: str) -> str:

@@ -15,7 +15,6 @@ the rules meet groups of other sizes, odd and even, from seed to seed.
 from __future__ import annotations
 
 import datetime as dt
-import socket
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from urbansense.config import (
 )
 from urbansense.identifiers import ID_PATTERN
 from urbansense.paths import GATEWAYS_DIR
+from urbansense.ports import free_ports
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
 Duration = str | float
@@ -487,18 +487,8 @@ def _by_label(devices: list[str], label: str, inventory: Mapping[str, tuple[str,
 
 
 def free_tcp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """n distinct loopback ports that are free right now (held open together while
-    choosing, so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            socks.append(sock)
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+    """n distinct loopback ports that are free right now (urbansense.ports)."""
+    return free_ports(n, host)
 
 
 def _select(ev: EventSpec | AbsentSpec, inventory: Mapping[str, tuple[str, dict[str, str], str]], where: str,
