@@ -18,6 +18,7 @@ from edge.jt808_input import Jt808Link
 from edge.link import ModbusLink
 from edge.mqtt_input import MqttInputLink
 from edge.pushed import PushedInput
+from edge.service import Notifier
 from edge.store_and_forward import StoreAndForward
 from edge.telemetry import SelfTelemetry
 from edge.wal import WriteAheadLog
@@ -204,6 +205,11 @@ class EdgeAgent:
         tasks += [asyncio.create_task(m.run(), name=f"pushed-{name}") for name, m in self.pushed_links.items()]
         tasks.append(asyncio.create_task(self.forwarder.run(), name="store-and-forward"))
         tasks.append(asyncio.create_task(self._status_loop(), name="status"))
+        notifier = Notifier()
+        if notifier.watchdog_interval_s is not None:
+            tasks.append(asyncio.create_task(self._feed_watchdog(notifier, notifier.watchdog_interval_s),
+                                             name="watchdog"))
+        notifier.ready(f"{len(self.device_states())} device(s); log {self.wal.path}")
         log.info("edge agent %s/%s: %d Modbus link(s), %d pushed link(s) (MQTT, HJ 212, JT/T 808), "
                  "%d device(s); log %s", self.cfg.district, self.cfg.gateway, len(self.links), len(self.pushed_links),
                  len(self.device_states()), self.wal.path)
@@ -215,6 +221,7 @@ class EdgeAgent:
                     async with asyncio.timeout(duration_s):
                         await self._stop.wait()
         finally:
+            notifier.stopping()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -224,6 +231,13 @@ class EdgeAgent:
                 await asyncio.sleep(0.2)
             self.mqtt.close()
             self.wal.close()
+
+    async def _feed_watchdog(self, notifier: Notifier, interval_s: float) -> None:
+        """WATCHDOG=1 from the event loop itself: a loop that hangs (a blocking call, a
+        deadlock) stops feeding it and the service manager restarts the agent."""
+        while True:
+            notifier.watchdog()
+            await asyncio.sleep(interval_s)
 
     async def _drain(self, timeout_s: float) -> None:
         """On a clean stop, give queued samples a short chance to be acknowledged; what is

@@ -1,4 +1,4 @@
-"""`urbansense edge run | check | probe`"""
+"""`urbansense edge run | check | probe | install-service | command`"""
 
 from __future__ import annotations
 
@@ -46,6 +46,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     probe.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
     probe.set_defaults(func=_probe)
 
+    service = esub.add_parser(
+        "install-service", help="write the systemd unit that runs the agent for a gateway config (restart on "
+                                "failure, watchdog, memory and CPU limits, the log in /var/lib/urbansense)")
+    service.add_argument("--config", required=True, help="gateway config YAML (checked first, as edge check does)")
+    service.add_argument("--unit-dir", default="/etc/systemd/system", help="where to write the unit "
+                                                                            "(default /etc/systemd/system)")
+    service.add_argument("--name", help="unit name (default urbansense-edge-<district>-<gateway>)")
+    service.add_argument("--password-file", help="file holding the MQTT password (one line, chmod 600, owned by "
+                                                 "root), passed to the agent as a systemd credential")
+    service.add_argument("--watchdog-s", type=int, default=30,
+                         help="restart the agent when it has not fed the watchdog for this long (default 30)")
+    service.add_argument("--memory-max", default="256M", help="MemoryMax= (default 256M)")
+    service.add_argument("--cpu-quota", default="80%", help="CPUQuota= (default 80%%)")
+    service.add_argument("--print", action="store_true", help="print the unit instead of writing it")
+    service.set_defaults(func=_install_service)
+
     command = esub.add_parser(
         "command", help="write one field of one device through its gateway's command path (a pump to start), "
                         "or confirm the command an alert recommends; waits for the read-back")
@@ -83,6 +99,60 @@ def _run(args: argparse.Namespace) -> int:
         await agent.run(args.duration)
 
     asyncio.run(main())
+    return 0
+
+
+def _install_service(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from edge.check import check
+    from edge.service import UnitSpec, unit_file
+    from urbansense.config import load_gateway
+
+    report = check(args.config)
+    for line in report.problems:
+        print(f"error: {line}", file=sys.stderr)
+    if report.problems:
+        print(f"{args.config}: {len(report.problems)} problem(s); no unit written", file=sys.stderr)
+        return 2
+    cfg = load_gateway(args.config).config
+    if cfg.wal.path:
+        print(f"warning: {args.config} sets wal.path ({cfg.wal.path}); the service can write only below "
+              "/var/lib/urbansense (ProtectSystem=strict); fix: remove wal.path, the log then goes there",
+              file=sys.stderr)
+    name = args.name or f"urbansense-edge-{cfg.district}-{cfg.gateway}"
+    script = Path(sys.executable).parent / "urbansense"
+    exec_start = [str(script)] if script.exists() else [sys.executable, "-m", "application.cli"]
+    password = Path(args.password_file).resolve() if args.password_file else None
+    if password is not None and password.exists() and password.stat().st_mode & 0o077:
+        print(f"warning: {password} can be read by others (mode {password.stat().st_mode & 0o777:o}); "
+              f"fix: chmod 600 {password}", file=sys.stderr)
+    text = unit_file(UnitSpec(config=Path(args.config), exec_start=exec_start, name=name,
+                              watchdog_s=args.watchdog_s, memory_max=args.memory_max, cpu_quota=args.cpu_quota,
+                              password_file=password,
+                              username=f"{cfg.district}/{cfg.gateway}" if password is not None else None))
+    if args.print:
+        print(text, end="")
+        return 0
+    path = Path(args.unit_dir) / f"{name}.service"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        print(f"error: cannot write {path}: {exc.strerror}; fix: run as root, or pass --unit-dir", file=sys.stderr)
+        return 1
+    analyze = shutil.which("systemd-analyze")
+    if analyze:
+        verify = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, check=False)
+        complaints = (verify.stdout + verify.stderr).splitlines()
+        for line in complaints:
+            print(f"systemd-analyze: {line}", file=sys.stderr)
+        if verify.returncode or complaints:
+            print(f"error: systemd-analyze verify does not accept {path}; fix what it says above", file=sys.stderr)
+            return 1
+    print(f"wrote {path}\nnext: systemctl daemon-reload && systemctl enable --now {name}"
+          f"\n      journalctl -u {name} -f   (the agent's log)")
     return 0
 
 

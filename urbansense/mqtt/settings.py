@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 
@@ -40,6 +41,14 @@ class MqttSettings:
         env = os.environ
         self.username = env.get("URBANSENSE_MQTT_USERNAME") or self.username
         self.password = env.get("URBANSENSE_MQTT_PASSWORD") or self.password
+        password_file = env.get("URBANSENSE_MQTT_PASSWORD_FILE")
+        if password_file:  # a file only the service can read (a systemd credential, a secret mount)
+            try:
+                self.password = Path(password_file).read_text().strip()
+            except OSError as exc:
+                raise MqttError(f"URBANSENSE_MQTT_PASSWORD_FILE={password_file}: cannot read the MQTT password "
+                                f"({exc.strerror}); fix: create it (one line, chmod 600) or unset the variable"
+                                ) from None
         self.ca_file = env.get("URBANSENSE_MQTT_CA_FILE") or self.ca_file
         self.cert_file = env.get("URBANSENSE_MQTT_CERT_FILE") or self.cert_file
         self.key_file = env.get("URBANSENSE_MQTT_KEY_FILE") or self.key_file
