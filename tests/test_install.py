@@ -55,6 +55,12 @@ def test_an_installed_package_runs_outside_the_checkout(tmp_path: Path) -> None:
     env["URBANSENSE_FAMILIES"] = str(REPO / "tests" / "data" / "families")
     trial = REPO / "tests" / "data" / "noise-trial"
     _run([urbansense, "edge", "check", "--config", str(trial / "nz-gw-noise.yaml")], cwd=elsewhere, env=env)
+    # the gateway as a service, from the wheel (docs/OPERATIONS.md); install-service fails
+    # when systemd-analyze verify has anything to say about the unit
+    _run([urbansense, "edge", "install-service", "--config", str(trial / "nz-gw-noise.yaml"),
+          "--unit-dir", str(tmp_path / "units")], cwd=elsewhere, env=env)
+    [unit] = (tmp_path / "units").glob("urbansense-edge-*.service")
+    assert f"ExecStart={urbansense} edge run --config {trial / 'nz-gw-noise.yaml'}" in unit.read_text()
     demo = _run([urbansense, "demo", "--headless", "--json", "--scenario", str(trial / "scenario.yaml"),
                  "--speed", "360"], cwd=elsewhere, env=env)
     summary = json.loads(demo.stdout)
