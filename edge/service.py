@@ -96,8 +96,8 @@ def unit_file(spec: UnitSpec) -> str:
 Description=UrbanSense edge agent ({spec.config.name})
 After=network-online.target
 Wants=network-online.target
-StartLimitIntervalSec=600
-StartLimitBurst=20
+# a gateway in a cabinet nobody visits never gives up restarting its agent (5 s apart)
+StartLimitIntervalSec=0
 
 [Service]
 Type=notify
