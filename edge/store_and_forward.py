@@ -33,7 +33,8 @@ from urbansense.schema import Sample
 
 log = logging.getLogger("urbansense.edge")
 
-#: Batches stay well below the payload limit the broker and ingesters accept.
+#: Batches stay well below the payload limit the broker and ingesters accept (a row
+#: alone always fits: wal.CHUNK_BYTES).
 MAX_BATCH_BYTES = codec.MAX_PAYLOAD_BYTES * 3 // 4
 
 #: A batch ready to publish: (log rows it carries, samples in them, payload, is it
@@ -282,7 +283,8 @@ class StoreAndForward:
     def _urgent_batches(self) -> list[Outgoing]:
         out: list[Outgoing] = []
         while self._urgent_pos < self._backlog_upto and self._room() - len(out) > 0:
-            rows = _fit(self.wal.read(self._urgent_pos, self._backlog_upto, self.max_samples, urgent=True))
+            rows = self.wal.read(self._urgent_pos, self._backlog_upto, self.max_samples, urgent=True,
+                                 max_bytes=MAX_BATCH_BYTES)
             if not rows:
                 self._urgent_pos = self._backlog_upto
                 break
@@ -300,7 +302,7 @@ class StoreAndForward:
             return []
         out: list[Outgoing] = []
         while self._room() - len(out) > 0:
-            rows = _fit(self.wal.read(self._live_pos, self._committed_max, self.max_samples))
+            rows = self.wal.read(self._live_pos, self._committed_max, self.max_samples, max_bytes=MAX_BATCH_BYTES)
             if not rows:
                 self._live_pos = self._committed_max
                 self._live_samples = 0
@@ -326,7 +328,8 @@ class StoreAndForward:
         share = max(1, self.window // 2)
         while self._tokens >= 1 and self._backlog_inflight + len(out) < share and self._room() - len(out) > 0:
             limit = int(min(self._tokens, self.max_samples))
-            rows = _fit(self.wal.read(self._backlog_pos, self._backlog_upto, limit, urgent=False))
+            rows = self.wal.read(self._backlog_pos, self._backlog_upto, limit, urgent=False,
+                                 max_bytes=MAX_BATCH_BYTES)
             if not rows:
                 self._backlog_pos = self._backlog_upto
                 log.info("backlog replay done")
@@ -336,14 +339,3 @@ class StoreAndForward:
             self._tokens -= out[-1][1]
             self.replayed_samples += out[-1][1]
         return out
-
-
-def _fit(rows: list[Row]) -> list[Row]:
-    """The oldest rows whose bodies fit in one batch payload (at least one row: a row
-    alone always fits, see wal.CHUNK_BYTES)."""
-    total = 0
-    for n, (_, _, body) in enumerate(rows):
-        total += len(body) + 1
-        if total > MAX_BATCH_BYTES and n:
-            return rows[:n]
-    return rows

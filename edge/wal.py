@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -73,12 +74,14 @@ def _chunks(appends: Sequence[tuple[bool, bytes]], max_chunk: int) -> list[tuple
     return out
 
 
-def _within(rows: list[Row], limit: int) -> list[Row]:
-    """The oldest rows holding at most `limit` samples in all (at least one row)."""
-    total = 0
-    for k, row in enumerate(rows):
-        total += row[1]
-        if total > limit and k:
+def _within(rows: list[Row], limit: int, max_bytes: float) -> list[Row]:
+    """The oldest rows holding at most `limit` samples in all, whose bodies, each with
+    its comma, take at most `max_bytes` (at least one row)."""
+    total = size = 0
+    for k, (_, n, body) in enumerate(rows):
+        total += n
+        size += len(body) + 1
+        if k and (total > limit or size > max_bytes):
             return rows[:k]
     return rows
 
@@ -245,14 +248,15 @@ class WriteAheadLog:
         return int(row[0]) if row else 0
 
     def read(self, after_id: int, upto_id: int | None, limit: int, *,
-             urgent: bool | None = None) -> list[Row]:
+             urgent: bool | None = None, max_bytes: float = math.inf) -> list[Row]:
         """Rows with after_id < id <= upto_id, oldest first, holding at most `limit`
-        samples in all (at least one row). The rows of the last commit come from memory
-        (live forwarding reads them right after committing them)."""
+        samples and `max_bytes` of bodies (each with its comma) in all, at least one row. The
+        rows of the last commit come from memory (live forwarding reads them right after
+        committing them)."""
         tail = self._tail
         if tail is not None and urgent is None and tail[0][0] <= after_id + 1 <= tail[-1][0] + 1:
             last = tail[-1][0] if upto_id is None else min(upto_id, tail[-1][0])
-            return _within(tail[after_id + 1 - tail[0][0] : last + 1 - tail[0][0]], limit)
+            return _within(tail[after_id + 1 - tail[0][0] : last + 1 - tail[0][0]], limit, max_bytes)
         sql = "SELECT id, n, body FROM samples WHERE id > ?"
         args: list[int] = [after_id]
         if upto_id is not None:
@@ -263,7 +267,8 @@ class WriteAheadLog:
             args.append(int(urgent))
         sql += " ORDER BY id LIMIT ?"
         args.append(limit)  # every row holds at least one sample
-        return _within([(int(i), int(n), bytes(b)) for i, n, b in self._db.execute(sql, args).fetchall()], limit)
+        rows = [(int(i), int(n), bytes(b)) for i, n, b in self._db.execute(sql, args).fetchall()]
+        return _within(rows, limit, max_bytes)
 
     def close(self) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import random
 import signal
@@ -130,11 +131,13 @@ def _reference_rows(samples: list[tuple[bool, bytes]], max_chunk: int) -> list[t
     return rows
 
 
-def _reference_read(model: dict[int, tuple[int, bytes]], after: int, upto: int | None, limit: int) -> list[Row]:
+def _reference_read(model: dict[int, tuple[int, bytes]], after: int, upto: int | None, limit: int,
+                    max_bytes: float) -> list[Row]:
     rows = [(i, *model[i]) for i in sorted(model) if i > after and (upto is None or i <= upto)]
     out: list[Row] = []
     for row in rows:
-        if out and sum(n for _, n, _ in out) + row[1] > limit:
+        if out and (sum(n for _, n, _ in out) + row[1] > limit
+                    or sum(len(body) + 1 for _, _, body in [*out, row]) > max_bytes):  # each with its comma
             break
         out.append(row)
     return out
@@ -167,8 +170,9 @@ def test_reads_served_from_the_last_commit_match_the_log(tmp_path: Path) -> None
             after = rng.randint(max(0, top - 12), top + 1)
             upto = rng.choice([None, after + rng.randint(0, 12)])
             limit = rng.randint(1, 50)
-            want = _reference_read(model, after, upto, limit)
-            assert wal.read(after, upto, limit) == want, (step, after, upto, limit)
+            max_bytes = rng.choice([math.inf, rng.randint(20, 600)])  # a batch's payload cap
+            want = _reference_read(model, after, upto, limit, max_bytes)
+            assert wal.read(after, upto, limit, max_bytes=max_bytes) == want, (step, after, upto, limit, max_bytes)
         assert wal.depth == sum(n for n, _ in model.values())
         assert wal.bytes == sum(len(body) for _, body in model.values())
     wal.close()
