@@ -13,6 +13,8 @@ from urbansense.config import LoadedGateway, Profile, load_gateway, profile_path
 
 @dataclass
 class CheckReport:
+    #: The config as loaded (what the caller goes on with when there are no problems).
+    gateway: LoadedGateway
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
@@ -60,7 +62,7 @@ def check(path: Path | str) -> CheckReport:
     gw = load_gateway(path)
     cfg = gw.config
     shown = str(path)
-    report = CheckReport()
+    report = CheckReport(gw)
     for name, profile in sorted(gw.profiles.items()):
         _profile_checks(profile, _profile_file(gw, name), report)
     endpoints: dict[tuple[str, int], str] = {}

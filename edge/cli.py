@@ -10,6 +10,10 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edge.check import CheckReport
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
@@ -106,17 +110,13 @@ def _install_service(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from edge.check import check
     from edge.service import UnitSpec, unit_file
-    from urbansense.config import load_gateway
 
-    report = check(args.config)
-    for line in report.problems:
-        print(f"error: {line}", file=sys.stderr)
+    report = _checked(args.config)
     if report.problems:
         print(f"{args.config}: {len(report.problems)} problem(s); no unit written", file=sys.stderr)
         return 2
-    cfg = load_gateway(args.config).config
+    cfg = report.gateway.config
     if cfg.wal.path:
         print(f"warning: {args.config} sets wal.path ({cfg.wal.path}); the service can write only below "
               "/var/lib/urbansense (ProtectSystem=strict); fix: remove wal.path, the log then goes there",
@@ -156,14 +156,20 @@ def _install_service(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> int:
+def _checked(config: str) -> CheckReport:
+    """`edge check`'s findings on a config, problems and warnings printed."""
     from edge.check import check
 
-    report = check(args.config)
+    report = check(config)
     for line in report.problems:
         print(f"error: {line}", file=sys.stderr)
     for line in report.warnings:
         print(f"warning: {line}", file=sys.stderr)
+    return report
+
+
+def _check(args: argparse.Namespace) -> int:
+    report = _checked(args.config)
     if report.problems:
         print(f"{args.config}: {len(report.problems)} problem(s)", file=sys.stderr)
         return 2

@@ -29,11 +29,11 @@ class Notifier:
         address = env.get("NOTIFY_SOCKET", "")
         # An abstract socket is written "@name" and addressed with a leading NUL byte.
         self.address = "\0" + address[1:] if address.startswith("@") else address
-        #: How often to feed the watchdog (half of WatchdogSec=), None when it is off or
-        #: meant for another process (WATCHDOG_PID).
+        #: How often to feed the watchdog (half of WatchdogSec=), None when it is off, meant
+        #: for another process (WATCHDOG_PID), or there is no manager to tell.
         self.watchdog_interval_s: float | None = None
         usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
-        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+        if self.address and usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_interval_s = int(usec) / 2e6
         self._failed = False
 

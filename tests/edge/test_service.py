@@ -127,6 +127,7 @@ def test_the_notifier_reaches_an_abstract_socket_and_keeps_quiet_without_one() -
         notifier.ready("ok")
         assert listener.recv(4096) == b"READY=1\nSTATUS=ok"
     assert not Notifier({}).enabled
+    assert Notifier({"WATCHDOG_USEC": "1000000"}).watchdog_interval_s is None  # no manager to feed
     Notifier({}).ready("nobody listens")  # by hand, no service manager: nothing happens
     # a watchdog meant for another process (WATCHDOG_PID) is not this one's to feed
     other = Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
