@@ -9,22 +9,35 @@ import contextlib
 import gc
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge import commands
+from edge import commands, diagnostics
 from edge.hj212_input import Hj212Link
 from edge.jt808_input import Jt808Link
 from edge.link import ModbusLink
 from edge.mqtt_input import MqttInputLink
 from edge.pushed import PushedInput
+from edge.remote_config import (
+    ConfigPush,
+    ConfigRefused,
+    ConfigStore,
+    Health,
+    config_hash,
+    parse_push,
+    result,
+    validate,
+    verdict,
+)
 from edge.service import Notifier
 from edge.store_and_forward import StoreAndForward
 from edge.telemetry import SelfTelemetry
 from edge.wal import WriteAheadLog
 from urbansense import __version__, codec, topics
 from urbansense.clock import now_ms
-from urbansense.config import LoadedGateway
+from urbansense.config import ConfigError, LoadedGateway, load_gateway
 from urbansense.mqtt import Message, MqttClient, MqttSettings, Will
 from urbansense.paths import default_run_dir
 from urbansense.schema import GatewayStatus
@@ -48,16 +61,46 @@ def wal_path(gateway: LoadedGateway) -> Path:
     return default_run_dir() / "edge" / f"{cfg.district}-{cfg.gateway}.wal"
 
 
+@dataclass
+class _Trial:
+    """A pushed config on trial, and what to go back to."""
+
+    push: ConfigPush
+    previous: LoadedGateway
+    previous_text: str
+    before: Health
+    task: asyncio.Task[None] | None = None
+
+
 class EdgeAgent:
     def __init__(self, gateway: LoadedGateway, mqtt: MqttSettings | None = None, *,
                  wal_file: Path | None = None) -> None:
+        wal_file = wal_file or wal_path(gateway)
+        #: The config file as it is on the gateway, and the config that runs: the same, or a
+        #: pushed one kept in the store beside the log (edge/remote_config.py).
+        self.base_text = gateway.path.read_text(encoding="utf-8")
+        self.store = ConfigStore(wal_file.with_name(wal_file.name + ".config"))
+        self.config_text, note = self.store.startup(self.base_text)
+        if note:
+            log.warning("%s", note)
+        if self.config_text != self.base_text:
+            try:
+                gateway = load_gateway(gateway.path, self.config_text)
+            except ConfigError as exc:
+                log.error("the kept pushed config no longer loads; running %s:\n  %s", gateway.path,
+                          "\n  ".join(exc.problems))
+                self.store.clear()
+                self.config_text = self.base_text
+        self._config_note = note
         self.gateway = gateway
         cfg = self.cfg = gateway.config
         self.telemetry = SelfTelemetry(cfg.gateway)
         self.status_topic = topics.status(cfg.district, cfg.gateway)
         self.cmd_topic = topics.command(cfg.district, cfg.gateway)
         self.result_topic = topics.command_result(cfg.district, cfg.gateway)
-        self.wal = WriteAheadLog(wal_file or wal_path(gateway), max_bytes=cfg.wal.max_bytes, sync=cfg.wal.sync)
+        self.config_topic = topics.config(cfg.district, cfg.gateway)
+        self.config_result_topic = topics.config_result(cfg.district, cfg.gateway)
+        self.wal = WriteAheadLog(wal_file, max_bytes=cfg.wal.max_bytes, sync=cfg.wal.sync)
         up = cfg.uplink
         will = Will(self.status_topic, codec.encode_status(GatewayStatus(state="offline", t=now_ms(),
                                                                          version=__version__)))
@@ -75,6 +118,19 @@ class EdgeAgent:
         self.links: dict[str, ModbusLink] = {}
         #: Links whose devices push: MQTT sensors, HJ 212 stations, JT/T 808 terminals.
         self.pushed_links: dict[str, PushedInput] = {}
+        self._build_links(gateway)
+        self._link_tasks: list[asyncio.Task[None]] = []
+        self._trial: _Trial | None = None
+        #: The agent's recent log lines, for a remote `log` (edge/diagnostics.py).
+        self.log_ring = diagnostics.LogRing()
+        self._stop = asyncio.Event()
+        self._commands: set[asyncio.Future[dict[str, Any]]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = time.monotonic()
+
+    def _build_links(self, gateway: LoadedGateway) -> None:
+        cfg = gateway.config
+        self.links, self.pushed_links = {}, {}
         for link in cfg.links:
             if not link.devices:
                 continue
@@ -91,10 +147,24 @@ class EdgeAgent:
                 self.links[link.name] = ModbusLink(link, gateway.profiles, default_interval_s=cfg.poll_interval_s,
                                                    polling=cfg.polling, sink=self.forwarder.add,
                                                    telemetry=self.telemetry)
-        self._stop = asyncio.Event()
-        self._commands: set[asyncio.Future[dict[str, Any]]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._started = time.monotonic()
+
+    def _start_links(self) -> None:
+        self._link_tasks = [asyncio.create_task(link.run(), name=f"link-{name}") for name, link in self.links.items()]
+        self._link_tasks += [asyncio.create_task(m.run(), name=f"pushed-{name}")
+                             for name, m in self.pushed_links.items()]
+
+    async def _stop_links(self, grace_s: float = 10.0) -> None:
+        """Polling links finish the poll under way (its reading is kept), then everything is
+        cancelled; pushed links hold no half-taken reading."""
+        polled = dict(zip(self.links.values(), self._link_tasks, strict=False))
+        for link, task in polled.items():
+            link.stop(task)
+        if polled:
+            await asyncio.wait(polled.values(), timeout=grace_s)
+        for t in self._link_tasks:
+            t.cancel()
+        await asyncio.gather(*self._link_tasks, return_exceptions=True)
+        self._link_tasks = []
 
     # ------------------------------------------------------------------ status
     def device_states(self) -> dict[str, str]:
@@ -121,9 +191,18 @@ class EdgeAgent:
         out.update(self.telemetry.summary())
         return out
 
+    def health(self) -> Health:
+        """Polled devices always count (one not answered yet as failing); pushing devices
+        once they have reported."""
+        verdicts = [s.ok for link in self.links.values() for s in link.devices.values()]
+        verdicts += [s.ok for m in self.pushed_links.values() for s in m.devices.values() if s.ok is not None]
+        ok = sum(1 for v in verdicts if v is True)
+        return Health(judged=len(verdicts), failing=len(verdicts) - ok, ok=ok)
+
     def status(self, state: str = "online") -> GatewayStatus:
         return GatewayStatus(state=state, t=now_ms(), version=__version__, devices=self.device_states(),
-                             stats=self.stats())
+                             stats=self.stats(), config_hash=config_hash(self.config_text),
+                             config_version=self.cfg.version)
 
     def _publish_status(self, state: str = "online") -> None:
         self.mqtt.publish(self.status_topic, codec.encode_status(self.status(state)), qos=1, retain=True)
@@ -152,9 +231,8 @@ class EdgeAgent:
         t.connected.set_function(lambda: 1 if self.mqtt.connected else 0)
 
     async def _status_loop(self) -> None:
-        interval = self.cfg.polling.status_interval_s
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.cfg.polling.status_interval_s)
             if self.mqtt.connected:
                 self._publish_status()
 
@@ -163,32 +241,113 @@ class EdgeAgent:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._start_command, bytes(msg.payload))
 
-    def _start_command(self, payload: bytes) -> None:
-        task = asyncio.ensure_future(self.handle_command(payload))
+    def _start_command(self, payload: bytes,
+                       handler: Callable[[bytes], Awaitable[dict[str, Any]]] | None = None) -> None:
+        task = asyncio.ensure_future((handler or self.handle_command)(payload))
         self._commands.add(task)  # keep a reference until done
         task.add_done_callback(self._commands.discard)
 
     async def handle_command(self, payload: bytes) -> dict[str, Any]:
+        """A write or a diagnosis (edge/commands.py), answered on .../cmd/result; every one is
+        logged with who sent it and counted by outcome (the audit trail)."""
         try:
-            command = commands.parse_command(payload)
-            prepared = commands.prepare(command, self.links, {d for m in self.pushed_links.values() for d in m.devices})
+            command = commands.parse_command(payload, self.cfg.commands.allow)
+            if isinstance(command, commands.Diagnosis):
+                result = await self._diagnose(command)
+            else:
+                prepared = commands.prepare(command, self.links,
+                                            {d for m in self.pushed_links.values() for d in m.devices})
+                result = await commands.execute(prepared)
         except commands.CommandRefused as exc:
             result = commands.refusal(payload, str(exc))
-        else:
-            try:
-                result = await commands.execute(prepared)
-            except Exception as exc:  # a bug must still get an answer to the operator
-                log.exception("command %s failed", command.id)
-                result = commands.refusal(payload, f"internal error in the edge agent: {exc}")
-            result["t"] = now_ms()
+        except Exception as exc:  # a bug must still get an answer to the operator
+            log.exception("command failed")
+            result = commands.refusal(payload, f"internal error in the edge agent: {exc}")
+        result["t"] = now_ms()
         outcome = "ok" if result["ok"] else "refused"
         self.telemetry.command(outcome)
-        log.info("command %s%s: %s %s=%r -> %s%s", result.get("id", ""),
-                 f" from {result['by']}" if result.get("by") else "", result.get("dev", "?"),
-                 result.get("field", "?"), result.get("value"), outcome,
+        what = (f"{result.get('dev', '?')} {result.get('field', '?')}={result.get('value')!r}"
+                if result.get("op", "write") == "write" else f"{result['op']} {result.get('dev', '')}".rstrip())
+        log.info("command %s%s: %s -> %s%s", result.get("id", ""),
+                 f" from {result['by']}" if result.get("by") else "", what, outcome,
                  f" ({result['reason']})" if not result["ok"] else "")
         self.mqtt.publish(self.result_topic, codec.dumps(result), qos=1)
         return result
+
+    async def _diagnose(self, req: commands.Diagnosis) -> dict[str, Any]:
+        head: dict[str, Any] = {"v": 1, "id": req.id, "op": req.op}
+        if req.by:
+            head["by"] = req.by
+        if req.op == "probe":
+            return {**head, **await diagnostics.probe(req, self.links)}
+        if req.op == "log":
+            return {**head, **diagnostics.log_lines(req, self.log_ring)}
+        return {**head, **diagnostics.link_stats(self)}
+
+    # ------------------------------------------------------------------ pushed configs
+    def _on_config(self, msg: Message) -> None:  # network thread
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._start_command, bytes(msg.payload), self.apply_config)
+
+    def _answer_config(self, answer: dict[str, Any]) -> None:
+        answer["t"] = now_ms()
+        log.log(logging.WARNING if not answer["ok"] else logging.INFO, "config push %s: %s%s", answer["id"],
+                answer["state"], f" ({answer['reason']})" if answer.get("reason") else "")
+        self.mqtt.publish(self.config_result_topic, codec.dumps(answer), qos=1)
+
+    async def apply_config(self, payload: bytes) -> dict[str, Any]:
+        """Check a pushed config; refuse it with the reasons, or swap the links over to it and
+        start its trial. The log, the uplink and every buffered reading stay."""
+        push: ConfigPush | None = None
+        try:
+            push = parse_push(payload)
+            log.info("config push %s%s: %d bytes, hash %s", push.id, f" from {push.by}" if push.by else "",
+                     len(push.text), config_hash(push.text))
+            if not self.cfg.remote_config.accept:
+                raise ConfigRefused("this gateway's config sets remote_config.accept: false")
+            if self._trial is not None:
+                raise ConfigRefused(f"push {self._trial.push.id!r} is still on trial; wait for its result")
+            new = validate(push, self.gateway)
+        except ConfigRefused as exc:
+            answer = result(push.id if push else "", "refused", ok=False, text=push.text if push else "",
+                            version=None, reason=str(exc))
+            self._answer_config(answer)
+            return answer
+        trial = _Trial(push, self.gateway, self.config_text, self.health())
+        self.store.begin_trial(push, self.config_text, self.base_text)
+        await self._swap(new, push.text)
+        spec = trial.previous.config.remote_config  # the running config judges the new one
+        self._trial = trial
+        trial.task = asyncio.create_task(self._judge(trial, spec.trial_s), name="config-trial")
+        answer = result(push.id, "trial", ok=True, text=push.text, version=new.config.version, trial_s=spec.trial_s)
+        self._answer_config(answer)
+        return answer
+
+    async def _swap(self, gateway: LoadedGateway, text: str) -> None:
+        await self._stop_links()
+        self.gateway, self.cfg, self.config_text = gateway, gateway.config, text
+        self._build_links(gateway)
+        self._start_links()
+        if self.mqtt.connected:
+            self._publish_status()
+
+    async def _judge(self, trial: _Trial, trial_s: float) -> None:
+        await asyncio.sleep(trial_s)
+        spec = trial.previous.config.remote_config
+        after = self.health()
+        why = verdict(spec, trial.before, after, trial_s)
+        pushed = trial.push
+        if why is None:
+            self.store.keep()
+            self._trial = None
+            self._answer_config(result(pushed.id, "kept", ok=True, text=pushed.text, version=self.cfg.version,
+                                       health=str(after)))
+            return
+        self.store.roll_back(trial.previous_text)
+        await self._swap(trial.previous, trial.previous_text)
+        self._trial = None
+        self._answer_config(result(pushed.id, "rolled_back", ok=False, text=pushed.text, version=None,
+                                   reason=why, running=config_hash(trial.previous_text)))
 
     # ------------------------------------------------------------------ run
     async def run(self, duration_s: float | None = None) -> None:
@@ -197,13 +356,14 @@ class EdgeAgent:
         # agent: keep it out of the cyclic collector's full passes, which polling triggers often.
         gc.freeze()
         self._read_gauges_on_scrape()
+        logging.getLogger("urbansense").addHandler(self.log_ring)
         if self.cfg.metrics.port:
             self.telemetry.serve(self.cfg.metrics.host, self.cfg.metrics.port)
         self.mqtt.subscribe(self.cmd_topic, self._on_command, qos=1)
+        self.mqtt.subscribe(self.config_topic, self._on_config, qos=1)
         self.mqtt.connect(wait=False)
-        tasks = [asyncio.create_task(link.run(), name=f"link-{name}") for name, link in self.links.items()]
-        tasks += [asyncio.create_task(m.run(), name=f"pushed-{name}") for name, m in self.pushed_links.items()]
-        tasks.append(asyncio.create_task(self.forwarder.run(), name="store-and-forward"))
+        self._start_links()
+        tasks = [asyncio.create_task(self.forwarder.run(), name="store-and-forward")]
         tasks.append(asyncio.create_task(self._status_loop(), name="status"))
         notifier = Notifier()
         if notifier.watchdog_interval_s is not None:
@@ -211,8 +371,9 @@ class EdgeAgent:
                                              name="watchdog"))
         notifier.ready(f"{len(self.device_states())} device(s); log {self.wal.path}")
         log.info("edge agent %s/%s: %d Modbus link(s), %d pushed link(s) (MQTT, HJ 212, JT/T 808), "
-                 "%d device(s); log %s", self.cfg.district, self.cfg.gateway, len(self.links), len(self.pushed_links),
-                 len(self.device_states()), self.wal.path)
+                 "%d device(s); config %s%s; log %s", self.cfg.district, self.cfg.gateway, len(self.links),
+                 len(self.pushed_links), len(self.device_states()), config_hash(self.config_text),
+                 f" ({self.cfg.version})" if self.cfg.version else "", self.wal.path)
         try:
             if duration_s is None:
                 await self._stop.wait()
@@ -222,6 +383,9 @@ class EdgeAgent:
                         await self._stop.wait()
         finally:
             notifier.stopping()
+            if self._trial is not None and self._trial.task is not None:
+                self._trial.task.cancel()  # the store says "trial": the next start rolls back
+            await self._stop_links()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -231,6 +395,7 @@ class EdgeAgent:
                 await asyncio.sleep(0.2)
             self.mqtt.close()
             self.wal.close()
+            logging.getLogger("urbansense").removeHandler(self.log_ring)
 
     async def _feed_watchdog(self, notifier: Notifier, interval_s: float) -> None:
         """WATCHDOG=1 from the event loop itself: a loop that hangs (a blocking call, a

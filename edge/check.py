@@ -57,9 +57,10 @@ def _profile_checks(profile: Profile, shown: str, report: CheckReport) -> None:
                                    "(it reports on every change)")
 
 
-def check(path: Path | str) -> CheckReport:
-    """Raises ConfigError for what the loader refuses; returns the deeper findings."""
-    gw = load_gateway(path)
+def check(path: Path | str, text: str | None = None) -> CheckReport:
+    """Raises ConfigError for what the loader refuses; returns the deeper findings. With
+    `text`, checks that config as if the file at `path` held it (a pushed config)."""
+    gw = load_gateway(path, text)
     cfg = gw.config
     shown = str(path)
     report = CheckReport(gw)

@@ -1,16 +1,18 @@
-"""`urbansense edge run | check | probe | install-service | command`"""
+"""`urbansense edge run | check | probe | install-service | command | push-config | diagnose`"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import math
 import os
+import queue
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edge.check import CheckReport
@@ -80,6 +82,37 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
                                         "ops); default: env URBANSENSE_MQTT_URL, else the local stack")
     command.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the result (default 15)")
     command.set_defaults(func=_command)
+
+    push = esub.add_parser(
+        "push-config", help="push a gateway config to its running agent over MQTT: checked there as edge check "
+                            "does, run on trial, kept or rolled back by the agent")
+    push.add_argument("--config", required=True, help="the new gateway config YAML (its district and gateway "
+                                                      "say where it goes); checked here first")
+    push.add_argument("--mqtt", help="broker URL, with an account allowed to push configs (deploy/mosquitto: ops); "
+                                     "default: env URBANSENSE_MQTT_URL, else the local stack")
+    push.add_argument("--timeout", type=float, default=15.0,
+                      help="seconds to wait for the gateway to take or refuse it (default 15)")
+    push.add_argument("--follow", action="store_true",
+                      help="also wait for the end of the trial: kept (exit 0) or rolled back (exit 1)")
+    push.set_defaults(func=_push_config)
+
+    diagnose = esub.add_parser(
+        "diagnose", help="ask a running agent, through its command path, for a probe of a device's registers, its "
+                         "recent log lines or its links' statistics")
+    diagnose.add_argument("--district", required=True, help="the gateway's district")
+    diagnose.add_argument("--gateway", required=True)
+    what = diagnose.add_mutually_exclusive_group(required=True)
+    what.add_argument("--probe", metavar="DEV", help="read a device's registers and show them decoded every way")
+    what.add_argument("--log", type=int, nargs="?", const=50, metavar="N", help="the agent's last N log lines (50)")
+    what.add_argument("--links", action="store_true", help="each link's devices, polls, failures and last errors")
+    diagnose.add_argument("--table", choices=["holding", "input", "coil", "discrete"],
+                          help="probe: table (default: the profile's first field's)")
+    diagnose.add_argument("--address", type=int, help="probe: first address (default: the profile's first field)")
+    diagnose.add_argument("--count", type=int, help="probe: how many (default: the profile's span, at most 32)")
+    diagnose.add_argument("--mqtt", help="broker URL, with an account allowed to command gateways (deploy/mosquitto: "
+                                         "ops); default: env URBANSENSE_MQTT_URL, else the local stack")
+    diagnose.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the answer (default 15)")
+    diagnose.set_defaults(func=_diagnose)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -235,15 +268,11 @@ def _probe(args: argparse.Namespace) -> int:
 def _command(args: argparse.Namespace) -> int:
     """Send a command and wait for the gateway's answer: exit 0 when the device read
     back what was written, 1 when it was refused or not answered, 2 for bad arguments."""
-    import json
-    import threading
     import time
     import uuid
     from pathlib import Path
 
     from urbansense import codec, topics
-    from urbansense.endpoints import default_urls
-    from urbansense.mqtt import MqttClient, MqttSettings
 
     if args.alert:
         try:
@@ -268,38 +297,142 @@ def _command(args: argparse.Namespace) -> int:
         district, gateway, dev, field = args.district, args.gateway, args.dev, args.field
         value = _command_value(args.value)
     cmd_id = f"c-{uuid.uuid4().hex[:10]}"
-    answer: dict[str, object] = {}
-    got = threading.Event()
-
-    def on_result(msg: object) -> None:
-        try:
-            body = json.loads(bytes(msg.payload))  # type: ignore[attr-defined]
-        except ValueError:
-            return
-        if isinstance(body, dict) and body.get("id") == cmd_id:
-            answer.update(body)
-            got.set()
-
-    url = args.mqtt or default_urls()[0]
-    client = MqttClient(MqttSettings.from_url(url), client_id=f"urbansense-command-{cmd_id}")
-    try:
-        client.connect()
-        client.subscribe(topics.command_result(district, gateway), on_result, qos=1)
-        client.wait_subscribed(5.0)
-        body = {"id": cmd_id, "dev": dev, "field": field, "value": value, "t": int(time.time() * 1000)}
-        print(f"sending to {topics.command(district, gateway)}: {json.dumps(body)}")
-        client.publish_wait(topics.command(district, gateway), codec.dumps(body), qos=1)
-        if not got.wait(args.timeout):
-            print(f"no answer from gateway {gateway} in {args.timeout:g} s: is its edge agent running and "
-                  "connected? (the command stays undone)", file=sys.stderr)
-            return 1
-    finally:
-        client.close()
+    body = {"id": cmd_id, "dev": dev, "field": field, "value": value, "t": int(time.time() * 1000)}
+    with _Request(args.mqtt, topics.command(district, gateway), topics.command_result(district, gateway),
+                  body) as request:
+        answer = request.answer(args.timeout, gateway, "the command stays undone")
+    if answer is None:
+        return 1
     if answer.get("ok"):
         print(f"done: {dev}.{field} = {answer.get('readback')!r} (read back)")
         return 0
     print(f"refused: {answer.get('reason', 'no reason given')}", file=sys.stderr)
     return 1
+
+
+def _push_config(args: argparse.Namespace) -> int:
+    """Exit 0 when the gateway took the config (and, with --follow, kept it), 1 when it
+    refused it, rolled it back or did not answer, 2 when the config fails here."""
+    import getpass
+    import uuid
+
+    from urbansense import topics
+
+    report = _checked(args.config)
+    if report.problems:
+        print(f"{args.config}: {len(report.problems)} problem(s); not pushed", file=sys.stderr)
+        return 2
+    cfg = report.gateway.config
+    text = Path(args.config).read_text(encoding="utf-8")
+    body = {"id": f"cfg-{uuid.uuid4().hex[:10]}", "config": text, "by": getpass.getuser()}
+    with _Request(args.mqtt, topics.config(cfg.district, cfg.gateway), topics.config_result(cfg.district, cfg.gateway),
+                  body) as request:
+        answer = request.answer(args.timeout, cfg.gateway, "the push is not applied")
+        if answer is None:
+            return 1
+        if answer.get("state") == "trial":
+            trial_s = float(answer.get("trial_s", 0))
+            print(f"on trial: config {answer.get('hash')} runs on {cfg.gateway} for {trial_s:g} s, then is kept or "
+                  "rolled back by the gateway")
+            if not args.follow:
+                return 0
+            answer = request.answer(trial_s + args.timeout, cfg.gateway,
+                                    "its status message's config_hash says which config runs")
+            if answer is None:
+                return 1
+    if answer.get("state") == "kept":
+        print(f"kept: config {answer.get('hash')} runs on {cfg.gateway} ({answer.get('health', '')})")
+        return 0
+    print(f"{answer.get('state', 'refused')}: {answer.get('reason', 'no reason given')}", file=sys.stderr)
+    return 1
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    """Exit 0 with the gateway's answer printed, 1 when it refused or did not answer."""
+    import getpass
+    import uuid
+
+    from urbansense import topics
+
+    body: dict[str, Any] = {"id": f"d-{uuid.uuid4().hex[:10]}", "by": getpass.getuser()}
+    if args.probe:
+        body.update(op="probe", dev=args.probe, **{k: getattr(args, k) for k in ("table", "address", "count")
+                                                   if getattr(args, k) is not None})
+    elif args.log is not None:
+        body.update(op="log", lines=args.log)
+    else:
+        body.update(op="links")
+    with _Request(args.mqtt, topics.command(args.district, args.gateway),
+                  topics.command_result(args.district, args.gateway), body) as request:
+        answer = request.answer(args.timeout, args.gateway, "nothing was asked of it")
+    if answer is None:
+        return 1
+    if not answer.get("ok"):
+        print(f"refused: {answer.get('reason', 'no reason given')}", file=sys.stderr)
+        return 1
+    if answer["op"] == "probe":
+        print(f"{answer['dev']}: unit {answer['unit']} on link {answer['link']}\n{answer['text']}")
+    elif answer["op"] == "log":
+        print("\n".join(answer["lines"]))
+    else:
+        for name, link in answer["links"].items():
+            print(f"link {name} ({link['transport']} {link.get('endpoint', '')}".rstrip() +
+                  (f", {link['requests']} requests)" if "requests" in link else ")"))
+            for dev, d in link["devices"].items():
+                state = {True: "ok", False: "FAIL", None: "not yet polled"}[d["ok"]]
+                counts = (f"{d['polls']} polls, {d['failures']} failures" if "polls" in d
+                          else f"{d['messages']} messages")
+                print(f"  {dev:<20} {state:<15} {counts}{'  ' + d['error'] if d['error'] else ''}")
+        stats = answer["stats"]
+        print(f"uplink {'connected' if answer['uplink_connected'] else 'DOWN'}; log {stats['wal_depth']:.0f} "
+              f"sample(s) waiting, {stats['wal_dropped']:.0f} dropped; up {stats['uptime_s']:.0f} s")
+    return 0
+
+
+class _Request:
+    """One request published on a gateway's topic (a command, a pushed config), and the
+    answers carrying its id on the topic the gateway answers on."""
+
+    def __init__(self, url: str | None, topic: str, result_topic: str, body: dict[str, Any]) -> None:
+        from urbansense.endpoints import default_urls
+        from urbansense.mqtt import MqttClient, MqttSettings
+
+        self.topic, self.result_topic, self.body = topic, result_topic, body
+        self.answers: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.client = MqttClient(MqttSettings.from_url(url or default_urls()[0]),
+                                 client_id=f"urbansense-request-{body['id']}")
+
+    def _on_result(self, msg: Any) -> None:
+        try:
+            body = json.loads(bytes(msg.payload))
+        except ValueError:
+            return
+        if isinstance(body, dict) and body.get("id") == self.body["id"]:
+            self.answers.put(body)
+
+    def __enter__(self) -> _Request:
+        from urbansense import codec
+
+        self.client.connect()
+        self.client.subscribe(self.result_topic, self._on_result, qos=1)
+        self.client.wait_subscribed(5.0)
+        shown = {k: (f"<{len(v)} characters>" if isinstance(v, str) and len(v) > 200 else v)
+                 for k, v in self.body.items()}
+        print(f"sending to {self.topic}: {json.dumps(shown)}")
+        self.client.publish_wait(self.topic, codec.dumps(self.body), qos=1)
+        return self
+
+    def answer(self, timeout_s: float, gateway: str, meanwhile: str) -> dict[str, Any] | None:
+        """The next answer, or None after saying there was none (and what that means)."""
+        try:
+            return self.answers.get(timeout=max(0.0, timeout_s))
+        except queue.Empty:
+            print(f"no answer from gateway {gateway} in {timeout_s:g} s: is its edge agent running and connected? "
+                  f"({meanwhile})", file=sys.stderr)
+            return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
 
 
 def _command_value(text: str) -> bool | int | float | str:

@@ -1,6 +1,14 @@
-"""Commands on city/{district}/{gateway}/cmd: write one field of one device.
+"""Commands on city/{district}/{gateway}/cmd: write one field of one device,
 
     {"id": "c-17", "dev": "lamp-0003", "field": "dim_level_pct", "value": 40}
+
+or, with an `op`, ask the gateway for a diagnosis (edge/diagnostics.py):
+
+    {"id": "d-3", "op": "probe", "dev": "wp-0007", "table": "holding", "address": 0, "count": 8}
+    {"id": "d-4", "op": "log", "lines": 100}
+    {"id": "d-5", "op": "links"}
+
+The gateway config's `commands.allow` lists the ops it answers (all four by default).
 
 An optional `by` says who sent it (the rules service's automatic responses carry
 "rule tunnel.gas_high"); it is logged and echoed in the result, for the audit trail.
@@ -21,15 +29,16 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from edge.decoding import WriteRefused, encode_write
 from edge.link import DeviceState, ModbusLink, error_reason
 from edge.modbus_pdu import ModbusExceptionResponse, ModbusLinkError, ModbusProtocolError, ModbusTimeout
 from urbansense import codec
 from urbansense.clock import now_ms
-from urbansense.config import FieldSpec
+from urbansense.config import CommandOp, FieldSpec
 from urbansense.schema import FieldValue
 
 log = logging.getLogger("urbansense.edge.commands")
@@ -51,6 +60,51 @@ class Command:
     by: str = ""
 
 
+#: What a command may ask for: `write` a field, or a diagnosis (edge/diagnostics.py).
+OPS: tuple[str, ...] = get_args(CommandOp)
+#: Registers a remote probe may read at once (its text shows every type and order of each).
+MAX_PROBE_COUNT = 32
+#: Log lines a remote `log` may ask for.
+MAX_LOG_LINES = 500
+
+
+@dataclass
+class Diagnosis:
+    id: str
+    op: str  # probe | log | links
+    by: str = ""
+    dev: str | None = None
+    table: str | None = None
+    address: int | None = None
+    count: int | None = None
+    lines: int = 50
+
+
+def _small_int(raw: dict[str, Any], key: str, low: int, high: int) -> int | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CommandRefused(f"{key} must be a whole number {low}..{high}, got {value!r}")
+    return value
+
+
+def _diagnosis(raw: dict[str, Any], op: str) -> Diagnosis:
+    ident, by = str(raw.get("id", "")), str(raw.get("by", ""))[:100]
+    if op == "probe":
+        if not isinstance(raw.get("dev"), str):
+            raise CommandRefused('a probe names its device: {"op": "probe", "dev": "...", '
+                                 '"table": "holding", "address": 0, "count": 8} (table, address, count optional)')
+        table = raw.get("table")
+        if table is not None and table not in ("holding", "input", "coil", "discrete"):
+            raise CommandRefused(f"table must be holding, input, coil or discrete, got {table!r}")
+        return Diagnosis(ident, op, by, dev=raw["dev"], table=table, address=_small_int(raw, "address", 0, 65535),
+                         count=_small_int(raw, "count", 1, MAX_PROBE_COUNT))
+    if op == "log":
+        return Diagnosis(ident, op, by, lines=_small_int(raw, "lines", 1, MAX_LOG_LINES) or 50)
+    return Diagnosis(ident, op, by)
+
+
 @dataclass
 class PreparedWrite:
     command: Command
@@ -60,26 +114,39 @@ class PreparedWrite:
     words: list[int]
 
 
-def parse_command(payload: bytes) -> Command:
+def parse_command(payload: bytes, allow: Sequence[str] = OPS) -> Command | Diagnosis:
     try:
         raw = codec.loads(payload, "command")
     except codec.PayloadError as exc:
         raise CommandRefused(str(exc)) from None
     if not isinstance(raw, dict):
         raise CommandRefused('a command is a JSON object {"id", "dev", "field", "value"}')
+    op = raw.get("op", "write")
+    if op not in OPS:
+        raise CommandRefused(f"op must be one of {', '.join(OPS)}, got {op!r}")
+    if op not in allow:
+        raise CommandRefused(f"this gateway does not answer op {op!r} (its config's commands.allow: "
+                             f"{', '.join(allow) or 'nothing'})")
+    if op != "write":
+        _check_age(raw)
+        return _diagnosis(raw, op)
     missing = [k for k in ("dev", "field", "value") if k not in raw]
     if missing:
         raise CommandRefused(f"command lacks {', '.join(missing)}; send "
                              '{"id": "...", "dev": "...", "field": "...", "value": ...}')
+    _check_age(raw)
+    value = raw["value"]
+    if not isinstance(value, bool | int | float | str) or (isinstance(value, float) and not math.isfinite(value)):
+        raise CommandRefused(f"value must be a finite number, true/false or a string, got {value!r}")
+    return Command(str(raw.get("id", "")), str(raw["dev"]), str(raw["field"]), value, str(raw.get("by", ""))[:100])
+
+
+def _check_age(raw: dict[str, Any]) -> None:
     sent = raw.get("t")
     if isinstance(sent, int) and not isinstance(sent, bool) and now_ms() - sent > MAX_AGE_S * 1000:
         # a command queued in the broker session during an outage must not act late
         raise CommandRefused(f"command is {(now_ms() - sent) / 1000:.0f} s old (limit {MAX_AGE_S} s); "
                              "send it again if it still applies")
-    value = raw["value"]
-    if not isinstance(value, bool | int | float | str) or (isinstance(value, float) and not math.isfinite(value)):
-        raise CommandRefused(f"value must be a finite number, true/false or a string, got {value!r}")
-    return Command(str(raw.get("id", "")), str(raw["dev"]), str(raw["field"]), value, str(raw.get("by", ""))[:100])
 
 
 def prepare(command: Command, links: dict[str, ModbusLink], pushed_devices: set[str]) -> PreparedWrite:
@@ -147,7 +214,7 @@ def refusal(payload: bytes, reason: str) -> dict[str, Any]:
         raw = {}
     raw = raw if isinstance(raw, dict) else {}
     out: dict[str, Any] = {"v": 1, "id": str(raw.get("id", "")), "ok": False, "reason": reason, "t": now_ms()}
-    for key in ("dev", "field", "value", "by"):
+    for key in ("op", "dev", "field", "value", "by"):
         if key in raw and isinstance(raw[key], bool | int | float | str):
             out[key] = raw[key]
     return out

@@ -215,6 +215,9 @@ class ModbusLink:
         # parsed once rather than on every poll.
         self.now_ms = clock.current().now_ms
         self.lock = asyncio.Lock()  # the transaction queue
+        #: Set by stop(): the schedule ends after the poll under way, whose reading is kept.
+        self.stopping = False
+        self._waiting = False  # between polls (cancelling then loses nothing)
         self.devices: dict[str, DeviceState] = {}
         for dev in link.devices:
             profile = profiles[dev.profile]
@@ -238,11 +241,13 @@ class ModbusLink:
             heap.append((state.next_due, i))
         heapq.heapify(heap)
         try:
-            while True:
+            while not self.stopping:
                 due, i = heapq.heappop(heap)
                 delay = due - time.monotonic()
                 if delay > 0:
+                    self._waiting = True
                     await asyncio.sleep(delay)
+                    self._waiting = False
                 if self.coalesce_s and self.pipelined:
                     group = self._take_group(heap, states, due, i)
                     await self._guarded(self._poll_group([(states[j], d) for d, j in group]),
@@ -261,6 +266,13 @@ class ModbusLink:
                 heapq.heappush(heap, (state.next_due, i))
         finally:
             await self.master.close()
+
+    def stop(self, task: asyncio.Task[None]) -> None:
+        """End `task` (this link's run()) without losing a reading: at once when it waits
+        for the next poll, else once the poll under way has delivered its sample."""
+        self.stopping = True
+        if self._waiting:
+            task.cancel()
 
     async def _guarded(self, poll: Coroutine[object, object, None], states: list[DeviceState]) -> None:
         try:
@@ -524,6 +536,13 @@ class ModbusLink:
         return Sample(dev=state.spec.id, m=state.profile.measurement, t=self.now_ms(), f={}, q="bad", err=reason)
 
     # ------------------------------------------------------------------ commands
+    async def read_raw(self, state: DeviceState, table: str, address: int, count: int) -> list[int]:
+        """Registers (or bits) as the device holds them, in one turn of the transaction
+        queue (a remote probe, edge/diagnostics.py)."""
+        request = read_request(state.spec.unit, table, address, count)
+        async with self.lock:
+            return parse_response(request, await self.master.transact(request, state.timeout_s), count)[:count]
+
     async def write_and_verify(self, state: DeviceState, spec: FieldSpec, words: list[int]) -> FieldValue:
         """Write a field and read it back, in one turn of the transaction queue."""
         assert spec.address is not None

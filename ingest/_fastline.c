@@ -514,7 +514,7 @@ static void set_tags(Ctx *c, const Span *gw, const Span *district)
                                 district->start, (int)gw->len, gw->start);
 }
 
-static int batch(Ctx *c, Span *gw, Span *district, long long *seq)
+static int batch(Ctx *c, Span *gw, Span *district, long long *seq, long long *sent)
 {
     Span key;
     long long number;
@@ -539,7 +539,7 @@ static int batch(Ctx *c, Span *gw, Span *district, long long *seq)
             rc = small_uint(c, seq, NULL);
         } else if (span_is(&key, "sent")) {
             bit = E_SENT;
-            rc = small_uint(c, &number, NULL) == OK && number >= 1 ? OK : NOT_PLAIN;
+            rc = small_uint(c, sent, NULL) == OK && *sent >= 1 ? OK : NOT_PLAIN;
         } else if (span_is(&key, "samples")) {
             bit = E_SAMPLES;
             if (seen & E_SAMPLES)
@@ -583,8 +583,8 @@ static PyObject *ascii_str(const char *s, Py_ssize_t n)
 
 PyDoc_STRVAR(transcode_doc,
 "transcode(payload: bytes, max_bytes: int, earliest_ms: int, latest_ms: int)\n"
-"    -> tuple[str, str, int, str, int] | None\n\n"
-"(gw, district, seq, lines joined by newlines, number of lines) of a plain telemetry\n"
+"    -> tuple[str, str, int, str, int, int] | None\n\n"
+"(gw, district, seq, lines joined by newlines, number of lines, sent) of a plain telemetry\n"
 "batch whose samples all lie in [earliest_ms, latest_ms]; None for anything else.");
 
 static PyObject *transcode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -619,8 +619,8 @@ static PyObject *transcode(PyObject *module, PyObject *const *args, Py_ssize_t n
     if (!c.out)
         return PyErr_NoMemory();
     Span gw = {0}, district = {0};
-    long long seq = 0;
-    int rc = batch(&c, &gw, &district, &seq);
+    long long seq = 0, sent = 0;
+    int rc = batch(&c, &gw, &district, &seq, &sent);
     PyObject *result = NULL;
     if (rc == NO_MEMORY) {
         PyErr_NoMemory();
@@ -632,8 +632,10 @@ static PyObject *transcode(PyObject *module, PyObject *const *args, Py_ssize_t n
         PyObject *lines = ascii_str(c.out, c.out_len);
         PyObject *seq_number = PyLong_FromLongLong(seq);
         PyObject *points = PyLong_FromSsize_t(c.points);
-        if (gw_text && district_text && lines && seq_number && points)
-            result = PyTuple_Pack(5, gw_text, district_text, seq_number, lines, points);
+        PyObject *sent_number = PyLong_FromLongLong(sent);
+        if (gw_text && district_text && lines && seq_number && points && sent_number)
+            result = PyTuple_Pack(6, gw_text, district_text, seq_number, lines, points, sent_number);
+        Py_XDECREF(sent_number);
         Py_XDECREF(gw_text);
         Py_XDECREF(district_text);
         Py_XDECREF(lines);

@@ -26,6 +26,8 @@ class IngestCounts:
     retries: int = 0
     seq_gaps: int = 0
     seq_repeats: int = 0
+    #: points stored uncertain because their gateway's clock is off
+    clock_flagged: int = 0
     last_batch_latency_ms: float = 0.0
     deadletter_kinds: dict[str, int] = field(default_factory=dict)
     #: telemetry messages by the path that decoded them (see DECODE_PATHS)
@@ -76,6 +78,13 @@ class IngestMetrics:
         self._p_accelerator = Gauge("urbansense_ingest_accelerator",
                                     "1 when the C accelerator (ingest._fastline) decodes telemetry, 0 when "
                                     "pure Python", ["instance"], registry=r).labels(**labels)
+        self._p_clock = Gauge("urbansense_gateway_clock_offset_seconds",
+                              "gateway clock minus this instance's clock, measured on the gateway's batches "
+                              "(positive: the gateway is ahead)", ["district", "gateway"], registry=r)
+        self._p_clock_children: dict[tuple[str, str], Any] = {}
+        self._p_clock_flagged = Counter("urbansense_ingest_clock_flagged_points",
+                                        "points stored uncertain because their gateway's clock is off",
+                                        ["instance"], registry=r).labels(**labels)
         self._p_queue = Gauge("urbansense_ingest_queue_depth",
                               "messages received and not yet acknowledged", ["instance"],
                               registry=r).labels(**labels)
@@ -125,6 +134,17 @@ class IngestMetrics:
         if repeats:
             self._p_repeats.inc(repeats)
 
+    def clock_offset(self, district: str, gateway: str, offset_s: float) -> None:
+        child = self._p_clock_children.get((district, gateway))
+        if child is None:
+            child = self._p_clock_children[(district, gateway)] = self._p_clock.labels(district, gateway)
+        child.set(offset_s)
+
+    def clock_flagged(self, points: int) -> None:
+        with self._lock:
+            self.counts.clock_flagged += points
+        self._p_clock_flagged.inc(points)
+
     def queue_depth(self, depth: int) -> None:
         self._p_queue.set(depth)
 
@@ -135,7 +155,8 @@ class IngestMetrics:
             return {"messages": c.messages, "points": c.points, "batches": c.batches,
                     "deadletters": c.deadletters, "samples_refused": c.samples_refused,
                     "retries": c.retries, "seq_gaps": c.seq_gaps, "seq_repeats": c.seq_repeats,
-                    "deadletter_kinds": dict(c.deadletter_kinds), "decoded": dict(c.decoded)}
+                    "clock_flagged": c.clock_flagged, "deadletter_kinds": dict(c.deadletter_kinds),
+                    "decoded": dict(c.decoded)}
 
     def influx_line(self, now_ms: int, queue_depth: int) -> str:
         """One `urbansense_ingest` point; points_per_s is the rate since the last call."""
@@ -153,6 +174,7 @@ class IngestMetrics:
                 "deadletters": c.deadletters,
                 "seq_gaps": c.seq_gaps,
                 "seq_repeats": c.seq_repeats,
+                "clock_flagged": c.clock_flagged,
                 "points_total": c.points,
                 "messages_total": c.messages,
             }

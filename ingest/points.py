@@ -105,9 +105,10 @@ class LineEncoder:
             self._chunkable.add(prefix)
         return prefix
 
-    def encode(self, batch: TelemetryBatch, now_ms: int) -> EncodedBatch:
+    def encode(self, batch: TelemetryBatch, now_ms: int, doubt: str | None = None) -> EncodedBatch:
         """The batch's points, and the reasons for refused samples (the sample index and
-        why), which go to the dead letter."""
+        why), which go to the dead letter. With `doubt` (a gateway whose clock is off), its
+        readings are stored uncertain, with `doubt` in their reason."""
         problems: list[str] = []
         lines: list[str] = []
         rows: list[tuple[str, object, int]] = []
@@ -134,10 +135,11 @@ class LineEncoder:
             if s.q == "bad":
                 lines.append(f"{prefix} {encode_fields({'device_error': s.err or 'unknown'})} {t}")
                 continue
-            if s.q != "good":
+            if s.q != "good" or doubt:
                 f = {**f, "quality_uncertain": True}
-                if s.err:
-                    f["quality_reason"] = s.err
+                reason = "; ".join(r for r in (s.err if s.q != "good" else None, doubt) if r)
+                if reason:
+                    f["quality_reason"] = reason[:codec.MAX_STRING_FIELD]
             if prefix in chunkable and _plain_numeric(f):
                 rows.append((prefix, f, t))
             else:
@@ -266,6 +268,7 @@ class PlainEnvelope(NamedTuple):
     gw: str
     district: str
     seq: int
+    sent: int
 
 
 def transcode_payload(payload: bytes, window: TimeWindow, now_ms: int,
@@ -283,8 +286,8 @@ def transcode_payload(payload: bytes, window: TimeWindow, now_ms: int,
     got = _fastline.transcode(payload, max_bytes, earliest, min(now_ms + window.future_ms, _INT64_MAX))
     if got is None:
         return None
-    gw, district, seq, chunk, points = got
-    return PlainEnvelope(gw, district, seq), EncodedBatch([], chunk, points, [])
+    gw, district, seq, chunk, points, sent = got
+    return PlainEnvelope(gw, district, seq, sent), EncodedBatch([], chunk, points, [])
 
 
 def batch_lines(batch: TelemetryBatch) -> list[str]:
@@ -292,15 +295,22 @@ def batch_lines(batch: TelemetryBatch) -> list[str]:
     return LineEncoder(TimeWindow(future_ms=2**62, retention_ms=0)).encode(batch, 0).all_lines()
 
 
-def status_line(district: str, gateway: str, status: GatewayStatus) -> str:
-    """The status as a `gateway_status` point. `online`, `devices_ok` and `devices_fail` are
-    computed here; the codec refuses stats under those names (RESERVED_STATUS_FIELDS), and
-    the computed values win over any that reach this in code."""
+def status_line(district: str, gateway: str, status: GatewayStatus, clock_offset_s: float | None = None) -> str:
+    """The status as a `gateway_status` point. `online`, `devices_ok`, `devices_fail`, the
+    agent's version, its config's hash and version, and the gateway clock's offset as the
+    ingester measures it (`clock_offset_s`) are written here; the codec refuses stats under
+    those names (RESERVED_STATUS_FIELDS), and these values win over any that reach this in code."""
     fields: dict[str, object] = {
         "online": status.state == "online",
         "devices_ok": sum(1 for v in status.devices.values() if v == "ok"),
         "devices_fail": sum(1 for v in status.devices.values() if v == "fail"),
     }
+    for key, text in (("agent_version", status.version), ("config_hash", status.config_hash),
+                      ("config_version", status.config_version)):
+        if text is not None:
+            fields[key] = text
+    if clock_offset_s is not None:
+        fields["clock_offset_s"] = round(clock_offset_s, 3)
     for key, value in status.stats.items():
         fields.setdefault(key, float(value))
     return encode_point("gateway_status", {"district": district, "gateway": gateway}, fields, status.t)

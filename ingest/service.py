@@ -55,7 +55,8 @@ from ingest.ratelimit import GatewayRateLimit
 from ingest.sequence import SequenceTracker
 from ingest.settings import IngestSettings
 from ingest.writer import BatchWriter
-from urbansense import codec, topics
+from urbansense import clock, codec, topics
+from urbansense.clock_offset import ClockOffsets
 from urbansense.influx import InfluxClient, InfluxError
 from urbansense.lineprotocol import LineProtocolError
 from urbansense.mqtt import MqttClient, MqttSettings
@@ -84,6 +85,8 @@ class Ingester:
         self.metrics = IngestMetrics(instance)
         self.encoder = LineEncoder()
         self.sequences = SequenceTracker()
+        self.clocks = ClockOffsets()
+        self._clock = clock.current()
         self._topics: dict[str, topics.GatewayTopic] = {}
         # unbounded, yet never holds more than receive_maximum messages (see above)
         self._ready: queue.SimpleQueue[WriteBatch | None] = queue.SimpleQueue()
@@ -216,7 +219,8 @@ class Ingester:
             where = self._topics.get(topic) or self._parse_topic(topic)
             if where.kind == "status":
                 status = codec.decode_status(payload)
-                batch.add_line(status_line(where.district, where.gateway, status))
+                batch.add_line(status_line(where.district, where.gateway, status,
+                                           self.clocks.offset_s(where.district, where.gateway)))
             else:
                 if self._rate_limit is not None and not self._rate_limit.allow(
                         where.district, where.gateway, len(payload)):
@@ -229,6 +233,11 @@ class Ingester:
                 gaps, repeats = self.sequences.observe(where.district, where.gateway, decoded.seq)
                 if gaps or repeats:
                     self.metrics.sequence(gaps, repeats)
+                doubt = self._clock_doubt(where, decoded.sent)
+                if doubt:
+                    decoded, problems = codec.decode_batch_lenient(payload, max_bytes=self.settings.max_payload_bytes)
+                    encoded = self.encoder.encode(decoded, int(time.time() * 1000), doubt)
+                    self.metrics.clock_flagged(encoded.points)
                 for line in encoded.lines:
                     batch.add_line(line)
                 if encoded.chunk:
@@ -245,6 +254,16 @@ class Ingester:
             self.deadletters.payload(delivery, f"ingester error (please report it): {exc!r}")
         batch.add(delivery, first_line)
         self.metrics.messages(1, decoded_by)
+
+    def _clock_doubt(self, where: topics.GatewayTopic, sent: int) -> str | None:
+        """Measure the gateway's clock on this batch; why its readings are in doubt, if they are."""
+        offset = self.clocks.observe(where.district, where.gateway, sent, self._clock.now_ms())
+        self.metrics.clock_offset(where.district, where.gateway, offset)
+        bound = self.settings.max_clock_offset_s
+        if bound and abs(offset) > bound:
+            return (f"gateway clock {offset:+.0f} s off (limit {bound:g} s): the reading's time may be wrong; "
+                    "fix the gateway's NTP")
+        return None
 
     def _parse_topic(self, topic: str) -> topics.GatewayTopic:
         """Parsed once per topic (a gateway publishes on the same few), bounded."""

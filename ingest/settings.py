@@ -39,6 +39,10 @@ class IngestSettings(BaseModel):
     write_timeout_s: float = 30.0
     #: Samples further ahead of this instance's clock go to the dead letter.
     max_future_s: float = 300.0
+    #: A gateway whose clock is off by more than this (measured from its batches' `sent`
+    #: against this instance's clock, urbansense/clock_offset.py) has its readings stored
+    #: uncertain, with the offset as the reason; 0 = off.
+    max_clock_offset_s: float = 30.0
     #: Samples older than this go to the dead letter. None = the retention of the
     #: retention policy written to (read from InfluxDB at start); 0 = no limit.
     max_age_s: float | None = None

@@ -375,6 +375,15 @@ class GatewayOfflineRule(_Rule):
     kind: Literal["gateway_offline"] = "gateway_offline"
 
 
+class GatewayClockRule(_Rule):
+    """A gateway's clock off from the rules service's by more than `max_offset_s`, for for_s.
+    Measured on each telemetry batch as it arrives (its `sent` against this clock; see
+    urbansense/clock_offset.py); the ingester stores that gateway's readings uncertain."""
+
+    kind: Literal["gateway_clock"] = "gateway_clock"
+    max_offset_s: float = Field(default=30.0, gt=0)
+
+
 class CompositeRule(_Rule):
     """All of the named conditions breached within `within_s` on one device, or on at
     least `min_fraction` of the devices of a group (`scope: group`, `group_by` a label
@@ -602,13 +611,15 @@ class WaterClassRule(_Rule):
 RULE_KINDS: dict[str, type[_Rule]] = {
     "threshold": ThresholdRule, "rate": RateRule, "forecast": ForecastRule, "anomaly": AnomalyRule,
     "flatline": FlatlineRule, "drift": DriftRule, "deadman": DeadmanRule,
-    "gateway_offline": GatewayOfflineRule, "composite": CompositeRule, "aqi": AqiRule,
+    "gateway_offline": GatewayOfflineRule, "gateway_clock": GatewayClockRule, "composite": CompositeRule,
+    "aqi": AqiRule,
     "counter_check": CounterCheckRule, "water_class": WaterClassRule, "accumulation": AccumulationRule,
     "tide_forecast": TideForecastRule, "geofence": GeofenceRule, "driving_time": DrivingTimeRule,
     "plume": PlumeRule,
 }
 Rule = (ThresholdRule | RateRule | ForecastRule | AnomalyRule | FlatlineRule | DriftRule
-        | DeadmanRule | GatewayOfflineRule | CompositeRule | AqiRule | CounterCheckRule | WaterClassRule
+        | DeadmanRule | GatewayOfflineRule | GatewayClockRule | CompositeRule | AqiRule | CounterCheckRule
+        | WaterClassRule
         | AccumulationRule | TideForecastRule | GeofenceRule | DrivingTimeRule | PlumeRule)
 
 

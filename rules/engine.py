@@ -23,6 +23,7 @@ import numpy as np
 
 from rules.catalog import (
     CompositeRule,
+    GatewayClockRule,
     GatewayOfflineRule,
     GeofenceRule,
     PlumeRule,
@@ -78,6 +79,8 @@ DEFAULT_MESSAGES = {
     "drift": "{metric} at {device} is drifting (CUSUM > {threshold:g} sigma); now {value:.4g}",
     "deadman": "No data from {device} for {value:.0f} s (limit {threshold:g} s)",
     "gateway_offline": "Gateway {device} in {district} is offline",
+    "gateway_clock": ("Gateway {device} in {district}: clock {value:+.0f} s off (limit {threshold:g} s); its "
+                      "readings' times are in doubt, fix its NTP"),
     "composite": "{rule} at {device}",
     "aqi": "AQI at {device} is {value:.0f} (threshold {threshold:g})",
     "water_class": "{device} is {class_name} under GB 3838-2002 (target {target_name}), set by {deciding}",
@@ -105,6 +108,7 @@ def _message(rule: Rule, fields: dict[str, object]) -> str:
 class _GatewayAlert:
     state: AlertState
     t: int
+    value: float | None = None  # a clock rule's offset (s)
 
 
 class RulesEngine:
@@ -116,7 +120,7 @@ class RulesEngine:
         self.silences = SilenceSet()
         self.publisher = Publisher(flap_changes, int(flap_window_s * 1000), int(flap_clear_s * 1000))
         self.evaluators: dict[str, Evaluator] = {}
-        self.gateway_rules: list[GatewayOfflineRule] = []
+        self.gateway_rules: list[GatewayOfflineRule | GatewayClockRule] = []
         self._gateway_alerts: dict[tuple[str, str, str], _GatewayAlert] = {}
         self.samples_seen = 0
         self.newest_t = 0
@@ -156,9 +160,9 @@ class RulesEngine:
     def _install(self, rules: list[Rule], keep: dict[str, Evaluator] | None = None) -> None:
         self.rules = rules
         self.evaluators = {}
-        self.gateway_rules = [r for r in rules if isinstance(r, GatewayOfflineRule)]
+        self.gateway_rules = [r for r in rules if isinstance(r, GatewayOfflineRule | GatewayClockRule)]
         later = CompositeRule | TideForecastRule | GeofenceRule | PlumeRule  # built after the rules they read
-        ordered: list[Rule] = [r for r in rules if not isinstance(r, later | GatewayOfflineRule)]
+        ordered: list[Rule] = [r for r in rules if not isinstance(r, later | GatewayOfflineRule | GatewayClockRule)]
         ordered += [r for r in rules if isinstance(r, later)]
         for r in ordered:
             old = (keep or {}).get(r.id)
@@ -318,12 +322,25 @@ class RulesEngine:
         events: list[AlertEvent] = []
         sig = Signal.BREACH if status.state == "offline" else Signal.CLEAR
         for rule in self.gateway_rules:
-            key = (rule.id, district, gateway)
-            ga = self._gateway_alerts.setdefault(key, _GatewayAlert(AlertState(), status.t))
-            ga.t = status.t
-            change = step(ga.state, sig, status.t, int(rule.for_s * 1000), SEVERITY_LEVELS.index(rule.severity))
-            events.extend(self._gateway_event(rule, district, gateway, change, status.t))
+            if isinstance(rule, GatewayOfflineRule):
+                events.extend(self._gateway_step(rule, district, gateway, sig, status.t))
         return events
+
+    def clock(self, district: str, gateway: str, offset_s: float, t: int) -> list[AlertEvent]:
+        """A gateway's clock offset, measured as one of its batches arrived (event time t)."""
+        events: list[AlertEvent] = []
+        for rule in self.gateway_rules:
+            if isinstance(rule, GatewayClockRule):
+                sig = Signal.BREACH if abs(offset_s) > rule.max_offset_s else Signal.CLEAR
+                events.extend(self._gateway_step(rule, district, gateway, sig, t, offset_s))
+        return events
+
+    def _gateway_step(self, rule: GatewayOfflineRule | GatewayClockRule, district: str, gateway: str, sig: Signal,
+                      t: int, value: float | None = None) -> list[AlertEvent]:
+        ga = self._gateway_alerts.setdefault((rule.id, district, gateway), _GatewayAlert(AlertState(), t))
+        ga.t, ga.value = t, value
+        change = step(ga.state, sig, t, int(rule.for_s * 1000), SEVERITY_LEVELS.index(rule.severity))
+        return self._gateway_event(rule, district, gateway, change, t)
 
     def _gateway_tick(self) -> list[AlertEvent]:
         """Pending gateway-offline alerts advance on the newest event time of their district."""
@@ -339,8 +356,8 @@ class RulesEngine:
             events.extend(self._gateway_event(rule, district, gateway, change, now))
         return events
 
-    def _gateway_event(self, rule: GatewayOfflineRule, district: str, gateway: str, change: Change,
-                       t: int) -> list[AlertEvent]:
+    def _gateway_event(self, rule: GatewayOfflineRule | GatewayClockRule, district: str, gateway: str,
+                       change: Change, t: int) -> list[AlertEvent]:
         if change is Change.NONE:
             return []
         alert_id = f"{rule.id}:{district}:{gateway}"
@@ -351,12 +368,16 @@ class RulesEngine:
         if out is Change.NONE:
             return []
         ga = self._gateway_alerts[(rule.id, district, gateway)]
-        msg = _message(rule, {"device": gateway, "district": district, "rule": rule.id})
+        threshold = rule.max_offset_s if isinstance(rule, GatewayClockRule) else None
+        msg = _message(rule, {"device": gateway, "district": district, "rule": rule.id, "value": ga.value,
+                              "threshold": threshold})
         if out is Change.RESOLVED:
-            msg = f"Resolved: gateway {gateway} in {district} is back online"
+            msg = (f"Resolved: gateway {gateway} in {district} is back online" if threshold is None else
+                   f"Resolved: gateway {gateway} in {district}: clock within {threshold:g} s")
         return [AlertEvent(id=alert_id, rule=rule.id, domain="system", severity=rule.severity,
                            state="resolved" if out is Change.RESOLVED else "firing", district=district,
-                           device=gateway, metric=None, value=None, threshold=None,
+                           device=gateway, metric="clock_offset_s" if threshold is not None else None,
+                           value=ga.value, threshold=threshold,
                            started=ga.state.since, t=t, message=msg)]
 
     # ------------------------------------------------------------------ lifecycle -> events

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from rules.catalog import Rule, load_catalog, rule_files
+from rules.catalog import GatewayClockRule, Rule, load_catalog, rule_files
 from rules.engine import RulesEngine, alert_lines
 from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
 from rules.inventory import load_inventory
@@ -26,6 +26,7 @@ from rules.response import Responder
 from rules.silences import ALL_SILENCES, SilenceError
 from rules.warmstart import history_start, warm_start
 from urbansense import clock, codec, topics
+from urbansense.clock_offset import ClockOffsets
 from urbansense.config import ConfigError
 from urbansense.influx import InfluxClient, InfluxError
 from urbansense.lineprotocol import encode_point
@@ -70,6 +71,8 @@ class RulesService:
         self.reloads_refused = 0
         inventory = (load_inventory(config.gateways, config.districts, strict=False)
                      if config.gateways is not None else [])
+        self._clock = clock.current()
+        self.clocks = ClockOffsets()
         self.engine = RulesEngine(self.rules, inventory, flap_changes=config.flap_changes,
                                   flap_window_s=config.flap_window_s, flap_clear_s=config.flap_clear_s)
         self.influx = InfluxClient(config.influx_url, config.database) if config.influx_url else None
@@ -155,7 +158,7 @@ class RulesService:
         batches: list[TelemetryBatch] = []
         events: list[AlertEvent] = []
         oldest = min(arrived for _t, _p, arrived in chunk)
-        for topic, payload, _arrived in chunk:
+        for topic, payload, arrived in chunk:
             if topic.endswith("/cmd/result"):
                 answered = self.responder.answer(payload)
                 if answered is not None:
@@ -177,6 +180,7 @@ class RulesService:
                 if gt.kind == "telemetry":
                     batch, _problems = codec.decode_batch_lenient(payload)
                     batches.append(batch)
+                    events.extend(self._measure_clock(gt, batch.sent, arrived))
                 elif gt.kind == "status" and payload:
                     if batches:  # keep order: telemetry before this status first
                         events.extend(self.engine.ingest(batches))
@@ -191,6 +195,15 @@ class RulesService:
         if events:
             self.last_latency_ms = (time.monotonic() - oldest) * 1000.0
         self._pending_lines.extend(self.engine.derived_lines())
+
+    def _measure_clock(self, gt: topics.GatewayTopic, sent: int, arrived: float) -> list[AlertEvent]:
+        """The gateway's clock, measured on a batch against this clock at its arrival (for
+        gateway_clock rules; urbansense/clock_offset.py)."""
+        if not any(isinstance(r, GatewayClockRule) for r in self.engine.gateway_rules):
+            return []
+        received = self._clock.now_ms() - int((time.monotonic() - arrived) * 1000 * self._clock.speed)
+        offset = self.clocks.observe(gt.district, gt.gateway, sent, received)
+        return self.engine.clock(gt.district, gt.gateway, offset, received)
 
     def publish(self, event: AlertEvent) -> None:
         topic = topics.alert(event.domain, event.district, event.severity)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from simulators.recordings import Row
-from urbansense import codec, topics
+from urbansense import clock, codec, topics
 from urbansense.mqtt import MqttClient
 from urbansense.schema import Sample, TelemetryBatch
 
@@ -67,6 +67,9 @@ def replay(rows: list[Row], mqtt: MqttClient, *, speed: float = 1.0, shift_to_no
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+        # `sent` is when the batch leaves, on this clock: the receivers measure the sender's
+        # clock by it (urbansense/clock_offset.py); the recorded times stay in the samples
+        batch.sent = clock.now_ms()
         mqtt.publish(topics.telemetry(batch.district, batch.gw), codec.encode_batch(batch), qos=1)
         stats.batches += 1
         stats.samples += len(batch.samples)

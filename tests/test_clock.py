@@ -60,3 +60,34 @@ def test_scenario_clock_round_trips_through_the_environment() -> None:
     assert clock.wall_s_for(T_MS + 60_000) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="origin_event_ms"):
         ScenarioClock.from_env("12:x")
+
+
+@given(st.lists(st.tuples(st.integers(0, 5000), st.integers(-400_000, 400_000)), min_size=1, max_size=60))
+def test_clock_offset_is_the_largest_sent_minus_received_of_the_window(steps: list[tuple[int, int]]) -> None:
+    """The sliding-window maximum against a brute-force one, at speed 1 and at speed 10."""
+    from urbansense.clock_offset import ClockOffsets
+
+    for speed in (1.0, 10.0):
+        offsets = ClockOffsets(window_s=10, speed=speed)
+        seen: list[tuple[int, int]] = []
+        received = T_MS
+        for gap, difference in steps:
+            received += gap
+            got = offsets.observe("d", "g", received + difference, received)
+            seen.append((received, difference))
+            window = [v for at, v in seen if at >= received - 10_000 * speed]
+            assert got == pytest.approx(max(window) / 1000 / speed)
+        assert offsets.offset_s("d", "g") == got and offsets.offset_s("d", "other") is None
+
+
+def test_clock_offset_ignores_a_batch_held_in_the_broker() -> None:
+    """A gateway 300 s behind: prompt batches say -300.0x s; one held 40 s in the broker
+    (-340 s) does not move the estimate."""
+    from urbansense.clock_offset import ClockOffsets
+
+    offsets = ClockOffsets(window_s=60, speed=1.0)
+    assert offsets.observe("d", "g", T_MS - 300_000, T_MS + 40) == pytest.approx(-300.04)
+    assert offsets.observe("d", "g", T_MS + 1000 - 300_000, T_MS + 1015) == pytest.approx(-300.015)
+    assert offsets.observe("d", "g", T_MS - 300_000, T_MS + 40_000) == pytest.approx(-300.015)
+    # 75 s on, the prompt batches have left the window: the least-delayed one left counts
+    assert offsets.observe("d", "g", T_MS - 300_000, T_MS + 76_100) == pytest.approx(-340.0)

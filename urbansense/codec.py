@@ -128,6 +128,14 @@ def _str(value: Any, path: str) -> str:
     return value
 
 
+def _label(value: Any, path: str, limit: int = 100) -> str:
+    """A short free text (a version, a hash)."""
+    text = _str(value, path)
+    if not 0 < len(text) <= limit:
+        raise _problem(path, f"must be 1..{limit} characters, got {len(text)}")
+    return text
+
+
 def _ident(value: Any, path: str) -> str:
     why = identifier_problem(value)
     if why:
@@ -502,9 +510,8 @@ def decode_status(payload: bytes | str) -> GatewayStatus:
         raise _problem("v", f"unsupported contract version {raw.get('v')!r}; this build speaks v1")
     state = _one_of(_require(raw, "state", ""), ("online", "offline"), "state")
     t = _int(_require(raw, "t", ""), "t", minimum=1)
-    version = raw.get("version")
-    if version is not None:
-        version = _str(version, "version")
+    version, config_hash, config_version = (
+        None if raw.get(key) is None else _label(raw[key], key) for key in ("version", "config_hash", "config_version"))
     devices_raw = raw.get("devices", {})
     if not isinstance(devices_raw, dict):
         raise _problem("devices", f"must be an object, got {_describe(devices_raw)}")
@@ -529,7 +536,8 @@ def decode_status(payload: bytes | str) -> GatewayStatus:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _problem(f"stats.{key}", f"must be a number, got {_describe(value)}")
         stats[key] = check_field_value(value, f"stats.{key}")  # type: ignore[assignment]
-    return GatewayStatus(state=state, t=t, version=version, devices=devices, stats=stats)
+    return GatewayStatus(state=state, t=t, version=version, devices=devices, stats=stats, config_hash=config_hash,
+                         config_version=config_version)
 
 
 def encode_status(status: GatewayStatus) -> bytes:

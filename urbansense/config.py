@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -410,15 +410,43 @@ class MetricsSpec(_Model):
     host: str = "127.0.0.1"
 
 
+class RemoteConfigSpec(_Model):
+    """Configurations pushed over MQTT to city/{district}/{gateway}/config: whether the
+    agent takes them, and its trial of one (edge/remote_config.py). The running config's
+    values judge a new one: a push cannot loosen its own trial."""
+
+    accept: bool = True
+    #: How long a new config runs on trial before it is kept or rolled back.
+    trial_s: float = Field(default=120, ge=1, le=86_400)
+    #: A trial fails when more than this share of the devices fail (and more than under
+    #: the config before), or when no device delivers a reading at all.
+    max_failing_fraction: float = Field(default=0.5, ge=0, le=1)
+
+
+CommandOp = Literal["write", "probe", "log", "links"]
+
+
+class CommandsSpec(_Model):
+    """What the gateway answers on its command topic (edge/commands.py): `write` a field
+    its profile marks writable, or a diagnosis: `probe` a device's registers, its `log`
+    lines, its `links`' statistics."""
+
+    allow: list[CommandOp] = Field(default_factory=lambda: list(get_args(CommandOp)))
+
+
 class GatewayConfig(_Model):
     gateway: str = Field(pattern=ID_PATTERN)
     district: str = Field(pattern=ID_PATTERN)
+    #: Free text naming this config's revision (shown in status with the file's hash).
+    version: str | None = Field(default=None, min_length=1, max_length=64)
     poll_interval_s: float = Field(default=1.0, gt=0)
     uplink: UplinkSpec = Field(default_factory=UplinkSpec)
     batch: BatchSpec = Field(default_factory=BatchSpec)
     wal: WalSpec = Field(default_factory=WalSpec)
     polling: PollingSpec = Field(default_factory=PollingSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    remote_config: RemoteConfigSpec = Field(default_factory=RemoteConfigSpec)
+    commands: CommandsSpec = Field(default_factory=CommandsSpec)
     #: Site-specific profiles, relative to this file; looked up before the families'
     #: profiles (urbansense/families/*/profiles), which are always available.
     profiles_dir: str = "../profiles"
@@ -464,11 +492,13 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; a syntax error names file, line and column."""
+def read_yaml(path: Path, text: str | None = None) -> Any:
+    """Parse a YAML file (or `text`, as if it were the file at `path`); a syntax error
+    names file, line and column."""
     shown = _display(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if text is None:
+            text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{shown}: file not found; check the path"]) from None
     except OSError as exc:
@@ -559,9 +589,9 @@ def format_validation_error(
     return problems
 
 
-def load_model(path: Path, model: type[M]) -> M:
+def load_model(path: Path, model: type[M], text: str | None = None) -> M:
     shown = _display(path)
-    raw = read_yaml(path)
+    raw = read_yaml(path, text)
     if not isinstance(raw, dict):
         raise ConfigError([f"{shown}: expected a mapping of keys at the top level, got {type(raw).__name__}"])
     try:
@@ -636,10 +666,12 @@ def profile_path(name: str, profiles_dir: Path | None) -> Path | None:
     return registry.find_profile(name)
 
 
-def load_gateway(path: Path | str) -> LoadedGateway:
-    """Load a gateway config and the profiles it names; all problems are reported together."""
+def load_gateway(path: Path | str, text: str | None = None) -> LoadedGateway:
+    """Load a gateway config and the profiles it names; all problems are reported together.
+    With `text`, that config is loaded as if the file at `path` held it (a pushed config:
+    its relative paths resolve as the file's do)."""
     path = Path(path)
-    config = load_model(path, GatewayConfig)
+    config = load_model(path, GatewayConfig, text)
     shown = _display(path)
     profiles_dir = (path.parent / config.profiles_dir).resolve()
     env_dir = os.environ.get("URBANSENSE_PROFILES_DIR")

@@ -33,7 +33,8 @@ RESERVED_FIELDS: frozenset[str] = frozenset(
 #: Fields of `gateway_status` the ingester computes from a status message; its `stats`
 #: may not use them.
 RESERVED_STATUS_FIELDS: frozenset[str] = frozenset(
-    {"time", "district", "gateway", "online", "devices_ok", "devices_fail"})
+    {"time", "district", "gateway", "online", "devices_ok", "devices_fail", "agent_version", "config_hash",
+     "config_version", "clock_offset_s"})
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 ALERT_STATES: tuple[str, ...] = ("pending", "firing", "resolved")
 

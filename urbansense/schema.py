@@ -64,12 +64,20 @@ class GatewayStatus:
     devices: dict[str, str] = field(default_factory=dict)  # dev -> "ok" | "fail"
     #: Self-telemetry (log depth, drops, reconnects, ...); free-form numbers.
     stats: dict[str, float] = field(default_factory=dict)
+    #: The running gateway config: the first 12 hex digits of its file's SHA-256, and its
+    #: `version:` text (remote configuration, edge/remote_config.py).
+    config_hash: str | None = None
+    config_version: str | None = None
     v: int = 1
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"v": self.v, "state": self.state, "t": self.t}
         if self.version is not None:
             out["version"] = self.version
+        if self.config_hash is not None:
+            out["config_hash"] = self.config_hash
+        if self.config_version is not None:
+            out["config_version"] = self.config_version
         out["devices"] = self.devices
         if self.stats:
             out["stats"] = self.stats

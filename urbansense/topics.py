@@ -41,6 +41,15 @@ def command_result(district: str, gateway: str) -> str:
     return command(district, gateway) + "/result"
 
 
+def config(district: str, gateway: str) -> str:
+    """Configurations pushed to one gateway (edge/remote_config.py)."""
+    return f"{ROOT}/{_check('district', district)}/{_check('gateway', gateway)}/config"
+
+
+def config_result(district: str, gateway: str) -> str:
+    return config(district, gateway) + "/result"
+
+
 def alert(domain: str, district: str, severity: str) -> str:
     if domain not in DOMAINS:
         raise TopicError(f"domain must be one of {', '.join(DOMAINS)}; got {domain!r}")
@@ -58,7 +67,7 @@ def district_telemetry(district: str) -> str:
 class GatewayTopic:
     district: str
     gateway: str
-    kind: str  # telemetry | status | cmd | cmd/result
+    kind: str  # telemetry | status | cmd | cmd/result | config | config/result
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +82,7 @@ def parse_gateway_topic(topic: str) -> GatewayTopic:
     if len(parts) < 4 or parts[0] != ROOT or parts[1] in ("alerts", "ingest"):
         raise TopicError(f"{topic!r} is not a gateway topic city/{{district}}/{{gateway}}/...")
     kind = "/".join(parts[3:])
-    if kind not in ("telemetry", "status", "cmd", "cmd/result"):
+    if kind not in ("telemetry", "status", "cmd", "cmd/result", "config", "config/result"):
         raise TopicError(f"{topic!r}: unknown gateway topic kind {kind!r}")
     return GatewayTopic(_check("district", parts[1]), _check("gateway", parts[2]), kind)
 

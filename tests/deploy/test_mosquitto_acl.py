@@ -202,18 +202,25 @@ def test_a_gateway_publishes_only_under_its_own_prefix(connect: Any) -> None:
     assert ops.received() == {"city/pudong/pd-gw-water/telemetry", "city/pudong/pd-gw-water/status"}
 
 
-def test_a_gateway_reads_only_its_own_commands(connect: Any) -> None:
+def test_a_gateway_reads_only_its_own_commands_and_configs(connect: Any) -> None:
     gw = connect("pudong/pd-gw-gas")
     # Mosquitto 2.0 grants every SUBSCRIBE and checks read access per message delivered.
-    for topic in ("city/pudong/pd-gw-gas/cmd", "city/pudong/pd-gw-water/cmd", "city/+/+/telemetry"):
+    for topic in ("city/pudong/pd-gw-gas/cmd", "city/pudong/pd-gw-water/cmd", "city/+/+/telemetry",
+                  "city/pudong/pd-gw-gas/config", "city/pudong/pd-gw-water/config"):
         gw.subscribe(topic)
     ops = connect("ops")
-    assert ops.publish("city/pudong/pd-gw-gas/cmd") in ACCEPTED
-    assert ops.publish("city/pudong/pd-gw-water/cmd") in ACCEPTED
+    for topic in ("city/pudong/pd-gw-gas/cmd", "city/pudong/pd-gw-water/cmd", "city/pudong/pd-gw-gas/config",
+                  "city/pudong/pd-gw-water/config"):
+        assert ops.publish(topic) in ACCEPTED, topic
     other = connect("pudong/pd-gw-water")
     assert other.publish("city/pudong/pd-gw-water/telemetry") in ACCEPTED
-    assert gw.received() == {"city/pudong/pd-gw-gas/cmd"}
+    assert gw.received() == {"city/pudong/pd-gw-gas/cmd", "city/pudong/pd-gw-gas/config"}
     assert gw.publish("city/pudong/pd-gw-gas/cmd/result") in ACCEPTED
+    assert gw.publish("city/pudong/pd-gw-gas/config/result") in ACCEPTED
+    # a gateway cannot push a config, to itself or another; nor can the rules service
+    for topic in ("city/pudong/pd-gw-gas/config", "city/pudong/pd-gw-water/config"):
+        assert refused(connect, "pudong/pd-gw-gas", topic), topic
+    assert refused(connect, "rules", "city/pudong/pd-gw-gas/config")
 
 
 def test_a_utility_reads_only_its_own_domains_alerts(connect: Any) -> None:

@@ -111,3 +111,55 @@ def test_status_message_and_prometheus_metrics(tmp_path: Path, stack: Stack, met
     for name in ("edge_wal_depth", "edge_wal_dropped", "edge_mqtt_reconnects", "edge_poll_latency_seconds_bucket",
                  "edge_poll_jitter_seconds_bucket", "edge_modbus_requests_total"):
         assert name in body, name
+
+
+def test_remote_diagnostics_through_the_command_path(tmp_path: Path, stack: Stack, meter_profile_dir: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """probe, log and links answered on .../cmd/result, logged with who asked (the audit
+    trail), and refused when the config's commands.allow leaves them out."""
+    import subprocess
+    import sys
+
+    caplog.set_level("INFO", logger="urbansense")  # as `edge run` logs (--log-level INFO)
+
+    from tests.edge.conftest import METER_PROFILE, REPO, write_profile
+
+    sim, path, gw = _setup(tmp_path)
+    with sim, AgentThread(path, stack.mqtt_url, tmp_path / "wal") as run:
+        run.wait_ready()
+
+        def ask(**body: Any) -> dict[str, Any]:
+            out: dict[str, Any] = run.call(run.agent.handle_command(orjson.dumps(body)))
+            return out
+
+        wait_for(lambda: all(s.ok for lk in run.agent.links.values() for s in lk.devices.values()), 10,
+                 what="devices polled")
+        sim.devices[(sim.ports[0], 1)].set("temp_c", -3.5)
+        probe = ask(id="p1", op="probe", dev="dev-0-1", by="eng")
+        # the profile's span: holding 0..12 (setpoint_pct at 12); temp_c at 4 is -35 (scale 0.1)
+        assert probe["ok"] and (probe["table"], probe["address"], probe["count"]) == ("holding", 0, 13)
+        assert probe["words"][4] == (-35) & 0xFFFF and "holding registers 0..12" in probe["text"]
+        narrow = ask(id="p2", op="probe", dev="dev-0-1", table="input", address=0, count=4)
+        assert narrow["ok"] and len(narrow["words"]) == 4 and "DCBA" in narrow["text"]
+        assert "count must be a whole number 1..32" in ask(id="p3", op="probe", dev="dev-0-1", count=33)["reason"]
+        assert "no polled device" in ask(id="p4", op="probe", dev="nope")["reason"]
+        links = ask(id="l1", op="links")
+        assert links["ok"] and links["links"]["link-0"]["devices"]["dev-0-2"]["ok"] is True
+        assert links["links"]["link-0"]["requests"] > 0 and links["uplink_connected"] is True
+        log = ask(id="g1", op="log", lines=500)
+        assert any("edge agent test/" in line for line in log["lines"])
+        assert any("command p1 from eng: probe dev-0-1 -> ok" in line for line in log["lines"])
+        assert "op must be one of" in ask(id="x1", op="reboot")["reason"]
+        # and through the CLI, over MQTT
+        cli = subprocess.run([sys.executable, "-m", "application.cli", "edge", "diagnose", "--district", "test",
+                              "--gateway", gw, "--probe", "dev-0-2", "--count", "4", "--mqtt", stack.mqtt_url],
+                             capture_output=True, text=True, cwd=REPO, check=False, timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        assert "dev-0-2: unit 2 on link link-0" in cli.stdout and "holding registers 0..3" in cli.stdout
+    # a gateway that answers writes only
+    write_profile(tmp_path / "only-writes" / "profiles", METER_PROFILE)
+    sim2, path2, _gw2 = _setup(tmp_path / "only-writes", commands={"allow": ["write"]})
+    with sim2, AgentThread(path2, stack.mqtt_url, tmp_path / "wal2") as run:
+        run.wait_ready()
+        refused = run.call(run.agent.handle_command(orjson.dumps({"id": "p9", "op": "probe", "dev": "dev-0-1"})))
+        assert refused["ok"] is False and "commands.allow: write" in refused["reason"]

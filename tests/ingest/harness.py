@@ -31,7 +31,7 @@ def batch_payload(district: str, gw: str, seq: int, t0: int, devices: int = 5,
     samples = [{"dev": f"d{i}", "m": m, "t": t,
                 "f": {"pressure_mpa": seq + i / 1000, "flow_m3h": float(i), "n": seq}, "q": "good"}
                for i in range(devices)]
-    return orjson.dumps({"v": 1, "gw": gw, "district": district, "seq": seq, "sent": t,
+    return orjson.dumps({"v": 1, "gw": gw, "district": district, "seq": seq, "sent": now_ms(),
                          "samples": samples})
 
 

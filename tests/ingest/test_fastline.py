@@ -49,7 +49,7 @@ WINDOW = TimeWindow(future_ms=5 * 60_000, retention_ms=30 * 86_400_000)
 EARLIEST, LATEST = NOW - WINDOW.retention_ms, NOW + WINDOW.future_ms
 
 
-def c_path(payload: bytes, max_bytes: int = codec.MAX_PAYLOAD_BYTES) -> tuple[str, str, int, str, int] | None:
+def c_path(payload: bytes, max_bytes: int = codec.MAX_PAYLOAD_BYTES) -> tuple[str, str, int, str, int, int] | None:
     return _fastline.transcode(payload, max_bytes, EARLIEST, LATEST)
 
 
@@ -85,14 +85,14 @@ def agrees(payload: bytes) -> bool:
     got = c_path(payload)
     if got is None:
         return False
-    gw, district, seq, chunk, count = got
+    gw, district, seq, chunk, count, sent = got
     c_lines = chunk.split("\n") if chunk else []
     c_points = [_point(x) for x in c_lines]
     assert count == len(c_lines)
     full, problems = codec.decode_batch_lenient(payload)
     encoded = points.LineEncoder(WINDOW).encode(full, NOW)
     assert problems == [] and encoded.problems == [], "the C path took a batch the full path refuses in part"
-    assert (gw, district, seq) == (full.gw, full.district, full.seq)
+    assert (gw, district, seq, sent) == (full.gw, full.district, full.seq, full.sent)
     # the same points; the full path writes the lines of samples with integers or strings
     # before the chunk of float-and-boolean samples, the C path all in payload order
     assert sorted(map(repr, map(_point, encoded.all_lines()))) == sorted(map(repr, c_points))
@@ -102,7 +102,7 @@ def agrees(payload: bytes) -> bool:
     if plain is not None:
         python = transcode_plain(plain, WINDOW, NOW)
         assert python is not None, "the C path took a sample outside the time window"
-        assert (gw, district, seq) == (plain.gw, plain.district, plain.seq)
+        assert (gw, district, seq, sent) == (plain.gw, plain.district, plain.seq, plain.sent)
         assert [_point(x) for x in python.all_lines()] == c_points
     return True
 
@@ -217,7 +217,7 @@ def test_worked_example() -> None:
     assert c_path(payload) == (
         "pd-gw-01", "pudong", 7,
         "water,device=wp-0007,district=pudong,gateway=pd-gw-01 pressure_mpa=0.312,on=true 1764190000000\n"
-        "gas,device=gs-1,district=pudong,gateway=pd-gw-01 x=1E+16 1764190000001", 2)
+        "gas,device=gs-1,district=pudong,gateway=pd-gw-01 x=1E+16 1764190000001", 2, 1764190000123)
     assert agrees(payload)
 
 
@@ -231,7 +231,7 @@ def test_samples_before_the_gateway_get_its_tags() -> None:
 
 def test_empty_batch() -> None:
     payload = b'{"v":1,"gw":"g","district":"d","seq":0,"sent":1,"samples":[]}'
-    assert c_path(payload) == ("g", "d", 0, "", 0)
+    assert c_path(payload) == ("g", "d", 0, "", 0, 1)
     assert agrees(payload)
 
 

@@ -78,7 +78,7 @@ def test_arbitrary_valid_batches_round_trip_exactly(
     t_lo = now_ms() - 3_600_000 + next(_clock) * 100
     for i, sample in enumerate(batch):
         sample["t"] = t_lo + i
-    payload = orjson.dumps({"v": 1, "gw": gateway, "district": district, "seq": 1, "sent": t_lo,
+    payload = orjson.dumps({"v": 1, "gw": gateway, "district": district, "seq": 1, "sent": now_ms(),
                             "samples": batch})
     before = ing.stats.messages
     pub = Publisher(stack.mqtt_url)

@@ -15,7 +15,8 @@ def test_shipped_catalog_loads_with_every_kind() -> None:
     rules = load_catalog()
     kinds = {r.kind for r in rules}
     assert kinds == {"threshold", "rate", "forecast", "anomaly", "flatline", "drift", "deadman",
-                     "gateway_offline", "composite", "aqi", "counter_check", "water_class", "accumulation",
+                     "gateway_offline", "gateway_clock", "composite", "aqi", "counter_check", "water_class",
+                     "accumulation",
                      "tide_forecast", "geofence", "driving_time", "plume"}
     ids = {r.id for r in rules}
     for needed in ("gas.methane_alarm", "gas.methane_rising", "gas.overpressure", "water.pipe_burst",

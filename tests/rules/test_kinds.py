@@ -140,6 +140,23 @@ def test_gateway_offline_from_last_will() -> None:
         ("system.gateway_offline", "gw-1", "resolved", "system")]
 
 
+def test_gateway_clock_fires_on_an_offset_beyond_the_bound_and_resolves() -> None:
+    eng = RulesEngine([rule(kind="gateway_clock", id="system.gateway_clock", max_offset_s=30, for_s=10)])
+    assert eng.clock("pudong", "gw-1", 2.0, T0) == []
+    assert eng.clock("pudong", "gw-1", -300.2, T0 + 1000) == []  # for_s: pending
+    ev = eng.clock("pudong", "gw-1", -300.1, T0 + 11_000)
+    assert [(e.rule, e.device, e.state, e.domain, e.metric, e.threshold) for e in ev] == [
+        ("system.gateway_clock", "gw-1", "firing", "system", "clock_offset_s", 30)]
+    assert ev[0].value == -300.1 and "clock -300 s off (limit 30 s)" in ev[0].message
+    assert eng.clock("pudong", "gw-2", 29.0, T0 + 11_000) == []  # another gateway, within the bound
+    ev = eng.clock("pudong", "gw-1", 0.5, T0 + 20_000)
+    assert [(e.state, e.device) for e in ev] == [("resolved", "gw-1")] and "within 30 s" in ev[0].message
+    # an offline rule does not react to clocks, nor a clock rule to statuses
+    from urbansense.schema import GatewayStatus
+
+    assert eng.status("pudong", "gw-1", GatewayStatus("offline", T0 + 30_000)) == []
+
+
 def test_composite_on_one_device_within_a_window() -> None:
     eng = RulesEngine([
         rule(id="water.p_low", measurement="water", metric="pressure_mpa", op="below", threshold=0.2, publish=False),
