@@ -32,6 +32,7 @@ from dashboards.builder.panels import (
     stat,
     state_timeline,
     table,
+    thresholds,
     timeseries,
     value_map,
 )
@@ -407,6 +408,61 @@ def system_health() -> Json:
                      time_from="now-1h")
 
 
+#: Where a gateway's row in the fleet view leads: the system health dashboard, on that gateway.
+GATEWAY_DETAIL = ("/d/urbansense-system?var-district=${__data.fields.district}"
+                  "&var-gateway=${__data.fields.gateway}&${__url_time_range}")
+
+
+def fleet() -> Json:
+    """Every gateway in one table (agent version, config, clock, log, devices), from its
+    latest status as the ingester stored it, each row linked to the gateway's detail."""
+    gw = "gateway_status"
+    latest = influxql(
+        'SELECT last("online") AS "online", "agent_version" AS "agent", "config_version" AS "config version", '
+        '"config_hash" AS "config hash", "clock_offset_s" AS "clock offset (s)", "wal_depth" AS "log depth", '
+        '"wal_dropped" AS "dropped (ever)", "devices_fail" AS "devices failing", "devices_ok" AS "devices ok" '
+        f'FROM "{gw}" WHERE {GATEWAY_FILTER} AND $timeFilter GROUP BY "district", "gateway"', table=True)
+
+    def per_gateway(field: str, agg: str = "last") -> Json:
+        return influxql(f'SELECT {agg}("{field}") FROM "{gw}" WHERE {GATEWAY_FILTER} AND $timeFilter '
+                        'GROUP BY time($__interval), "gateway" fill(null)', alias="$tag_gateway")
+
+    gateways = table("Gateways", [latest], w=24, h=10,
+                     description="One row per gateway from its latest status message (Time: last seen). "
+                                 "Config hash: the first 12 hex digits of the SHA-256 of the config it runs "
+                                 "(a push changes it; edge push-config). Clock offset: its clock minus the "
+                                 "ingester's, measured on its batches; beyond 30 s its readings are stored "
+                                 "uncertain. Log depth: samples waiting for the uplink. Click a gateway for "
+                                 "its detail.")
+    gateways.model["fieldConfig"]["overrides"] = [{
+        "matcher": {"id": "byName", "options": "gateway"},
+        "properties": [{"id": "links", "value": [{"title": "Gateway detail", "url": GATEWAY_DETAIL}]}]}, {
+        "matcher": {"id": "byName", "options": "clock offset (s)"},
+        "properties": [{"id": "thresholds", "value": thresholds([("green", None), ("red", 30)])},
+                       {"id": "custom.cellOptions", "value": {"type": "color-text"}}]}]
+    panels = [
+        row("Fleet"),
+        gateways,
+        timeseries("Clock offset", [per_gateway("clock_offset_s")], unit="s", w=12,
+                   steps=[("green", None), ("red", 30)], threshold_style="line",
+                   description="Each gateway's clock minus the ingester's (positive: ahead). The "
+                               "system.gateway_clock rule alerts beyond 30 s."),
+        timeseries("Edge log depth (samples waiting)", [per_gateway("wal_depth", "max")], w=12),
+        timeseries("Devices failing", [per_gateway("devices_fail", "max")], w=12),
+        state_timeline("Config version", [influxql(
+            f'SELECT last("config_version") FROM "{gw}" WHERE {GATEWAY_FILTER} AND $timeFilter '
+            'GROUP BY time($__interval), "gateway" fill(previous)', alias="$tag_gateway")],
+            mappings=[], w=12, description="The config each gateway ran: a push shows as a change, a "
+                                            "rollback as a change back."),
+        alerts_table("system", "Active gateway alerts (offline, clock)"),
+    ]
+    gateway_var = query_variable(
+        "gateway", "Gateway",
+        f'SHOW TAG VALUES FROM "{gw}" WITH KEY = "gateway" WHERE "district" =~ /^$district$/')
+    return dashboard("urbansense-fleet", "UrbanSense - Gateway fleet", panels,
+                     variables=[district_variable(), gateway_var], tags=["system", "fleet"], time_from="now-1h")
+
+
 def family_dashboards() -> dict[str, Json]:
     """One per family of the domain registry, drawn from its data."""
     from dashboards.builder.generated import family_dashboard
@@ -416,4 +472,4 @@ def family_dashboards() -> dict[str, Json]:
 
 def all_dashboards() -> dict[str, Json]:
     """File name (without .json) -> dashboard model."""
-    return {"overview": overview(), **family_dashboards(), "system-health": system_health()}
+    return {"overview": overview(), **family_dashboards(), "system-health": system_health(), "fleet": fleet()}

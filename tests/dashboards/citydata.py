@@ -23,6 +23,7 @@ from ingest.points import batch_lines, status_line
 from rules.catalog import load_catalog
 from rules.engine import RulesEngine, alert_line
 from simulators.scenario import load_scenario
+from urbansense import __version__
 from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient
 from urbansense.lineprotocol import encode_point
@@ -95,10 +96,11 @@ def simulate(influx: InfluxClient, *, seed: int = 7, end_ms: int | None = None) 
                 lines += batch_lines(batch)
                 engine.ingest([batch])
                 lines.append(status_line(batch.district, batch.gw, GatewayStatus(
-                    "online", tick.t_ms, devices={s.dev: "fail" if s.q == "bad" else "ok"
-                                                  for s in batch.samples},
+                    "online", tick.t_ms, version=__version__, devices={s.dev: "fail" if s.q == "bad" else "ok"
+                                                                       for s in batch.samples},
                     stats={"wal_depth": float(tick_no % 5), "reconnects": float(tick_no // 10),
-                           "wal_dropped": 0.0})))
+                           "wal_dropped": 0.0}, config_hash="3f2a9c0d11e4", config_version="v1"),
+                    clock_offset_s=0.02 + 0.01 * (tick_no % 3)))
             if last:
                 break
     lines += _alerts(data)

@@ -52,7 +52,7 @@ def _all_variables(target: PanelTarget) -> dict[str, str]:
 
 
 def test_every_dashboard_has_panels_and_queries() -> None:
-    assert set(DASHBOARDS) == {"overview", "system-health",
+    assert set(DASHBOARDS) == {"overview", "system-health", "fleet",
                                *(fam.dashboard_file for fam in registry.families().values())}
     for name, dash in DASHBOARDS.items():
         assert len(targets(dash)) >= 4, name
@@ -82,9 +82,10 @@ def test_panel_query_honours_one_selected_device(city: tuple[InfluxClient, CityD
             seen = {s.tags.get(key)} | {r.get(key) for r in rows}
             seen.discard(None)
             seen.discard("")
-            if key == "device" and target.dashboard in ("urbansense-overview", "urbansense-system"):
+            if key == "device" and target.dashboard in ("urbansense-overview", "urbansense-system",
+                                                        "urbansense-fleet"):
                 continue  # these dashboards have no device variable
-            if key == "gateway" and target.dashboard != "urbansense-system":
+            if key == "gateway" and target.dashboard not in ("urbansense-system", "urbansense-fleet"):
                 continue
             assert seen <= {expected}, f"{target.name}: {key} {seen} leaked past the selection"
 
@@ -152,3 +153,29 @@ def test_check_command_runs_every_query_against_the_database(
         assert err.count("create the roll-ups with: urbansense ingest init") == rollup_panels
     finally:
         influx.query(f'DROP DATABASE "{empty}"', database="")
+
+
+def test_fleet_table_has_one_full_row_per_gateway_last_seen_at_its_latest_status(
+        city: tuple[InfluxClient, CityData]) -> None:
+    """The selector with fields beside it: each row is the gateway's latest status point, so
+    its time is when it was last seen and every column is that point's."""
+    from urbansense import __version__
+
+    influx, data = city
+    target = next(t for t in targets(DASHBOARDS["fleet"]) if t.panel == "Gateways")
+    series = run_target(influx, target, _range(data), _all_variables(target))
+    rows = {s.tags["gateway"]: s.rows()[0] for s in series}
+    assert set(rows) == data.gateways
+    newest = max(r["time"] for r in rows.values())
+    for gw, r in rows.items():
+        assert (r["agent"], r["config hash"], r["config version"]) == (__version__, "3f2a9c0d11e4", "v1"), gw
+        assert 0.0 < r["clock offset (s)"] < 0.1 and r["log depth"] is not None and r["devices failing"] is not None
+        assert r["time"] >= data.end_ms - 60_000 and r["time"] <= newest
+
+
+def test_fleet_rows_link_to_a_dashboard_that_exists() -> None:
+    links = [link["url"] for panel in DASHBOARDS["fleet"]["panels"]
+             for override in panel.get("fieldConfig", {}).get("overrides", [])
+             for prop in override["properties"] if prop["id"] == "links" for link in prop["value"]]
+    uids = {d["uid"] for d in DASHBOARDS.values()}
+    assert links and all(url.split("/d/")[1].split("?")[0] in uids for url in links), links
