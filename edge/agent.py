@@ -69,6 +69,7 @@ class _Trial:
     previous: LoadedGateway
     previous_text: str
     before: Health
+    version: str | None = None
     task: asyncio.Task[None] | None = None
 
 
@@ -91,7 +92,6 @@ class EdgeAgent:
                           "\n  ".join(exc.problems))
                 self.store.clear()
                 self.config_text = self.base_text
-        self._config_note = note
         self.gateway = gateway
         cfg = self.cfg = gateway.config
         self.telemetry = SelfTelemetry(cfg.gateway)
@@ -119,6 +119,7 @@ class EdgeAgent:
         #: Links whose devices push: MQTT sensors, HJ 212 stations, JT/T 808 terminals.
         self.pushed_links: dict[str, PushedInput] = {}
         self._build_links(gateway)
+        self._poll_tasks: dict[ModbusLink, asyncio.Task[None]] = {}
         self._link_tasks: list[asyncio.Task[None]] = []
         self._trial: _Trial | None = None
         #: The agent's recent log lines, for a remote `log` (edge/diagnostics.py).
@@ -149,22 +150,22 @@ class EdgeAgent:
                                                    telemetry=self.telemetry)
 
     def _start_links(self) -> None:
-        self._link_tasks = [asyncio.create_task(link.run(), name=f"link-{name}") for name, link in self.links.items()]
-        self._link_tasks += [asyncio.create_task(m.run(), name=f"pushed-{name}")
-                             for name, m in self.pushed_links.items()]
+        self._poll_tasks = {link: asyncio.create_task(link.run(), name=f"link-{name}")
+                            for name, link in self.links.items()}
+        self._link_tasks = [*self._poll_tasks.values(), *(asyncio.create_task(m.run(), name=f"pushed-{name}")
+                                                          for name, m in self.pushed_links.items())]
 
     async def _stop_links(self, grace_s: float = 10.0) -> None:
         """Polling links finish the poll under way (its reading is kept), then everything is
         cancelled; pushed links hold no half-taken reading."""
-        polled = dict(zip(self.links.values(), self._link_tasks, strict=False))
-        for link, task in polled.items():
+        for link, task in self._poll_tasks.items():
             link.stop(task)
-        if polled:
-            await asyncio.wait(polled.values(), timeout=grace_s)
+        if self._poll_tasks:
+            await asyncio.wait(self._poll_tasks.values(), timeout=grace_s)
         for t in self._link_tasks:
             t.cancel()
         await asyncio.gather(*self._link_tasks, return_exceptions=True)
-        self._link_tasks = []
+        self._poll_tasks, self._link_tasks = {}, []
 
     # ------------------------------------------------------------------ status
     def device_states(self) -> dict[str, str]:
@@ -308,16 +309,19 @@ class EdgeAgent:
             if self._trial is not None:
                 raise ConfigRefused(f"push {self._trial.push.id!r} is still on trial; wait for its result")
             new = validate(push, self.gateway)
+            try:
+                self.store.begin_trial(push, self.config_text, self.base_text)
+            except OSError as exc:
+                raise ConfigRefused(f"cannot keep the config in {self.store.folder}: {exc.strerror or exc}; "
+                                    "fix: free space or permissions there (the service's state directory)") from None
         except ConfigRefused as exc:
             answer = result(push.id if push else "", "refused", ok=False, text=push.text if push else "",
                             version=None, reason=str(exc))
             self._answer_config(answer)
             return answer
-        trial = _Trial(push, self.gateway, self.config_text, self.health())
-        self.store.begin_trial(push, self.config_text, self.base_text)
+        trial = self._trial = _Trial(push, self.gateway, self.config_text, self.health(), new.config.version)
         await self._swap(new, push.text)
         spec = trial.previous.config.remote_config  # the running config judges the new one
-        self._trial = trial
         trial.task = asyncio.create_task(self._judge(trial, spec.trial_s), name="config-trial")
         answer = result(push.id, "trial", ok=True, text=push.text, version=new.config.version, trial_s=spec.trial_s)
         self._answer_config(answer)
@@ -338,16 +342,25 @@ class EdgeAgent:
         why = verdict(spec, trial.before, after, trial_s)
         pushed = trial.push
         if why is None:
-            self.store.keep()
+            self._keep_safely(self.store.keep)
             self._trial = None
             self._answer_config(result(pushed.id, "kept", ok=True, text=pushed.text, version=self.cfg.version,
                                        health=str(after)))
             return
-        self.store.roll_back(trial.previous_text)
+        self._keep_safely(lambda: self.store.roll_back(trial.previous_text))
         await self._swap(trial.previous, trial.previous_text)
         self._trial = None
-        self._answer_config(result(pushed.id, "rolled_back", ok=False, text=pushed.text, version=None,
+        self._answer_config(result(pushed.id, "rolled_back", ok=False, text=pushed.text, version=trial.version,
                                    reason=why, running=config_hash(trial.previous_text)))
+
+    def _keep_safely(self, write: Callable[[], None]) -> None:
+        """A store write that fails (a full disk) must not stop the trial's verdict: the
+        agent goes on; only what the next start runs may differ."""
+        try:
+            write()
+        except OSError as exc:
+            log.error("cannot update the kept config in %s: %s; the next start may run another config",
+                      self.store.folder, exc)
 
     # ------------------------------------------------------------------ run
     async def run(self, duration_s: float | None = None) -> None:

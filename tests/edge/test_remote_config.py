@@ -142,3 +142,18 @@ def test_push_config_command_checks_locally_first(tmp_path: Path, meter_profile_
     out = subprocess.run([sys.executable, "-m", "application.cli", "edge", "push-config", "--config", str(path),
                           "--mqtt", "mqtt://127.0.0.1:1"], capture_output=True, text=True, cwd=REPO, check=False)
     assert out.returncode == 2 and "broadcast address" in out.stderr and "not pushed" in out.stderr
+
+
+def test_a_push_the_agent_cannot_keep_is_refused_and_the_old_config_runs(tmp_path: Path, stack: Stack,
+                                                                         meter_profile_dir: Path) -> None:
+    sim = ModbusSim(meter_profile_dir / "test-meter.yaml", endpoints=1, units=1)
+    gw = unique("gw")
+    base = {"gateway": gw, "district": "test", "poll_interval_s": 0.5, "links": tcp_links(sim)}
+    path = write_gateway(tmp_path, base)
+    (tmp_path / "wal.config").write_text("a file where the store's folder goes")
+    with sim, AgentThread(path, stack.mqtt_url, tmp_path / "wal") as run:
+        run.wait_ready()
+        new = yaml.safe_dump({**base, "version": "v2"}, sort_keys=False)
+        answer = run.call(run.agent.apply_config(orjson.dumps({"id": "p", "config": new})))
+        assert answer["state"] == "refused" and "cannot keep the config in" in answer["reason"]
+        assert run.agent.config_text == path.read_text() and run.agent.cfg.version is None
