@@ -56,7 +56,8 @@ class _Rule(BaseModel):
     #: What an alert of it says: `hazard` (the hazard or its early warning), `maintenance`
     #: (equipment degrading: "inspect within N days", a ticket rather than a page) or
     #: `health` (a sensor or device is unwell: stuck, drifting, spiking, silent, faulted).
-    #: Default: health for stuck-sensor (flatline), silence (deadman) and gateway rules,
+    #: Default: health for stuck-sensor (flatline), silence (deadman) and gateway (offline,
+    #: clock) rules,
     #: else hazard. The backtest scores incidents on hazard and maintenance alerts (a
     #: precursor's ticket is the earliest warning) and counts health alerts apart.
     category: Literal["hazard", "maintenance", "health"] | None = None
@@ -100,7 +101,8 @@ class _Rule(BaseModel):
     def purpose(self) -> str:
         if self.category is not None:
             return self.category
-        return "health" if getattr(self, "kind", "") in ("flatline", "deadman", "gateway_offline") else "hazard"
+        return "health" if getattr(self, "kind", "") in ("flatline", "deadman", "gateway_offline",
+                                                         "gateway_clock") else "hazard"
 
 
 class _MetricRule(_Rule):

@@ -141,7 +141,9 @@ def test_gateway_offline_from_last_will() -> None:
 
 
 def test_gateway_clock_fires_on_an_offset_beyond_the_bound_and_resolves() -> None:
-    eng = RulesEngine([rule(kind="gateway_clock", id="system.gateway_clock", max_offset_s=30, for_s=10)])
+    clock_rule = rule(kind="gateway_clock", id="system.gateway_clock", max_offset_s=30, for_s=10)
+    assert clock_rule.purpose == "health"  # the gateway's clock, not a hazard: scored apart in backtests
+    eng = RulesEngine([clock_rule])
     assert eng.clock("pudong", "gw-1", 2.0, T0) == []
     assert eng.clock("pudong", "gw-1", -300.2, T0 + 1000) == []  # for_s: pending
     ev = eng.clock("pudong", "gw-1", -300.1, T0 + 11_000)
