@@ -258,6 +258,8 @@ class ModbusLink:
                 if self.coalesce_s:  # a scan class: the devices due soon, one after another
                     group = self._take_group(heap, states, due, i)
                     for d, j in group:
+                        if self.stopping:
+                            break
                         await self._guarded(self._poll_and_emit(states[j], d), [states[j]])
                         heapq.heappush(heap, (states[j].next_due, j))
                     continue
