@@ -81,12 +81,13 @@ def test_a_hostile_gateway_never_touches_another_s_data(
     t = now_ms() - 120_000
     for i, s in enumerate(samples):
         s["t"] = t + i
-    attack = json.dumps({"v": 1, "gw": "gw-a", "district": district, "seq": 1, "sent": t,
+    attack = json.dumps({"v": 1, "gw": "gw-a", "district": district, "seq": 1, "sent": now_ms(),
                          "samples": samples}).encode()
     honest = [{"dev": "gs-b1", "m": "gas", "t": t + 100, "f": {"pressure_kpa": 101.25, "alarm_level": 0,
                                                              "valve_open": True}},
               {"dev": "gs-b2", "m": "gas", "t": t + 100, "q": "bad", "f": {}, "err": "timeout"}]
-    victim = json.dumps({"v": 1, "gw": "gw-b", "district": district, "seq": 1, "sent": t, "samples": honest}).encode()
+    victim = json.dumps({"v": 1, "gw": "gw-b", "district": district, "seq": 1, "sent": now_ms(),
+                         "samples": honest}).encode()
     before = ing.stats.messages
     pub.publish_all([(topics.telemetry(district, "gw-a"), attack), (topics.telemetry(district, "gw-b"), victim)])
     wait_for(lambda: ing.stats.messages >= before + 2 and ing.held == 0, 30, "both messages handled")

@@ -202,8 +202,10 @@ def test_the_accelerator_is_configured_from_the_contract() -> None:
 # ---------------------------------------------------------------- the whole ingester
 
 
-def _gas(district: str, gw: str, seq: int, t: int, samples: list[dict[str, Any]]) -> bytes:
-    return json.dumps({"v": 1, "gw": gw, "district": district, "seq": seq, "sent": t, "samples": samples}).encode()
+def _gas(district: str, gw: str, seq: int, samples: list[dict[str, Any]]) -> bytes:
+    """A batch sent now (a gateway stamps `sent` as it publishes, whenever its readings were taken)."""
+    return json.dumps({"v": 1, "gw": gw, "district": district, "seq": seq, "sent": now_ms(),
+                       "samples": samples}).encode()
 
 
 def _attack(stack: Stack, influx_db: InfluxClient, district: str, attacker: list[tuple[str, bytes]],
@@ -238,15 +240,15 @@ def test_one_gateway_cannot_poison_another_s_fields(stack: Stack, influx_db: Inf
     district = unique("iso")
     t = now_ms() - 60_000
     attacker = [
-        (topics.telemetry(district, "gw-a"), _gas(district, "gw-a", 1, t, [
+        (topics.telemetry(district, "gw-a"), _gas(district, "gw-a", 1, [
             {"dev": "gs-a1", "m": "gas", "t": t, "f": {"device_error": 5.0, "pressure_kpa": 3.0}}])),
-        (topics.telemetry(district, "gw-a"), _gas(district, "gw-a", 2, t, [
+        (topics.telemetry(district, "gw-a"), _gas(district, "gw-a", 2, [
             {"dev": "gs-a1", "m": "gas", "t": t + 1, "q": "uncertain", "f": {"quality_uncertain": 5.0}}])),
         (topics.status(district, "gw-a"), json.dumps(
             {"v": 1, "state": "online", "t": t, "devices": {}, "stats": {"online": 0.0}}).encode()),
     ]
     victim = [
-        (topics.telemetry(district, "gw-b"), _gas(district, "gw-b", 1, t + 10, [
+        (topics.telemetry(district, "gw-b"), _gas(district, "gw-b", 1, [
             {"dev": "gs-b1", "m": "gas", "t": t + 10, "q": "bad", "f": {}, "err": "timeout"},
             {"dev": "gs-b2", "m": "gas", "t": t + 10, "q": "uncertain", "f": {"pressure_kpa": 3.1},
              "err": "unreadable: outlet_kpa"}])),
@@ -303,7 +305,7 @@ def test_the_accelerator_takes_its_measurements_at_start_up() -> None:
     ('"high"', None), ("true", None),
 ])
 def test_a_declared_field_arrives_in_its_type_or_not_at_all(value: str, stored: float | None) -> None:
-    payload = _gas("pudong", "gw-1", 1, NOW, [{"dev": "gs-1", "m": "gas", "t": NOW, "f": {"pressure_kpa": 0}}])
+    payload = _gas("pudong", "gw-1", 1, [{"dev": "gs-1", "m": "gas", "t": NOW, "f": {"pressure_kpa": 0}}])
     payload = payload.replace(b'"pressure_kpa": 0', b'"pressure_kpa": ' + value.encode())
     if stored is None:
         refused_everywhere(payload, "gas field pressure_kpa is a number (float, the family's declared type)")
@@ -340,10 +342,10 @@ def test_two_gateways_sending_one_field_in_two_types(stack: Stack, influx_db: In
     the type it wants (before, A's string took the field's type and InfluxDB refused B)."""
     district = unique("types")
     t = now_ms() - 60_000
-    attacker = [(topics.telemetry(district, "gw-a"), _gas(district, "gw-a", 1, t, [
+    attacker = [(topics.telemetry(district, "gw-a"), _gas(district, "gw-a", 1, [
         {"dev": "gs-a1", "m": "gas", "t": t, "f": {"pressure_kpa": "high"}},
         {"dev": "gs-a2", "m": "gas", "t": t, "f": {"pressure_kpa": 101}}]))]
-    victim = [(topics.telemetry(district, "gw-b"), _gas(district, "gw-b", seq, t + seq, [
+    victim = [(topics.telemetry(district, "gw-b"), _gas(district, "gw-b", seq, [
         {"dev": "gs-b1", "m": "gas", "t": t + seq, "f": {"pressure_kpa": 100.5 + seq}}])) for seq in (1, 2, 3)]
     [letter] = _attack(stack, influx_db, district, attacker, victim, 1)
     assert letter["topic"] == topics.telemetry(district, "gw-a")
