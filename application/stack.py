@@ -25,9 +25,16 @@ from pathlib import Path
 
 import requests
 
-from urbansense.endpoints import SERVICES, STATE_FILE, ServiceState, pid_alive, recorded_services
+from urbansense.endpoints import (
+    OPTIONAL_SERVICES,
+    SERVICES,
+    STATE_FILE,
+    ServiceState,
+    pid_alive,
+    recorded_services,
+)
 from urbansense.endpoints import default_urls as default_urls
-from urbansense.paths import BROKER_DELIVERY_CONF, default_run_dir, shown
+from urbansense.paths import ALERTMANAGER_CONF, BROKER_DELIVERY_CONF, default_run_dir, shown
 from urbansense.ports import ephemeral_ports as ephemeral_ports
 from urbansense.ports import free_port as free_port
 
@@ -41,7 +48,7 @@ def find_binary(name: str) -> str:
         (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
     )
     if not found:
-        package = {"influxd": "influxdb"}.get(name, name)
+        package = {"influxd": "influxdb", "prometheus-alertmanager": "prometheus-alertmanager"}.get(name, name)
         raise StackError(
             f"{name} is not installed; install it with: sudo apt-get install -y {package} "
             "(make demo / make test do this for you when run as root)"
@@ -162,6 +169,8 @@ class Stack:
         self.broker_security = broker_security
         self.max_payload_bytes = max_payload_bytes
         self.influx_auth = influx_auth
+        #: Alertmanager's config when started (default: the shipped deploy/alertmanager/alertmanager.yml).
+        self.alertmanager_config: str | None = None
 
     # ------------------------------------------------------------------ state
     def _load(self) -> dict[str, ServiceState]:
@@ -186,7 +195,8 @@ class Stack:
 
     def status(self) -> dict[str, ServiceState | None]:
         alive = self.services()
-        return {name: alive.get(name) for name in SERVICES}
+        return {name: alive.get(name) for name in (*SERVICES, *OPTIONAL_SERVICES)
+                if name in SERVICES or name in alive}
 
     @property
     def mqtt_url(self) -> str:
@@ -195,6 +205,10 @@ class Stack:
     @property
     def influx_url(self) -> str:
         return self._require("influxd").url
+
+    @property
+    def alertmanager_url(self) -> str:
+        return self._require("alertmanager").url
 
     @property
     def mqtt_port(self) -> int:
@@ -223,7 +237,9 @@ class Stack:
         svc_dir = self.run_dir / name
         (svc_dir / "data").mkdir(parents=True, exist_ok=True)
         log_path = svc_dir / f"{name}.log"
-        if name == "mosquitto":
+        if name == "alertmanager":
+            argv = self._alertmanager_argv(svc_dir, port)
+        elif name == "mosquitto":
             conf = svc_dir / "mosquitto.conf"
             security = self.broker_security
             conf.write_text(MOSQUITTO_CONF.format(
@@ -255,6 +271,18 @@ class Stack:
         states[name] = state
         self._save(states)
         return state
+
+    def _alertmanager_argv(self, svc_dir: Path, port: int) -> list[str]:
+        """Prometheus Alertmanager with the shipped routing (deploy/alertmanager), its
+        notification log and silences in the run folder, no cluster (one instance)."""
+        conf = svc_dir / "alertmanager.yml"
+        try:
+            conf.write_text(self.alertmanager_config or ALERTMANAGER_CONF.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise StackError(f"cannot read the Alertmanager config {ALERTMANAGER_CONF}: {exc.strerror}; run from "
+                             "a complete checkout (deploy/alertmanager/)") from None
+        return [find_binary("prometheus-alertmanager"), f"--config.file={conf}", f"--storage.path={svc_dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"]
 
     def _wait_ready(self, state: ServiceState, proc: subprocess.Popen[bytes], timeout_s: float,
                     svc_dir: Path) -> None:
@@ -314,11 +342,20 @@ class Stack:
         return stopped
 
     def env(self) -> dict[str, str]:
-        return {"URBANSENSE_MQTT_URL": self.mqtt_url, "URBANSENSE_INFLUX_URL": self.influx_url,
-                "URBANSENSE_RUN_DIR": str(self.run_dir)}
+        out = {"URBANSENSE_MQTT_URL": self.mqtt_url, "URBANSENSE_INFLUX_URL": self.influx_url,
+               "URBANSENSE_RUN_DIR": str(self.run_dir)}
+        alertmanager = self.services().get("alertmanager")
+        if alertmanager is not None:
+            out["URBANSENSE_ALERTMANAGER_URL"] = alertmanager.url
+        return out
 
 
 def _ready(state: ServiceState, security: BrokerSecurity | None = None) -> bool:
+    if state.name == "alertmanager":
+        try:
+            return requests.get(f"{state.url}/-/ready", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
     if state.name == "influxd":
         try:
             return requests.get(f"{state.url}/ping", timeout=1).status_code == 204

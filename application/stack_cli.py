@@ -12,10 +12,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                       "else ~/.local/share/urbansense)")
     ssub = p.add_subparsers(dest="stack_cmd", required=True)
     for name, helptext in (("up", "start both services (no-op for those running)"),
-                           ("down", "stop both services"),
+                           ("down", "stop every service"),
                            ("status", "show what runs where"),
                            ("env", "print shell exports for the running stack")):
-        ssub.add_parser(name, help=helptext).set_defaults(func=_run)
+        sp = ssub.add_parser(name, help=helptext)
+        sp.set_defaults(func=_run)
+        if name == "up":
+            sp.add_argument("--with", dest="extra", action="append", choices=["alertmanager"], default=[],
+                            help="also start Prometheus Alertmanager with the shipped routing (deploy/alertmanager)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -24,7 +28,10 @@ def _run(args: argparse.Namespace) -> int:
     stack = Stack(args.run_dir)
     cmd = args.stack_cmd
     if cmd == "up":
-        for name, state in stack.up().items():
+        stack.up()
+        for extra in args.extra:
+            stack.start(extra)
+        for name, state in stack.services().items():
             print(f"{name:10} {state.url:28} pid {state.pid}")
         print(f"state in {stack.state_file}; stop with: urbansense stack down")
         return 0

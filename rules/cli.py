@@ -43,7 +43,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="a flapping episode ends after S seconds without a change (default %(default)g)")
     run.add_argument("--instance", default="rules-1", help="instance name (MQTT client id, self-metrics)")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--alertmanager", metavar="URL",
+                     help="also send alerts to Prometheus Alertmanager at URL (its v2 API; default: env "
+                          "URBANSENSE_ALERTMANAGER_URL, else the local stack's if it runs one, else none)")
     run.set_defaults(func=_run)
+
+    routing = rsub.add_parser("routing", help="write deploy/alertmanager/alertmanager.yml (Alertmanager's routing "
+                                              "of the alerts) from the domain registry")
+    routing.add_argument("--check", action="store_true", help="only say whether the file is current (exit 1 if not)")
+    routing.set_defaults(func=_routing)
 
     check = rsub.add_parser("check", help="validate rule files")
     check.add_argument("--rules", type=Path)
@@ -85,6 +93,7 @@ def _urls(args: argparse.Namespace) -> tuple[str, str]:
 def _run(args: argparse.Namespace) -> int:
     from rules.inventory import GATEWAYS_DIR
     from rules.service import RulesService, ServiceConfig
+    from urbansense.endpoints import default_alertmanager_url
     from urbansense.mqtt import MqttSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rules %(levelname)s %(message)s")
@@ -93,7 +102,8 @@ def _run(args: argparse.Namespace) -> int:
                         influx_url=influx_url, database=args.database, instance=args.instance,
                         districts=set(args.districts) if args.districts else None,
                         gateways=args.gateways or [GATEWAYS_DIR], lookback_s=args.lookback,
-                        flap_changes=args.flap_changes, flap_window_s=args.flap_window, flap_clear_s=args.flap_clear)
+                        flap_changes=args.flap_changes, flap_window_s=args.flap_window, flap_clear_s=args.flap_clear,
+                        alertmanager_url=args.alertmanager or default_alertmanager_url())
     if args.flap_changes < 2 or args.flap_clear < args.flap_window:
         print(f"error: --flap-changes must be at least 2 (got {args.flap_changes}) and --flap-clear at least "
               f"--flap-window ({args.flap_clear:g} < {args.flap_window:g} s)", file=sys.stderr)
@@ -102,6 +112,24 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: svc.stop())
     signal.signal(signal.SIGINT, lambda *_: svc.stop())
     svc.run(args.duration)
+    return 0
+
+
+def _routing(args: argparse.Namespace) -> int:
+    from rules.routing import render
+    from urbansense.paths import ALERTMANAGER_CONF, shown
+
+    text = render()
+    current = ALERTMANAGER_CONF.read_text(encoding="utf-8") if ALERTMANAGER_CONF.exists() else ""
+    if args.check:
+        if current != text:
+            print(f"{shown(ALERTMANAGER_CONF)} is not current; run: urbansense rules routing", file=sys.stderr)
+            return 1
+        print(f"{shown(ALERTMANAGER_CONF)}: current")
+        return 0
+    ALERTMANAGER_CONF.parent.mkdir(parents=True, exist_ok=True)
+    ALERTMANAGER_CONF.write_text(text, encoding="utf-8")
+    print(f"wrote {shown(ALERTMANAGER_CONF)}")
     return 0
 
 

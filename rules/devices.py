@@ -103,6 +103,14 @@ class Devices:
         for callback in self._on_grow:
             callback(cap)
 
+    def about(self, district: str, device: str) -> tuple[str | None, dict[str, str]]:
+        """A device's gateway (None if unknown) and its inventory labels."""
+        i = self.index.get((district, device))
+        if i is None:
+            return None, {}
+        g = int(self.gateway[i])
+        return (self.gateways.names[g][1] if g >= 0 else None), self.labels[i]
+
     def add(self, district: str, gateway: str, device: str, measurement: str) -> int:
         key = (district, device)
         i = self.index.get(key)

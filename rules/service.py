@@ -18,6 +18,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
+from rules.alertmanager import AlertmanagerSender, Context
 from rules.catalog import GatewayClockRule, Rule, load_catalog, rule_files
 from rules.engine import RulesEngine, alert_lines
 from rules.flapping import FLAP_CHANGES, FLAP_CLEAR_S, FLAP_WINDOW_S
@@ -59,6 +60,10 @@ class ServiceConfig:
     reload_interval_s: float = 2.0
     metrics_interval_s: float = 10.0
     max_chunk: int = 200
+    #: Prometheus Alertmanager's URL: alerts are also sent there (rules/alertmanager.py); None: not.
+    alertmanager_url: str | None = None
+    #: How often a firing alert is sent to Alertmanager again.
+    alertmanager_resend_s: float = 30.0
 
 
 class RulesService:
@@ -94,6 +99,19 @@ class RulesService:
         self.responder = Responder()
         self.mqtt.subscribe(f"{topics.ROOT}/+/+/cmd/result", self._enqueue, qos=1)
         self.ready = threading.Event()
+        self.alertmanager = (AlertmanagerSender(config.alertmanager_url, self._alert_context,
+                                                resend_s=config.alertmanager_resend_s)
+                             if config.alertmanager_url else None)
+
+    def _alert_context(self, event: AlertEvent) -> Context:
+        """What Alertmanager matches beside the event: the device's gateway and labels, the
+        rule's kind and purpose."""
+        rule = next((r for r in self.rules if r.id == event.rule), None)
+        kind, purpose = (rule.kind, rule.purpose) if rule is not None else ("", "hazard")
+        if event.domain == "system" and event.device:  # a gateway's own alert: its device is the gateway
+            return event.device, {}, kind, purpose
+        gateway, labels = self.engine.devices.about(event.district, event.device) if event.device else (None, {})
+        return gateway, labels, kind, purpose
 
     def _enqueue(self, msg: paho.MQTTMessage) -> None:
         self._inbox.put((msg.topic, bytes(msg.payload), time.monotonic()))
@@ -112,6 +130,11 @@ class RulesService:
             n = history_start(self.engine, self.influx, clock.now_ms(), self.config.districts)
             log.info("history: %d station record(s) read back for the rules that fit them (the tide)", n)
         self.mqtt.connect(wait=False)
+        sender: threading.Thread | None = None
+        if self.alertmanager is not None:
+            sender = threading.Thread(target=self.alertmanager.run, args=(self._stop,), name="alertmanager",
+                                      daemon=True)
+            sender.start()
         self.ready.set()
         deadline = None if duration_s is None else time.monotonic() + duration_s
         next_reload = time.monotonic() + self.config.reload_interval_s
@@ -137,6 +160,10 @@ class RulesService:
         finally:
             self._flush_influx()
             self.mqtt.close()
+            if sender is not None and self.alertmanager is not None:
+                self._stop.set()
+                self.alertmanager.wake()
+                sender.join(10)
 
     def stop(self) -> None:
         self._stop.set()
@@ -211,6 +238,8 @@ class RulesService:
         self.events_published += 1
         log.info("%s %s [%s] %s", event.state.upper(), event.id, event.severity, event.message)
         self._pending_lines.extend(alert_lines(event))
+        if self.alertmanager is not None:
+            self.alertmanager.offer(event)
         command = self.responder.observe(event)
         if command is not None:
             self.mqtt.publish(*command, qos=1)

@@ -2,13 +2,14 @@
 # Installs what `make demo` and `make test` need when it is missing:
 #   Debian packages mosquitto + influxdb (+ mbpoll for the Modbus interop test, socat for the
 #   edge agent's Modbus RTU test over a pseudo-terminal pair, systemd for systemd-analyze, which
-#   checks the edge agent's unit file, faketime to run an edge agent on a skewed clock),
+#   checks the edge agent's unit file, faketime to run an edge agent on a skewed clock,
+#   prometheus-alertmanager with amtool for alert routing),
 #   a Python >= 3.11 virtualenv in .venv, and this package with its dev extras.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto influxdb mbpoll socat openssl systemd faketime)
+APT_PACKAGES=(mosquitto influxdb mbpoll socat openssl systemd faketime prometheus-alertmanager)
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
@@ -20,6 +21,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # the clock-health test runs an edge agent 5 minutes behind with libfaketime
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+# alerts are routed through Prometheus Alertmanager (its binary and amtool)
+command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
     echo "bootstrap: installing Debian packages: ${missing[*]}"

@@ -43,9 +43,11 @@ def test_an_installed_package_runs_outside_the_checkout(tmp_path: Path) -> None:
     env.pop("XDG_DATA_HOME", None)
     urbansense = str(tmp_path / "venv" / "bin" / "urbansense")
 
-    where = _run([str(py), "-c", "import urbansense, ingest.points as p; print(urbansense.__file__); "
-                  "print(p.ACCELERATOR)"], cwd=elsewhere, env=env).stdout.splitlines()
+    where = _run([str(py), "-c", "import urbansense, ingest.points as p; from urbansense.paths import "
+                  "ALERTMANAGER_CONF as am; print(urbansense.__file__); print(p.ACCELERATOR); print(am.is_file())"],
+                 cwd=elsewhere, env=env).stdout.splitlines()
     assert where[0].startswith(site) and where[1].startswith("C accelerator"), where
+    assert where[2] == "True", "the Alertmanager routing is not in the wheel (urbansense/shipped/alertmanager.yml)"
     assert "ok:" in _run([urbansense, "rules", "check"], cwd=elsewhere, env=env).stdout
     assert "0 problems" in _run([urbansense, "dashboards", "check"], cwd=elsewhere, env=env).stdout
     truth = _run([urbansense, "sim", "truth", "--scenario", "pudong-incidents"], cwd=elsewhere, env=env).stdout

@@ -48,6 +48,20 @@ def test_up_status_down_from_another_process(tmp_path: Path) -> None:
     assert status.returncode == 3 and "not running" in status.stdout
 
 
+def test_up_with_alertmanager_exports_it_and_down_stops_it(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    up = cli(run_dir, "stack", "up", "--with", "alertmanager")
+    assert up.returncode == 0, up.stderr
+    am = json.loads((run_dir / "stack.json").read_text())["alertmanager"]
+    assert pid_alive(am["pid"], "alertmanager") and f"http://127.0.0.1:{am['port']}" in up.stdout
+    assert requests.get(f"http://127.0.0.1:{am['port']}/-/ready", timeout=2).status_code == 200
+    assert "--cluster.listen-address=" in (Path(f"/proc/{am['pid']}/cmdline").read_bytes().decode().replace("\0", " "))
+    env = cli(run_dir, "stack", "env")
+    assert f"URBANSENSE_ALERTMANAGER_URL=http://127.0.0.1:{am['port']}" in env.stdout
+    down = cli(run_dir, "stack", "down")
+    assert down.returncode == 0 and "alertmanager" in down.stdout and not pid_alive(am["pid"], "alertmanager")
+
+
 def test_stale_pid_is_cleaned_and_restart_reuses_port(private_stack: Stack) -> None:
     port = private_stack.mqtt_port
     pid = private_stack.services()["mosquitto"].pid

@@ -17,6 +17,8 @@ from pathlib import Path
 from urbansense.paths import default_run_dir
 
 SERVICES = ("mosquitto", "influxd")
+#: Started on demand (`urbansense stack up --with alertmanager`, or a test that needs it).
+OPTIONAL_SERVICES = ("alertmanager",)
 STATE_FILE = "stack.json"
 
 
@@ -25,7 +27,7 @@ class ServiceState:
     name: str
     pid: int
     port: int
-    extra_port: int = 0  # influxd's RPC (backup/restore) port
+    extra_port: int = 0  # influxd's RPC (backup/restore) port; Alertmanager's cluster port (unused: 0)
     tls: bool = False  # the broker's listener speaks TLS
 
     @property
@@ -61,7 +63,7 @@ def recorded_services(run_dir: Path | None = None) -> dict[str, ServiceState]:
         raw = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
-    return {name: ServiceState(**entry) for name, entry in raw.items() if name in SERVICES}
+    return {name: ServiceState(**entry) for name, entry in raw.items() if name in (*SERVICES, *OPTIONAL_SERVICES)}
 
 
 def default_urls() -> tuple[str, str]:
@@ -75,3 +77,13 @@ def default_urls() -> tuple[str, str]:
         if not influx and "influxd" in running:
             influx = running["influxd"].url
     return mqtt or "mqtt://127.0.0.1:1883", influx or "http://127.0.0.1:8086"
+
+
+def default_alertmanager_url() -> str | None:
+    """Prometheus Alertmanager's URL: URBANSENSE_ALERTMANAGER_URL ("" or "off": none), else
+    the local stack's if it runs one, else None (alerts go to MQTT and InfluxDB only)."""
+    env = os.environ.get("URBANSENSE_ALERTMANAGER_URL")
+    if env is not None:
+        return None if env in ("", "off") else env
+    state = recorded_services().get("alertmanager")
+    return state.url if state is not None and state.pid > 0 and pid_alive(state.pid, "alertmanager") else None

@@ -37,12 +37,14 @@ rules:
 
 
 class Harness:
-    def __init__(self, stack: Stack, influx: InfluxClient, rules_dir: Path, district: str, lookback_s: float = 0):
+    def __init__(self, stack: Stack, influx: InfluxClient, rules_dir: Path, district: str, lookback_s: float = 0,
+                 alertmanager_url: str | None = None):
         self.district = district
         self.svc = RulesService(ServiceConfig(
             rules_path=rules_dir, mqtt=MqttSettings.from_url(stack.mqtt_url), influx_url=stack.influx_url,
             database=influx.database, instance=f"t-{uuid.uuid4().hex[:8]}", districts={district}, gateways=[],
-            lookback_s=lookback_s, reload_interval_s=0.2, metrics_interval_s=0.5))
+            lookback_s=lookback_s, reload_interval_s=0.2, metrics_interval_s=0.5,
+            alertmanager_url=alertmanager_url, alertmanager_resend_s=1.0))
         self.alerts: queue.Queue[AlertEvent] = queue.Queue()
         self.client = MqttClient(MqttSettings.from_url(stack.mqtt_url), client_id=f"t-{uuid.uuid4().hex[:8]}")
         self.client.subscribe(f"city/alerts/+/{district}/+",

@@ -1,0 +1,74 @@
+"""The Prometheus Alertmanager routing the rules service's alerts go through,
+generated from the domain registry (deploy/alertmanager/alertmanager.yml;
+`urbansense rules routing` writes it, `--check` says whether it is current).
+
+- Every critical alert goes to the duty officer, and on (`continue`) to its domain's
+  receiver too.
+- Each family's alerts go to the utility that owns it (its broker account's name,
+  `utility-<family>`), grouped by district and rule; the system's (gateways offline,
+  clocks) to the operations engineers; anything else to the city operations centre.
+- Inhibition: a gateway that is offline silences the silence (deadman) alerts of its
+  own devices; a pipe burst in a district metered area (the devices' `dma` label)
+  silences the pressure alerts of that area, which the burst explains.
+
+The labels these match are those rules/alertmanager.py gives each alert: `alertname`
+(the rule id), `rule`, `kind`, `purpose`, `domain`, `district`, `device`, `gateway`,
+`severity`, and the device's inventory labels (`dma`, `area`, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from urbansense import registry
+
+HEADER = """\
+# Prometheus Alertmanager routing for UrbanSense alerts: generated from the domain registry
+# by `urbansense rules routing` (rules/routing.py says why each part is there); edit the
+# generator, not this file. `make test` checks that it is current and that amtool accepts it.
+#
+# The receivers name who gets an alert. Their delivery (webhook, chat robot, e-mail) is
+# what each city configures: add webhook_configs / email_configs under a receiver.
+"""
+
+DUTY_OFFICER = "duty-officer"
+OPERATIONS_CENTRE = "city-operations-centre"
+ENGINEERS = "operations-engineers"
+#: Pressure alerts a burst in the same metered area explains.
+BURST_EXPLAINS = r"water\.pressure_(low|falling|drop_fast)"
+
+
+def config() -> dict[str, Any]:
+    families = list(registry.families().values())
+    routes: list[dict[str, Any]] = [
+        {"matchers": ['severity="critical"'], "receiver": DUTY_OFFICER, "continue": True},
+        *({"matchers": [f'domain="{fam.family}"'], "receiver": fam.utility} for fam in families),
+        {"matchers": ['domain="system"'], "receiver": ENGINEERS},
+    ]
+    receivers = [DUTY_OFFICER, OPERATIONS_CENTRE, ENGINEERS, *(fam.utility for fam in families)]
+    return {
+        "global": {"resolve_timeout": "5m"},
+        "route": {
+            "receiver": OPERATIONS_CENTRE,
+            "group_by": ["domain", "district", "alertname"],
+            "group_wait": "10s",
+            "group_interval": "1m",
+            "repeat_interval": "4h",
+            "routes": routes,
+        },
+        "inhibit_rules": [
+            {"source_matchers": ['alertname="system.gateway_offline"'],
+             "target_matchers": ['kind="deadman"', 'gateway=~".+"'],
+             "equal": ["district", "gateway"]},
+            {"source_matchers": ['alertname="water.pipe_burst"'],
+             "target_matchers": [f'alertname=~"{BURST_EXPLAINS}"', 'dma=~".+"'],
+             "equal": ["district", "dma"]},
+        ],
+        "receivers": [{"name": name} for name in receivers],
+    }
+
+
+def render() -> str:
+    return HEADER + yaml.safe_dump(config(), sort_keys=False, width=120)
