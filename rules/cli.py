@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import signal
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -52,6 +54,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                               "of the alerts) from the domain registry")
     routing.add_argument("--check", action="store_true", help="only say whether the file is current (exit 1 if not)")
     routing.set_defaults(func=_routing)
+
+    relay = rsub.add_parser("relay", help="Alertmanager's webhook receiver: forward each receiver's notifications "
+                                          "to its WeCom, DingTalk and Feishu robots, each alert state once")
+    relay.add_argument("--config", type=Path, required=True,
+                       help="the receivers' targets (deploy/alertmanager/relay.example.yaml shows the keys)")
+    relay.add_argument("--listen", default="127.0.0.1:9095", metavar="HOST:PORT",
+                       help="where Alertmanager posts (default 127.0.0.1:9095; webhook URL http://HOST:PORT/hook/<receiver>)")
+    relay.set_defaults(func=_relay)
 
     check = rsub.add_parser("check", help="validate rule files")
     check.add_argument("--rules", type=Path)
@@ -130,6 +140,26 @@ def _routing(args: argparse.Namespace) -> int:
     ALERTMANAGER_CONF.parent.mkdir(parents=True, exist_ok=True)
     ALERTMANAGER_CONF.write_text(text, encoding="utf-8")
     print(f"wrote {shown(ALERTMANAGER_CONF)}")
+    return 0
+
+
+def _relay(args: argparse.Namespace) -> int:
+    from rules.relay import Relay, load_targets, serve
+    from urbansense.config import ConfigError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s relay %(levelname)s %(message)s")
+    host, _, port = args.listen.rpartition(":")
+    try:
+        targets = load_targets(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    server = serve(Relay(targets), host or "127.0.0.1", int(port))
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(f"relay on http://{args.listen}/hook/<receiver> for {', '.join(sorted(targets))}")
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
     return 0
 
 

@@ -29,8 +29,9 @@ HEADER = """\
 # by `urbansense rules routing` (rules/routing.py says why each part is there); edit the
 # generator, not this file. `make test` checks that it is current and that amtool accepts it.
 #
-# The receivers name who gets an alert. Their delivery (webhook, chat robot, e-mail) is
-# what each city configures: add webhook_configs / email_configs under a receiver.
+# The receivers name who gets an alert. Their delivery is what each city configures under
+# a receiver: email_configs, or webhook_configs to `urbansense rules relay` for WeCom,
+# DingTalk and Feishu robots (deploy/alertmanager/relay.example.yaml).
 """
 
 DUTY_OFFICER = "duty-officer"

@@ -1,0 +1,213 @@
+"""`urbansense rules relay`: Alertmanager's webhook receiver, forwarding each receiver's
+notifications to the chat robots configured for it (WeCom, DingTalk, Feishu; formats in
+rules/notify.py).
+
+Alertmanager posts a receiver's notifications to `http://<relay>/hook/<receiver>`
+(a `webhook_configs` entry in deploy/alertmanager/alertmanager.yml). The relay sends each
+alert's new state (firing, resolved) to every target of that receiver once: Alertmanager
+delivers at least once (a retry, a restart, the repeat interval), so what a target has
+already had is skipped. A target that fails makes the answer 503, so Alertmanager
+retries; the targets that took it are not sent it again.
+
+The relay's config names, per receiver, the targets and the environment variables that
+hold their URLs and secrets (a robot's URL carries its key: it is a secret too):
+
+    receivers:
+      duty-officer:
+        - {kind: wecom, url_env: WECOM_DUTY_URL}
+        - {kind: dingtalk, url_env: DINGTALK_DUTY_URL, secret_env: DINGTALK_DUTY_SECRET}
+      utility-gas:
+        - {kind: feishu, url_env: FEISHU_GAS_URL, secret_env: FEISHU_GAS_SECRET}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import requests
+from pydantic import BaseModel, ConfigDict, Field
+
+from rules.notify import Kind, request
+from urbansense.config import ConfigError, load_model
+
+log = logging.getLogger("urbansense.rules.relay")
+
+#: Alert states remembered as delivered, per relay (the oldest are forgotten first).
+REMEMBERED = 100_000
+
+
+class TargetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Kind
+    url_env: str = Field(pattern=r"^[A-Z_][A-Z0-9_]*$")
+    secret_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+
+
+class RelayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    receivers: dict[str, list[TargetSpec]]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    receiver: str
+    index: int
+    kind: Kind
+    url: str
+    secret: str | None
+
+
+def load_targets(path: Path, environ: dict[str, str] | None = None) -> dict[str, list[Target]]:
+    """The relay's targets with their URLs and secrets from the environment; every
+    missing variable is reported with where it is named."""
+    env = os.environ if environ is None else environ
+    spec = load_model(path, RelayConfig)
+    problems: list[str] = []
+    out: dict[str, list[Target]] = {}
+    for receiver, targets in spec.receivers.items():
+        for i, t in enumerate(targets):
+            for key in ("url_env", "secret_env"):
+                name = getattr(t, key)
+                if name is not None and not env.get(name):
+                    problems.append(f"{path}: receivers.{receiver}[{i}].{key}: {name} is not set\n"
+                                    f"  fix: export {name}=... (the robot's {'URL' if key == 'url_env' else 'secret'})")
+            out.setdefault(receiver, []).append(Target(receiver, i, t.kind, env.get(t.url_env, ""),
+                                                       env.get(t.secret_env) if t.secret_env else None))
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+@dataclass
+class RelayStats:
+    notifications: int = 0
+    delivered: int = 0
+    skipped_repeats: int = 0
+    failures: int = 0
+    #: Seconds from an alert's start (startsAt) to its firing message reaching a target.
+    latencies_s: list[float] = field(default_factory=list)
+
+
+def _accepted(kind: Kind, resp: requests.Response) -> bool:
+    """The robots answer 200 with an error code in the body when they refuse."""
+    if resp.status_code != 200:
+        return False
+    try:
+        body = resp.json()
+    except ValueError:
+        return True
+    if not isinstance(body, dict):
+        return True
+    code = body.get("errcode", body.get("code", body.get("StatusCode", 0)))
+    return code in (0, None)
+
+
+class Relay:
+    def __init__(self, targets: dict[str, list[Target]], *, timeout_s: float = 10.0) -> None:
+        self.targets = targets
+        self.timeout_s = timeout_s
+        self.stats = RelayStats()
+        self._sent: OrderedDict[tuple[str, int, str, str, str], None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._session = requests.Session()
+
+    def handle(self, receiver: str, notification: dict[str, Any]) -> tuple[int, str]:
+        """(HTTP status, reason) for one Alertmanager notification."""
+        targets = self.targets.get(receiver)
+        if targets is None:
+            return 404, f"no receiver {receiver!r} in the relay's config"
+        alerts = notification.get("alerts")
+        if not isinstance(alerts, list):
+            return 400, "not an Alertmanager notification (no alerts list)"
+        with self._lock:
+            self.stats.notifications += 1
+        failed = []
+        for target in targets:
+            with self._lock:
+                fresh = [a for a in alerts if isinstance(a, dict) and self._key(target, a) not in self._sent]
+                self.stats.skipped_repeats += len(alerts) - len(fresh)
+            if not fresh:
+                continue
+            url, body = request(target.kind, target.url, notification, fresh, secret=target.secret, now_s=time.time())
+            try:
+                ok = _accepted(target.kind, self._session.post(url, json=body, timeout=self.timeout_s))
+            except requests.RequestException as exc:
+                ok = False
+                log.warning("%s target %d (%s): %s", receiver, target.index, target.kind, type(exc).__name__)
+            if not ok:
+                with self._lock:
+                    self.stats.failures += 1
+                failed.append(f"{target.kind} #{target.index}")
+                continue
+            now = time.time()
+            with self._lock:
+                for a in fresh:
+                    self._sent[self._key(target, a)] = None
+                    if a.get("status") == "firing":
+                        self.stats.latencies_s.append(now - _epoch(str(a.get("startsAt", ""))))
+                while len(self._sent) > REMEMBERED:
+                    self._sent.popitem(last=False)
+                self.stats.delivered += len(fresh)
+        if failed:
+            return 503, f"not delivered to {', '.join(failed)} of {receiver}; retry"
+        return 200, "ok"
+
+    @staticmethod
+    def _key(target: Target, alert: dict[str, Any]) -> tuple[str, int, str, str, str]:
+        return (target.receiver, target.index, str(alert.get("fingerprint", "")), str(alert.get("status", "")),
+                str(alert.get("startsAt", "")))
+
+
+def _epoch(iso: str) -> float:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    relay: Relay
+
+    def do_POST(self) -> None:
+        prefix = "/hook/"
+        if not self.path.startswith(prefix):
+            self._answer(404, f"post to {prefix}<receiver>")
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+            notification = json.loads(self.rfile.read(min(length, 4 * 1024 * 1024)))
+        except (ValueError, OSError):
+            self._answer(400, "the body is not JSON")
+            return
+        if not isinstance(notification, dict):
+            self._answer(400, "the body is not a JSON object")
+            return
+        self._answer(*self.relay.handle(self.path[len(prefix):], notification))
+
+    def _answer(self, status: int, reason: str) -> None:
+        body = json.dumps({"status": status, "reason": reason}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)
+
+
+def serve(relay: Relay, host: str, port: int) -> ThreadingHTTPServer:
+    """The relay's HTTP server (serve_forever it in a thread, shutdown() to stop)."""
+    handler = type("RelayHandler", (_Handler,), {"relay": relay})
+    return ThreadingHTTPServer((host, port), handler)
