@@ -63,6 +63,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        help="where Alertmanager posts (default 127.0.0.1:9095; webhook URL http://HOST:PORT/hook/<receiver>)")
     relay.set_defaults(func=_relay)
 
+    duty = rsub.add_parser("duty", help="the duty book: alert episodes officers acknowledge, assign and resolve; "
+                                        "unacknowledged critical ones escalate; a JSON API for the console")
+    duty.add_argument("--listen", default="127.0.0.1:9096", metavar="HOST:PORT",
+                      help="the API (default 127.0.0.1:9096)")
+    duty.add_argument("--db", type=Path, help="the episodes' SQLite file (default <run dir>/duty/episodes.sqlite)")
+    duty.add_argument("--escalation", type=Path, help="escalation chains (default rules/escalation.yaml)")
+    duty.add_argument("--mqtt", help="broker URL (default: the local stack / URBANSENSE_MQTT_URL)")
+    duty.add_argument("--influx", help="InfluxDB URL for alert_episodes (default: the local stack / "
+                                       "URBANSENSE_INFLUX_URL)")
+    duty.add_argument("--database", default="city")
+    duty.set_defaults(func=_duty)
+
     check = rsub.add_parser("check", help="validate rule files")
     check.add_argument("--rules", type=Path)
     check.set_defaults(func=_check)
@@ -160,6 +172,37 @@ def _relay(args: argparse.Namespace) -> int:
     print(f"relay on http://{args.listen}/hook/<receiver> for {', '.join(sorted(targets))}")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
+    return 0
+
+
+def _duty(args: argparse.Namespace) -> int:
+    from rules.duty import DutyBook, load_escalation
+    from rules.duty_service import DutyService, serve
+    from urbansense import clock
+    from urbansense.config import ConfigError
+    from urbansense.influx import InfluxClient
+    from urbansense.mqtt import MqttSettings
+    from urbansense.paths import default_run_dir
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s duty %(levelname)s %(message)s")
+    try:
+        escalation = load_escalation(args.escalation or Path(__file__).with_name("escalation.yaml"))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    mqtt_url, influx_url = _urls(args)
+    book = DutyBook(args.db or default_run_dir() / "duty" / "episodes.sqlite", escalation, clock.now_ms)
+    service = DutyService(book, MqttSettings.from_url(mqtt_url), influx=InfluxClient(influx_url, args.database))
+    host, _, port = args.listen.rpartition(":")
+    server = serve(book, host or "127.0.0.1", int(port))
+    threading.Thread(target=server.serve_forever, name="duty-api", daemon=True).start()
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    signal.signal(signal.SIGINT, lambda *_: service.stop())
+    print(f"duty book on http://{args.listen}/api/episodes ({len(book.open_episodes())} open)")
+    service.run()
+    server.shutdown()
+    book.close()
     return 0
 
 

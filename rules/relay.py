@@ -22,20 +22,20 @@ hold their URLs and secrets (a robot's URL carries its key: it is a secret too):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field
 
+from rules.json_http import JsonHandler
 from rules.notify import Kind, request
 from urbansense.config import ConfigError, load_model
 
@@ -176,7 +176,7 @@ def _epoch(iso: str) -> float:
         return time.time()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     relay: Relay
 
     def do_POST(self) -> None:
@@ -185,8 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(404, f"post to {prefix}<receiver>")
             return
         try:
-            length = int(self.headers.get("Content-Length", "0"))
-            notification = json.loads(self.rfile.read(min(length, 4 * 1024 * 1024)))
+            notification = self.read_json(4 * 1024 * 1024)
         except (ValueError, OSError):
             self._answer(400, "the body is not JSON")
             return
@@ -196,15 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(*self.relay.handle(self.path[len(prefix):], notification))
 
     def _answer(self, status: int, reason: str) -> None:
-        body = json.dumps({"status": status, "reason": reason}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug(format, *args)
+        self.answer(status, {"status": status, "reason": reason})
 
 
 def serve(relay: Relay, host: str, port: int) -> ThreadingHTTPServer:

@@ -35,6 +35,8 @@ HEADER = """\
 """
 
 DUTY_OFFICER = "duty-officer"
+#: The next levels of an unacknowledged critical alert (rules/escalation.yaml, rules/duty.py).
+SHIFT_SUPERVISOR = "shift-supervisor"
 OPERATIONS_CENTRE = "city-operations-centre"
 ENGINEERS = "operations-engineers"
 #: Pressure alerts a burst in the same metered area explains.
@@ -48,7 +50,7 @@ def config() -> dict[str, Any]:
         *({"matchers": [f'domain="{fam.family}"'], "receiver": fam.utility} for fam in families),
         {"matchers": ['domain="system"'], "receiver": ENGINEERS},
     ]
-    receivers = [DUTY_OFFICER, OPERATIONS_CENTRE, ENGINEERS, *(fam.utility for fam in families)]
+    receivers = [DUTY_OFFICER, SHIFT_SUPERVISOR, OPERATIONS_CENTRE, ENGINEERS, *(fam.utility for fam in families)]
     return {
         "global": {"resolve_timeout": "5m"},
         "route": {
