@@ -73,6 +73,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     duty.add_argument("--influx", help="InfluxDB URL for alert_episodes (default: the local stack / "
                                        "URBANSENSE_INFLUX_URL)")
     duty.add_argument("--database", default="city")
+    duty.add_argument("--gateways", type=Path, action="append", metavar="PATH",
+                      help="gateway configs: where the devices are, for the console's map "
+                           "(default: firmware-configs/gateways)")
+    duty.add_argument("--grafana-url", help="Grafana's base URL: each alert links to its family's dashboard")
     duty.set_defaults(func=_duty)
 
     check = rsub.add_parser("check", help="validate rule files")
@@ -177,7 +181,8 @@ def _relay(args: argparse.Namespace) -> int:
 
 def _duty(args: argparse.Namespace) -> int:
     from rules.duty import DutyBook, load_escalation
-    from rules.duty_service import DutyService, serve
+    from rules.duty_service import ConsoleSite, DutyService, serve
+    from rules.inventory import GATEWAYS_DIR, load_inventory
     from urbansense import clock
     from urbansense.config import ConfigError
     from urbansense.influx import InfluxClient
@@ -195,11 +200,14 @@ def _duty(args: argparse.Namespace) -> int:
     book = DutyBook(args.db or default_run_dir() / "duty" / "episodes.sqlite", escalation, clock.now_ms)
     service = DutyService(book, MqttSettings.from_url(mqtt_url), influx=InfluxClient(influx_url, args.database))
     host, _, port = args.listen.rpartition(":")
-    server = serve(book, host or "127.0.0.1", int(port))
+    located = {(d.district, d.device): (d.lat, d.lon) for d in load_inventory(args.gateways or [GATEWAYS_DIR],
+                                                                              strict=False)
+               if d.lat is not None and d.lon is not None}
+    server = serve(book, host or "127.0.0.1", int(port), ConsoleSite(located, args.grafana_url))
     threading.Thread(target=server.serve_forever, name="duty-api", daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
-    print(f"duty book on http://{args.listen}/api/episodes ({len(book.open_episodes())} open)")
+    print(f"duty console on http://{args.listen}/ ({len(book.open_episodes())} open alert episode(s))")
     service.run()
     server.shutdown()
     book.close()

@@ -84,6 +84,8 @@ class Episode:
     opened_at: int
     changed_at: int
     note: str | None
+    #: An early warning's forecast: when the hazard threshold is expected to be crossed (epoch ms).
+    crosses_at: int | None = None
 
 
 class DutyError(ValueError):
@@ -95,7 +97,7 @@ CREATE TABLE IF NOT EXISTS episodes (
   id TEXT PRIMARY KEY, alert_id TEXT NOT NULL, rule TEXT NOT NULL, domain TEXT NOT NULL, district TEXT NOT NULL,
   device TEXT, severity TEXT NOT NULL, message TEXT NOT NULL, state TEXT NOT NULL, alert_state TEXT NOT NULL,
   level INTEGER NOT NULL, level_name TEXT NOT NULL, owner TEXT, opened_at INTEGER NOT NULL,
-  changed_at INTEGER NOT NULL, note TEXT);
+  changed_at INTEGER NOT NULL, note TEXT, crosses_at INTEGER);
 CREATE INDEX IF NOT EXISTS episodes_open ON episodes (state, alert_id);
 CREATE TABLE IF NOT EXISTS history (
   episode TEXT NOT NULL, t INTEGER NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);
@@ -155,10 +157,10 @@ class DutyBook:
         db.execute("INSERT INTO history VALUES (?, ?, ?, ?, ?)", (ep.id, ep.changed_at, who, action, detail))
 
     def _save(self, db: sqlite3.Connection, ep: Episode) -> None:
-        db.execute("INSERT OR REPLACE INTO episodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        db.execute("INSERT OR REPLACE INTO episodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                    (ep.id, ep.alert_id, ep.rule, ep.domain, ep.district, ep.device, ep.severity, ep.message,
                     ep.state, ep.alert_state, ep.level, ep.level_name, ep.owner, ep.opened_at, ep.changed_at,
-                    ep.note))
+                    ep.note, ep.crosses_at))
 
     def _changed(self, ep: Episode, who: str, action: str, detail: str) -> Episode:
         if self.on_change is not None:
@@ -172,6 +174,7 @@ class DutyBook:
             return None
         now = self.now_ms()
         episode_id = f"{event.id}@{event.started}"
+        crosses_at = event.forecast.crosses_at if event.forecast is not None else None
         with self._tx() as db:
             row = db.execute("SELECT * FROM episodes WHERE id = ?", (episode_id,)).fetchone()
             if row is None:
@@ -179,14 +182,16 @@ class DutyBook:
                     return None
                 first = self.escalation.chain(event.domain)[0].level
                 ep = Episode(episode_id, event.id, event.rule, event.domain, event.district, event.device,
-                             event.severity, event.message, "new", "firing", 0, first, None, now, now, None)
+                             event.severity, event.message, "new", "firing", 0, first, None, now, now, None,
+                             crosses_at)
                 action, detail = "opened", f"{event.severity}: {event.message} (to {first})"
             else:
                 old = self._episode(row)
                 ep = Episode(**{**_fields(old),
                                 "alert_state": "resolved" if event.state == "resolved" else "firing",
                                 "severity": event.severity if event.state == "firing" else old.severity,
-                                "message": event.message, "changed_at": now})
+                                "message": event.message, "changed_at": now,
+                                "crosses_at": crosses_at if event.state == "firing" else None})
                 action = "alert cleared" if event.state == "resolved" else "alert updated"
                 detail = event.message
             self._save(db, ep)

@@ -3,7 +3,9 @@ alerts (`city/alerts/#`), keeps the episodes (rules/duty.py), escalates what nob
 acknowledges (each escalation published on `city/duty/escalations`), writes every change
 to InfluxDB (`alert_episodes`) and serves the officers' JSON API:
 
-    GET  /api/episodes                      open episodes, with each one's escalation time
+    GET  /                                  the duty console (rules/console/)
+    GET  /api/episodes                      {"now", "episodes"}: open episodes, with each one's escalation
+                                            time, location and dashboard link
     GET  /api/episodes/<id>                 one episode and its history
     POST /api/episodes/<id>/acknowledge     {"who": "li.wei"}
     POST /api/episodes/<id>/assign          {"who": "li.wei", "to": "zhang.min"}
@@ -19,13 +21,14 @@ import logging
 import threading
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from rules.duty import DutyBook, DutyError, Episode, episode_line
 from rules.json_http import JsonHandler
-from urbansense import codec
+from urbansense import codec, registry
 from urbansense.influx import InfluxClient, InfluxError
 from urbansense.mqtt import Message, MqttClient, MqttSettings
 
@@ -95,8 +98,30 @@ class DutyService:
         self._stop.set()
 
 
-def _view(book: DutyBook, ep: Episode) -> dict[str, Any]:
-    return {**asdict(ep), "next_escalation": book.next_escalation_ms(ep)}
+@dataclass(frozen=True)
+class ConsoleSite:
+    """What the console shows beside an episode: where its device is (the gateway configs'
+    locations) and its family's Grafana dashboard."""
+
+    locations: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    grafana_url: str | None = None
+
+    def link(self, ep: Episode) -> str | None:
+        if not self.grafana_url:
+            return None
+        fam = registry.families().get(ep.domain)
+        uid = (fam.dashboard.uid or f"urbansense-{fam.family}") if fam is not None else "urbansense-system"
+        query = urllib.parse.urlencode({"var-district": ep.district, **({"var-device": ep.device} if ep.device
+                                                                           else {})})
+        return f"{self.grafana_url.rstrip('/')}/d/{uid}?{query}"
+
+
+def _view(book: DutyBook, ep: Episode, site: ConsoleSite | None = None) -> dict[str, Any]:
+    out = {**asdict(ep), "next_escalation": book.next_escalation_ms(ep)}
+    if site is not None:
+        where = site.locations.get((ep.district, ep.device or ""))
+        out.update(lat=where[0] if where else None, lon=where[1] if where else None, dashboard=site.link(ep))
+    return out
 
 
 #: What an officer may do to an episode: POST /api/episodes/<id>/<action> with a JSON body.
@@ -107,8 +132,14 @@ ACTIONS: dict[str, Callable[[DutyBook, str, dict[str, Any]], Episode]] = {
 }
 
 
+CONSOLE = Path(__file__).with_name("console")
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".css": "text/css; charset=utf-8", ".png": "image/png", ".svg": "image/svg+xml"}
+
+
 class _Handler(JsonHandler):
     book: DutyBook
+    site: ConsoleSite
 
     def _parts(self) -> list[str]:
         path = urllib.parse.urlsplit(self.path).path
@@ -116,15 +147,18 @@ class _Handler(JsonHandler):
 
     def do_GET(self) -> None:
         parts = self._parts()
-        if parts == ["api", "episodes"]:
-            self.answer(200, [_view(self.book, ep) for ep in self.book.open_episodes()])
+        if parts[0] != "api":
+            self._static(parts)
+        elif parts == ["api", "episodes"]:
+            self.answer(200, {"now": self.book.now_ms(),
+                              "episodes": [_view(self.book, ep, self.site) for ep in self.book.open_episodes()]})
         elif len(parts) == 3 and parts[:2] == ["api", "episodes"]:
             try:
                 ep = self.book.get(parts[2])
             except DutyError as exc:
                 self.answer(404, {"reason": str(exc)})
                 return
-            self.answer(200, {**_view(self.book, ep), "history": self.book.history(ep.id)})
+            self.answer(200, {**_view(self.book, ep, self.site), "history": self.book.history(ep.id)})
         else:
             self.answer(404, {"reason": "GET /api/episodes or /api/episodes/<id>"})
 
@@ -145,10 +179,24 @@ class _Handler(JsonHandler):
         except DutyError as exc:
             self.answer(404 if str(exc).startswith("no episode") else 409, {"reason": str(exc)})
             return
-        self.answer(200, _view(self.book, ep))
+        self.answer(200, _view(self.book, ep, self.site))
+
+    def _static(self, parts: list[str]) -> None:
+        """The console's files (and nothing outside its folder)."""
+        path = (CONSOLE / "/".join(p for p in parts if p) if parts != [""] else CONSOLE / "index.html").resolve()
+        if not path.is_relative_to(CONSOLE.resolve()) or not path.is_file():
+            self.answer(404, {"reason": "not found"})
+            return
+        raw = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
+        self.send_header("Content-Length", str(len(raw)))
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.wfile.write(raw)
 
 
 
-def serve(book: DutyBook, host: str, port: int) -> ThreadingHTTPServer:
-    handler = type("DutyHandler", (_Handler,), {"book": book})
+def serve(book: DutyBook, host: str, port: int, site: ConsoleSite | None = None) -> ThreadingHTTPServer:
+    handler = type("DutyHandler", (_Handler,), {"book": book, "site": site or ConsoleSite()})
     return ThreadingHTTPServer((host, port), handler)

@@ -161,8 +161,8 @@ def test_the_duty_service_follows_alerts_serves_officers_and_keeps_the_record(tm
         for event in (_event(device="wp-1"), _event(device="wp-2")):
             publisher.publish_wait(topics.alert(event.domain, event.district, event.severity),
                                    codec.encode_alert(event))
-        episodes = wait_for(lambda: (got := requests.get(api, timeout=5).json()) and len(got) == 2 and got, 10,
-                            what="two episodes opened from the alerts")
+        episodes = wait_for(lambda: (got := requests.get(api, timeout=5).json()["episodes"]) and len(got) == 2
+                            and got, 10, what="two episodes opened from the alerts")
         first = next(e for e in episodes if e["device"] == "wp-1")
         assert first["next_escalation"] == T0 + 600_000
         url = f"{api}/{urllib.parse.quote(first['id'], safe='')}"
