@@ -171,6 +171,8 @@ class Stack:
         self.influx_auth = influx_auth
         #: Alertmanager's config when started (default: the shipped deploy/alertmanager/alertmanager.yml).
         self.alertmanager_config: str | None = None
+        #: Prometheus' config when started (required: see _prometheus_argv).
+        self.prometheus_config: str | None = None
 
     # ------------------------------------------------------------------ state
     def _load(self) -> dict[str, ServiceState]:
@@ -239,6 +241,8 @@ class Stack:
         log_path = svc_dir / f"{name}.log"
         if name == "alertmanager":
             argv = self._alertmanager_argv(svc_dir, port)
+        elif name == "prometheus":
+            argv = self._prometheus_argv(svc_dir, port)
         elif name == "mosquitto":
             conf = svc_dir / "mosquitto.conf"
             security = self.broker_security
@@ -283,6 +287,18 @@ class Stack:
                              "a complete checkout (deploy/alertmanager/)") from None
         return [find_binary("prometheus-alertmanager"), f"--config.file={conf}", f"--storage.path={svc_dir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"]
+
+    def _prometheus_argv(self, svc_dir: Path, port: int) -> list[str]:
+        """Prometheus with the config the caller set (`prometheus_config`: scrape targets are
+        where the caller's services listen; deploy/prometheus is the deployment's)."""
+        if self.prometheus_config is None:
+            raise StackError("give the stack a Prometheus config first (Stack.prometheus_config): its scrape "
+                             "targets are the ports your services listen on; deploy/prometheus/prometheus.yml "
+                             "is the Compose deployment's")
+        conf = svc_dir / "prometheus.yml"
+        conf.write_text(self.prometheus_config)
+        return [find_binary("prometheus"), f"--config.file={conf}", f"--storage.tsdb.path={svc_dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
 
     def _wait_ready(self, state: ServiceState, proc: subprocess.Popen[bytes], timeout_s: float,
                     svc_dir: Path) -> None:
@@ -351,7 +367,7 @@ class Stack:
 
 
 def _ready(state: ServiceState, security: BrokerSecurity | None = None) -> bool:
-    if state.name == "alertmanager":
+    if state.name in ("alertmanager", "prometheus"):
         try:
             return requests.get(f"{state.url}/-/ready", timeout=1).status_code == 200
         except requests.RequestException:

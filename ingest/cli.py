@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     run.add_argument("--metrics-interval", type=float, dest="metrics_interval_s",
                      help="self-metrics point into InfluxDB every N s (default 10; 0 = off)")
     run.add_argument("--prometheus-port", type=int, help="serve Prometheus metrics on this port (default off)")
+    run.add_argument("--prometheus-host", help="address for --prometheus-port (default 127.0.0.1; 0.0.0.0 where "
+                                               "Prometheus scrapes from another host or container)")
     run.add_argument("--retention-policy", help="write into this retention policy (default: the database's default)")
     run.add_argument("--leave", action="store_true", dest="leave_on_stop", default=None,
                      help="on stop, leave the shared subscription and end the session (instance removed for good)")
@@ -57,7 +59,8 @@ def _run(args: argparse.Namespace) -> int:
     settings = IngestSettings.load(
         args.config, batch_lines=args.batch_lines, batch_delay_s=args.batch_delay_s,
         max_concurrent_writes=args.max_concurrent_writes, receive_maximum=args.receive_maximum,
-        prometheus_port=args.prometheus_port, retention_policy=args.retention_policy,
+        prometheus_port=args.prometheus_port, prometheus_host=args.prometheus_host,
+        retention_policy=args.retention_policy,
         leave_on_stop=args.leave_on_stop, share_group=args.share_group,
         metrics_interval_s=args.metrics_interval_s)
     mqtt_url, influx_url = default_urls()

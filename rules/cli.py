@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="a flapping episode ends after S seconds without a change (default %(default)g)")
     run.add_argument("--instance", default="rules-1", help="instance name (MQTT client id, self-metrics)")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                     help="serve Prometheus metrics on this port (default: off; deploy/prometheus scrapes 9109)")
+    run.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
     run.add_argument("--alertmanager", metavar="URL",
                      help="also send alerts to Prometheus Alertmanager at URL (its v2 API; default: env "
                           "URBANSENSE_ALERTMANAGER_URL, else the local stack's if it runs one, else none)")
@@ -129,7 +132,8 @@ def _run(args: argparse.Namespace) -> int:
                         districts=set(args.districts) if args.districts else None,
                         gateways=args.gateways or [GATEWAYS_DIR], lookback_s=args.lookback,
                         flap_changes=args.flap_changes, flap_window_s=args.flap_window, flap_clear_s=args.flap_clear,
-                        alertmanager_url=args.alertmanager or default_alertmanager_url())
+                        alertmanager_url=args.alertmanager or default_alertmanager_url(),
+                        prometheus_port=args.metrics_port, prometheus_host=args.metrics_host)
     if args.flap_changes < 2 or args.flap_clear < args.flap_window:
         print(f"error: --flap-changes must be at least 2 (got {args.flap_changes}) and --flap-clear at least "
               f"--flap-window ({args.flap_clear:g} < {args.flap_window:g} s)", file=sys.stderr)

@@ -64,6 +64,9 @@ class ServiceConfig:
     alertmanager_url: str | None = None
     #: How often a firing alert is sent to Alertmanager again.
     alertmanager_resend_s: float = 30.0
+    #: Serve Prometheus metrics on this port (0: off), on prometheus_host.
+    prometheus_port: int = 0
+    prometheus_host: str = "127.0.0.1"
 
 
 class RulesService:
@@ -86,6 +89,11 @@ class RulesService:
         self._pending_lines: list[str] = []
         self.events_published = 0
         self.last_latency_ms = 0.0
+        #: Seconds from the oldest message of the last chunk arriving to its evaluation (the
+        #: engine's delay behind the stream), and the count of alerts active, both kept by
+        #: the evaluation loop for the metrics server's thread to read.
+        self.evaluation_delay_s = 0.0
+        self.active_alerts = 0
         self.mqtt = MqttClient(config.mqtt, client_id=f"urbansense-{config.instance}", clean_start=True)
         if config.districts:
             for d in sorted(config.districts):
@@ -129,6 +137,10 @@ class RulesService:
             # event time: a replayed or simulated city (the demo) runs behind the wall clock
             n = history_start(self.engine, self.influx, clock.now_ms(), self.config.districts)
             log.info("history: %d station record(s) read back for the rules that fit them (the tide)", n)
+        if self.config.prometheus_port:
+            from rules.metrics import serve_metrics
+
+            serve_metrics(self, self.config.prometheus_host, self.config.prometheus_port)
         self.mqtt.connect(wait=False)
         sender: threading.Thread | None = None
         if self.alertmanager is not None:
@@ -219,8 +231,10 @@ class RulesService:
             events.extend(self.engine.ingest(batches))
         for event in events:
             self.publish(event)
+        self.evaluation_delay_s = time.monotonic() - oldest
         if events:
-            self.last_latency_ms = (time.monotonic() - oldest) * 1000.0
+            self.last_latency_ms = self.evaluation_delay_s * 1000.0
+            self.active_alerts = self.engine.active_alerts()
         self._pending_lines.extend(self.engine.derived_lines())
 
     def _measure_clock(self, gt: topics.GatewayTopic, sent: int, arrived: float) -> list[AlertEvent]:

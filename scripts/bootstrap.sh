@@ -3,14 +3,14 @@
 #   Debian packages mosquitto + influxdb (+ mbpoll for the Modbus interop test, socat for the
 #   edge agent's Modbus RTU test over a pseudo-terminal pair, systemd for systemd-analyze, which
 #   checks the edge agent's unit file, faketime to run an edge agent on a skewed clock,
-#   prometheus-alertmanager with amtool for alert routing, chromium for the duty console's
-#   browser tests),
+#   prometheus-alertmanager with amtool for alert routing, prometheus with promtool for the
+#   pipeline's health rules, chromium for the duty console's browser tests),
 #   a Python >= 3.11 virtualenv in .venv, and this package with its dev extras.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto influxdb mbpoll socat openssl systemd faketime prometheus-alertmanager chromium)
+APT_PACKAGES=(mosquitto influxdb mbpoll socat openssl systemd faketime prometheus-alertmanager prometheus chromium)
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
@@ -24,6 +24,7 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 # alerts are routed through Prometheus Alertmanager (its binary and amtool)
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # the duty console is tested in a real browser: Debian's chromium, driven by Playwright
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -18,7 +18,7 @@ from urbansense.paths import default_run_dir
 
 SERVICES = ("mosquitto", "influxd")
 #: Started on demand (`urbansense stack up --with alertmanager`, or a test that needs it).
-OPTIONAL_SERVICES = ("alertmanager",)
+OPTIONAL_SERVICES = ("alertmanager", "prometheus")
 STATE_FILE = "stack.json"
 
 
