@@ -282,6 +282,8 @@ class Stack:
         conf = svc_dir / "alertmanager.yml"
         try:
             conf.write_text(self.alertmanager_config or ALERTMANAGER_CONF.read_text(encoding="utf-8"))
+            # the config names its templates relative to itself
+            shutil.copytree(ALERTMANAGER_CONF.parent / "templates", svc_dir / "templates", dirs_exist_ok=True)
         except OSError as exc:
             raise StackError(f"cannot read the Alertmanager config {ALERTMANAGER_CONF}: {exc.strerror}; run from "
                              "a complete checkout (deploy/alertmanager/)") from None

@@ -30,8 +30,9 @@ HEADER = """\
 # generator, not this file. `make test` checks that it is current and that amtool accepts it.
 #
 # The receivers name who gets an alert. Their delivery is what each city configures under
-# a receiver: email_configs, or webhook_configs to `urbansense rules relay` for WeCom,
-# DingTalk and Feishu robots (deploy/alertmanager/relay.example.yaml).
+# a receiver: email_configs (with the templates of templates/urbansense.tmpl), or
+# webhook_configs to `urbansense rules relay` for WeCom, DingTalk and Feishu robots
+# (deploy/alertmanager/relay.example.yaml).
 """
 
 DUTY_OFFICER = "duty-officer"
@@ -70,6 +71,8 @@ def config() -> dict[str, Any]:
              "equal": ["district", "dma"]},
         ],
         "receivers": [{"name": name} for name in receivers],
+        # e-mail in the city's words (deploy/alertmanager/templates/urbansense.tmpl)
+        "templates": ["templates/*.tmpl"],
     }
 
 

@@ -45,7 +45,8 @@ def test_an_installed_package_runs_outside_the_checkout(tmp_path: Path) -> None:
 
     where = _run([str(py), "-c", "import urbansense, ingest.points as p; from urbansense.paths import "
                   "ALERTMANAGER_CONF as am; from rules.duty_service import CONSOLE as c; print(urbansense.__file__); "
-                  "print(p.ACCELERATOR); print(am.is_file()); "
+                  "print(p.ACCELERATOR); "
+                  "print(am.is_file() and (am.parent / 'templates' / 'urbansense.tmpl').is_file()); "
                   "print(all((c / f).is_file() for f in ('index.html', 'console.js', 'vendor/leaflet/leaflet.js', "
                   "'vendor/leaflet/leaflet.css', 'vendor/leaflet/LICENSE')))"],
                  cwd=elsewhere, env=env).stdout.splitlines()
