@@ -64,6 +64,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        help="the receivers' targets (deploy/alertmanager/relay.example.yaml shows the keys)")
     relay.add_argument("--listen", default="127.0.0.1:9095", metavar="HOST:PORT",
                        help="where Alertmanager posts (default 127.0.0.1:9095; webhook URL http://HOST:PORT/hook/<receiver>)")
+    relay.add_argument("--mqtt", help="broker for `mqtt` targets (default: the local stack / URBANSENSE_MQTT_URL); "
+                                      "the account writes city/notify/#")
     relay.set_defaults(func=_relay)
 
     duty = rsub.add_parser("duty", help="the duty book: alert episodes officers acknowledge, assign and resolve; "
@@ -175,11 +177,19 @@ def _relay(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    server = serve(Relay(targets), host or "127.0.0.1", int(port))
+    client = None
+    if any(t.kind == "mqtt" for ts in targets.values() for t in ts):
+        from urbansense.mqtt import MqttClient, MqttSettings
+
+        client = MqttClient(MqttSettings.from_url(_urls(args)[0]), client_id="urbansense-relay")
+        client.connect(wait=False)
+    server = serve(Relay(targets, publish=client.publish_wait if client else None), host or "127.0.0.1", int(port))
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"relay on http://{args.listen}/hook/<receiver> for {', '.join(sorted(targets))}")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
+    if client is not None:
+        client.close()
     return 0
 
 

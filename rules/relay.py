@@ -18,22 +18,25 @@ hold their URLs and secrets (a robot's URL carries its key: it is a secret too):
         - {kind: dingtalk, url_env: DINGTALK_DUTY_URL, secret_env: DINGTALK_DUTY_SECRET}
       utility-gas:
         - {kind: feishu, url_env: FEISHU_GAS_URL, secret_env: FEISHU_GAS_SECRET}
+        - {kind: mqtt}          # city/notify/utility-gas, for the utility's own systems
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rules.json_http import JsonHandler
 from rules.notify import Kind, request
@@ -45,11 +48,24 @@ log = logging.getLogger("urbansense.rules.relay")
 REMEMBERED = 100_000
 
 
+#: A target that is not a chat robot: the receiver's MQTT topic (NOTIFY_TOPIC).
+MQTT = "mqtt"
+#: Where an `mqtt` target publishes a receiver's notifications, one message per alert
+#: state: the receiver is the account that may read it (a utility's, deploy/mosquitto/acl).
+NOTIFY_TOPIC = "city/notify/{receiver}"
+
+
 class TargetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: Kind
-    url_env: str = Field(pattern=r"^[A-Z_][A-Z0-9_]*$")
+    kind: Kind | Literal["mqtt"]
+    url_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
     secret_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _url(self) -> TargetSpec:
+        if self.kind != MQTT and self.url_env is None:
+            raise ValueError(f"a {self.kind} target needs url_env: the variable holding the robot's URL")
+        return self
 
 
 class RelayConfig(BaseModel):
@@ -61,7 +77,7 @@ class RelayConfig(BaseModel):
 class Target:
     receiver: str
     index: int
-    kind: Kind
+    kind: Kind | Literal["mqtt"]
     url: str
     secret: str | None
 
@@ -80,7 +96,7 @@ def load_targets(path: Path, environ: dict[str, str] | None = None) -> dict[str,
                 if name is not None and not env.get(name):
                     problems.append(f"{path}: receivers.{receiver}[{i}].{key}: {name} is not set\n"
                                     f"  fix: export {name}=... (the robot's {'URL' if key == 'url_env' else 'secret'})")
-            out.setdefault(receiver, []).append(Target(receiver, i, t.kind, env.get(t.url_env, ""),
+            out.setdefault(receiver, []).append(Target(receiver, i, t.kind, env.get(t.url_env or "", ""),
                                                        env.get(t.secret_env) if t.secret_env else None))
     if problems:
         raise ConfigError(problems)
@@ -97,7 +113,7 @@ class RelayStats:
     latencies_s: list[float] = field(default_factory=list)
 
 
-def _accepted(kind: Kind, resp: requests.Response) -> bool:
+def _accepted(resp: requests.Response) -> bool:
     """The robots answer 200 with an error code in the body when they refuse."""
     if resp.status_code != 200:
         return False
@@ -112,8 +128,12 @@ def _accepted(kind: Kind, resp: requests.Response) -> bool:
 
 
 class Relay:
-    def __init__(self, targets: dict[str, list[Target]], *, timeout_s: float = 10.0) -> None:
+    def __init__(self, targets: dict[str, list[Target]], *, timeout_s: float = 10.0,
+                 publish: Callable[[str, bytes], None] | None = None) -> None:
+        """`publish(topic, payload)` for `mqtt` targets: returns once the broker has the
+        message (QoS 1), raises when it does not."""
         self.targets = targets
+        self.publish = publish
         self.timeout_s = timeout_s
         self.stats = RelayStats()
         self._sent: OrderedDict[tuple[str, int, str, str, str], None] = OrderedDict()
@@ -137,12 +157,7 @@ class Relay:
                 self.stats.skipped_repeats += len(alerts) - len(fresh)
             if not fresh:
                 continue
-            url, body = request(target.kind, target.url, notification, fresh, secret=target.secret, now_s=time.time())
-            try:
-                ok = _accepted(target.kind, self._session.post(url, json=body, timeout=self.timeout_s))
-            except requests.RequestException as exc:
-                ok = False
-                log.warning("%s target %d (%s): %s", receiver, target.index, target.kind, type(exc).__name__)
+            ok = self._send(target, notification, fresh)
             if not ok:
                 with self._lock:
                     self.stats.failures += 1
@@ -160,6 +175,29 @@ class Relay:
         if failed:
             return 503, f"not delivered to {', '.join(failed)} of {receiver}; retry"
         return 200, "ok"
+
+    def _send(self, target: Target, notification: dict[str, Any], fresh: list[dict[str, Any]]) -> bool:
+        if target.kind == MQTT:
+            if self.publish is None:
+                log.warning("%s target %d is mqtt but the relay has no broker (--mqtt)", target.receiver, target.index)
+                return False
+            topic = NOTIFY_TOPIC.format(receiver=target.receiver)
+            try:
+                for alert in fresh:
+                    self.publish(topic, json.dumps({"v": 1, "receiver": target.receiver, **{
+                        k: alert.get(k) for k in ("status", "labels", "annotations", "startsAt", "endsAt",
+                                                  "fingerprint")}}).encode())
+            except Exception as exc:  # the broker did not take it: Alertmanager retries
+                log.warning("%s target %d (mqtt): %s", target.receiver, target.index, exc)
+                return False
+            return True
+        kind = cast(Kind, target.kind)  # not mqtt, handled above
+        url, body = request(kind, target.url, notification, fresh, secret=target.secret, now_s=time.time())
+        try:
+            return _accepted(self._session.post(url, json=body, timeout=self.timeout_s))
+        except requests.RequestException as exc:
+            log.warning("%s target %d (%s): %s", target.receiver, target.index, target.kind, type(exc).__name__)
+            return False
 
     @staticmethod
     def _key(target: Target, alert: dict[str, Any]) -> tuple[str, int, str, str, str]:

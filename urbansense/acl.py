@@ -24,9 +24,11 @@ def password_variable(account: str) -> str:
 
 
 def acl_block() -> list[str]:
-    lines = ["# Each utility reads the alerts of its own family, in every district."]
+    lines = ["# Each utility reads the alerts of its own family, in every district, and the",
+             "# notifications Alertmanager routes to it (the relay's city/notify/<receiver>)."]
     for fam in registry.families().values():
-        lines += ["", f"user {fam.utility}", f"topic read {topics.ROOT}/alerts/{fam.family}/#"]
+        lines += ["", f"user {fam.utility}", f"topic read {topics.ROOT}/alerts/{fam.family}/#",
+                  f"topic read {topics.ROOT}/notify/{fam.utility}"]
     return lines
 
 

@@ -223,6 +223,19 @@ def test_a_gateway_reads_only_its_own_commands_and_configs(connect: Any) -> None
     assert refused(connect, "rules", "city/pudong/pd-gw-gas/config")
 
 
+def test_routed_notifications_reach_only_their_receivers_account(connect: Any) -> None:
+    gas = connect("utility-gas")
+    gas.subscribe("city/notify/#")
+    relay = connect("relay")
+    for topic in ("city/notify/utility-gas", "city/notify/utility-water"):
+        assert relay.publish(topic) in ACCEPTED, topic
+    assert gas.received() == {"city/notify/utility-gas"}
+    assert refused(connect, "utility-gas", "city/notify/utility-gas")  # read only
+    duty = connect("duty")
+    assert duty.publish("city/duty/escalations") in ACCEPTED
+    assert refused(connect, "duty", "city/alerts/gas/pudong/critical")
+
+
 def test_a_utility_reads_only_its_own_domains_alerts(connect: Any) -> None:
     water = connect("utility-water")
     water.subscribe("city/alerts/#")

@@ -211,3 +211,36 @@ def test_relay_command_serves_the_example_config(tmp_path: Path, sink: Sink) -> 
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_an_mqtt_target_publishes_each_alert_state_once_for_the_receivers_account(tmp_path: Path,
+                                                                                    stack: Stack) -> None:
+    from urbansense.mqtt import MqttClient, MqttSettings
+
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump({"receivers": {"utility-gas": [{"kind": "mqtt"}]}}))
+    publisher = MqttClient(MqttSettings.from_url(stack.mqtt_url), client_id=f"t-relay-{uuid.uuid4().hex[:6]}")
+    got: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+    publisher.subscribe("city/notify/#", lambda m: got.put((m.topic, json.loads(m.payload))), qos=1)
+    publisher.connect()
+    assert publisher.wait_subscribed(10)
+    try:
+        relay = Relay(load_targets(path, {}), publish=publisher.publish_wait)
+        alert = {**_alert("gas.methane_alarm", "gs-4", "pudong", "critical"), "status": "firing", "fingerprint": "f4"}
+        notification = {"receiver": "utility-gas", "alerts": [alert]}
+        assert relay.handle("utility-gas", notification) == (200, "ok")
+        topic, body = got.get(timeout=10)
+        assert topic == "city/notify/utility-gas" and body["receiver"] == "utility-gas"
+        assert (body["status"], body["labels"]["device"], body["fingerprint"]) == ("firing", "gs-4", "f4")
+        assert relay.handle("utility-gas", notification) == (200, "ok")  # a repeat: not published again
+        with pytest.raises(queue.Empty):
+            got.get(timeout=1.0)
+
+        def broker_down(topic: str, payload: bytes) -> None:
+            raise OSError("broker unreachable")
+
+        down = Relay(load_targets(path, {}), publish=broker_down)
+        assert down.handle("utility-gas", notification)[0] == 503
+        assert Relay(load_targets(path, {})).handle("utility-gas", notification)[0] == 503  # no broker given
+    finally:
+        publisher.close()
