@@ -21,7 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,22 +134,24 @@ class DutyBook:
                 raise
 
     # ------------------------------------------------------------------ reading
-    def _episode(self, row: tuple[Any, ...]) -> Episode:
-        return Episode(*row)
-
+    # Reads take the lock too: the connection is shared, and a read beside another
+    # thread's open transaction would see its uncommitted rows.
     def get(self, episode_id: str) -> Episode:
-        row = self._db.execute("SELECT * FROM episodes WHERE id = ?", (episode_id,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT * FROM episodes WHERE id = ?", (episode_id,)).fetchone()
         if row is None:
             raise DutyError(f"no episode {episode_id!r}")
-        return self._episode(row)
+        return Episode(*row)
 
     def open_episodes(self) -> list[Episode]:
-        rows = self._db.execute("SELECT * FROM episodes WHERE state != 'resolved' ORDER BY opened_at").fetchall()
-        return [self._episode(r) for r in rows]
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM episodes WHERE state != 'resolved' ORDER BY opened_at").fetchall()
+        return [Episode(*r) for r in rows]
 
     def history(self, episode_id: str) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT t, who, action, detail FROM history WHERE episode = ? ORDER BY t, rowid",
-                                (episode_id,)).fetchall()
+        with self._lock:
+            rows = self._db.execute("SELECT t, who, action, detail FROM history WHERE episode = ? ORDER BY t, rowid",
+                                    (episode_id,)).fetchall()
         return [{"t": t, "who": who, "action": action, "detail": detail} for t, who, action, detail in rows]
 
     # ------------------------------------------------------------------ changes
@@ -157,10 +159,9 @@ class DutyBook:
         db.execute("INSERT INTO history VALUES (?, ?, ?, ?, ?)", (ep.id, ep.changed_at, who, action, detail))
 
     def _save(self, db: sqlite3.Connection, ep: Episode) -> None:
-        db.execute("INSERT OR REPLACE INTO episodes VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                   (ep.id, ep.alert_id, ep.rule, ep.domain, ep.district, ep.device, ep.severity, ep.message,
-                    ep.state, ep.alert_state, ep.level, ep.level_name, ep.owner, ep.opened_at, ep.changed_at,
-                    ep.note, ep.crosses_at))
+        """The table's columns are the episode's fields, in order (SCHEMA)."""
+        row = astuple(ep)
+        db.execute(f"INSERT OR REPLACE INTO episodes VALUES ({','.join('?' * len(row))})", row)
 
     def _changed(self, ep: Episode, who: str, action: str, detail: str) -> Episode:
         if self.on_change is not None:
@@ -186,12 +187,11 @@ class DutyBook:
                              crosses_at)
                 action, detail = "opened", f"{event.severity}: {event.message} (to {first})"
             else:
-                old = self._episode(row)
-                ep = Episode(**{**_fields(old),
-                                "alert_state": "resolved" if event.state == "resolved" else "firing",
-                                "severity": event.severity if event.state == "firing" else old.severity,
-                                "message": event.message, "changed_at": now,
-                                "crosses_at": crosses_at if event.state == "firing" else None})
+                old = Episode(*row)
+                ep = replace(old, alert_state="resolved" if event.state == "resolved" else "firing",
+                             severity=event.severity if event.state == "firing" else old.severity,
+                             message=event.message, changed_at=now,
+                             crosses_at=crosses_at if event.state == "firing" else None)
                 action = "alert cleared" if event.state == "resolved" else "alert updated"
                 detail = event.message
             self._save(db, ep)
@@ -206,10 +206,10 @@ class DutyBook:
             row = db.execute("SELECT * FROM episodes WHERE id = ?", (episode_id,)).fetchone()
             if row is None:
                 raise DutyError(f"no episode {episode_id!r}")
-            old = self._episode(row)
+            old = Episode(*row)
             if old.state == "resolved":
                 raise DutyError(f"episode {episode_id} is already resolved")
-            ep = Episode(**{**_fields(old), **change(old), "changed_at": self.now_ms()})
+            ep = replace(old, **change(old), changed_at=self.now_ms())
             self._save(db, ep)
             self._record(db, ep, who, action, detail)
         return self._changed(ep, who, action, detail)
@@ -259,10 +259,6 @@ def _raise_to(level: int, name: str) -> Callable[[Episode], dict[str, Any]]:
         return {"level": level, "level_name": name}
 
     return change
-
-
-def _fields(ep: Episode) -> dict[str, Any]:
-    return {name: getattr(ep, name) for name in Episode.__slots__}
 
 
 def episode_line(ep: Episode, who: str, action: str) -> str:

@@ -110,7 +110,7 @@ class ConsoleSite:
         if not self.grafana_url:
             return None
         fam = registry.families().get(ep.domain)
-        uid = (fam.dashboard.uid or f"urbansense-{fam.family}") if fam is not None else "urbansense-system"
+        uid = fam.dashboard_uid if fam is not None else "urbansense-system"
         query = urllib.parse.urlencode({"var-district": ep.district, **({"var-device": ep.device} if ep.device
                                                                            else {})})
         return f"{self.grafana_url.rstrip('/')}/d/{uid}?{query}"

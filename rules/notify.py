@@ -20,6 +20,9 @@ import hmac
 import urllib.parse
 from typing import Any, Literal
 
+from urbansense.clock import TimeFormatError, parse_time_ms
+from urbansense.hj212 import CHINA
+
 Kind = Literal["wecom", "dingtalk", "feishu"]
 KINDS: tuple[Kind, ...] = ("wecom", "dingtalk", "feishu")
 #: WeCom refuses markdown content beyond this many bytes.
@@ -29,10 +32,10 @@ WECOM_MAX_BYTES = 4096
 def _when(iso: str) -> str:
     """Alertmanager's RFC 3339 time as local Beijing time (what an operator reads)."""
     try:
-        t = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
+        t_ms = parse_time_ms(iso)
+    except TimeFormatError:
         return iso
-    return t.astimezone(dt.timezone(dt.timedelta(hours=8))).strftime("%m-%d %H:%M")
+    return dt.datetime.fromtimestamp(t_ms / 1000, CHINA).strftime("%m-%d %H:%M")
 
 
 def alert_line(alert: dict[str, Any]) -> str:

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rules.json_http import JsonHandler
 from rules.notify import Kind, request
+from urbansense.clock import TimeFormatError, parse_time_ms
 from urbansense.config import ConfigError, load_model
 
 log = logging.getLogger("urbansense.rules.relay")
@@ -168,7 +169,7 @@ class Relay:
                 for a in fresh:
                     self._sent[self._key(target, a)] = None
                     if a.get("status") == "firing":
-                        self.stats.latencies_s.append(now - _epoch(str(a.get("startsAt", ""))))
+                        self.stats.latencies_s.append(now - _epoch_s(str(a.get("startsAt", ""))))
                 while len(self._sent) > REMEMBERED:
                     self._sent.popitem(last=False)
                 self.stats.delivered += len(fresh)
@@ -205,12 +206,11 @@ class Relay:
                 str(alert.get("startsAt", "")))
 
 
-def _epoch(iso: str) -> float:
-    import datetime as dt
-
+def _epoch_s(iso: str) -> float:
+    """Alertmanager's RFC 3339 time in epoch seconds (now if it is not one)."""
     try:
-        return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        return parse_time_ms(iso) / 1000
+    except TimeFormatError:
         return time.time()
 
 

@@ -301,6 +301,10 @@ class Family(_Model):
     def dashboard_file(self) -> str:
         return self.dashboard.file or self.family.replace("_", "-")
 
+    @property
+    def dashboard_uid(self) -> str:
+        return self.dashboard.uid or f"urbansense-{self.family}"
+
 
 def _search_path() -> list[Path]:
     extra = [Path(p) for p in os.environ.get(FAMILIES_ENV, "").split(os.pathsep) if p.strip()]

@@ -174,6 +174,6 @@ def family_dashboard(fam: Family) -> Json:
     if fam.dashboard.long_range:
         panels.append(row("Long range"))
         panels += [draw.long_range(h) for h in fam.dashboard.long_range]
-    return dashboard(fam.dashboard.uid or f"urbansense-{m}", fam.dashboard.title, panels,
+    return dashboard(fam.dashboard_uid, fam.dashboard.title, panels,
                      variables=[district_variable(m), device_variable(m)], tags=[m],
                      description=fam.description)

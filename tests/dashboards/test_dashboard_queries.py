@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 DASHBOARDS = load_dashboards()
 ALL_TARGETS = [t for d in DASHBOARDS.values() for t in targets(d)]
-MEASUREMENT_OF = {fam.dashboard.uid or f"urbansense-{name}": name for name, fam in registry.families().items()}
+MEASUREMENT_OF = {fam.dashboard_uid: name for name, fam in registry.families().items()}
 
 
 @pytest.fixture(scope="module")
