@@ -9,6 +9,7 @@ import contextlib
 import os
 import queue
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import orjson
 import pytest
 import yaml
 from pymodbus.framer import FramerType
@@ -93,6 +95,18 @@ def running_ingester(mqtt_url: str, influx_url: str, database: str) -> Iterator[
     finally:
         ingester.stop()
         thread.join(20)
+
+
+def logged_counters(wal_file: Path) -> set[tuple[str, int]]:
+    """(device, poll_counter) of the good samples a stopped agent's log still holds: kept
+    for its next start, not lost (a row holds one commit's samples, joined by commas)."""
+    db = sqlite3.connect(wal_file)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return {(s["dev"], int(s["f"]["poll_counter"])) for (body,) in db.execute("SELECT body FROM samples")
+                for s in orjson.loads(b"[" + body + b"]") if s["q"] == "good" and "poll_counter" in s["f"]}
+    finally:
+        db.close()
 
 
 def unique(prefix: str) -> str:

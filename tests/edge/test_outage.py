@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 
 from application.stack import Stack
-from tests.edge.conftest import ModbusSim, agent_process, running_ingester, tcp_links, unique, write_gateway
+from tests.edge.conftest import (
+    ModbusSim,
+    agent_process,
+    logged_counters,
+    running_ingester,
+    tcp_links,
+    unique,
+    write_gateway,
+)
 from urbansense.influx import InfluxClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -124,12 +130,7 @@ def test_60s_broker_outage_loses_nothing_even_with_the_agent_killed(
     os.kill(killed.agent.pid, signal.SIGKILL)
     killed.agent.wait(10)
     t_kill = time.time()
-    db = sqlite3.connect(killed.wal)
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    # a row holds the samples of one commit, their bodies joined by commas
-    logged = {(s["dev"], int(s["f"]["poll_counter"])) for (body,) in db.execute("SELECT body FROM samples")
-              for s in orjson.loads(b"[" + body + b"]") if s["q"] == "good"}
-    db.close()
+    logged = logged_counters(killed.wal)
     assert len(logged) >= 50 * 18, len(logged)
     time.sleep(3)
     killed.start_agent()
