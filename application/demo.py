@@ -24,21 +24,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import requests
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from application.delivery import NOTIFY_TOPICS, DeliveryWatch, alertmanager_config, relay_config
 from application.demo_view import DemoState
 from application.district import port_offset as _port_offset
 from application.district import tune_gateway_configs
 from application.district import wait_ports as _wait_ports
 from application.processes import ProcessGroup
-from application.stack import Stack, default_run_dir
+from application.stack import Stack, default_run_dir, free_port
 from urbansense import codec, topics
 from urbansense.clock import ScenarioClock
 from urbansense.identifiers import MEASUREMENTS
 from urbansense.influx import InfluxClient, InfluxError
 from urbansense.mqtt import MqttClient, MqttSettings
+from urbansense.schema import AlertEvent
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +79,9 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         if not args.keep:
             stack.down()
-    return 0 if summary["verified"] and not summary["missed"] else 1
+    untold = [i for i in summary["incidents"] if i["detected"] and not i["utility_notified"]]
+    ok = summary["verified"] and not summary["missed"] and not summary["delivery"]["undelivered"] and not untold
+    return 0 if ok else 1
 
 
 def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any, tcp_ports: list[int],
@@ -85,9 +90,17 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     wall_s = scenario.duration_s / speed
     console.print(f"[bold]UrbanSense demo[/]: scenario [bold]{scenario.name}[/], "
                   f"{scenario.duration_s / 3600:.1f} h of city time at x{speed:g} = {wall_s / 60:.1f} min")
-    for name, st in stack.up().items():
-        console.print(f"  {name:10} {st.url}")
+    stack.up()
+    # Alertmanager routes the alerts (the shipped tree); its receivers post to the relay,
+    # which publishes each receiver's notifications on city/notify/<receiver>.
+    relay_port = free_port()
+    duty_port = free_port(besides=(relay_port,))
+    stack.alertmanager_config = alertmanager_config(f"http://127.0.0.1:{relay_port}")
+    stack.start("alertmanager")
+    for name, st in stack.services().items():
+        console.print(f"  {name:12} {st.url}")
     run_dir = stack.run_dir
+    (run_dir / "relay.yaml").write_text(relay_config())
     (run_dir / "gateways").mkdir(parents=True)
     truth_path = run_dir / "truth.jsonl"
     init = subprocess.run([sys.executable, "-m", "application.cli", "ingest", "init", "--influx", stack.influx_url],
@@ -109,17 +122,34 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     tune_gateway_configs(gw_paths, poll_s=max(args.poll, scenario.step_s / speed))
 
     state = DemoState(scenario.name, speed, start_ms, start_ms + int(scenario.duration_s * 1000))
+    delivery = DeliveryWatch(stack.alertmanager_url)
+
+    def on_alert(event: AlertEvent) -> None:
+        if not state.closed:  # alerts of the shutdown (gateways going offline) are not counted
+            delivery.on_alert(event)
+        state.on_alert(event)
+
     watcher = MqttClient(MqttSettings.from_url(stack.mqtt_url), client_id=f"demo-view-{time.time_ns()}")
     watcher.subscribe(topics.ALL_TELEMETRY, lambda m: state.on_batch(codec.decode_batch_lenient(bytes(m.payload))[0]))
-    watcher.subscribe(topics.ALL_ALERTS, lambda m: state.on_alert(codec.decode_alert(bytes(m.payload))))
+    watcher.subscribe(topics.ALL_ALERTS, lambda m: on_alert(codec.decode_alert(bytes(m.payload))))
+    watcher.subscribe(NOTIFY_TOPICS, lambda m: delivery.on_notification(bytes(m.payload)))
     watcher.connect()
     influx = InfluxClient(stack.influx_url)
     _write_past_record(console, scenario, args.seed, start_ms, influx)
     procs = ProcessGroup(run_dir / "logs", env)
+    duty_url = f"http://127.0.0.1:{duty_port}/"
+    duty: dict[str, int] | None = None
     interrupted = False
     try:
         procs.start("ingest", "ingest", "run")
-        procs.start("rules", "rules", "run", "--gateways", str(run_dir / "gateways"))
+        procs.start("relay", "rules", "relay", "--config", str(run_dir / "relay.yaml"),
+                    "--listen", f"127.0.0.1:{relay_port}")
+        procs.start("duty", "rules", "duty", "--listen", f"127.0.0.1:{duty_port}", "--db",
+                    str(run_dir / "duty" / "episodes.sqlite"), "--gateways", str(run_dir / "gateways"))
+        procs.start("rules", "rules", "run", "--gateways", str(run_dir / "gateways"),
+                    "--alertmanager", stack.alertmanager_url)
+        _wait_ports([relay_port, duty_port], procs, sim_name="duty")
+        state.note(f"duty console: {duty_url}", "bold")
         procs.start("sim", "sim", "run", "--scenario", str(scenario.path), "--speed", str(speed), "--seed",
                     str(args.seed), "--truth", str(truth_path), "--port-offset", str(offset),
                     "--tick", str(min(0.1, args.poll / 2)))
@@ -129,8 +159,9 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
         time.sleep(max(0.0, clock.wall_s_for(start_ms) - time.time()))
         for path in gw_paths:
             procs.start(f"edge-{path.stem}", "edge", "run", "--config", str(path))
-        console.print(f"  {len(procs.procs)} processes started; logs in {procs.log_dir}\n")
-        interrupted = _live(console, args.headless, state, clock, influx, procs)
+        console.print(f"  {len(procs.procs)} processes started; logs in {procs.log_dir}")
+        console.print(f"  duty console {duty_url}\n")
+        interrupted = _live(console, args.headless, state, clock, influx, procs, delivery, duty_url)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -139,10 +170,13 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
         for name in [n for n in procs.procs if n.startswith("edge-")] + ["sim"]:
             procs.stop(name)
         ingested = _wait_ingested(influx, state, start_ms)
+        _wait_delivered(delivery)
+        duty = _duty_counts(duty_url)
         procs.stop_all()
         watcher.close()
 
-    summary = _summary(args, scenario, state, influx, truth_path, start_ms, speed, ingested, interrupted)
+    summary = _summary(args, scenario, state, influx, truth_path, start_ms, speed, ingested, interrupted, delivery)
+    summary["duty"] = duty
     _print_summary(console, summary, stack, args.keep)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -188,7 +222,7 @@ def _write_past_record(console: Console, scenario: Any, seed: int, start_ms: int
 
 
 def _live(console: Console, headless: bool, state: DemoState, clock: ScenarioClock, influx: InfluxClient,
-          procs: ProcessGroup) -> bool:
+          procs: ProcessGroup, delivery: DeliveryWatch, duty_url: str) -> bool:
     """Refresh the view until the scenario's event time is over; True if interrupted."""
     next_poll = 0.0
     with Live(state.render(), console=console, refresh_per_second=4, transient=False,
@@ -202,10 +236,43 @@ def _live(console: Console, headless: bool, state: DemoState, clock: ScenarioClo
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + 2.0
                 _poll_influx(influx, state)
+                delivery.poll_alertmanager()
+                state.delivery = f"{delivery.live_line()}   duty console: {_duty_line(duty_url)}"
+            else:
+                delivery.poll_alertmanager()  # inhibitions are seen only while they last
             if not headless:
                 live.update(state.render(), refresh=True)
             time.sleep(0.25)
     return False
+
+
+def _duty_counts(duty_url: str) -> dict[str, int] | None:
+    """The duty book's open episodes, as its console shows them (None: it does not answer)."""
+    try:
+        episodes = requests.get(f"{duty_url}api/episodes", timeout=2).json()["episodes"]
+    except (requests.RequestException, ValueError, KeyError):
+        return None
+    return {"open": len(episodes), "unacknowledged": sum(1 for e in episodes if e["state"] == "new"),
+            "escalated": sum(1 for e in episodes if e["level"] > 0)}
+
+
+def _duty_line(duty_url: str) -> str:
+    counts = _duty_counts(duty_url)
+    if counts is None:
+        return "not answering"
+    return (f"{counts['open']} open, {counts['unacknowledged']} unacknowledged, {counts['escalated']} escalated  "
+            f"{duty_url}")
+
+
+def _wait_delivered(delivery: DeliveryWatch, timeout_s: float = 30.0) -> None:
+    """Wait until every firing alert of the run has reached a receiver (or Alertmanager
+    holds it back), or the time-out: the last ones wait for their group."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        delivery.poll_alertmanager()
+        if not delivery.outstanding():
+            return
+        time.sleep(0.5)
 
 
 def _poll_influx(influx: InfluxClient, state: DemoState) -> None:
@@ -255,7 +322,8 @@ def _wait_ingested(influx: InfluxClient, state: DemoState, start_ms: int, timeou
 
 
 def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: InfluxClient, truth_path: Path,
-             start_ms: int, speed: float, ingested: int, interrupted: bool) -> dict[str, Any]:
+             start_ms: int, speed: float, ingested: int, interrupted: bool,
+             delivery: DeliveryWatch) -> dict[str, Any]:
     from application.backtest import health_rules, maintenance_rules, score
     from rules.catalog import load_catalog
     from rules.inventory import from_gateways
@@ -281,6 +349,9 @@ def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: 
             "first_alert_t": s.first_alert.t if s.first_alert else None,
             "hazard_crossed_at": rec.get("hazard_crossed_at"),
             "lead_time_s": s.lead_time_s,
+            # the incident's alerts told to the utility that owns their domain
+            "utility": _utility(s.alerts),
+            "utility_notified": any(delivery.delivered_to(a.id, _utility([a]) or "") for a in s.alerts),
         })
     missed = [i for i in incidents if i["played"] and not i["detected"]]
     return {
@@ -291,6 +362,7 @@ def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: 
         "readings_in_influxdb": len(seen & stored),
         "missing_in_influxdb": len(seen - stored),
         "verified": bool(seen) and seen <= stored,
+        "delivery": delivery.summary(),
         "alert_events": len(events),
         "incidents": incidents,
         "missed": [i["type"] for i in missed],
@@ -303,6 +375,33 @@ def _summary(args: argparse.Namespace, scenario: Any, state: DemoState, influx: 
         "truth_file": str(truth_path),
         "influx_url": influx.url,
     }
+
+
+def _utility(alerts: list[AlertEvent]) -> str | None:
+    """The receiver (a utility's account) of the first alert's domain, if it is a family's."""
+    from urbansense import registry
+
+    families = registry.families()
+    for alert in alerts:
+        if alert.domain in families:
+            return families[alert.domain].utility
+    return None
+
+
+def _print_delivery(console: Console, d: dict[str, Any]) -> None:
+    def seconds(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f} s" if v < 1 else f"{v:.1f} s"
+
+    lost = (f"[red]{len(d['undelivered'])} not delivered: {', '.join(d['undelivered'][:5])}[/]"
+            if d["undelivered"] else "[green]none lost[/]")
+    console.print(f"[bold]Alert delivery[/] (Alertmanager, relay, city/notify/<receiver>): {d['notified_alerts']} of "
+                  f"{d['firing_alerts']} firing alerts told to their receivers; {lost}")
+    console.print(f"  from city/alerts to the receiver: p50 {seconds(d['latency_p50_s'])}, p99 "
+                  f"{seconds(d['latency_p99_s'])} (demo grouping: wait {d['group_wait_s']} s, interval "
+                  f"{d['group_interval_s']} s)")
+    console.print(f"  {d['inhibited']} inhibited, {d['over_before_due']} over before their group was due")
+    by_receiver = ", ".join(f"{r} {n}" for r, n in d["by_receiver"].items())
+    console.print(f"  {d['notifications']} notifications: {by_receiver}")
 
 
 def summary_console(*, stderr: bool = False, quiet: bool = False) -> Console:
@@ -320,7 +419,7 @@ def _print_summary(console: Console, summary: dict[str, Any], stack: Stack, keep
                   f"{summary['readings_in_influxdb']:,} of {summary['readings_distinct']:,} distinct found in "
                   f"InfluxDB ({verdict})")
     table = Table(title="Incidents (ground truth vs first alert)")
-    for col in ("incident", "device", "first alert", "lead time before hazard"):
+    for col in ("incident", "device", "first alert", "lead time before hazard", "utility told"):
         table.add_column(col)
     for inc in summary["incidents"]:
         if not inc["played"]:
@@ -332,8 +431,15 @@ def _print_summary(console: Console, summary: dict[str, Any], stack: Stack, keep
         lead = inc["lead_time_s"]
         lead_text = "-" if lead is None else (f"[green]{lead / 60:.1f} min early[/]" if lead > 0
                                               else f"[yellow]{-lead / 60:.1f} min after[/]")
-        table.add_row(inc["type"], str(inc["device"]), first, lead_text)
+        told = "-" if not inc["detected"] else (f"[green]{inc['utility']}[/]" if inc["utility_notified"]
+                                                else f"[red]not {inc['utility']}[/]")
+        table.add_row(inc["type"], str(inc["device"]), first, lead_text, told)
     console.print(table)
+    _print_delivery(console, summary["delivery"])
+    duty = summary.get("duty")
+    if duty is not None:
+        console.print(f"[bold]Duty book[/]: {duty['open']} open episodes, {duty['unacknowledged']} unacknowledged "
+                      f"(nobody is on duty in the demo), {duty['escalated']} escalated up their chain")
     console.print(f"False alarms: {summary['false_alarms']}"
                   + (f" ({', '.join(summary['false_alarm_rules'])})" if summary["false_alarms"] else ""))
     for response in summary.get("automatic_responses", []):

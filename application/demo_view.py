@@ -51,6 +51,8 @@ class DemoState:
     ingest_rate: float = 0.0
     #: Set when the scenario is over: later alerts come from the shutdown and are not shown.
     closed: bool = False
+    #: Alert delivery and the duty book, as last polled (application/delivery.py).
+    delivery: str = ""
 
     def on_batch(self, batch: TelemetryBatch) -> None:
         with self.lock:
@@ -98,8 +100,10 @@ class DemoState:
             (f"{self.scenario}", "bold"), f"  x{self.speed:g}   scenario time {clock}   ",
             (f"{self.readings:,}", "bold"), " readings published   ",
             (f"{self.ingested:,}", "bold"), f" in InfluxDB ({self.ingest_rate:,.0f}/s)")
-        return Panel(Group(line, ProgressBar(total=span, completed=done)), title="UrbanSense live district",
-                     border_style="blue")
+        parts: list[Text | ProgressBar] = [line, ProgressBar(total=span, completed=done)]
+        if self.delivery:
+            parts.append(Text(self.delivery, style="dim"))
+        return Panel(Group(*parts), title="UrbanSense live district", border_style="blue")
 
     def _middle(self) -> Table:
         grid = Table.grid(expand=True, padding=(0, 2))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import requests
 
+from rules.routing import COMPOSE_RELAY_URL, LOCAL_RELAY_URL
 from urbansense.endpoints import (
     OPTIONAL_SERVICES,
     SERVICES,
@@ -281,7 +282,9 @@ class Stack:
         notification log and silences in the run folder, no cluster (one instance)."""
         conf = svc_dir / "alertmanager.yml"
         try:
-            conf.write_text(self.alertmanager_config or ALERTMANAGER_CONF.read_text(encoding="utf-8"))
+            # the shipped routing posts to compose's relay; here, to the relay's default address
+            conf.write_text(self.alertmanager_config or ALERTMANAGER_CONF.read_text(encoding="utf-8").replace(
+                COMPOSE_RELAY_URL, LOCAL_RELAY_URL))
             # the config names its templates relative to itself
             shutil.copytree(ALERTMANAGER_CONF.parent / "templates", svc_dir / "templates", dirs_exist_ok=True)
         except OSError as exc:

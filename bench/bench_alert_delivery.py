@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from application.stack import Stack, free_port  # noqa: E402
 from rules.relay import Relay, Target, serve  # noqa: E402
-from rules.routing import config  # noqa: E402
+from rules.routing import config, via_relay  # noqa: E402
 from rules.service import RulesService, ServiceConfig  # noqa: E402
 from urbansense import codec, topics  # noqa: E402
 from urbansense.mqtt import MqttClient, MqttSettings  # noqa: E402
@@ -52,11 +52,7 @@ def main() -> int:
     stack = Stack(tmp / "stack")
     stack.up()
     relay_port = free_port()
-    am_config = config()
-    if args.group_interval:
-        am_config["route"]["group_interval"] = args.group_interval
-    for receiver in am_config["receivers"]:
-        receiver["webhook_configs"] = [{"url": f"http://127.0.0.1:{relay_port}/hook/{receiver['name']}"}]
+    am_config = via_relay(config(), f"http://127.0.0.1:{relay_port}", group_interval=args.group_interval)
     stack.alertmanager_config = yaml.safe_dump(am_config)
     stack.start("alertmanager")
     mqtt = MqttSettings.from_url(stack.mqtt_url)

@@ -59,6 +59,8 @@ def am_alert(event: AlertEvent, context: Context) -> dict[str, Any]:
     if event.forecast is not None:
         annotations["forecast_eta_s"] = f"{event.forecast.eta_s:.0f}"
         annotations["forecast_crosses_at"] = _iso(event.forecast.crosses_at / 1000)
+    if event.contributors:
+        annotations["contributing_sensors"] = ", ".join(event.contributors)
     if event.command is not None:
         annotations["recommended_action"] = (f"set {event.command['field']} of {event.command['dev']} to "
                                               f"{event.command['value']!r} (urbansense edge command --alert)")

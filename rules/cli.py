@@ -54,8 +54,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.set_defaults(func=_run)
 
     routing = rsub.add_parser("routing", help="write deploy/alertmanager/alertmanager.yml (Alertmanager's routing "
-                                              "of the alerts) from the domain registry")
-    routing.add_argument("--check", action="store_true", help="only say whether the file is current (exit 1 if not)")
+                                              "of the alerts) and relay.yaml (the relay's MQTT targets) from the "
+                                              "domain registry")
+    routing.add_argument("--check", action="store_true", help="only say whether the files are current (exit 1 if not)")
     routing.set_defaults(func=_routing)
 
     relay = rsub.add_parser("relay", help="Alertmanager's webhook receiver: forward each receiver's notifications "
@@ -148,20 +149,21 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _routing(args: argparse.Namespace) -> int:
-    from rules.routing import render
+    from rules.routing import render, render_relay
     from urbansense.paths import ALERTMANAGER_CONF, shown
 
-    text = render()
-    current = ALERTMANAGER_CONF.read_text(encoding="utf-8") if ALERTMANAGER_CONF.exists() else ""
+    files = [(ALERTMANAGER_CONF, render()), (ALERTMANAGER_CONF.with_name("relay.yaml"), render_relay())]
+    stale = [path for path, text in files if not path.exists() or path.read_text(encoding="utf-8") != text]
     if args.check:
-        if current != text:
-            print(f"{shown(ALERTMANAGER_CONF)} is not current; run: urbansense rules routing", file=sys.stderr)
-            return 1
-        print(f"{shown(ALERTMANAGER_CONF)}: current")
-        return 0
-    ALERTMANAGER_CONF.parent.mkdir(parents=True, exist_ok=True)
-    ALERTMANAGER_CONF.write_text(text, encoding="utf-8")
-    print(f"wrote {shown(ALERTMANAGER_CONF)}")
+        for path in stale:
+            print(f"{shown(path)} is not current; run: urbansense rules routing", file=sys.stderr)
+        if not stale:
+            print(", ".join(shown(path) for path, _ in files) + ": current")
+        return 1 if stale else 0
+    for path, text in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {shown(path)}")
     return 0
 
 

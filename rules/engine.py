@@ -464,7 +464,8 @@ class RulesEngine:
                            state="resolved" if out is Change.RESOLVED else "firing", district=district,
                            device=device, metric=metric, value=val, threshold=thr,
                            started=int(ev.lifecycle.since[key]), t=t, message=message, forecast=forecast,
-                           supersedes=supersedes, command=command)]
+                           supersedes=supersedes, command=command,
+                           contributors=None if out is Change.RESOLVED else ev.contributors(key))]
 
     def _owed(self, alert_id: str, change: Change, sev: int) -> list[AlertEvent]:
         """The event a flapping alert owes once a firing has held for a flap window."""

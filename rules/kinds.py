@@ -47,6 +47,7 @@ from rules.windows import (
     slope_stderr,
     theil_sen,
 )
+from urbansense.codec import MAX_CONTRIBUTORS
 from urbansense.lineprotocol import encode_point
 
 FloatArray = npt.NDArray[np.float64]
@@ -148,6 +149,11 @@ class Evaluator:
     def describe(self, key: int) -> dict[str, object]:
         """Extra fields an alert's message may use (beyond value, threshold, eta_min)."""
         return {}
+
+    def contributors(self, key: int) -> list[str] | None:
+        """The sensors whose readings make the alert of `key`, when they are more than its
+        own device (None: just the device)."""
+        return None
 
     def drain_lines(self) -> list[str]:
         """Points the rule computed since the last call (line protocol): `aqi`, `water_class`."""
@@ -839,6 +845,22 @@ class CompositeEval(Evaluator):
             return super().key_label(key)
         return self.groups.names[key]
 
+    def contributors(self, key: int) -> list[str] | None:
+        """Scope device: the device and the nearest sensors that agreed; scope group: the
+        members whose own conditions held within the rule's time, as of the group's now."""
+        devices = self.devices
+        if self.rule.scope == "device":
+            agreeing = [int(d.nearest_judged()[key]) for d in self.near] if key < len(devices) else []
+            names = [devices.device[key], *(devices.device[n] for n in agreeing if n >= 0)]
+            return names if len(names) > 1 else None
+        members, mg = self.groups.members()
+        mine = members[mg == key]
+        if len(mine) == 0:
+            return None
+        since = int(devices.last_seen[mine].max()) - int(self.rule.within_s * 1000)
+        held = mine[self._all_recent(mine, np.full(len(mine), since, np.int64))]
+        return [devices.device[i] for i in held[:MAX_CONTRIBUTORS]] or None
+
     def evaluate(self, rnd: Round) -> Signals | None:
         r = self.rule
         within = int(r.within_s * 1000)
@@ -886,6 +908,20 @@ class DeadmanEval(Evaluator):
 
     def key_label(self, key: int) -> tuple[str, str]:
         return super().key_label(key) if self.groups is None else self.groups.names[key]
+
+    def contributors(self, key: int) -> list[str] | None:
+        """Scope group: the members silent beyond the rule's time-out, each against its
+        gateway's now."""
+        if self.groups is None:
+            return None
+        members, mg = self.groups.members()
+        mine = members[mg == key]
+        gw = self.devices.gateway[mine]
+        mine, gw = mine[gw >= 0], gw[gw >= 0]
+        last = self.devices.last_seen[mine]
+        last = np.where(last == NEVER, self.devices.gateways.first[gw], last)
+        silent = mine[(self.devices.gateways.now[gw] - last) / 1000.0 > self.rule.timeout_s]
+        return [self.devices.device[i] for i in silent[:MAX_CONTRIBUTORS]] or None
 
     def evaluate_gateways(self, gateways: Index) -> Signals | None:
         """Devices of the gateways whose event time advanced, against their gateway's now

@@ -50,6 +50,8 @@ def alert_line(alert: dict[str, Any]) -> str:
                                   else "]")
     if notes.get("forecast_eta_s") and alert.get("status") != "resolved":
         line += f" threshold in about {int(float(notes['forecast_eta_s']) // 60)} min"
+    if notes.get("contributing_sensors") and alert.get("status") != "resolved":
+        line += f"; sensors: {notes['contributing_sensors']}"
     if notes.get("recommended_action") and alert.get("status") != "resolved":
         line += f"; recommended: {notes['recommended_action']}"
     return line

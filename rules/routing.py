@@ -29,11 +29,26 @@ HEADER = """\
 # by `urbansense rules routing` (rules/routing.py says why each part is there); edit the
 # generator, not this file. `make test` checks that it is current and that amtool accepts it.
 #
-# The receivers name who gets an alert. Their delivery is what each city configures under
-# a receiver: email_configs (with the templates of templates/urbansense.tmpl), or
-# webhook_configs to `urbansense rules relay` for WeCom, DingTalk and Feishu robots
-# (deploy/alertmanager/relay.example.yaml).
+# The receivers name who gets an alert. Each posts to the relay (`urbansense rules relay`,
+# the `relay` service of docker-compose.yml; a local stack rewrites the address to the
+# relay's default, 127.0.0.1:9095), which publishes the receiver's notifications on
+# city/notify/<receiver> (relay.yaml) and sends them to the WeCom, DingTalk and Feishu
+# robots a city adds there (relay.example.yaml). For e-mail, add email_configs to a
+# receiver, with the templates of templates/urbansense.tmpl.
 """
+
+RELAY_HEADER = """\
+# The relay's targets (`urbansense rules relay --config deploy/alertmanager/relay.yaml`):
+# generated with alertmanager.yml by `urbansense rules routing`. Every receiver's
+# notifications are published on city/notify/<receiver>, which only that receiver's
+# broker account may read (deploy/mosquitto/acl). A city's own copy adds chat robots to a
+# receiver (relay.example.yaml shows the keys; URLs and secrets stay in the environment).
+"""
+
+#: Where the shipped routing posts notifications: the relay as docker-compose.yml names it.
+COMPOSE_RELAY_URL = "http://relay:9095"
+#: ... and where a local stack's Alertmanager posts them: `urbansense rules relay`'s default.
+LOCAL_RELAY_URL = "http://127.0.0.1:9095"
 
 DUTY_OFFICER = "duty-officer"
 #: The next levels of an unacknowledged critical alert (rules/escalation.yaml, rules/duty.py).
@@ -76,5 +91,29 @@ def config() -> dict[str, Any]:
     }
 
 
+def via_relay(cfg: dict[str, Any], relay_url: str, *, group_wait: str | None = None,
+              group_interval: str | None = None) -> dict[str, Any]:
+    """`cfg` with every receiver's notifications posted to the relay (`urbansense rules
+    relay` at `relay_url`, e.g. http://127.0.0.1:9095) and, for a run at accelerated event
+    time, shorter grouping times."""
+    out = {**cfg, "route": {**cfg["route"]}}
+    if group_wait:
+        out["route"]["group_wait"] = group_wait
+    if group_interval:
+        out["route"]["group_interval"] = group_interval
+    out["receivers"] = [{**r, "webhook_configs": [{"url": f"{relay_url.rstrip('/')}/hook/{r['name']}"}]}
+                        for r in cfg["receivers"]]
+    return out
+
+
 def render() -> str:
-    return HEADER + yaml.safe_dump(config(), sort_keys=False, width=120)
+    return HEADER + yaml.safe_dump(via_relay(config(), COMPOSE_RELAY_URL), sort_keys=False, width=120)
+
+
+def relay_targets() -> dict[str, Any]:
+    """Every receiver's notifications on its MQTT topic (the relay's `mqtt` target)."""
+    return {"receivers": {r["name"]: [{"kind": "mqtt"}] for r in config()["receivers"]}}
+
+
+def render_relay() -> str:
+    return RELAY_HEADER + yaml.safe_dump(relay_targets(), sort_keys=False, default_flow_style=None)

@@ -145,6 +145,13 @@ def test_alert_round_trip_design_example() -> None:
     event = codec.decode_alert(orjson.dumps(raw))
     assert event.forecast == Forecast(1764190460000, 418.0)
     assert orjson.loads(codec.encode_alert(event)) == {**raw, "forecast": {"crosses_at": 1764190460000, "eta_s": 418.0}}
+    grouped = codec.decode_alert(orjson.dumps({**raw, "contributors": ["gs-0003", "gs-0004"]}))
+    assert grouped.contributors == ["gs-0003", "gs-0004"]
+    assert orjson.loads(codec.encode_alert(grouped))["contributors"] == ["gs-0003", "gs-0004"]
+    for contributors, why in ((["gs 3"], r"contributors\[0\]"), ("gs-0003", "contributors: must be a list"),
+                              ([f"d-{i}" for i in range(65)], "at most 64")):
+        with pytest.raises(PayloadError, match=why):
+            codec.decode_alert(orjson.dumps({**raw, "contributors": contributors}))
     bad = AlertEvent("x", "r", "sewer", "warning", "firing", "pudong", None, None, None, None, 1, 1, "m")
     with pytest.raises(PayloadError, match=f"domain: must be one of {', '.join(MEASUREMENTS)}, system"):
         codec.encode_alert(bad)

@@ -64,6 +64,19 @@ def test_headless_json_demo_on_a_short_scenario(tmp_path: Path) -> None:
         firing = influx.rows(f"SELECT count(alert_id) FROM alerts WHERE state = 'firing' "
                              f'AND time >= {summary["start_ms"]}ms')
         assert firing and firing[0]["count"] >= 2
+        # each incident's alert reached its utility's topic through Alertmanager and the relay
+        assert {(i["type"], i["utility"], i["utility_notified"]) for i in summary["incidents"]} == {
+            ("pipe_burst", "utility-water", True), ("gas_leak", "utility-gas", True)}
+        delivery = summary["delivery"]
+        assert delivery["undelivered"] == [] and delivery["repeats_at_receivers"] == 0
+        assert delivery["notified_alerts"] + delivery["inhibited"] + delivery["over_before_due"] \
+            >= delivery["firing_alerts"] >= 2
+        assert delivery["latency_p50_s"] is not None and delivery["latency_p99_s"] >= delivery["latency_p50_s"]
+        assert delivery["by_receiver"].get("duty-officer", 0) >= 1  # the burst is critical
+        # the duty book followed the alerts: its episodes are on record
+        episodes = influx.rows(f'SELECT count(state) FROM alert_episodes WHERE time >= {summary["start_ms"]}ms')
+        assert episodes and episodes[0]["count"] >= 2
+        assert summary["duty"]["open"] >= 2 and summary["duty"]["unacknowledged"] == summary["duty"]["open"]
     finally:
         stack.down()
     # no component survives the demo (the stack itself was kept on purpose, and is down now)
@@ -74,7 +87,13 @@ def _summary() -> dict[str, object]:
     return {"scenario": "pudong-incidents", "verified": True, "missing_in_influxdb": 0, "readings_published": 10,
             "readings_in_influxdb": 10, "readings_distinct": 10, "false_alarms": 0, "false_alarm_rules": [],
             "incidents": [{"type": "door_open_while_moving", "device": "el-0104", "played": True, "detected": True,
-                           "first_alert_rule": "elevator.door_open_while_moving", "lead_time_s": -12.0}],
+                           "first_alert_rule": "elevator.door_open_while_moving", "lead_time_s": -12.0,
+                           "utility": "utility-elevator", "utility_notified": True}],
+            "delivery": {"firing_alerts": 3, "notified_alerts": 3, "notifications": 4, "latency_p50_s": 0.4,
+                         "latency_p99_s": 4.9, "group_wait_s": 2, "group_interval_s": 5, "inhibited": 1,
+                         "over_before_due": 0, "undelivered": [],
+                         "by_receiver": {"duty-officer": 1, "utility-elevator": 3}},
+            "duty": {"open": 5, "unacknowledged": 4, "escalated": 2},
             "automatic_responses": [{"alert": "tunnel.gas_alarm:pudong:tn-0101", "ok": True,
                                      "message": "Automatic response to tunnel.gas_alarm at tn-0101: "
                                                 "tn-0101.fan_run = True done, read back True"}]}
@@ -91,6 +110,9 @@ def test_the_printed_summary_is_true_as_printed(capsys: pytest.CaptureFixture[st
     _print_summary(summary_console(), _summary(), stack, keep=False)  # type: ignore[arg-type]
     out = capsys.readouterr().out
     assert "elevator.door_open_while_moving" in out and "0.2 min after" in out
+    assert "3 of 3 firing alerts told to their receivers" in out and "p50 0.40 s, p99 4.9 s" in out
+    assert "1 inhibited" in out and "none lost" in out and "utility-elevator 3" in out
+    assert "Duty book: 5 open episodes, 4 unacknowledged" in out and "2 escalated" in out
     assert "Automatic response (done): Automatic response to tunnel.gas_alarm at tn-0101: tn-0101.fan_run" in out
     assert "curl" not in out and "8086" not in out and "urbansense demo --keep" in out
     _print_summary(summary_console(), _summary(), stack, keep=True)  # type: ignore[arg-type]

@@ -56,6 +56,9 @@ def test_up_with_alertmanager_exports_it_and_down_stops_it(tmp_path: Path) -> No
     assert pid_alive(am["pid"], "alertmanager") and f"http://127.0.0.1:{am['port']}" in up.stdout
     assert requests.get(f"http://127.0.0.1:{am['port']}/-/ready", timeout=2).status_code == 200
     assert "--cluster.listen-address=" in (Path(f"/proc/{am['pid']}/cmdline").read_bytes().decode().replace("\0", " "))
+    # the shipped routing, its receivers posting to a local relay's default address (not compose's)
+    running = requests.get(f"http://127.0.0.1:{am['port']}/api/v2/status", timeout=2).json()["config"]["original"]
+    assert "http://127.0.0.1:9095/hook/duty-officer" in running and "relay:9095" not in running
     env = cli(run_dir, "stack", "env")
     assert f"URBANSENSE_ALERTMANAGER_URL=http://127.0.0.1:{am['port']}" in env.stdout
     down = cli(run_dir, "stack", "down")

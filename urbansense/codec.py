@@ -59,6 +59,8 @@ MAX_DEPTH = 16
 MAX_SAMPLES = 5000
 #: Fields in one sample, or stats in one gateway status.
 MAX_FIELDS = 64
+#: Sensors an alert event names as contributing (a spatial rule's group can be large).
+MAX_CONTRIBUTORS = 64
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -598,6 +600,12 @@ def decode_alert(payload: bytes | str) -> AlertEvent:
     response = raw.get("response")
     if response is not None and (not isinstance(response, dict) or not isinstance(response.get("ok"), bool)):
         raise _problem("response", 'must be {"id", "ok": true/false, ...} or absent')
+    contributors = raw.get("contributors")
+    if contributors is not None:
+        if not isinstance(contributors, list) or len(contributors) > MAX_CONTRIBUTORS:
+            raise _problem("contributors", f"must be a list of at most {MAX_CONTRIBUTORS} device ids or absent, "
+                                           f"got {_describe(contributors)}")
+        contributors = [_ident(c, f"contributors[{i}]") for i, c in enumerate(contributors)]
     return AlertEvent(
         id=_str(_require(raw, "id", ""), "id"),
         rule=_str(_require(raw, "rule", ""), "rule"),
@@ -615,6 +623,7 @@ def decode_alert(payload: bytes | str) -> AlertEvent:
         forecast=forecast,
         command=command,
         response=response,
+        contributors=contributors,
     )
 
 

@@ -114,6 +114,10 @@ class AlertEvent:
     #: gateway answered: {"id", "ok", "readback" or "reason"}; on an event of its own that
     #: adds it to the alert's history.
     response: dict[str, Any] | None = None
+    #: The sensors whose readings make the alert when they are more than its own device:
+    #: a spatial rule's group members in breach, a compound rule's agreeing neighbours
+    #: (at most codec.MAX_CONTRIBUTORS).
+    contributors: list[str] | None = None
     #: On an escalation, the severity this event replaces (not on the wire: the `alerts`
     #: measurement closes that severity's entry, so a dashboard shows the alert once).
     supersedes: str | None = None
@@ -141,4 +145,6 @@ class AlertEvent:
             out["command"] = self.command
         if self.response is not None:
             out["response"] = self.response
+        if self.contributors is not None:
+            out["contributors"] = self.contributors
         return out

@@ -216,3 +216,21 @@ def test_scripts_mounted_into_containers_are_executable(script: str) -> None:
     path = REPO / script
     assert path.stat().st_mode & 0o111, f"chmod +x {script}"
     assert shlex.split(path.read_text().splitlines()[0]) == ["#!/bin/sh"]
+
+
+def test_alertmanager_posts_every_receiver_to_the_relay_which_publishes_it() -> None:
+    """The shipped routing's webhooks name the compose `relay` service where it listens,
+    and the relay's mounted config gives every receiver its city/notify topic."""
+    from rules.relay import load_targets
+
+    routing = yaml.safe_load((REPO / "deploy/alertmanager/alertmanager.yml").read_text())
+    relay = SERVICES["relay"]
+    listen = relay["command"][relay["command"].index("--listen") + 1]
+    for receiver in routing["receivers"]:
+        assert receiver["webhook_configs"] == [
+            {"url": f"http://relay:{listen.rsplit(':', 1)[1]}/hook/{receiver['name']}"}], receiver["name"]
+    config = relay["command"][relay["command"].index("--config") + 1]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in relay["volumes"]}
+    targets = load_targets(REPO / mounted[config], environ={})
+    assert set(targets) == {r["name"] for r in routing["receivers"]}
+    assert all([t.kind for t in ts] == ["mqtt"] for ts in targets.values())

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from application.stack import Stack
+from rules import notify
 from rules.alertmanager import am_alert
 from rules.routing import render
 from tests.rules.test_service import Harness
@@ -172,3 +173,10 @@ def test_an_alert_carries_its_forecast_and_recommended_action() -> None:
     assert alert["annotations"]["forecast_crosses_at"].startswith("2025-11-26T20:46:40")
     assert "pump3_run of ps-0101 to True" in alert["annotations"]["recommended_action"]
     assert alert["labels"]["dma"] == "x" and "not a label" not in alert["labels"]
+    assert "contributing_sensors" not in alert["annotations"]  # one device: nothing more to name
+    event.contributors = ["lc-1", "lc-2"]
+    alert = am_alert(event, ("pd-gw-flood", {}, "composite", "hazard"))
+    assert alert["annotations"]["contributing_sensors"] == "lc-1, lc-2"
+    line = notify.alert_line({**alert, "status": "firing"})
+    assert line.endswith("; sensors: lc-1, lc-2; recommended: set pump3_run of ps-0101 to True "
+                         "(urbansense edge command --alert)"), line

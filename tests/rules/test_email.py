@@ -35,7 +35,8 @@ def _alert(device: str, district: str, *, resolved: bool = False) -> dict[str, A
     now = time.time()
     return {"labels": {"alertname": "gas.methane_alarm", "domain": "gas", "district": district, "device": device,
                        "severity": "critical"},
-            "annotations": {"summary": f"methane at {device} is 31 %LEL", "recommended_action": "close valve v-1"},
+            "annotations": {"summary": f"methane at {device} is 31 %LEL", "recommended_action": "close valve v-1",
+                            "contributing_sensors": f"{device}, gs-2"},
             "startsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 30)),
             "endsAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 1 if resolved else now + 600))}
 
@@ -66,12 +67,13 @@ def test_alert_mail_uses_the_shipped_template(tmp_path: Path) -> None:
         for body in (text, html):
             assert f"CRITICAL gas.methane_alarm gs-1 ({district}): methane at gs-1 is 31 %LEL" in body
             assert "recommended: close valve v-1" in body
+            assert "sensors: gs-1, gs-2" in body
         requests.post(f"{stack.alertmanager_url}/api/v2/alerts", json=[_alert("gs-1", district, resolved=True)],
                       timeout=5).raise_for_status()
         resolved = sink.messages.get(timeout=30)
         assert resolved["Subject"] == f"[RESOLVED] gas {district} gas.methane_alarm"
         body = resolved.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-        assert "RESOLVED gas.methane_alarm gs-1" in body and "recommended" not in body
+        assert "RESOLVED gas.methane_alarm gs-1" in body and "recommended" not in body and "sensors" not in body
     finally:
         stack.down()
         controller.stop()

@@ -73,6 +73,7 @@ def test_a_dose_rate_rise_is_a_suspected_source_only_without_rain_at_the_nearest
     events = [e for m in range(200, 215) for e in minute(m, 112 if m >= 205 else 80, 106.0, 50 + m * 0.2)]
     assert [(e.state, e.device) for e in events] == [("firing", "gm-1")]
     assert "no rain at rg-near" in events[0].message
+    assert events[0].contributors is None  # a neighbour that must not agree is no contributor
 
 
 def test_a_pump_trip_alert_names_the_streets_that_drain_to_the_station_and_recommends_a_command() -> None:
@@ -102,3 +103,20 @@ def test_a_pump_trip_alert_names_the_streets_that_drain_to_the_station_and_recom
     wire["command"] = {"topic": "city/alerts/x", "dev": "ps-1", "field": "pump3_run", "value": True}
     with pytest.raises(codec.PayloadError, match=r"command\.topic"):
         codec.decode_alert(codec.dumps(wire))
+
+
+def test_a_compound_alert_names_the_neighbour_that_agreed() -> None:
+    inventory = [dev("wl-1", "flood", 31.200, 121.500, ("depth_cm",)),
+                 dev("rg-1", "flood", 31.201, 121.501, ("rain_rate_mmh",)),
+                 dev("rg-2", "flood", 31.300, 121.600, ("rain_rate_mmh",))]
+    rules = [
+        rule(id="flood.deep", measurement="flood", metric="depth_cm", op="above", threshold=20, publish=False),
+        rule(id="flood.rain_heavy", measurement="flood", metric="rain_rate_mmh", op="above", threshold=30,
+             publish=False),
+        rule(id="flood.ponding_in_rain", kind="composite", measurement="flood", all_of=["flood.deep"],
+             within_s=60, nearby=["flood.rain_heavy"], nearby_within_s=300),
+    ]
+    eng = RulesEngine(rules, inventory)
+    ev = run(eng, [batch(T0, "flood", {"rg-1": {"rain_rate_mmh": 45.0}, "rg-2": {"rain_rate_mmh": 0.0}}),
+                   batch(T0 + 60_000, "flood", {"wl-1": {"depth_cm": 25.0}})])
+    assert [(e.rule, e.state, e.contributors) for e in ev] == [("flood.ponding_in_rain", "firing", ["wl-1", "rg-1"])]

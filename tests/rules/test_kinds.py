@@ -196,6 +196,8 @@ def test_composite_over_a_group_fraction() -> None:
     # the last breaches (30 s) stay "together within 30 s" up to 60 s; at 70 s the circuit is back
     assert [(e.device, e.state, (e.t - T0) // 1000) for e in ev] == [("c1", "firing", 20), ("c1", "resolved", 70)]
     assert ev[0].id == "lighting.circuit_loss:pudong:c1"
+    # the lamps that lost supply together are named (lc-3 never did; lc-4 is on another circuit)
+    assert ev[0].contributors == ["lc-0", "lc-1", "lc-2"] and ev[1].contributors is None
 
 
 def test_a_dead_member_does_not_blind_a_group_rule() -> None:
@@ -211,6 +213,7 @@ def test_a_dead_member_does_not_blind_a_group_rule() -> None:
         return batch(t, "lighting", {f"lc-{i}": {"voltage_v": 0.0 if cut else 221.0} for i in reporting}, gw="gw-l")
     ev = run(eng, [volts(T0, False), volts(t_cut - 10_000, False), volts(t_cut, True), volts(t_cut + 10_000, True)])
     assert [(e.device, e.state) for e in ev] == [("c1", "firing")]
+    assert ev[0].contributors == ["lc-0", "lc-1", "lc-2", "lc-3"]  # not the silent lc-4
 
 
 def test_day_burning_uses_the_sun_at_the_lamp() -> None:
@@ -284,3 +287,15 @@ def test_reload_of_a_changed_part_rewires_the_unchanged_composite() -> None:
     eng.reload(rules(100))  # the flow part changed; the composite must read the new one
     ev = run(eng, [batch(T0 + 10_000, "water", {"wp-1": {"pressure_mpa": 0.1, "flow_m3h": 150}})])
     assert [(e.rule, e.state) for e in ev] == [("water.burst", "firing")]
+
+
+def test_a_group_silence_names_the_silent_members() -> None:
+    inv = [InventoryDevice("pudong", "gw-l", f"lc-{i}", "lighting", 31.2, 121.5, {"circuit": "c1"}) for i in range(4)]
+    eng = RulesEngine([rule(kind="deadman", id="lighting.circuit_silent", measurement="lighting", timeout_s=60,
+                            scope="group", group_by="circuit", min_fraction=0.5, min_group_size=2)], inv)
+
+    def volts(t: int, reporting: range) -> TelemetryBatch:
+        return batch(t, "lighting", {f"lc-{i}": {"voltage_v": 221.0} for i in reporting}, gw="gw-l")
+    ev = run(eng, [volts(T0, range(4)), *(volts(T0 + k * 30_000, range(2, 4)) for k in range(1, 5))])
+    firing = [e for e in ev if e.state == "firing"]
+    assert [e.device for e in firing] == ["c1"] and firing[0].contributors == ["lc-0", "lc-1"]
