@@ -49,8 +49,8 @@ logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 def uplink_settings(gateway: LoadedGateway) -> MqttSettings:
     """The config's uplink, with credentials and TLS files from the environment."""
     up = gateway.config.uplink
-    return MqttSettings(host=up.host, port=up.port, tls=up.tls, ca_file=up.ca_file,
-                        keepalive_s=up.keepalive_s).apply_env()
+    return MqttSettings(host=up.host, port=up.port, tls=up.tls, ca_file=up.ca_file, keepalive_s=up.keepalive_s,
+                        protocol=up.protocol, fallbacks=up.nodes()[1:]).apply_env()
 
 
 def wal_path(gateway: LoadedGateway) -> Path:

@@ -350,6 +350,11 @@ class UplinkSpec(_Model):
 
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
+    #: The other nodes of a broker cluster ("host:port"), tried in turn when the one in
+    #: use is lost; what was not acknowledged is published again from the log.
+    fallbacks: list[str] = Field(default_factory=list)
+    #: "3.1.1" for a broker without MQTT 5 (RabbitMQ's MQTT plugin before 3.13).
+    protocol: Literal["5", "3.1.1"] = "5"
     tls: bool = False
     ca_file: str | None = None
     keepalive_s: int = Field(default=30, ge=5)
@@ -367,6 +372,18 @@ class UplinkSpec(_Model):
     resume_delay_s: float = Field(default=2.0, ge=0, le=60)
     #: Default: edge-{district}-{gateway}; must be stable so the session survives restarts.
     client_id: str | None = None
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _host_ports(cls, nodes: list[str]) -> list[str]:
+        for node in nodes:
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"{node!r} is not host:port (a port 1..65535), e.g. broker-2:1883")
+        return nodes
+
+    def nodes(self) -> list[tuple[str, int]]:
+        return [(self.host, self.port), *((n.rpartition(":")[0], int(n.rpartition(":")[2])) for n in self.fallbacks)]
 
 
 class BatchSpec(_Model):

@@ -1,4 +1,5 @@
-"""MqttClient: a connected MQTT 5 client that reconnects by itself, re-subscribes, and
+"""MqttClient: a connected MQTT 5 (or 3.1.1) client that reconnects by itself (to the next
+node of a broker cluster), re-subscribes, and
 hands received messages to handlers (the lean path of urbansense/mqtt/lean.py unless
 URBANSENSE_MQTT_LEAN=0)."""
 
@@ -104,10 +105,15 @@ class MqttClient:
         self._on_disconnect_cb = on_disconnect
         # a connection dropped before any CONNACK is logged once per failure streak
         self._warned_unanswered = False
+        self._v5 = settings.protocol == "5"
+        #: the broker node in use (settings.nodes): the next one is tried when it is lost
+        self._node = 0
         self._client = _BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=paho.MQTTv5,
+            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+            # MQTT 3.1.1 has no session expiry: a persistent session is a clean_session=False one
+            clean_session=None if self._v5 else clean_start,
             manual_ack=manual_ack,
         )
         self._client.max_inflight_messages_set(max_inflight)
@@ -131,8 +137,11 @@ class MqttClient:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_connect_fail = self._handle_connect_fail
+        if settings.fallbacks:
+            self._client.on_pre_connect = self._handle_pre_connect
         self._client.on_message = self._handle_message
-        if os.environ.get("URBANSENSE_MQTT_LEAN", "1") != "0":  # 0: paho's own PUBLISH handling
+        # the lean path parses MQTT 5 PUBLISH packets; 3.1.1 ones take paho's own handling
+        if self._v5 and os.environ.get("URBANSENSE_MQTT_LEAN", "1") != "0":  # 0: paho's own PUBLISH handling
             self._client.on_inbound = self._dispatch
         self._client.on_publish = self._handle_publish
         self._client.on_subscribe = self._handle_subscribe
@@ -141,16 +150,17 @@ class MqttClient:
     def connect(self, timeout_s: float = 10.0, *, wait: bool = True) -> None:
         """Connect and start the network thread. With wait=False, a broker that is down
         is retried in the background instead of raising."""
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self._session_expiry_s
-        if self._receive_maximum:
-            props.ReceiveMaximum = self._receive_maximum
-        self._connect_props = props
+        host, port = self.settings.nodes[self._node]
         try:
-            self._client.connect(
-                self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s,
-                clean_start=self._clean_start, properties=props,
-            )
+            if self._v5:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self._session_expiry_s
+                if self._receive_maximum:
+                    props.ReceiveMaximum = self._receive_maximum
+                self._client.connect(host, port, keepalive=self.settings.keepalive_s,
+                                     clean_start=self._clean_start, properties=props)
+            else:
+                self._client.connect(host, port, keepalive=self.settings.keepalive_s)
         except OSError as exc:
             self.stats.connect_failures += 1
             self.stats.last_error = str(exc)
@@ -174,7 +184,7 @@ class MqttClient:
         client leaving for good), instead of letting the broker keep it for its return."""
         self._stopping = True
         try:
-            if session_expiry_s is None:
+            if session_expiry_s is None or not self._v5:
                 self._client.disconnect()
             else:
                 props = Properties(PacketTypes.DISCONNECT)
@@ -254,7 +264,10 @@ class MqttClient:
     def _do_subscribe(self, sub: _Subscription) -> None:
         # paho is called outside our lock (it may take its callback mutex, which the network
         # thread holds while it hands us a SUBACK); a SUBACK that beat us here is reconciled
-        rc, mid = self._client.subscribe(sub.topic, options=SubscribeOptions(qos=sub.qos, noLocal=sub.no_local))
+        if self._v5:
+            rc, mid = self._client.subscribe(sub.topic, options=SubscribeOptions(qos=sub.qos, noLocal=sub.no_local))
+        else:  # no subscription options in 3.1.1: a no_local handler also sees its own messages
+            rc, mid = self._client.subscribe(sub.topic, qos=sub.qos)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             return
         with self._subs_acked:
@@ -287,6 +300,16 @@ class MqttClient:
         self.stats.connect_failures += 1
         exc = sys.exc_info()[1]
         self.stats.last_error = str(exc) if exc is not None else "cannot connect"
+        self._next_node()
+
+    def _next_node(self) -> None:
+        """A broker cluster: the next (re)connection tries the next node."""
+        self._node = (self._node + 1) % len(self.settings.nodes)
+
+    def _handle_pre_connect(self, client: paho.Client, userdata: object) -> None:
+        """Every (re)connection, just before paho opens the socket: to the current node.
+        (paho's `host` setter refuses while it is connecting, which is when this runs.)"""
+        client._host, client._port = self.settings.nodes[self._node]
 
     def _handle_disconnect(self, client: paho.Client, userdata: object, flags: object,
                            reason: ReasonCode, props: Properties | None) -> None:
@@ -307,6 +330,7 @@ class MqttClient:
                         self.settings.url, hint)
         if self._on_disconnect_cb:
             self._on_disconnect_cb(str(reason))
+        self._next_node()
         # paho's network thread reconnects (reconnect_delay_set in __init__)
 
     def _handle_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:

@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 
 class MqttError(RuntimeError):
     pass
+
+
+#: The MQTT versions the adapter speaks: 5 (the default) and 3.1.1 (a broker that has no
+#: 5, as RabbitMQ's MQTT plugin before 3.13).
+PROTOCOLS = ("5", "3.1.1")
 
 
 @dataclass(slots=True)
@@ -24,18 +29,45 @@ class MqttSettings:
     password: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    protocol: str = "5"
+    #: The other nodes of a broker cluster, tried in turn when the current one is lost.
+    fallbacks: list[tuple[str, int]] = field(default_factory=list)
 
     @classmethod
     def from_url(cls, url: str, **overrides: object) -> MqttSettings:
-        """mqtt://host:port or mqtts://host:port; credentials from the environment."""
-        parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-        tls = parsed.scheme in ("mqtts", "ssl", "tls")
-        settings = cls(host=parsed.hostname or "127.0.0.1", port=parsed.port or (8883 if tls else 1883), tls=tls)
+        """mqtt://host:port or mqtts://host:port; a cluster as mqtt://h1:p1,h2:p2 (tried in
+        turn); `?protocol=3.1.1` for a broker without MQTT 5; credentials from the environment."""
+        text = url if "://" in url else f"mqtt://{url}"
+        scheme, _, rest = text.partition("://")
+        netloc, _, query = rest.partition("?")
+        netloc = netloc.rstrip("/")
+        tls = scheme in ("mqtts", "ssl", "tls")
+        default_port = 8883 if tls else 1883
+        nodes = []
+        for part in netloc.split(",") if netloc else [""]:
+            parsed = urlparse(f"{scheme}://{part}")
+            try:
+                port = parsed.port or default_port
+            except ValueError:
+                raise MqttError(f"broker URL {url}: bad port in {part!r}; fix: host:port, 1..65535") from None
+            nodes.append((parsed.hostname or "127.0.0.1", port))
+        protocol = "5"
+        for item in filter(None, query.split("&")):
+            key, _, value = item.partition("=")
+            if key != "protocol" or value not in PROTOCOLS:
+                raise MqttError(f"broker URL {url}: unknown option {item!r}; fix: ?protocol=5 or ?protocol=3.1.1")
+            protocol = value
+        settings = cls(host=nodes[0][0], port=nodes[0][1], tls=tls, protocol=protocol, fallbacks=nodes[1:])
         settings.apply_env()
-        for key, value in overrides.items():
-            if value is not None:
-                setattr(settings, key, value)
+        for name, override in overrides.items():
+            if override is not None:
+                setattr(settings, name, override)
         return settings
+
+    @property
+    def nodes(self) -> list[tuple[str, int]]:
+        """Every broker node, the first one first."""
+        return [(self.host, self.port), *self.fallbacks]
 
     def apply_env(self) -> MqttSettings:
         env = os.environ
@@ -58,7 +90,9 @@ class MqttSettings:
 
     @property
     def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        nodes = ",".join(f"{host}:{port}" for host, port in self.nodes)
+        return f"{'mqtts' if self.tls else 'mqtt'}://{nodes}" + ("" if self.protocol == "5" else
+                                                               f"?protocol={self.protocol}")
 
 
 @dataclass(slots=True)
