@@ -428,18 +428,25 @@ def _terminate(pid: int, sig: signal.Signals = signal.SIGTERM, timeout_s: float 
         os.kill(pid, sig)
     except ProcessLookupError:
         return
+    if not reap(pid, timeout_s):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def reap(pid: int, timeout_s: float = 10.0) -> bool:
+    """Wait (bounded) until a signalled process has ended, collecting it if it is our
+    child; True if it has."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
+                return True
         except ChildProcessError:
             pass
         if not pid_alive(pid):
-            return
+            return True
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    return False
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,6 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
 
     run = isub.add_parser("run", help="run one ingester instance")
     run.add_argument("--mqtt", help="broker URL (default: env URBANSENSE_MQTT_URL, the local stack)")
+    run.add_argument("--amqp", metavar="URL[,URL...]",
+                     help="take the messages from a RabbitMQ cluster's ingest queue (cluster mode; every node's "
+                          "amqp:// URL, tried in turn; default env URBANSENSE_AMQP_URLS) instead of the MQTT "
+                          "shared subscription; --mqtt then names the cluster's MQTT listeners, for dead letters")
     run.add_argument("--influx", help="InfluxDB URL (default: env URBANSENSE_INFLUX_URL, the local stack)")
     run.add_argument("--database", default="city")
     run.add_argument("--instance", default="ingest-1",
@@ -65,7 +70,9 @@ def _run(args: argparse.Namespace) -> int:
         metrics_interval_s=args.metrics_interval_s)
     mqtt_url, influx_url = default_urls()
     ing = Ingester(MqttSettings.from_url(args.mqtt or mqtt_url), args.influx or influx_url,
-                   database=args.database, instance=args.instance, settings=settings)
+                   database=args.database, instance=args.instance, settings=settings,
+                   amqp_urls=amqp.split(",") if (amqp := args.amqp or os.environ.get("URBANSENSE_AMQP_URLS"))
+                   else None)
     signal.signal(signal.SIGTERM, lambda *_: ing.stop())
     signal.signal(signal.SIGINT, lambda *_: ing.stop())
     # The network thread holds the GIL most of the time; with the default 5 ms switch

@@ -37,6 +37,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from ingest.amqp import AmqpMessage, AmqpSource
 from ingest.batch import Delivery, WriteBatch
 from ingest.deadletter import DeadLetters
 from ingest.metrics import IngestCounts, IngestMetrics
@@ -71,7 +72,11 @@ _TOPIC_CACHE_MAX = 65536
 class Ingester:
     def __init__(self, mqtt: MqttSettings, influx_url: str, *, database: str = "city",
                  instance: str = "ingest-1", settings: IngestSettings | None = None,
-                 max_lines: int | None = None, max_delay_s: float | None = None) -> None:
+                 max_lines: int | None = None, max_delay_s: float | None = None,
+                 amqp_urls: list[str] | None = None) -> None:
+        """`amqp_urls`: take the messages from a RabbitMQ cluster's ingest queue
+        (ingest/amqp.py) instead of the MQTT shared subscription; the broker connection
+        then only carries dead letters."""
         self.settings = s = settings or IngestSettings()
         if max_lines is not None:
             s.batch_lines = max_lines
@@ -115,8 +120,11 @@ class Ingester:
         self._rate_limit = (GatewayRateLimit(s.gateway_rate_bytes_per_s, s.gateway_rate_burst_s)
                             if s.gateway_rate_bytes_per_s > 0 else None)
         self._telemetry_filter = f"$share/{s.share_group}/{topics.ALL_TELEMETRY}"
-        self.mqtt.subscribe(self._telemetry_filter, self._receive, qos=1)
-        if s.gateway_status:
+        self.amqp = (AmqpSource(amqp_urls, self._receive, on_connect=self._on_connect, prefetch=s.receive_maximum)
+                     if amqp_urls else None)
+        if self.amqp is None:
+            self.mqtt.subscribe(self._telemetry_filter, self._receive, qos=1)
+        if s.gateway_status and self.amqp is None:
             # Not shared: a retained birth/last-will reaches every instance (MQTT 5 sends no
             # retained messages to shared subscriptions); they all write the same point.
             self.mqtt.subscribe(topics.ALL_STATUS, self._receive, qos=1)
@@ -145,7 +153,10 @@ class Ingester:
         if self.settings.prometheus_port:
             self._prometheus = self.metrics.serve(self.settings.prometheus_host, self.settings.prometheus_port)
         self.mqtt.connect(wait=False)
-        log.info("ingester %s: %s -> %s database %s", self.instance, self.mqtt.settings.url,
+        if self.amqp is not None:
+            self.amqp.start()
+        log.info("ingester %s: %s -> %s database %s", self.instance,
+                 f"RabbitMQ {self.amqp.url} queue {self.amqp.queue}" if self.amqp else self.mqtt.settings.url,
                  self.influx_url, self.database)
         log.info("ingester %s: telemetry decoded by the %s", self.instance, ACCELERATOR)
         self.metrics.accelerator(accelerator_in_use())
@@ -173,8 +184,8 @@ class Ingester:
     def _on_connect(self) -> None:
         self._generation += 1
 
-    def _receive(self, msg: paho.MQTTMessage) -> None:
-        """paho's network thread: one message into the current batch."""
+    def _receive(self, msg: paho.MQTTMessage | AmqpMessage) -> None:
+        """paho's network thread (or the AMQP source's): one message into the current batch."""
         if self._closed or (self._stop.is_set() and not self.settings.leave_on_stop):
             return  # stopping: not taken, not acknowledged; the broker keeps it for our return
         with self._held_lock:
@@ -205,7 +216,7 @@ class Ingester:
             if self._batch is not None and time.monotonic() >= self._batch_due:
                 self._seal()
 
-    def _take(self, msg: paho.MQTTMessage, generation: int) -> None:
+    def _take(self, msg: paho.MQTTMessage | AmqpMessage, generation: int) -> None:
         if self._batch is None:
             self._batch = WriteBatch(first_received=time.monotonic())
             self._batch_due = self._batch.first_received + self.settings.batch_delay_s
@@ -313,7 +324,8 @@ class Ingester:
             influx.close()
 
     def _acknowledge(self, batch: WriteBatch) -> None:
-        if not self.mqtt.connected:
+        amqp = self.amqp
+        if not (amqp.connected if amqp is not None else self.mqtt.connected):
             return  # the broker redelivers all of them on the next connection
         for d in batch.deliveries:
             if d.generation != self._generation:
@@ -322,14 +334,18 @@ class Ingester:
                 log.warning("dead letter about a message from %s did not reach the broker; "
                             "leaving the message unacknowledged so it is redelivered", d.topic)
                 continue
-            if d.qos > 0:
+            if amqp is not None:
+                amqp.ack(d.mid)
+            elif d.qos > 0:
                 self.mqtt.ack(d.mid, d.qos)
 
     # ------------------------------------------------------------------ stopping
     def _drain(self) -> None:
         """Stop taking messages, write and acknowledge what is held, disconnect."""
         s = self.settings
-        if s.leave_on_stop:
+        if self.amqp is not None:
+            self.amqp.pause()  # what is delivered from now on goes back to the queue
+        elif s.leave_on_stop:
             # leaving for good: no more messages for this session; take what is in flight
             # (until the stream has been quiet for 0.5 s)
             self.mqtt.unsubscribe(self._telemetry_filter)
@@ -359,6 +375,8 @@ class Ingester:
         if s.leave_on_stop and not leave:
             log.warning("keeping the session: %d messages are not acknowledged; start this "
                         "instance again to finish them", self._held)
+        if self.amqp is not None:
+            self.amqp.stop()  # after the last acknowledgement
         self.mqtt.close(session_expiry_s=0 if leave else None)
         log.info("ingester %s stopped: %s", self.instance, self.metrics.snapshot())
 

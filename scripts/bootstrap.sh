@@ -4,13 +4,15 @@
 #   edge agent's Modbus RTU test over a pseudo-terminal pair, systemd for systemd-analyze, which
 #   checks the edge agent's unit file, faketime to run an edge agent on a skewed clock,
 #   prometheus-alertmanager with amtool for alert routing, prometheus with promtool for the
-#   pipeline's health rules, chromium for the duty console's browser tests),
+#   pipeline's health rules, chromium for the duty console's browser tests, rabbitmq-server for
+#   cluster mode),
 #   a Python >= 3.11 virtualenv in .venv, and this package with its dev extras.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto influxdb mbpoll socat openssl systemd faketime prometheus-alertmanager prometheus chromium)
+APT_PACKAGES=(mosquitto influxdb mbpoll socat openssl systemd faketime prometheus-alertmanager prometheus chromium
+              rabbitmq-server)
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
@@ -27,12 +29,22 @@ command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alert
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 # the duty console is tested in a real browser: Debian's chromium, driven by Playwright
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# cluster mode runs on RabbitMQ's quorum queues (its MQTT plugin ships with the server)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
     echo "bootstrap: installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # Start no system-wide service while installing (RabbitMQ's would listen on every
+    # interface): a policy-rc.d that refuses, for the time of the install, unless one exists.
+    policy_added=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
+    fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [ -n "$policy_added" ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
   else
     echo "bootstrap: missing Debian packages: ${missing[*]}" >&2
     echo "bootstrap: run this once, then try again:" >&2
@@ -40,8 +52,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
-# The packages may start system-wide services; UrbanSense never uses them (it runs its own
-# private instances on free loopback ports), so nothing here depends on them either way.
+# UrbanSense never uses the packages' system-wide services: it runs its own private
+# instances on free loopback ports.
 
 PY=${PYTHON:-python3}
 if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then

@@ -1,0 +1,284 @@
+"""A RabbitMQ cluster on loopback, for cluster mode (docs/OPERATIONS.md, "Beyond one
+machine"): N nodes of Debian's `rabbitmq-server` with the MQTT plugin, formed from a
+fixed node list (classic config peer discovery), each on free loopback ports (AMQP, MQTT,
+Erlang distribution) with its own Erlang port mapper (epmd) on a private port, so two
+clusters (two test runs) never meet; the Raft write-ahead log is capped for small
+machines. `up()` declares the topology (ingest/amqp.py) before anything publishes:
+RabbitMQ acknowledges and drops what no binding routes.
+
+Nothing here listens beyond 127.0.0.1, the CLI tools' own Erlang node included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from application.stack import StackError, pid_alive, reap
+from ingest import amqp
+from urbansense.ports import free_port
+
+RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
+#: The Raft write-ahead log's size before it is rolled over (RabbitMQ's default is 512 MiB,
+#: per node: too much for three nodes on a small machine).
+RAFT_WAL_MAX_BYTES = 64 * 1024 * 1024
+LOOPBACK_DIST = "-kernel inet_dist_use_interface {127,0,0,1}"
+
+NODE_CONF = """\
+# Written by urbansense (application/cluster.py): node {index} of a private cluster.
+listeners.tcp.default = 127.0.0.1:{amqp_port}
+mqtt.listeners.tcp.default = 127.0.0.1:{mqtt_port}
+mqtt.allow_anonymous = true
+mqtt.vhost = /
+mqtt.exchange = amq.topic
+# persistent MQTT sessions (utilities' subscriptions) in replicated queues
+mqtt.durable_queue_type = quorum
+loopback_users = none
+cluster_formation.peer_discovery_backend = classic_config
+{peers}
+cluster_partition_handling = pause_minority
+raft.wal_max_size_bytes = {raft_wal}
+log.console = false
+log.file.level = warning
+"""
+
+
+def rabbit_tool(name: str) -> str:
+    path = RABBIT_BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if found is None:
+        raise StackError(f"{name} is not installed; install it with: sudo apt-get install -y rabbitmq-server "
+                         "(make test does this for you when run as root)")
+    return found
+
+
+@dataclass
+class RabbitNode:
+    index: int
+    amqp_port: int
+    mqtt_port: int
+    dist_port: int
+    pid: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"rmq{self.index}@localhost"
+
+
+class RabbitCluster:
+    def __init__(self, run_dir: Path, size: int = 3, *, raft_wal_max_bytes: int = RAFT_WAL_MAX_BYTES) -> None:
+        if size < 1:
+            raise StackError(f"a cluster has at least one node (got {size})")
+        self.dir = (run_dir / "rabbitmq").resolve()
+        self.size = size
+        self.raft_wal_max_bytes = raft_wal_max_bytes
+        self.state_file = self.dir / "cluster.json"
+        self.nodes: list[RabbitNode] = []
+        self.epmd_port = 0
+        self.epmd_pid = 0
+        self._load()
+
+    # ------------------------------------------------------------------ state
+    def _load(self) -> None:
+        if not self.state_file.exists():
+            return
+        state = json.loads(self.state_file.read_text())
+        self.epmd_port = int(state["epmd_port"])
+        self.epmd_pid = int(state.get("epmd_pid", 0))
+        self.nodes = [RabbitNode(**n) for n in state["nodes"]]
+        self.size = len(self.nodes)
+
+    def _save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"epmd_port": self.epmd_port, "epmd_pid": self.epmd_pid,
+                                   "nodes": [asdict(n) for n in self.nodes]}, indent=2))
+        tmp.replace(self.state_file)
+
+    def _plan(self) -> None:
+        """Ports and the shared Erlang cookie, once per cluster folder."""
+        if self.nodes:
+            return
+        taken: list[int] = []
+
+        def port() -> int:
+            p = free_port(besides=tuple(taken))
+            taken.append(p)
+            return p
+
+        self.epmd_port = port()
+        self.nodes = [RabbitNode(i, port(), port(), port()) for i in range(1, self.size + 1)]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cookie = self.dir / ".erlang.cookie"
+        cookie.write_text(secrets.token_hex(16))
+        cookie.chmod(0o400)
+        (self.dir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        self._save()
+
+    # ------------------------------------------------------------------ environment
+    def _env(self, node: RabbitNode | None = None) -> dict[str, str]:
+        """The Erlang environment every node and CLI call shares: the cookie (in HOME),
+        the private port mapper, distribution on loopback only."""
+        env = {**os.environ, "HOME": str(self.dir), "ERL_EPMD_PORT": str(self.epmd_port),
+               "ERL_EPMD_ADDRESS": "127.0.0.1", "RABBITMQ_CTL_ERL_ARGS": LOOPBACK_DIST}
+        if node is not None:
+            nd = self.dir / f"node{node.index}"
+            env.update({
+                "RABBITMQ_NODENAME": node.name, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                "RABBITMQ_NODE_PORT": str(node.amqp_port), "RABBITMQ_DIST_PORT": str(node.dist_port),
+                "RABBITMQ_MNESIA_BASE": str(nd / "mnesia"), "RABBITMQ_LOG_BASE": str(nd / "log"),
+                "RABBITMQ_PID_FILE": str(nd / "pid"), "RABBITMQ_CONFIG_FILE": str(nd / "rabbitmq.conf"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+                "RABBITMQ_PLUGINS_EXPAND_DIR": str(nd / "plugins"),
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": LOOPBACK_DIST,
+            })
+        return env
+
+    def ctl(self, *args: str, node: RabbitNode | None = None, timeout_s: float = 60.0) -> str:
+        """`rabbitmqctl` against a node (default: the first one alive)."""
+        target = node or next((n for n in self.nodes if self.alive(n)), self.nodes[0])
+        out = subprocess.run([rabbit_tool("rabbitmqctl"), "-n", target.name, "-q", *args], env=self._env(),
+                             capture_output=True, text=True, timeout=timeout_s, check=False)
+        if out.returncode != 0:
+            raise StackError(f"rabbitmqctl {' '.join(args)} on {target.name}: {(out.stderr or out.stdout).strip()}")
+        return out.stdout
+
+    # ------------------------------------------------------------------ lifecycle
+    def alive(self, node: RabbitNode) -> bool:
+        return node.pid > 0 and pid_alive(node.pid)
+
+    def up(self, timeout_s: float = 180.0) -> None:
+        """Start every node that is not running, wait for the cluster to have them all,
+        declare the topology."""
+        self._plan()
+        if not (self.epmd_pid and pid_alive(self.epmd_pid)):
+            # our own port mapper, in the foreground: the nodes would otherwise start one as
+            # a daemon that outlives them
+            self.epmd_pid = subprocess.Popen(["epmd", "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+                                             env=self._env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL, start_new_session=True).pid
+            self._wait_port(self.epmd_port)
+        for node in self.nodes:
+            if not self.alive(node):
+                self._start(node)
+        self._save()
+        self.wait_running(len(self.nodes), timeout_s)
+        asyncio.run(amqp.declare_topology(self.amqp_urls))
+
+    def _start(self, node: RabbitNode) -> None:
+        nd = self.dir / f"node{node.index}"
+        nd.mkdir(parents=True, exist_ok=True)
+        peers = "\n".join(f"cluster_formation.classic_config.nodes.{n.index} = {n.name}" for n in self.nodes)
+        (nd / "rabbitmq.conf").write_text(NODE_CONF.format(index=node.index, amqp_port=node.amqp_port,
+                                                            mqtt_port=node.mqtt_port, peers=peers,
+                                                            raft_wal=self.raft_wal_max_bytes))
+        with open(nd / "stdout.log", "ab") as out:
+            proc = subprocess.Popen([rabbit_tool("rabbitmq-server")], env=self._env(node), stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                    cwd=nd)
+        node.pid = proc.pid
+
+    def start_node(self, index: int, timeout_s: float = 120.0, *, wait: bool = True) -> None:
+        """Start one node again (after kill_node); with `wait`, until the cluster has it back."""
+        node = self.nodes[index - 1]
+        if not self.alive(node):
+            self._start(node)
+            self._save()
+        if wait:
+            self.wait_running(sum(1 for n in self.nodes if self.alive(n)), timeout_s)
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL one node: what a crash does."""
+        node = self.nodes[index - 1]
+        if self.alive(node):
+            os.killpg(node.pid, signal.SIGKILL)
+            reap(node.pid)
+        node.pid = 0
+        self._save()
+
+    def down(self) -> None:
+        """Stop every node (its data stays in the folder) and the cluster's port mapper."""
+        for node in self.nodes:
+            if self.alive(node):
+                os.killpg(node.pid, signal.SIGTERM)
+        for node in self.nodes:
+            if node.pid:
+                reap(node.pid, timeout_s=30.0)
+                if pid_alive(node.pid):
+                    os.killpg(node.pid, signal.SIGKILL)
+                    reap(node.pid)
+            node.pid = 0
+        if self.epmd_pid and pid_alive(self.epmd_pid):
+            os.kill(self.epmd_pid, signal.SIGTERM)
+            reap(self.epmd_pid)
+        self.epmd_pid = 0
+        if self.nodes:
+            self._save()
+
+    def wait_running(self, count: int, timeout_s: float) -> None:
+        """Until `count` nodes are running members of the cluster (each node's AMQP port
+        open and the cluster's own status says so)."""
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            dead = [n.name for n in self.nodes if n.pid and not self.alive(n)]
+            if dead:
+                raise StackError(f"RabbitMQ node(s) {', '.join(dead)} exited at start; see "
+                                 f"{self.dir}/node*/log/ and stdout.log")
+            try:
+                if all(_port_open(n.amqp_port) for n in self.nodes if self.alive(n)):
+                    status = json.loads(self.ctl("cluster_status", "--formatter", "json", timeout_s=30))
+                    running = status.get("running_nodes", [])
+                    if len(running) >= count:
+                        return
+                    last = f"running: {', '.join(running)}"
+            except (StackError, ValueError, subprocess.TimeoutExpired) as exc:
+                last = str(exc)
+            time.sleep(1.0)
+        raise StackError(f"the RabbitMQ cluster in {self.dir} did not have {count} running node(s) within "
+                         f"{timeout_s:.0f} s ({last})")
+
+    @staticmethod
+    def _wait_port(port: int, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not _port_open(port):
+            if time.monotonic() > deadline:
+                raise StackError(f"the Erlang port mapper did not open 127.0.0.1:{port} within {timeout_s:.0f} s")
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------------ views
+    def queue_leader(self, queue: str) -> int:
+        """The index of the node that leads a quorum queue."""
+        rows = json.loads(self.ctl("list_queues", "name", "leader", "--formatter", "json"))
+        for row in rows:
+            if row.get("name") == queue:
+                return next(n.index for n in self.nodes if n.name == row["leader"])
+        raise StackError(f"no queue {queue} in the cluster")
+
+    @property
+    def mqtt_url(self) -> str:
+        """Every node, MQTT 3.1.1 (the plugin of RabbitMQ 3.10 has no MQTT 5)."""
+        return "mqtt://" + ",".join(f"127.0.0.1:{n.mqtt_port}" for n in self.nodes) + "?protocol=3.1.1"
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        return [f"amqp://guest:guest@127.0.0.1:{n.amqp_port}/" for n in self.nodes]
+
+
+def _port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
