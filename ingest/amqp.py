@@ -169,16 +169,29 @@ class AmqpSource:
 
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        failures: list[str] = []  # since the last connection, one per node tried
         while not self._stopping:
             url = self.urls[self._node % len(self.urls)]
             before = self.connects
             try:
                 await self._consume(url)
             except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
-                if self.connects > before and not self._stopping:
-                    log.warning("RabbitMQ %s lost (%s); trying the next node", _where(url), exc or type(exc).__name__)
+                why = str(exc) or type(exc).__name__
+                if self.connects > before:
+                    failures.clear()
+                    if not self._stopping:
+                        log.warning("RabbitMQ %s lost (%s); trying the next node", _where(url), why)
+                elif isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+                    if not failures:
+                        log.warning("RabbitMQ %s has no queue %r: declare the cluster's topology before the "
+                                    "ingesters and gateways start (urbansense stack up --cluster does; "
+                                    "ingest/amqp.py declare_topology); retrying", _where(url), self.queue)
+                    failures.append(why)
                 else:
-                    log.debug("RabbitMQ %s does not answer: %s", _where(url), exc)
+                    failures.append(f"{_where(url)}: {why}")
+                    if len(failures) == len(self.urls):  # a whole round, once per streak
+                        log.warning("no RabbitMQ node answers (%s); retrying every %.1f s",
+                                    "; ".join(failures), self.reconnect_s)
             finally:
                 self._connected.clear()
                 self._channel = None

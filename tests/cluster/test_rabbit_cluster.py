@@ -6,6 +6,7 @@ publisher had acknowledged with InfluxDB: every reading there exactly once."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -18,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from application.cluster import RabbitCluster
-from application.stack import pid_alive
-from ingest.amqp import INGEST_QUEUE
+from application.stack import free_port, pid_alive
+from ingest.amqp import INGEST_QUEUE, AmqpSource
 from ingest.service import Ingester
 from tests.waiting import wait_for
 from urbansense import codec, topics
@@ -144,6 +145,28 @@ def test_the_cluster_listens_on_loopback_only(cluster: RabbitCluster) -> None:
     for line in mine:
         local = line.split()[3]
         assert local.startswith(("127.0.0.1:", "[::1]:")), line
+
+
+def _source_warning(caplog: pytest.LogCaptureFixture, urls: list[str], queue: str, expect: str) -> str:
+    source = AmqpSource(urls, lambda _m: None, queue=queue, reconnect_s=0.1)
+    with caplog.at_level(logging.WARNING, logger="urbansense.ingest"):
+        source.start()
+        try:
+            wait_for(lambda: any(expect in r.getMessage() for r in caplog.records), 30,
+                     what=f"a warning with {expect!r}")
+        finally:
+            source.stop()
+    assert not source.connected
+    return next(r.getMessage() for r in caplog.records if expect in r.getMessage())
+
+
+def test_an_undeclared_queue_and_unreachable_nodes_are_reported_with_the_fix(
+        cluster: RabbitCluster, caplog: pytest.LogCaptureFixture) -> None:
+    missing = _source_warning(caplog, cluster.amqp_urls, "not-declared", "has no queue 'not-declared'")
+    assert "declare the cluster's topology" in missing
+    nowhere = [f"amqp://guest:guest@127.0.0.1:{free_port()}/" for _ in range(2)]
+    none = _source_warning(caplog, nowhere, INGEST_QUEUE, "no RabbitMQ node answers")
+    assert all(url.split("@")[1].rstrip("/") in none for url in nowhere)
 
 
 def test_killing_the_queue_leader_loses_no_acknowledged_reading(
