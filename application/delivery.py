@@ -26,7 +26,7 @@ import numpy as np
 import requests
 import yaml
 
-from rules.routing import config, render_relay, via_relay
+from rules.routing import config, via_relay
 from urbansense.schema import AlertEvent
 
 DEMO_GROUP_WAIT_S = 2
@@ -43,12 +43,6 @@ def alertmanager_config(relay_url: str) -> str:
     """The shipped routing, every receiver posting to the relay, grouping at demo speed."""
     return yaml.safe_dump(via_relay(config(), relay_url, group_wait=f"{DEMO_GROUP_WAIT_S}s",
                                     group_interval=f"{DEMO_GROUP_INTERVAL_S}s"), sort_keys=False)
-
-
-def relay_config() -> str:
-    """Every receiver's notifications on its MQTT topic (and nowhere else): the shipped
-    relay.yaml."""
-    return render_relay()
 
 
 @dataclass(slots=True)

@@ -29,13 +29,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from application.delivery import NOTIFY_TOPICS, DeliveryWatch, alertmanager_config, relay_config
+from application.delivery import NOTIFY_TOPICS, DeliveryWatch, alertmanager_config
 from application.demo_view import DemoState
 from application.district import port_offset as _port_offset
 from application.district import tune_gateway_configs
 from application.district import wait_ports as _wait_ports
 from application.processes import ProcessGroup
 from application.stack import Stack, default_run_dir, free_port
+from rules.routing import render_relay
 from urbansense import codec, topics
 from urbansense.clock import ScenarioClock
 from urbansense.identifiers import MEASUREMENTS
@@ -100,7 +101,7 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     for name, st in stack.services().items():
         console.print(f"  {name:12} {st.url}")
     run_dir = stack.run_dir
-    (run_dir / "relay.yaml").write_text(relay_config())
+    (run_dir / "relay.yaml").write_text(render_relay())  # every receiver's notifications on its topic
     (run_dir / "gateways").mkdir(parents=True)
     truth_path = run_dir / "truth.jsonl"
     init = subprocess.run([sys.executable, "-m", "application.cli", "ingest", "init", "--influx", stack.influx_url],
@@ -148,7 +149,7 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
                     str(run_dir / "duty" / "episodes.sqlite"), "--gateways", str(run_dir / "gateways"))
         procs.start("rules", "rules", "run", "--gateways", str(run_dir / "gateways"),
                     "--alertmanager", stack.alertmanager_url)
-        _wait_ports([relay_port, duty_port], procs, sim_name="duty")
+        _wait_ports([relay_port, duty_port], procs, sim_name="duty", what="relay and duty console")
         state.note(f"duty console: {duty_url}", "bold")
         procs.start("sim", "sim", "run", "--scenario", str(scenario.path), "--speed", str(speed), "--seed",
                     str(args.seed), "--truth", str(truth_path), "--port-offset", str(offset),

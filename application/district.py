@@ -38,8 +38,10 @@ def port_free(port: int) -> bool:
     return True
 
 
-def wait_ports(ports: list[int], procs: ProcessGroup, timeout_s: float = 30.0, sim_name: str = "sim") -> None:
-    """Wait until every simulator port accepts connections; fail early if a child died."""
+def wait_ports(ports: list[int], procs: ProcessGroup, timeout_s: float = 30.0, sim_name: str = "sim",
+               what: str = "simulator") -> None:
+    """Wait until every port of `what` accepts connections; fail early if a child died
+    (with the log of `sim_name`)."""
     deadline = time.monotonic() + timeout_s
     pending = set(ports)
     while pending and time.monotonic() < deadline:
@@ -53,7 +55,7 @@ def wait_ports(ports: list[int], procs: ProcessGroup, timeout_s: float = 30.0, s
                 pass
         time.sleep(0.2)
     if pending:
-        raise RuntimeError(f"simulator ports {sorted(pending)} did not open within {timeout_s:.0f} s")
+        raise RuntimeError(f"{what} ports {sorted(pending)} did not open within {timeout_s:.0f} s")
 
 
 def tune_gateway_configs(paths: list[Path], poll_s: float, batch_interval_s: float = 0.5,

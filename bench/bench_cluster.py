@@ -75,33 +75,38 @@ def _stored(influx: InfluxClient) -> int:
     return int(rows[0]["count"]) if rows else 0
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU seconds of a process and its children that were reaped (the node's beam)."""
-    total = 0.0
+def _group(pgid: int) -> list[Path]:
+    """/proc entries of a process group's members (a node's wrapper script and its beam)."""
+    members = []
     for task in Path("/proc").iterdir():
-        if not task.name.isdigit():
+        try:
+            if task.name.isdigit() and int((task / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                members.append(task)
+        except (OSError, IndexError, ValueError):
             continue
+    return members
+
+
+def _cpu_s(pgid: int) -> float:
+    """CPU seconds of a node's processes."""
+    total = 0.0
+    for task in _group(pgid):
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pid:  # process group: the node's wrapper and its beam
-                total += (int(fields[11]) + int(fields[12])) / TICK
+            total += (int(fields[11]) + int(fields[12])) / TICK
         except (OSError, IndexError, ValueError):
             continue
     return total
 
 
-def _rss_mib(pid: int) -> float:
+def _rss_mib(pgid: int) -> float:
+    """Resident memory of a node's processes."""
     total = 0
-    for task in Path("/proc").iterdir():
-        if not task.name.isdigit():
-            continue
+    for task in _group(pgid):
         try:
-            if int((task / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pid:
-                continue
-            for line in (task / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (OSError, IndexError, ValueError):
+            total += next(int(line.split()[1]) for line in (task / "status").read_text().splitlines()
+                          if line.startswith("VmRSS:"))
+        except (OSError, StopIteration, ValueError):
             continue
     return total / 1024
 
