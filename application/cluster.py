@@ -25,6 +25,8 @@ from pathlib import Path
 
 from application.stack import StackError, pid_alive, reap
 from ingest import amqp
+from rules.partitions import declare_partitions
+from urbansense.amqp import connect_any
 from urbansense.ports import free_port
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -257,6 +259,11 @@ class RabbitCluster:
                 raise StackError(f"the Erlang port mapper did not open 127.0.0.1:{port} within {timeout_s:.0f} s")
             time.sleep(0.05)
 
+    def declare_partitions(self, districts: list[str]) -> None:
+        """The rules' district queues (rules/partitions.py), before the gateways publish:
+        the rules instances declare them too, but what comes before is not routed to them."""
+        asyncio.run(_declare_partitions(self.amqp_urls, districts))
+
     # ------------------------------------------------------------------ views
     def queue_leader(self, queue: str) -> int:
         """The index of the node that leads a quorum queue."""
@@ -274,6 +281,14 @@ class RabbitCluster:
     @property
     def amqp_urls(self) -> list[str]:
         return [f"amqp://guest:guest@127.0.0.1:{n.amqp_port}/" for n in self.nodes]
+
+
+async def _declare_partitions(urls: list[str], districts: list[str]) -> None:
+    conn = await connect_any(urls, 30.0)
+    try:
+        await declare_partitions(await conn.channel(), districts)
+    finally:
+        await conn.close()
 
 
 def _port_open(port: int) -> bool:

@@ -29,10 +29,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from application.cluster import RabbitCluster
 from application.delivery import NOTIFY_TOPICS, DeliveryWatch, alertmanager_config
 from application.demo_view import DemoState
 from application.district import port_offset as _port_offset
-from application.district import tune_gateway_configs
+from application.district import tune_gateway_configs, uplink_to_cluster
 from application.district import wait_ports as _wait_ports
 from application.processes import ProcessGroup
 from application.stack import Stack, default_run_dir, free_port
@@ -55,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", action="store_true", help="leave the stack running afterwards for exploration")
     p.add_argument("--headless", action="store_true", help="no live view")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--cluster", type=int, default=0, metavar="N",
+                   help="cluster mode: the gateways publish to an N-node RabbitMQ cluster (quorum queues), the "
+                        "ingester consumes its queue over AMQP, two rules instances share the districts "
+                        "(default: the embedded Mosquitto alone)")
     p.set_defaults(func=run_demo)
 
 
@@ -73,6 +78,7 @@ def run_demo(args: argparse.Namespace) -> int:
     # The demo's own stack, wiped at every start: no data or queued session of an earlier run
     # can leak into this one.
     stack = Stack(default_run_dir() / "demo")
+    RabbitCluster(stack.run_dir).down()  # one an earlier `--keep --cluster` run left
     stack.down()
     shutil.rmtree(stack.run_dir, ignore_errors=True)
     try:
@@ -92,6 +98,21 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     console.print(f"[bold]UrbanSense demo[/]: scenario [bold]{scenario.name}[/], "
                   f"{scenario.duration_s / 3600:.1f} h of city time at x{speed:g} = {wall_s / 60:.1f} min")
     stack.up()
+    cluster = None
+    if args.cluster:
+        cluster = RabbitCluster(stack.run_dir, args.cluster)
+        console.print(f"  starting a {args.cluster}-node RabbitMQ cluster ...")
+        cluster.up()
+        cluster.declare_partitions(sorted({g.config.district for g in scenario.loaded}))
+    try:
+        return _run_on(args, console, stack, cluster, scenario, tcp_ports, offset, speed, wall_s)
+    finally:
+        if cluster is not None and not args.keep:
+            cluster.down()
+
+
+def _run_on(args: argparse.Namespace, console: Console, stack: Stack, cluster: RabbitCluster | None, scenario: Any,
+            tcp_ports: list[int], offset: int, speed: float, wall_s: float) -> dict[str, Any]:
     # Alertmanager routes the alerts (the shipped tree); its receivers post to the relay,
     # which publishes each receiver's notifications on city/notify/<receiver>.
     relay_port = free_port()
@@ -100,6 +121,14 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     stack.start("alertmanager")
     for name, st in stack.services().items():
         console.print(f"  {name:12} {st.url}")
+    # the city's broker: the cluster when there is one; the embedded Mosquitto stays the
+    # field devices' (the air stations publish to it, the edges' MQTT links read it)
+    city_mqtt = stack.mqtt_url
+    if cluster is not None:
+        city_mqtt = cluster.mqtt_url
+        for node in cluster.nodes:
+            console.print(f"  {'rabbitmq-' + str(node.index):12} mqtt://127.0.0.1:{node.mqtt_port} "
+                          f"amqp://127.0.0.1:{node.amqp_port}")
     run_dir = stack.run_dir
     (run_dir / "relay.yaml").write_text(render_relay())  # every receiver's notifications on its topic
     (run_dir / "gateways").mkdir(parents=True)
@@ -117,10 +146,14 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
     start_ms = scenario.default_start_ms(end_wall)
     clock = ScenarioClock(start_ms, now + int(startup_s * 1000), speed)
     env = {**stack.env(), "URBANSENSE_CLOCK": clock.to_env(), **field_secrets()}
+    if cluster is not None:
+        env.update({"URBANSENSE_MQTT_URL": city_mqtt, "URBANSENSE_AMQP_URLS": ",".join(cluster.amqp_urls)})
 
     gw_paths = scenario.write_gateway_configs(run_dir / "gateways", mqtt_port=stack.mqtt_port, seed=args.seed)
     # the demo's poll period, in wall seconds; short link time-outs (see tune_gateway_configs)
     tune_gateway_configs(gw_paths, poll_s=max(args.poll, scenario.step_s / speed))
+    if cluster is not None:
+        uplink_to_cluster(gw_paths, [("127.0.0.1", n.mqtt_port) for n in cluster.nodes])
 
     state = DemoState(scenario.name, speed, start_ms, start_ms + int(scenario.duration_s * 1000))
     delivery = DeliveryWatch(stack.alertmanager_url)
@@ -130,7 +163,7 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
             delivery.on_alert(event)
         state.on_alert(event)
 
-    watcher = MqttClient(MqttSettings.from_url(stack.mqtt_url), client_id=f"demo-view-{time.time_ns()}")
+    watcher = MqttClient(MqttSettings.from_url(city_mqtt), client_id=f"demo-view-{time.time_ns()}")
     watcher.subscribe(topics.ALL_TELEMETRY, lambda m: state.on_batch(codec.decode_batch_lenient(bytes(m.payload))[0]))
     watcher.subscribe(topics.ALL_ALERTS, lambda m: on_alert(codec.decode_alert(bytes(m.payload))))
     watcher.subscribe(NOTIFY_TOPICS, lambda m: delivery.on_notification(bytes(m.payload)))
@@ -147,12 +180,14 @@ def _run(args: argparse.Namespace, console: Console, stack: Stack, scenario: Any
                     "--listen", f"127.0.0.1:{relay_port}")
         procs.start("duty", "rules", "duty", "--listen", f"127.0.0.1:{duty_port}", "--db",
                     str(run_dir / "duty" / "episodes.sqlite"), "--gateways", str(run_dir / "gateways"))
-        procs.start("rules", "rules", "run", "--gateways", str(run_dir / "gateways"),
-                    "--alertmanager", stack.alertmanager_url)
+        # in cluster mode two instances share the districts (URBANSENSE_AMQP_URLS)
+        for i in range(1, 3 if cluster is not None else 2):
+            procs.start("rules" if cluster is None else f"rules-{i}", "rules", "run", "--gateways",
+                        str(run_dir / "gateways"), "--alertmanager", stack.alertmanager_url, "--instance", f"rules-{i}")
         _wait_ports([relay_port, duty_port], procs, sim_name="duty", what="relay and duty console")
         state.note(f"duty console: {duty_url}", "bold")
         procs.start("sim", "sim", "run", "--scenario", str(scenario.path), "--speed", str(speed), "--seed",
-                    str(args.seed), "--truth", str(truth_path), "--port-offset", str(offset),
+                    str(args.seed), "--truth", str(truth_path), "--port-offset", str(offset), "--mqtt", stack.mqtt_url,
                     "--tick", str(min(0.1, args.poll / 2)))
         _wait_ports([p + offset for p in tcp_ports], procs)
         # Edges start when the scenario clock does: polls before it would read the frozen

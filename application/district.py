@@ -72,3 +72,14 @@ def tune_gateway_configs(paths: list[Path], poll_s: float, batch_interval_s: flo
         for link in cfg["links"]:
             link["timeout_s"] = min(float(link.get("timeout_s", 1.0)), link_timeout_s)
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def uplink_to_cluster(paths: list[Path], nodes: list[tuple[str, int]]) -> None:
+    """Point per-run gateway configs' uplink at a broker cluster's MQTT nodes (MQTT 3.1.1,
+    RabbitMQ 3.10's), spreading the gateways over the nodes; the others are fallbacks."""
+    for i, path in enumerate(paths):
+        cfg = yaml.safe_load(path.read_text())
+        order = nodes[i % len(nodes):] + nodes[:i % len(nodes)]
+        cfg["uplink"].update(host=order[0][0], port=order[0][1], protocol="3.1.1",
+                             fallbacks=[f"{host}:{port}" for host, port in order[1:]])
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))

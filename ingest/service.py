@@ -37,7 +37,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from ingest.amqp import AmqpMessage, AmqpSource
+from ingest.amqp import INGEST_QUEUE
 from ingest.batch import Delivery, WriteBatch
 from ingest.deadletter import DeadLetters
 from ingest.metrics import IngestCounts, IngestMetrics
@@ -57,11 +57,12 @@ from ingest.sequence import SequenceTracker
 from ingest.settings import IngestSettings
 from ingest.writer import BatchWriter
 from urbansense import clock, codec, topics
+from urbansense.amqp import AmqpConsumer, AmqpMessage
 from urbansense.clock_offset import ClockOffsets
 from urbansense.influx import InfluxClient, InfluxError
 from urbansense.lineprotocol import LineProtocolError
 from urbansense.mqtt import MqttClient, MqttSettings
-from urbansense.schema import TelemetryBatch
+from urbansense.schema import GatewayStatus, TelemetryBatch
 
 log = logging.getLogger("urbansense.ingest")
 
@@ -92,6 +93,7 @@ class Ingester:
         self.sequences = SequenceTracker()
         self.clocks = ClockOffsets()
         self._clock = clock.current()
+        self._status_t: dict[tuple[str, str], int] = {}  # each gateway's newest status time
         self._topics: dict[str, topics.GatewayTopic] = {}
         # unbounded, yet never holds more than receive_maximum messages (see above)
         self._ready: queue.SimpleQueue[WriteBatch | None] = queue.SimpleQueue()
@@ -120,7 +122,8 @@ class Ingester:
         self._rate_limit = (GatewayRateLimit(s.gateway_rate_bytes_per_s, s.gateway_rate_burst_s)
                             if s.gateway_rate_bytes_per_s > 0 else None)
         self._telemetry_filter = f"$share/{s.share_group}/{topics.ALL_TELEMETRY}"
-        self.amqp = (AmqpSource(amqp_urls, self._receive, on_connect=self._on_connect, prefetch=s.receive_maximum)
+        self.amqp = (AmqpConsumer(amqp_urls, self._receive, queues=[INGEST_QUEUE], on_connect=self._on_connect,
+                                  prefetch=s.receive_maximum, name="ingest-amqp")
                      if amqp_urls else None)
         if self.amqp is None:
             self.mqtt.subscribe(self._telemetry_filter, self._receive, qos=1)
@@ -156,7 +159,7 @@ class Ingester:
         if self.amqp is not None:
             self.amqp.start()
         log.info("ingester %s: %s -> %s database %s", self.instance,
-                 f"RabbitMQ {self.amqp.url} queue {self.amqp.queue}" if self.amqp else self.mqtt.settings.url,
+                 f"RabbitMQ {self.amqp.url} queue {INGEST_QUEUE}" if self.amqp else self.mqtt.settings.url,
                  self.influx_url, self.database)
         log.info("ingester %s: telemetry decoded by the %s", self.instance, ACCELERATOR)
         self.metrics.accelerator(accelerator_in_use())
@@ -216,6 +219,14 @@ class Ingester:
             if self._batch is not None and time.monotonic() >= self._batch_due:
                 self._seal()
 
+    def _status_time(self, district: str, gateway: str, status: GatewayStatus) -> GatewayStatus:
+        """An offline status (a last will) as of its arrival (GatewayStatus.as_received)."""
+        key = (district, gateway)
+        last = self._status_t.get(key, 0)
+        status = status.as_received(self._clock.now_ms(), last)
+        self._status_t[key] = max(last, status.t)
+        return status
+
     def _take(self, msg: paho.MQTTMessage | AmqpMessage, generation: int) -> None:
         if self._batch is None:
             self._batch = WriteBatch(first_received=time.monotonic())
@@ -229,7 +240,7 @@ class Ingester:
         try:
             where = self._topics.get(topic) or self._parse_topic(topic)
             if where.kind == "status":
-                status = codec.decode_status(payload)
+                status = self._status_time(where.district, where.gateway, codec.decode_status(payload))
                 batch.add_line(status_line(where.district, where.gateway, status,
                                            self.clocks.offset_s(where.district, where.gateway)))
             else:

@@ -109,6 +109,13 @@ class AlertmanagerSender:
                 self._queue_resolved(alert)
         self._wake.set()
 
+    def hand_over(self, district: str) -> None:
+        """Stop sending the district's firing alerts, without resolving them: another
+        rules instance holds the district now (cluster mode) and sends them itself."""
+        with self._lock:
+            for key in [k for k, alert in self._firing.items() if alert["labels"].get("district") == district]:
+                del self._firing[key]
+
     def _resolve(self, key: tuple[str, str]) -> bool:
         alert = self._firing.pop(key, None)
         if alert is None:

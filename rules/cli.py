@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import datetime as dt
 import logging
+import os
 import signal
 import sys
 import threading
@@ -43,7 +44,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="flap window (default %(default)g s)")
     run.add_argument("--flap-clear", type=float, default=FLAP_CLEAR_S, metavar="S",
                      help="a flapping episode ends after S seconds without a change (default %(default)g)")
-    run.add_argument("--instance", default="rules-1", help="instance name (MQTT client id, self-metrics)")
+    run.add_argument("--instance", default="rules-1", help="instance name (MQTT client id, self-metrics; in cluster "
+                                                           "mode unique per instance)")
+    run.add_argument("--amqp", metavar="URL[,URL...]",
+                     help="cluster mode: take telemetry and status from each district's queue on these RabbitMQ "
+                          "nodes (amqp:// URLs, tried in turn; default env URBANSENSE_AMQP_URLS), one active "
+                          "instance per district, the others standing by (docs/OPERATIONS.md)")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                      help="serve Prometheus metrics on this port (default: off; deploy/prometheus scrapes 9109)")
@@ -136,7 +142,9 @@ def _run(args: argparse.Namespace) -> int:
                         gateways=args.gateways or [GATEWAYS_DIR], lookback_s=args.lookback,
                         flap_changes=args.flap_changes, flap_window_s=args.flap_window, flap_clear_s=args.flap_clear,
                         alertmanager_url=args.alertmanager or default_alertmanager_url(),
-                        prometheus_port=args.metrics_port, prometheus_host=args.metrics_host)
+                        prometheus_port=args.metrics_port, prometheus_host=args.metrics_host,
+                        amqp_urls=amqp.split(",") if (amqp := args.amqp or os.environ.get("URBANSENSE_AMQP_URLS"))
+                        else None)
     if args.flap_changes < 2 or args.flap_clear < args.flap_window:
         print(f"error: --flap-changes must be at least 2 (got {args.flap_changes}) and --flap-clear at least "
               f"--flap-window ({args.flap_clear:g} < {args.flap_window:g} s)", file=sys.stderr)

@@ -38,7 +38,7 @@ class _RulesCollector(Collector):
             family.add_metric(values, value)
             return family
 
-        yield counter("urbansense_rules_samples", "samples evaluated", s.engine.samples_seen)
+        yield counter("urbansense_rules_samples", "samples evaluated", s.samples_seen)
         yield counter("urbansense_rules_events_published", "alert events published", s.events_published)
         yield gauge("urbansense_rules_alerts_active", "alerts firing", s.active_alerts)
         yield gauge("urbansense_rules_inbox_depth", "messages received and not yet evaluated", s._inbox.qsize())

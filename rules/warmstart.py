@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rules.engine import RulesEngine
 from urbansense.identifiers import MEASUREMENTS, RESERVED_FIELDS
 from urbansense.influx import InfluxClient, InfluxError
-from urbansense.schema import FieldValue, Sample, TelemetryBatch
+from urbansense.schema import AlertEvent, FieldValue, Sample, TelemetryBatch
 
 log = logging.getLogger("urbansense.rules")
 
@@ -50,15 +50,20 @@ def influx_ticks(client: InfluxClient, start_ms: int, end_ms: int, *, step_s: fl
 
 
 def warm_start(engine: RulesEngine, client: InfluxClient, now_ms: int, lookback_s: float,
-               districts: set[str] | None = None) -> int:
+               districts: set[str] | None = None, on_event: Callable[[AlertEvent], None] | None = None) -> int:
     """Replay the last `lookback_s` of stored telemetry into the engine without publishing.
 
     Alerts that end up firing are taken as already announced by the previous instance,
-    so a restart neither repeats them nor forgets to resolve them. Returns samples read."""
+    so a restart neither repeats them nor forgets to resolve them; `on_event` sees the
+    replay's events (the service tells Alertmanager what is still firing). Returns samples
+    read."""
     samples = 0
     try:
         for _t, batches in influx_ticks(client, now_ms - int(lookback_s * 1000), now_ms, districts=districts):
-            engine.ingest(batches)
+            events = engine.ingest(batches)
+            if on_event is not None:
+                for event in events:
+                    on_event(event)
             samples += sum(len(b.samples) for b in batches)
     except InfluxError as exc:
         log.warning("warm start skipped: %s", exc)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from application.cluster import RabbitCluster
 from application.stack import Stack, pid_alive
 from urbansense.influx import InfluxClient
 
@@ -33,15 +34,20 @@ def processes_of_run(run_dir: Path) -> list[str]:
     return found
 
 
-def test_headless_json_demo_on_a_short_scenario(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cluster", [0, 3], ids=["mosquitto", "cluster-3"])
+def test_headless_json_demo_on_a_short_scenario(tmp_path: Path, cluster: int) -> None:
+    """Also in cluster mode (`--cluster 3`): the gateways on three RabbitMQ nodes, the
+    ingester on the quorum queue, two rules instances sharing the district."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "URBANSENSE_RUN_DIR": str(run_dir)}
     env.pop("URBANSENSE_CLOCK", None)
+    env.pop("URBANSENSE_AMQP_URLS", None)
     proc = subprocess.Popen([sys.executable, "-m", "application.cli", "demo", "--scenario", str(SCENARIO),
-                             "--headless", "--json", "--keep"],
+                             "--headless", "--json", "--keep", "--cluster", str(cluster)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate(timeout=240)
+    out, err = proc.communicate(timeout=300)
     stack = Stack(run_dir / "demo")  # the demo keeps its stack in a folder of its own
+    rabbit = RabbitCluster(stack.run_dir)
     try:
         assert proc.returncode == 0, err[-3000:]
         summary = json.loads(out)
@@ -77,7 +83,12 @@ def test_headless_json_demo_on_a_short_scenario(tmp_path: Path) -> None:
         episodes = influx.rows(f'SELECT count(state) FROM alert_episodes WHERE time >= {summary["start_ms"]}ms')
         assert episodes and episodes[0]["count"] >= 2
         assert summary["duty"]["open"] >= 2 and summary["duty"]["unacknowledged"] == summary["duty"]["open"]
+        if cluster:  # the readings came through the cluster, and the rules through their district queue
+            logs = stack.run_dir / "logs"
+            assert "queue ingest" in (logs / "ingest.log").read_text()
+            assert sum("took district pudong" in (logs / f"rules-{i}.log").read_text() for i in (1, 2)) >= 1
     finally:
+        rabbit.down()
         stack.down()
     # no component survives the demo (the stack itself was kept on purpose, and is down now)
     assert processes_of_run(run_dir) == []

@@ -6,7 +6,7 @@ in :mod:`urbansense.codec`, which checks every payload that crosses the wire.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 FieldValue = float | int | bool | str
@@ -82,6 +82,16 @@ class GatewayStatus:
         if self.stats:
             out["stats"] = self.stats
         return out
+
+    def as_received(self, now_ms: int, newest_t: int = 0) -> GatewayStatus:
+        """The status as of its arrival. A last will carries the time it was set, when the
+        gateway connected, not when the broker published it: taken at its word, it would
+        land before the gateway's newest status (which would still say online) and be
+        offline for as long as the gateway had been up. An offline status counts from its
+        arrival, after the gateway's newest status `newest_t`."""
+        if self.state != "offline":
+            return self
+        return replace(self, t=max(self.t, now_ms, newest_t + 1))
 
 
 @dataclass(slots=True)

@@ -13,17 +13,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from application.cluster import RabbitCluster
-from application.stack import free_port, pid_alive
-from ingest.amqp import INGEST_QUEUE, AmqpSource
+from application.stack import free_port
+from ingest.amqp import INGEST_QUEUE
 from ingest.service import Ingester
 from tests.waiting import wait_for
 from urbansense import codec, topics
+from urbansense.amqp import AmqpConsumer
 from urbansense.influx import InfluxClient
 from urbansense.mqtt import MqttClient, MqttSettings
 from urbansense.mqtt.settings import MqttError
@@ -33,33 +34,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DISTRICT = "cluster"
 SAMPLES = 10  # readings per batch
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
-    c = RabbitCluster(tmp_path_factory.mktemp("rabbit"), 3)
-    try:
-        c.up()
-        yield c
-    finally:
-        epmd = c.epmd_pid
-        c.down()
-    # nothing of it outlives the cluster: no node, no port mapper
-    assert not any(c.alive(n) for n in c.nodes) and epmd and not pid_alive(epmd)
-
-
-@pytest.fixture
-def ingester(cluster: RabbitCluster, influx_db: InfluxClient) -> Iterator[Ingester]:
-    ing = Ingester(MqttSettings.from_url(cluster.mqtt_url), influx_db.url, database=influx_db.database,
-                   instance=f"ingest-{time.time_ns()}", amqp_urls=cluster.amqp_urls, max_delay_s=0.2)
-    thread = threading.Thread(target=ing.run, daemon=True)
-    thread.start()
-    try:
-        assert ing.amqp is not None and ing.amqp.wait_connected(30), "the ingester did not reach the queue"
-        yield ing
-    finally:
-        ing.stop()
-        thread.join(30)
 
 
 class Gateway:
@@ -148,8 +122,8 @@ def test_the_cluster_listens_on_loopback_only(cluster: RabbitCluster) -> None:
 
 
 def _source_warning(caplog: pytest.LogCaptureFixture, urls: list[str], queue: str, expect: str) -> str:
-    source = AmqpSource(urls, lambda _m: None, queue=queue, reconnect_s=0.1)
-    with caplog.at_level(logging.WARNING, logger="urbansense.ingest"):
+    source = AmqpConsumer(urls, lambda _m: None, queues=[queue], reconnect_s=0.1)
+    with caplog.at_level(logging.WARNING, logger="urbansense.amqp"):
         source.start()
         try:
             wait_for(lambda: any(expect in r.getMessage() for r in caplog.records), 30,

@@ -250,6 +250,21 @@ def test_a_utility_reads_only_its_own_domains_alerts(connect: Any) -> None:
     assert refused(connect, "utility-gas", "city/pudong/pd-gw-gas/cmd")
 
 
+def test_an_operator_silences_alerts_and_the_rules_service_reads_the_silence(connect: Any) -> None:
+    """`urbansense rules silence add` (ops account) publishes a retained silence the rules
+    service reads; rules instances in cluster mode say they are alive to each other."""
+    rules = connect("rules")
+    rules.subscribe("city/rules/silences/+")
+    rules.subscribe("city/rules/members/+/alive")
+    ops = connect("ops")
+    assert ops.publish("city/rules/silences/s-1") in ACCEPTED
+    assert rules.publish("city/rules/members/rules-2/alive") in ACCEPTED
+    assert rules.received() == {"city/rules/silences/s-1", "city/rules/members/rules-2/alive"}
+    ops.publish("city/rules/silences/s-1", b"")  # no retained silence left behind
+    assert refused(connect, "pudong/pd-gw-light", "city/rules/silences/s-2")
+    assert refused(connect, "utility-water", "city/rules/silences/s-2")
+
+
 def test_the_ingester_reads_telemetry_through_its_shared_subscription(connect: Any) -> None:
     ingest = connect("ingest")
     ingest.subscribe("$share/ingest/city/+/+/telemetry")

@@ -159,3 +159,21 @@ def test_wrong_topic_and_broken_payloads_dead_lettered_whole(stack: Stack, influ
     finally:
         pub.close()
         dead.close()
+
+
+def test_a_last_will_is_stored_after_the_gateways_newest_status(stack: Stack, influx_db: InfluxClient) -> None:
+    """A will carries the time it was set (the gateway's connect, here 10 min ago): stored
+    at that time, the newest point would still say online."""
+    district, gw = unique("dist"), "gw-3"
+    t0 = now_ms()
+    pub = Publisher(stack.mqtt_url)
+    try:
+        with running_ingester(stack.mqtt_url, stack.influx_url, influx_db.database) as ing:
+            pub.publish_all([(topics.status(district, gw), orjson.dumps({"v": 1, "state": state, "t": t}))
+                             for state, t in (("online", t0 - 30_000), ("offline", t0 - 600_000))])
+            wait_for(lambda: ing.stats.messages >= 2 and ing.held == 0, 20, "statuses handled")
+        rows = influx_db.rows(f"SELECT last(online) FROM gateway_status WHERE district = '{district}'")
+        assert rows[0]["last"] is False
+        assert rows[0]["time"] >= t0
+    finally:
+        pub.close()

@@ -17,7 +17,7 @@ import requests
 
 from application.stack import Stack
 from rules import notify
-from rules.alertmanager import am_alert
+from rules.alertmanager import AlertmanagerSender, am_alert
 from rules.routing import render
 from tests.rules.test_service import Harness
 from tests.waiting import wait_for
@@ -124,6 +124,35 @@ def test_alerts_reach_alertmanager_and_none_is_lost_while_it_is_down(
         wait_for(lambda: not _by_device(alertmanager, district), 15, what="every alert resolved in Alertmanager")
     finally:
         h.close()
+
+
+def test_a_restarted_instance_keeps_telling_alertmanager_of_what_still_fires(
+        stack: Stack, influx_db: InfluxClient, tmp_path: Path, alertmanager: str) -> None:
+    """The warm start takes a firing alert as announced (not published again), but
+    Alertmanager hears of it again: otherwise it would resolve it by itself when the last
+    endsAt passed, and page "resolved" for a pressure still low."""
+    (tmp_path / "water.yaml").write_text(RULES)
+    district = f"amw{uuid.uuid4().hex[:6]}"
+    now = int(time.time() * 1000)
+    influx_db.write("\n".join(f"water,district={district},gateway=gw-1,device=wp-1 pressure_mpa=0.1 {now - s * 1000}"
+                              for s in (120, 90, 60)))
+    h = Harness(stack, influx_db, tmp_path, district, lookback_s=300, alertmanager_url=alertmanager)
+    try:
+        wait_for(lambda: set(_by_device(alertmanager, district)) == {"wp-1"}, 15,
+                 what="the alert firing before the restart in Alertmanager")
+        h.no_alert(0.2)  # and not published again on MQTT
+    finally:
+        h.close()
+
+
+def test_a_district_handed_over_is_no_longer_sent_and_not_resolved() -> None:
+    """Cluster mode: the instance that gave a district up stops sending its alerts (its new
+    holder sends them) without resolving them."""
+    sender = AlertmanagerSender("http://127.0.0.1:9", lambda e: ("gw-1", {}, "threshold", "hazard"))
+    sender.offer(_event("water.low", "wp-1", "east"))
+    sender.offer(_event("water.low", "wp-1", "west"))
+    sender.hand_over("east")
+    assert (sender.firing, sender.pending_resolutions) == (1, 0)
 
 
 def _event(rule: str, device: str, district: str, severity: str = "warning", domain: str = "water") -> AlertEvent:

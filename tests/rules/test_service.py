@@ -131,6 +131,26 @@ def test_gateway_last_will_raises_a_system_alert(harness: Harness) -> None:
         harness.client.publish_wait(topic, b"", retain=True)
 
 
+def test_a_last_will_counts_from_its_arrival_not_from_when_the_gateway_connected(
+        stack: Stack, influx_db: InfluxClient, tmp_path: Path) -> None:
+    """A will carries the time it was set (the gateway's connect, here 10 min ago): the
+    offline alert waits its for_s from the will's arrival (it fired at once before)."""
+    (tmp_path / "water.yaml").write_text(RULES.replace("THRESHOLD", "0.2"))
+    (tmp_path / "system.yaml").write_text(SYSTEM.replace("for_s: 0", "for_s: 60"))
+    h = Harness(stack, influx_db, tmp_path, f"d{uuid.uuid4().hex[:8]}")
+    try:
+        now = int(time.time() * 1000)
+        h.client.publish_wait(topics.status(h.district, "gw-7"),
+                              codec.encode_status(GatewayStatus("offline", now - 600_000)))
+        h.send("wp-1", now + 30_000, 0.3)  # the district's event time moves on: 30 s offline
+        h.send("wp-1", now + 70_000, 0.3)  # 70 s
+        ev = h.next_alert()
+        assert (ev.device, ev.state) == ("gw-7", "firing")
+        assert ev.t >= now + 60_000, f"fired {(ev.t - now) / 1000:.0f} s after the will arrived"
+    finally:
+        h.close()
+
+
 def test_silence_from_a_retained_message(harness: Harness) -> None:
     t = int(time.time() * 1000)
     sid = f"t-{uuid.uuid4().hex[:8]}"
