@@ -6,7 +6,10 @@ clusters (two test runs) never meet; the Raft write-ahead log is capped for smal
 machines. `up()` declares the topology (ingest/amqp.py) before anything publishes:
 RabbitMQ acknowledges and drops what no binding routes.
 
-Nothing here listens beyond 127.0.0.1, the CLI tools' own Erlang node included.
+Nothing here listens beyond 127.0.0.1, the CLI tools' own Erlang node included. For the
+network-partition test, each node may instead run in a network namespace the test created
+(`netns`), on that namespace's private address (`ip`), with its own port mapper there:
+cutting a namespace's link partitions its node from the others.
 """
 
 from __future__ import annotations
@@ -35,10 +38,16 @@ RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 RAFT_WAL_MAX_BYTES = 64 * 1024 * 1024
 LOOPBACK_DIST = "-kernel inet_dist_use_interface {127,0,0,1}"
 
+
+def dist_on(ip: str) -> str:
+    """Erlang distribution listening on one address only."""
+    return "-kernel inet_dist_use_interface {" + ip.replace(".", ",") + "}"
+
+
 NODE_CONF = """\
 # Written by urbansense (application/cluster.py): node {index} of a private cluster.
-listeners.tcp.default = 127.0.0.1:{amqp_port}
-mqtt.listeners.tcp.default = 127.0.0.1:{mqtt_port}
+listeners.tcp.default = {ip}:{amqp_port}
+mqtt.listeners.tcp.default = {ip}:{mqtt_port}
 mqtt.allow_anonymous = true
 mqtt.vhost = /
 mqtt.exchange = amq.topic
@@ -72,16 +81,30 @@ class RabbitNode:
     mqtt_port: int
     dist_port: int
     pid: int = 0
+    #: where it listens, and the network namespace it runs in ("": this process's)
+    ip: str = "127.0.0.1"
+    netns: str = ""
+    epmd_pid: int = 0  # its own port mapper, in its namespace
 
     @property
     def name(self) -> str:
-        return f"rmq{self.index}@localhost"
+        # in a namespace of its own, other nodes reach it by its address (long names)
+        return f"rmq{self.index}@{self.ip}" if self.netns else f"rmq{self.index}@localhost"
+
+    def inside(self) -> list[str]:
+        """The command prefix that runs a program in the node's namespace."""
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
 
 
 class RabbitCluster:
-    def __init__(self, run_dir: Path, size: int = 3, *, raft_wal_max_bytes: int = RAFT_WAL_MAX_BYTES) -> None:
+    def __init__(self, run_dir: Path, size: int = 3, *, raft_wal_max_bytes: int = RAFT_WAL_MAX_BYTES,
+                 netns: list[tuple[str, str]] | None = None) -> None:
+        """`netns`: (namespace, address) per node, for nodes in namespaces of their own."""
         if size < 1:
             raise StackError(f"a cluster has at least one node (got {size})")
+        if netns is not None and len(netns) != size:
+            raise StackError(f"give a (namespace, address) for each of the {size} nodes (got {len(netns)})")
+        self.netns = netns
         self.dir = (run_dir / "rabbitmq").resolve()
         self.size = size
         self.raft_wal_max_bytes = raft_wal_max_bytes
@@ -121,6 +144,8 @@ class RabbitCluster:
 
         self.epmd_port = port()
         self.nodes = [RabbitNode(i, port(), port(), port()) for i in range(1, self.size + 1)]
+        for node, (ns, ip) in zip(self.nodes, self.netns or [], strict=False):
+            node.netns, node.ip = ns, ip
         self.dir.mkdir(parents=True, exist_ok=True)
         cookie = self.dir / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(16))
@@ -133,25 +158,33 @@ class RabbitCluster:
         """The Erlang environment every node and CLI call shares: the cookie (in HOME),
         the private port mapper, distribution on loopback only."""
         env = {**os.environ, "HOME": str(self.dir), "ERL_EPMD_PORT": str(self.epmd_port),
-               "ERL_EPMD_ADDRESS": "127.0.0.1", "RABBITMQ_CTL_ERL_ARGS": LOOPBACK_DIST}
+               "ERL_EPMD_ADDRESS": "127.0.0.1",
+               "RABBITMQ_CTL_ERL_ARGS": dist_on(node.ip) if node is not None else LOOPBACK_DIST}
+        if node is not None and node.netns:
+            env["RABBITMQ_USE_LONGNAME"] = "true"
         if node is not None:
             nd = self.dir / f"node{node.index}"
             env.update({
-                "RABBITMQ_NODENAME": node.name, "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+                "RABBITMQ_NODENAME": node.name, "RABBITMQ_NODE_IP_ADDRESS": node.ip,
                 "RABBITMQ_NODE_PORT": str(node.amqp_port), "RABBITMQ_DIST_PORT": str(node.dist_port),
                 "RABBITMQ_MNESIA_BASE": str(nd / "mnesia"), "RABBITMQ_LOG_BASE": str(nd / "log"),
                 "RABBITMQ_PID_FILE": str(nd / "pid"), "RABBITMQ_CONFIG_FILE": str(nd / "rabbitmq.conf"),
                 "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
                 "RABBITMQ_PLUGINS_EXPAND_DIR": str(nd / "plugins"),
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": LOOPBACK_DIST,
+                # in namespaces (the partition test): a lost peer noticed in about 10 s, not 60
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": dist_on(node.ip) + (" -kernel net_ticktime 10"
+                                                                           if node.netns else ""),
             })
         return env
 
     def ctl(self, *args: str, node: RabbitNode | None = None, timeout_s: float = 60.0) -> str:
         """`rabbitmqctl` against a node (default: the first one alive)."""
         target = node or next((n for n in self.nodes if self.alive(n)), self.nodes[0])
-        out = subprocess.run([rabbit_tool("rabbitmqctl"), "-n", target.name, "-q", *args], env=self._env(),
-                             capture_output=True, text=True, timeout=timeout_s, check=False)
+        command = [*target.inside(), rabbit_tool("rabbitmqctl"), *(["-l"] if target.netns else []), "-n",
+                   target.name, "-q", *args]
+        env = {**self._env(), **({"RABBITMQ_USE_LONGNAME": "true", "RABBITMQ_CTL_ERL_ARGS": dist_on(target.ip)}
+                                 if target.netns else {})}
+        out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
         if out.returncode != 0:
             raise StackError(f"rabbitmqctl {' '.join(args)} on {target.name}: {(out.stderr or out.stdout).strip()}")
         return out.stdout
@@ -164,12 +197,14 @@ class RabbitCluster:
         """Start every node that is not running, wait for the cluster to have them all,
         declare the topology."""
         self._plan()
-        if not (self.epmd_pid and pid_alive(self.epmd_pid)):
+        for node in self.nodes:
+            if node.netns and not (node.epmd_pid and pid_alive(node.epmd_pid)):
+                node.epmd_pid = self._epmd(node.inside(), f"127.0.0.1,{node.ip}")
+                self._wait_port(self.epmd_port, node.ip)
+        if not any(n.netns for n in self.nodes) and not (self.epmd_pid and pid_alive(self.epmd_pid)):
             # our own port mapper, in the foreground: the nodes would otherwise start one as
             # a daemon that outlives them
-            self.epmd_pid = subprocess.Popen(["epmd", "-port", str(self.epmd_port), "-address", "127.0.0.1"],
-                                             env=self._env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL, start_new_session=True).pid
+            self.epmd_pid = self._epmd([], "127.0.0.1")
             self._wait_port(self.epmd_port)
         for node in self.nodes:
             if not self.alive(node):
@@ -178,15 +213,20 @@ class RabbitCluster:
         self.wait_running(len(self.nodes), timeout_s)
         asyncio.run(amqp.declare_topology(self.amqp_urls))
 
+    def _epmd(self, prefix: list[str], addresses: str) -> int:
+        return subprocess.Popen([*prefix, "epmd", "-port", str(self.epmd_port), "-address", addresses],
+                                env=self._env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True).pid
+
     def _start(self, node: RabbitNode) -> None:
         nd = self.dir / f"node{node.index}"
         nd.mkdir(parents=True, exist_ok=True)
         peers = "\n".join(f"cluster_formation.classic_config.nodes.{n.index} = {n.name}" for n in self.nodes)
-        (nd / "rabbitmq.conf").write_text(NODE_CONF.format(index=node.index, amqp_port=node.amqp_port,
+        (nd / "rabbitmq.conf").write_text(NODE_CONF.format(index=node.index, amqp_port=node.amqp_port, ip=node.ip,
                                                             mqtt_port=node.mqtt_port, peers=peers,
                                                             raft_wal=self.raft_wal_max_bytes))
         with open(nd / "stdout.log", "ab") as out:
-            proc = subprocess.Popen([rabbit_tool("rabbitmq-server")], env=self._env(node), stdout=out,
+            proc = subprocess.Popen([*node.inside(), rabbit_tool("rabbitmq-server")], env=self._env(node), stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                     cwd=nd)
         node.pid = proc.pid
@@ -221,10 +261,13 @@ class RabbitCluster:
                     os.killpg(node.pid, signal.SIGKILL)
                     reap(node.pid)
             node.pid = 0
-        if self.epmd_pid and pid_alive(self.epmd_pid):
-            os.kill(self.epmd_pid, signal.SIGTERM)
-            reap(self.epmd_pid)
+        for pid in [self.epmd_pid, *(n.epmd_pid for n in self.nodes)]:
+            if pid and pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+                reap(pid)
         self.epmd_pid = 0
+        for node in self.nodes:
+            node.epmd_pid = 0
         if self.nodes:
             self._save()
 
@@ -239,7 +282,7 @@ class RabbitCluster:
                 raise StackError(f"RabbitMQ node(s) {', '.join(dead)} exited at start; see "
                                  f"{self.dir}/node*/log/ and stdout.log")
             try:
-                if all(_port_open(n.amqp_port) for n in self.nodes if self.alive(n)):
+                if all(_port_open(n.amqp_port, n.ip) for n in self.nodes if self.alive(n)):
                     status = json.loads(self.ctl("cluster_status", "--formatter", "json", timeout_s=30))
                     running = status.get("running_nodes", [])
                     if len(running) >= count:
@@ -252,11 +295,11 @@ class RabbitCluster:
                          f"{timeout_s:.0f} s ({last})")
 
     @staticmethod
-    def _wait_port(port: int, timeout_s: float = 10.0) -> None:
+    def _wait_port(port: int, host: str = "127.0.0.1", timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while not _port_open(port):
+        while not _port_open(port, host):
             if time.monotonic() > deadline:
-                raise StackError(f"the Erlang port mapper did not open 127.0.0.1:{port} within {timeout_s:.0f} s")
+                raise StackError(f"the Erlang port mapper did not open {host}:{port} within {timeout_s:.0f} s")
             time.sleep(0.05)
 
     def declare_partitions(self, districts: list[str]) -> None:
@@ -276,11 +319,11 @@ class RabbitCluster:
     @property
     def mqtt_url(self) -> str:
         """Every node, MQTT 3.1.1 (the plugin of RabbitMQ 3.10 has no MQTT 5)."""
-        return "mqtt://" + ",".join(f"127.0.0.1:{n.mqtt_port}" for n in self.nodes) + "?protocol=3.1.1"
+        return "mqtt://" + ",".join(f"{n.ip}:{n.mqtt_port}" for n in self.nodes) + "?protocol=3.1.1"
 
     @property
     def amqp_urls(self) -> list[str]:
-        return [f"amqp://guest:guest@127.0.0.1:{n.amqp_port}/" for n in self.nodes]
+        return [f"amqp://guest:guest@{n.ip}:{n.amqp_port}/" for n in self.nodes]
 
 
 async def _declare_partitions(urls: list[str], districts: list[str]) -> None:
@@ -291,9 +334,9 @@ async def _declare_partitions(urls: list[str], districts: list[str]) -> None:
         await conn.close()
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        socket.create_connection((host, port), timeout=0.5).close()
         return True
     except OSError:
         return False

@@ -5,14 +5,14 @@
 #   checks the edge agent's unit file, faketime to run an edge agent on a skewed clock,
 #   prometheus-alertmanager with amtool for alert routing, prometheus with promtool for the
 #   pipeline's health rules, chromium for the duty console's browser tests, rabbitmq-server for
-#   cluster mode),
+#   cluster mode, iproute2 for the network namespaces of the cluster's partition test),
 #   a Python >= 3.11 virtualenv in .venv, and this package with its dev extras.
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(mosquitto influxdb mbpoll socat openssl systemd faketime prometheus-alertmanager prometheus chromium
-              rabbitmq-server)
+              rabbitmq-server iproute2)
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
@@ -31,6 +31,8 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # cluster mode runs on RabbitMQ's quorum queues (its MQTT plugin ships with the server)
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
+# the partition test puts the cluster's nodes in network namespaces joined by veth pairs
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
     echo "bootstrap: installing Debian packages: ${missing[*]}"

@@ -40,10 +40,12 @@ class Gateway:
     """Publishes numbered batches one at a time, as an edge agent replays its log: a batch
     not acknowledged (PUBACK) is published again, on whichever node answers."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, keepalive_s: int = 30) -> None:
         self.name = name
-        self.client = MqttClient(MqttSettings.from_url(url), client_id=name, clean_start=False,
-                                 reconnect_min_s=0.1, reconnect_max_s=0.5)
+        settings = MqttSettings.from_url(url)
+        settings.keepalive_s = keepalive_s  # a node cut off answers nothing: the keepalive notices
+        self.client = MqttClient(settings, client_id=name, clean_start=False, reconnect_min_s=0.1,
+                                 reconnect_max_s=0.5)
         self.client.connect()
         self.acked: list[int] = []
         self.republished = 0
