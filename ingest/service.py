@@ -28,6 +28,7 @@ this session (persistent, `session_expiry_s`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import re
@@ -93,7 +94,8 @@ class Ingester:
         self.sequences = SequenceTracker()
         self.clocks = ClockOffsets()
         self._clock = clock.current()
-        self._status_t: dict[tuple[str, str], int] = {}  # each gateway's newest status time
+        #: each gateway's newest status: its time and state
+        self._status_t: dict[tuple[str, str], tuple[int, str]] = {}
         self._topics: dict[str, topics.GatewayTopic] = {}
         # unbounded, yet never holds more than receive_maximum messages (see above)
         self._ready: queue.SimpleQueue[WriteBatch | None] = queue.SimpleQueue()
@@ -220,11 +222,16 @@ class Ingester:
                 self._seal()
 
     def _status_time(self, district: str, gateway: str, status: GatewayStatus) -> GatewayStatus:
-        """An offline status (a last will) as of its arrival (GatewayStatus.as_received)."""
+        """An offline status (a last will) as of its arrival (GatewayStatus.as_received);
+        a status that changes the gateway's state is stored after its newest status (a
+        birth from a gateway whose clock is behind, after its will)."""
         key = (district, gateway)
-        last = self._status_t.get(key, 0)
-        status = status.as_received(self._clock.now_ms(), last)
-        self._status_t[key] = max(last, status.t)
+        last_t, last_state = self._status_t.get(key, (0, ""))
+        status = status.as_received(self._clock.now_ms(), last_t)
+        if status.state != last_state and status.t <= last_t:
+            status = dataclasses.replace(status, t=last_t + 1)
+        if status.t >= last_t:
+            self._status_t[key] = (status.t, status.state)
         return status
 
     def _take(self, msg: paho.MQTTMessage | AmqpMessage, generation: int) -> None:

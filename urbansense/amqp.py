@@ -1,5 +1,5 @@
 """The one AMQP 0-9-1 adapter (cluster mode: RabbitMQ; aio-pika underneath), beside the
-one MQTT adapter (urbansense/mqtt.py).
+one MQTT adapter (urbansense/mqtt/).
 
 RabbitMQ's MQTT plugin routes every MQTT publish into the `amq.topic` exchange, topic
 `city/a/b/c` becoming routing key `city.a.b.c`; queues bound there are what the ingesters
@@ -65,11 +65,6 @@ def where(url: str) -> str:
 def topic_of(routing_key: str) -> str:
     """The MQTT topic back from RabbitMQ's routing key (city.a.b.c -> city/a/b/c)."""
     return routing_key.replace(".", "/")
-
-
-def routing_key(topic_filter: str) -> str:
-    """An MQTT topic or filter as an amq.topic binding key (+ -> *, / -> .)."""
-    return topic_filter.replace("/", ".").replace("+", "*")
 
 
 @dataclass(slots=True)

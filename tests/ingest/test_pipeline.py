@@ -169,11 +169,16 @@ def test_a_last_will_is_stored_after_the_gateways_newest_status(stack: Stack, in
     pub = Publisher(stack.mqtt_url)
     try:
         with running_ingester(stack.mqtt_url, stack.influx_url, influx_db.database) as ing:
-            pub.publish_all([(topics.status(district, gw), orjson.dumps({"v": 1, "state": state, "t": t}))
-                             for state, t in (("online", t0 - 30_000), ("offline", t0 - 600_000))])
+            status = [(topics.status(district, gw), orjson.dumps({"v": 1, "state": state, "t": t}))
+                      for state, t in (("online", t0 - 30_000), ("offline", t0 - 600_000), ("online", t0 - 20_000))]
+            pub.publish_all(status[:2])
             wait_for(lambda: ing.stats.messages >= 2 and ing.held == 0, 20, "statuses handled")
-        rows = influx_db.rows(f"SELECT last(online) FROM gateway_status WHERE district = '{district}'")
-        assert rows[0]["last"] is False
-        assert rows[0]["time"] >= t0
+            last = f"SELECT last(online) FROM gateway_status WHERE district = '{district}'"
+            wait_for(lambda: influx_db.rows(last), 10, "the statuses in InfluxDB")
+            assert influx_db.rows(last)[0]["last"] is False and influx_db.rows(last)[0]["time"] >= t0
+            # back, from a gateway whose clock is behind: still after the will
+            pub.publish_all(status[2:])
+            wait_for(lambda: ing.stats.messages >= 3 and ing.held == 0, 20, "the birth handled")
+        assert influx_db.rows(last)[0]["last"] is True
     finally:
         pub.close()
