@@ -22,6 +22,7 @@ import argparse
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -137,7 +138,9 @@ def main() -> int:
                 command = ["faketime", "-f", f"{args.skew_s:+d}s", *command]
                 env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
             with open(tmp / f"{gw}.log", "ab") as log:
-                procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+                # own process group: faketime runs the agent as its child and does not pass signals on
+                procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True))
         # 1. clock
         fired: list[Any] = []
 
@@ -196,7 +199,7 @@ def main() -> int:
         time.sleep(2.0)  # the last polls' batches
     finally:
         for p in procs:
-            p.terminate()
+            os.killpg(p.pid, signal.SIGTERM)  # the agent too, not only faketime
         for p in procs:
             p.wait(30)
     served = endpoints[0].context.requests  # one read per poll: each request is a reading

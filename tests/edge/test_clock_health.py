@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -40,8 +41,29 @@ def _agent(path: Path, stack: Stack, wal: Path, log: Path, skew_s: int | None) -
         command = ["faketime", "-f", f"{skew_s:+d}s", *command]
         env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
     with open(log, "ab") as out:
+        # own process group: faketime runs the agent as its child and does not pass signals on
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-                                env=env)
+                                env=env, start_new_session=True)
+
+
+def _group_alive(pgid: int, timeout_s: float = 20.0) -> bool:
+    """Whether a process of the group still runs (zombies aside) after `timeout_s`."""
+    def running() -> bool:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                state, _ppid, group = stat.read_text().rsplit(") ", 1)[1].split()[:3]
+            except (OSError, IndexError, ValueError):
+                continue
+            if int(group) == pgid and state != "Z":
+                return True
+        return False
+
+    deadline = time.monotonic() + timeout_s
+    while running():
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_a_gateway_five_minutes_behind_is_reported_and_its_readings_flagged(
@@ -108,9 +130,10 @@ def test_a_gateway_five_minutes_behind_is_reported_and_its_readings_flagged(
             print(f"clock skew of {SKEW_S} s reported {reported_after_s:.1f} s after the agents started")
     finally:
         for p in procs:
-            p.terminate()
+            os.killpg(p.pid, signal.SIGTERM)  # the agent too, not only faketime
         for p in procs:
             p.wait(20)
+        assert not [p.pid for p in procs if _group_alive(p.pid)], "an edge agent outlived the test"
         rules.stop()
         rules_thread.join(10)
         listener.close()
