@@ -36,7 +36,6 @@ RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 #: The Raft write-ahead log's size before it is rolled over (RabbitMQ's default is 512 MiB,
 #: per node: too much for three nodes on a small machine).
 RAFT_WAL_MAX_BYTES = 64 * 1024 * 1024
-LOOPBACK_DIST = "-kernel inet_dist_use_interface {127,0,0,1}"
 
 
 def dist_on(ip: str) -> str:
@@ -156,25 +155,30 @@ class RabbitCluster:
     # ------------------------------------------------------------------ environment
     def _env(self, node: RabbitNode | None = None) -> dict[str, str]:
         """The Erlang environment every node and CLI call shares: the cookie (in HOME),
-        the private port mapper, distribution on loopback only."""
+        the private port mapper, distribution on loopback only (on `node`'s address, and
+        long names, for a node in a namespace and the CLI calls to it)."""
         env = {**os.environ, "HOME": str(self.dir), "ERL_EPMD_PORT": str(self.epmd_port),
                "ERL_EPMD_ADDRESS": "127.0.0.1",
-               "RABBITMQ_CTL_ERL_ARGS": dist_on(node.ip) if node is not None else LOOPBACK_DIST}
+               "RABBITMQ_CTL_ERL_ARGS": dist_on(node.ip if node is not None else "127.0.0.1")}
         if node is not None and node.netns:
             env["RABBITMQ_USE_LONGNAME"] = "true"
-        if node is not None:
-            nd = self.dir / f"node{node.index}"
-            env.update({
-                "RABBITMQ_NODENAME": node.name, "RABBITMQ_NODE_IP_ADDRESS": node.ip,
-                "RABBITMQ_NODE_PORT": str(node.amqp_port), "RABBITMQ_DIST_PORT": str(node.dist_port),
-                "RABBITMQ_MNESIA_BASE": str(nd / "mnesia"), "RABBITMQ_LOG_BASE": str(nd / "log"),
-                "RABBITMQ_PID_FILE": str(nd / "pid"), "RABBITMQ_CONFIG_FILE": str(nd / "rabbitmq.conf"),
-                "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
-                "RABBITMQ_PLUGINS_EXPAND_DIR": str(nd / "plugins"),
-                # in namespaces (the partition test): a lost peer noticed in about 10 s, not 60
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": dist_on(node.ip) + (" -kernel net_ticktime 10"
-                                                                           if node.netns else ""),
-            })
+        return env
+
+    def _server_env(self, node: RabbitNode) -> dict[str, str]:
+        """`_env` and what the node's server reads: its name, ports, folders and config."""
+        env = self._env(node)
+        nd = self.dir / f"node{node.index}"
+        env.update({
+            "RABBITMQ_NODENAME": node.name, "RABBITMQ_NODE_IP_ADDRESS": node.ip,
+            "RABBITMQ_NODE_PORT": str(node.amqp_port), "RABBITMQ_DIST_PORT": str(node.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(nd / "mnesia"), "RABBITMQ_LOG_BASE": str(nd / "log"),
+            "RABBITMQ_PID_FILE": str(nd / "pid"), "RABBITMQ_CONFIG_FILE": str(nd / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RABBITMQ_PLUGINS_EXPAND_DIR": str(nd / "plugins"),
+            # in namespaces (the partition test): a lost peer noticed in about 10 s, not 60
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": dist_on(node.ip) + (" -kernel net_ticktime 10"
+                                                                       if node.netns else ""),
+        })
         return env
 
     def ctl(self, *args: str, node: RabbitNode | None = None, timeout_s: float = 60.0) -> str:
@@ -182,9 +186,8 @@ class RabbitCluster:
         target = node or next((n for n in self.nodes if self.alive(n)), self.nodes[0])
         command = [*target.inside(), rabbit_tool("rabbitmqctl"), *(["-l"] if target.netns else []), "-n",
                    target.name, "-q", *args]
-        env = {**self._env(), **({"RABBITMQ_USE_LONGNAME": "true", "RABBITMQ_CTL_ERL_ARGS": dist_on(target.ip)}
-                                 if target.netns else {})}
-        out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+        out = subprocess.run(command, env=self._env(target), capture_output=True, text=True, timeout=timeout_s,
+                             check=False)
         if out.returncode != 0:
             raise StackError(f"rabbitmqctl {' '.join(args)} on {target.name}: {(out.stderr or out.stdout).strip()}")
         return out.stdout
@@ -226,7 +229,8 @@ class RabbitCluster:
                                                             mqtt_port=node.mqtt_port, peers=peers,
                                                             raft_wal=self.raft_wal_max_bytes))
         with open(nd / "stdout.log", "ab") as out:
-            proc = subprocess.Popen([*node.inside(), rabbit_tool("rabbitmq-server")], env=self._env(node), stdout=out,
+            proc = subprocess.Popen([*node.inside(), rabbit_tool("rabbitmq-server")], env=self._server_env(node),
+                                    stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                     cwd=nd)
         node.pid = proc.pid

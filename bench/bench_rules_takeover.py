@@ -77,12 +77,7 @@ class Watch:
         self.client.wait_subscribed(15)
 
     def holders(self) -> dict[str, set[str]]:
-        now, out = time.monotonic(), dict[str, set[str]]()
-        for name, (at, holds) in self.members.heard.items():
-            if now - at < self.members.expire_s:
-                for d in holds:
-                    out.setdefault(d, set()).add(name)
-        return out
+        return self.members.holders(time.monotonic())
 
     def until(self, cond: object, timeout_s: float = 60.0) -> float:
         started = time.monotonic()

@@ -96,8 +96,14 @@ class Membership:
         alive[self.me] = now
         return alive
 
-    def held_elsewhere(self, now: float) -> set[str]:
-        return {d for name, (at, holds) in self.heard.items() if now - at < self.expire_s for d in holds}
+    def holders(self, now: float) -> dict[str, set[str]]:
+        """Each district the other live members say they hold, and who says so."""
+        out: dict[str, set[str]] = {}
+        for name, (at, holds) in self.heard.items():
+            if now - at < self.expire_s:
+                for district in holds:
+                    out.setdefault(district, set()).add(name)
+        return out
 
     @staticmethod
     def message(instance: str, holds: Iterable[str]) -> bytes:

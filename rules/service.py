@@ -125,7 +125,6 @@ class RulesService:
         self.evaluation_delay_s = 0.0
         self.active_alerts = 0
         self.mqtt = MqttClient(config.mqtt, client_id=f"urbansense-{config.instance}", clean_start=True)
-        self.partitioned = bool(config.amqp_urls)
         self.membership = Membership(config.instance, expire_s=3.5 * config.member_interval_s)
         self.amqp: AmqpConsumer | None = None
         self.partition_districts: list[str] = []
@@ -166,6 +165,11 @@ class RulesService:
         engine = self._engine_for(event.district) or self.engine
         gateway, labels = engine.devices.about(event.district, event.device) if event.device else (None, {})
         return gateway, labels, kind, purpose
+
+    @property
+    def partitioned(self) -> bool:
+        """Cluster mode: districts taken from their queues, an engine each."""
+        return self.amqp is not None
 
     def _new_engine(self, inventory: list[InventoryDevice]) -> RulesEngine:
         c = self.config
@@ -275,7 +279,7 @@ class RulesService:
             log.info("history: %d station record(s) read back for the rules that fit them (the tide)", n)
 
     # ------------------------------------------------------------------ cluster mode
-    def _take(self, district: str) -> RulesEngine:
+    def _take(self, district: str) -> None:
         """This instance became the district's active consumer: its state from the look-back."""
         engine = self._new_engine([d for d in self._inventory if d.district == district])
         engine.silences = self.engine.silences
@@ -283,7 +287,6 @@ class RulesService:
         self.engines[district] = engine
         self._taken[district] = time.monotonic()
         log.info("took district %s (%d held: %s)", district, len(self.engines), ", ".join(sorted(self.engines)))
-        return engine
 
     def _drop(self, district: str) -> None:
         engine = self.engines.pop(district, None)
@@ -316,7 +319,7 @@ class RulesService:
             self._drop(district)
             self._released[district] = now + self.config.rejoin_s
             self.amqp.release(partition_queue(district), self.config.rejoin_s)
-        held = self.membership.held_elsewhere(now) | set(self.engines)
+        held = set(self.membership.holders(now)) | set(self.engines)
         for district in self.partition_districts:
             if district not in held:
                 self.amqp.publish(TICK_PREFIX + district, b"")

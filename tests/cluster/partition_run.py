@@ -20,6 +20,7 @@ from application.cluster import RabbitCluster
 from application.stack import Stack
 from ingest.service import Ingester
 from tests.cluster.test_rabbit_cluster import SAMPLES, Gateway, _stored
+from tests.waiting import wait_for
 from urbansense.influx import InfluxClient
 from urbansense.mqtt import MqttSettings
 
@@ -70,9 +71,8 @@ def main() -> int:
         moved_to = gw.connected_node(cluster)
         gw.close()
         expected = len(gw.acked) * SAMPLES
-        deadline = time.monotonic() + 60
-        while _stored(influx, "gw-partition")[0] < expected and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: _stored(influx, "gw-partition")[0] >= expected, 60,
+                 what=f"the {expected} acknowledged readings in InfluxDB")
         ing.stop()
         points, distinct = _stored(influx, "gw-partition")
         result = {"acked": gw.acked, "expected": expected, "points": points, "distinct": distinct,
