@@ -15,27 +15,13 @@ from pathlib import Path
 import yaml
 
 from application.processes import ProcessGroup
-from application.stack import free_port
+from urbansense.ports import free_offset
 
 
 def port_offset(ports: list[int]) -> int:
-    """An offset at which every shipped simulator port is free on loopback."""
-    for _ in range(50):
-        offset = free_port() % 20000 + 20000 - min(ports)
-        if all(port_free(p + offset) for p in ports):
-            return offset
-    raise RuntimeError("could not find free loopback ports for the simulators")
-
-
-def port_free(port: int) -> bool:
-    if not 1024 < port < 65536:
-        return False
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    """An offset at which every shipped simulator port is free on loopback, below the
+    ephemeral range and reserved against this process's later picks (urbansense.ports)."""
+    return free_offset(ports)
 
 
 def wait_ports(ports: list[int], procs: ProcessGroup, timeout_s: float = 30.0, sim_name: str = "sim",

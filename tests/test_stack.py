@@ -205,3 +205,27 @@ def test_free_ports_are_never_handed_out_twice_nor_where_connections_take_theirs
         server.bind(("127.0.0.1", free_port()))
     influxd = stack.services()["influxd"]
     assert influxd.port != influxd.extra_port
+
+
+def test_a_scenarios_ports_move_below_the_ephemeral_range_and_are_not_handed_out_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo moves a scenario's device ports by one offset before it starts its stack and
+    cluster: the moved ports were once in the ephemeral range (the cluster demo's simulator
+    found one taken by a connection) and could be handed out to a server started next."""
+    import random
+
+    from application.stack import ephemeral_ports, free_port
+    from urbansense import ports as picker
+    from urbansense.ports import free_offset
+
+    low, _high = ephemeral_ports()
+    shipped = [502, 503, 504, 1502]
+    offset = free_offset(shipped)
+    moved = [port + offset for port in shipped]
+    assert all(10_000 <= port < low for port in moved)
+    # free_port proposes exactly the moved ports first: it must pass them over
+    proposals = iter(moved)
+    fallback = random.SystemRandom()
+    monkeypatch.setattr(picker, "_PORT_PICKER", type("Picker", (), {
+        "randrange": staticmethod(lambda a, b: next(proposals, None) or fallback.randrange(a, b))})())
+    assert not set(moved) & {free_port() for _ in range(len(moved))}

@@ -144,18 +144,20 @@ class AmqpConsumer:
         self._paused = True
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Send the acknowledgements on their way, then close the connection."""
+        """Send the acknowledgements on their way, then close the connection (the
+        consumer's loop does both as it ends)."""
         self._stopping = True
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
-                asyncio.run_coroutine_threadsafe(self._finish(), loop).result(timeout_s)
+            # after the acknowledgements already handed to the loop (its callbacks run in
+            # order); a loop that ends by itself meanwhile (it saw _stopping) runs nothing
+            # more, and needs nothing more
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(self._wake)
         if self._thread is not None:
             self._thread.join(timeout_s)
 
-    async def _finish(self) -> None:
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+    def _wake(self) -> None:
         if self._lost is not None:
             self._lost.set()
 
@@ -281,10 +283,13 @@ class AmqpConsumer:
                 self._queue_of[tag] = name
             self.consumers_ready.set()
             log.info("consuming %s from RabbitMQ %s", ", ".join(self.queues), where(url))
-            await lost.wait()
+            if not self._stopping:  # stop() may have come before this connection's event existed
+                await lost.wait()
         finally:
             self._connected.clear()
             self.consumers_ready.clear()
+            if self._tasks:  # the acknowledgements on their way, before the connection closes
+                await asyncio.wait(list(self._tasks), timeout=5)
             if not conn.is_closed:
                 with contextlib.suppress(*AMQP_ERRORS):
                     await conn.close()

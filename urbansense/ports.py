@@ -58,3 +58,21 @@ def free_port(host: str = "127.0.0.1", *, besides: tuple[int, ...] = ()) -> int:
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     """n distinct free ports (see free_port)."""
     return [free_port(host) for _ in range(n)]
+
+
+def free_offset(ports: list[int], host: str = "127.0.0.1") -> int:
+    """An offset that moves every one of `ports` (a scenario's simulated devices) to a port
+    free on `host`, below the kernel's ephemeral range (an outgoing connection could take
+    one there before its server binds it), and reserves them: `free_port` hands none of
+    them out afterwards (the stack's and the cluster's servers, started before the
+    simulator binds its ports)."""
+    low, _high = ephemeral_ports()
+    first, span = min(ports), max(ports) - min(ports)
+    top = max(_LISTEN_PORTS_FROM + 1, low - span)
+    for _ in range(500):
+        offset = _PORT_PICKER.randrange(_LISTEN_PORTS_FROM, top) - first
+        moved = [port + offset for port in ports]
+        if not any(port in _HANDED_OUT for port in moved) and all(_bindable(host, port) for port in moved):
+            _HANDED_OUT.update(moved)
+            return offset
+    raise RuntimeError(f"no free loopback ports for {len(ports)} simulated devices below {low}")
