@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +31,7 @@ from edge.mqtt_input import MqttInputLink
 from ingest.service import Ingester
 from simulators.device import DeviceTables
 from simulators.modbus_server import ModbusEndpoint, ThreadedModbusServer, UnitsContext
+from tests.waiting import wait_for
 from urbansense import codec
 from urbansense.config import load_gateway, load_profile
 from urbansense.mqtt import MqttClient, MqttSettings
@@ -229,6 +230,7 @@ class Collector:
         self.client = MqttClient(MqttSettings.from_url(mqtt_url), client_id=unique("collector"))
         self.client.subscribe(topic, lambda m: self.messages.put((m.topic, bytes(m.payload))), qos=1)
         self.client.connect()
+        assert self.client.wait_subscribed(10.0), f"collector: {topic} not subscribed on {mqtt_url} within 10 s"
         self.batches: list[TelemetryBatch] = []
         self.raw: list[tuple[str, bytes]] = []
 
@@ -242,6 +244,14 @@ class Collector:
             self.raw.append((topic, payload))
             if topic.endswith("/telemetry"):
                 self.batches.append(codec.decode_batch(payload))
+
+    def until(self, cond: Callable[[], object], timeout_s: float, what: str) -> None:
+        """Collect until `cond()` holds (the samples a test expects have all arrived);
+        fail naming `what` after `timeout_s`."""
+        def collected() -> bool:
+            self.drain(0.05)
+            return bool(cond())
+        wait_for(collected, timeout_s, what, interval_s=0.0)
 
     def samples(self, dev: str | None = None) -> list[Any]:
         return [s for b in self.batches for s in b.samples if dev is None or s.dev == dev]

@@ -66,7 +66,8 @@ def test_commands_write_only_writable_fields_within_limits(tmp_path: Path, stack
         sender.publish_wait(f"city/test/{gw}/cmd", orjson.dumps(
             {"id": "m1", "dev": "dev-0-1", "field": "setpoint_pct", "value": 10}))
         sender.publish_wait(f"city/test/{gw}/cmd", b"not json")
-        results.drain(2.0)
+        results.until(lambda: {"m1", ""} <= {orjson.loads(p).get("id") for _, p in results.raw}, 15,
+                      "the answers to both MQTT commands")
         sender.close()
     results.close()
     answers = {orjson.loads(p).get("id"): orjson.loads(p) for _, p in results.raw}

@@ -51,9 +51,9 @@ def test_mqtt_sensors_map_through_the_profile(tmp_path: Path, stack: Stack) -> N
         for p in payloads:
             sensor.publish_wait(f"sensors/{dev}/data", p if isinstance(p, bytes) else orjson.dumps(p))
             time.sleep(0.1)
-        collector.drain(1.5)
         state = run.agent.pushed_links["local-broker"].devices[dev]
-        assert state.messages == 5
+        collector.until(lambda: state.messages == 5 and len(collector.samples(dev)) == 5, 15,
+                        "the five sensor messages as five samples")
     sensor.close()
     collector.close()
     samples = collector.samples(dev)
@@ -95,7 +95,8 @@ def test_a_terminal_s_backlog_keeps_each_report_s_own_time(tmp_path: Path, stack
             {"ts": now + 3_600_000, "lat": 31.25, "lon": 121.578, "spd": 0.0, "sos": True}))  # clock an hour fast
         terminal.publish_wait(f"vehicles/{dev}/position", orjson.dumps(
             {"ts": "yesterday", "lat": 31.25, "lon": 121.578, "spd": 0.0, "sos": False}))
-        collector.drain(1.5)
+        collector.until(lambda: len(collector.samples(dev)) >= 32, 15, "the terminal's 32 reports")
+        collector.drain(0.3)  # and nothing more: a 33rd sample would fail the count below
     terminal.close()
     collector.close()
     samples = collector.samples(dev)

@@ -65,7 +65,7 @@ def test_urgent_first_then_paced_backlog_beside_live_data(tmp_path: Path, stack:
     client.connect()
     live = [_sample("dev-live", i) for i in range(50)]
     asyncio.run(_run_for(fwd, 4.0, live))
-    collector.drain(1.0)
+    collector.until(lambda: len(collector.samples()) >= 2050, 15, "the 2,000 replayed and 50 live samples")
     client.close()
     batches = collector.batches
     first = batches[0].samples
@@ -106,7 +106,7 @@ def test_seq_persists_across_restarts_and_unacked_samples_stay(tmp_path: Path, s
     client.connect()
     asyncio.run(_run_for(again, 1.5))
     client.close()
-    collector.drain(1.0)
+    collector.until(lambda: len(collector.samples()) >= 40, 15, "the 30 online and 10 logged samples")
     collector.close()
     seqs = [b.seq for b in collector.batches]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs) and seqs[-1] > last_seq
