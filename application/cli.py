@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     from application import scoring_cli
 
     scoring_cli.register(_subcommands(sub.choices["rules"]))
+    # `broker rabbitmq`: a cluster's accounts and queues (it declares the components' queues)
+    from application import rabbit_accounts
+
+    rabbit_accounts.register(_subcommands(sub.choices["broker"]))
     # `sim run --with-edge`: the simulators' run with edge agents beside it
     sim_run = _subcommands(sub.choices["sim"]).choices["run"]
     sim_run.add_argument("--with-edge", action="store_true", help="also run one edge agent per gateway")

@@ -2,8 +2,10 @@
 machine"): N nodes of Debian's `rabbitmq-server` with the MQTT plugin, formed from a
 fixed node list (classic config peer discovery), each on free loopback ports (AMQP, MQTT,
 Erlang distribution) with its own Erlang port mapper (epmd) on a private port, so two
-clusters (two test runs) never meet; the Raft write-ahead log is capped for small
-machines. `up()` declares the topology (ingest/amqp.py) before anything publishes:
+clusters (two test runs) never meet. The settings a city's cluster has too (the MQTT
+plugin's exchange and replicated sessions, pause_minority, the Raft log capped for small
+machines) come from deploy/rabbitmq/conf.d/cluster.conf, as docker-compose.yml's do.
+`up()` declares the topology (ingest/amqp.py) before anything publishes:
 RabbitMQ acknowledges and drops what no binding routes.
 
 Nothing here listens beyond 127.0.0.1, the CLI tools' own Erlang node included. For the
@@ -30,12 +32,10 @@ from application.stack import StackError, pid_alive, reap
 from ingest import amqp
 from rules.partitions import declare_partitions
 from urbansense.amqp import connect_any
+from urbansense.paths import RABBIT_CLUSTER_CONF
 from urbansense.ports import free_port
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
-#: The Raft write-ahead log's size before it is rolled over (RabbitMQ's default is 512 MiB,
-#: per node: too much for three nodes on a small machine).
-RAFT_WAL_MAX_BYTES = 64 * 1024 * 1024
 
 
 def dist_on(ip: str) -> str:
@@ -47,18 +47,13 @@ NODE_CONF = """\
 # Written by urbansense (application/cluster.py): node {index} of a private cluster.
 listeners.tcp.default = {ip}:{amqp_port}
 mqtt.listeners.tcp.default = {ip}:{mqtt_port}
-mqtt.allow_anonymous = true
-mqtt.vhost = /
-mqtt.exchange = amq.topic
-# persistent MQTT sessions (utilities' subscriptions) in replicated queues
-mqtt.durable_queue_type = quorum
+mqtt.allow_anonymous = {anonymous}
 loopback_users = none
 cluster_formation.peer_discovery_backend = classic_config
 {peers}
-cluster_partition_handling = pause_minority
-raft.wal_max_size_bytes = {raft_wal}
 log.console = false
 log.file.level = warning
+{management}
 """
 
 
@@ -80,6 +75,8 @@ class RabbitNode:
     mqtt_port: int
     dist_port: int
     pid: int = 0
+    #: the management plugin's HTTP API (0: not enabled)
+    http_port: int = 0
     #: where it listens, and the network namespace it runs in ("": this process's)
     ip: str = "127.0.0.1"
     netns: str = ""
@@ -96,17 +93,23 @@ class RabbitNode:
 
 
 class RabbitCluster:
-    def __init__(self, run_dir: Path, size: int = 3, *, raft_wal_max_bytes: int = RAFT_WAL_MAX_BYTES,
-                 netns: list[tuple[str, str]] | None = None) -> None:
-        """`netns`: (namespace, address) per node, for nodes in namespaces of their own."""
+    def __init__(self, run_dir: Path, size: int = 3, *, netns: list[tuple[str, str]] | None = None,
+                 management: bool = False, anonymous_mqtt: bool = True) -> None:
+        """`netns`: (namespace, address) per node, for nodes in namespaces of their own.
+        `management`: each node also serves the management plugin's HTTP API (users and
+        permissions are provisioned through it: application/rabbit_accounts.py).
+        `anonymous_mqtt`: MQTT clients without credentials are let in (as the AMQP default
+        user), as on the private clusters of tests and demos; a city's cluster refuses
+        them and gives each account its permissions (docs/OPERATIONS.md)."""
         if size < 1:
             raise StackError(f"a cluster has at least one node (got {size})")
         if netns is not None and len(netns) != size:
             raise StackError(f"give a (namespace, address) for each of the {size} nodes (got {len(netns)})")
         self.netns = netns
+        self.management = management
+        self.anonymous_mqtt = anonymous_mqtt
         self.dir = (run_dir / "rabbitmq").resolve()
         self.size = size
-        self.raft_wal_max_bytes = raft_wal_max_bytes
         self.state_file = self.dir / "cluster.json"
         self.nodes: list[RabbitNode] = []
         self.epmd_port = 0
@@ -142,14 +145,16 @@ class RabbitCluster:
             return p
 
         self.epmd_port = port()
-        self.nodes = [RabbitNode(i, port(), port(), port()) for i in range(1, self.size + 1)]
+        self.nodes = [RabbitNode(i, port(), port(), port(), http_port=port() if self.management else 0)
+                      for i in range(1, self.size + 1)]
         for node, (ns, ip) in zip(self.nodes, self.netns or [], strict=False):
             node.netns, node.ip = ns, ip
         self.dir.mkdir(parents=True, exist_ok=True)
         cookie = self.dir / ".erlang.cookie"
         cookie.write_text(secrets.token_hex(16))
         cookie.chmod(0o400)
-        (self.dir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        plugins = ["rabbitmq_mqtt", *(["rabbitmq_management"] if self.management else [])]
+        (self.dir / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         self._save()
 
     # ------------------------------------------------------------------ environment
@@ -227,7 +232,9 @@ class RabbitCluster:
         peers = "\n".join(f"cluster_formation.classic_config.nodes.{n.index} = {n.name}" for n in self.nodes)
         (nd / "rabbitmq.conf").write_text(NODE_CONF.format(index=node.index, amqp_port=node.amqp_port, ip=node.ip,
                                                             mqtt_port=node.mqtt_port, peers=peers,
-                                                            raft_wal=self.raft_wal_max_bytes))
+                                                            anonymous=str(self.anonymous_mqtt).lower(),
+                                                            management=_management_conf(node))
+                                            + RABBIT_CLUSTER_CONF.read_text(encoding="utf-8"))
         with open(nd / "stdout.log", "ab") as out:
             proc = subprocess.Popen([*node.inside(), rabbit_tool("rabbitmq-server")], env=self._server_env(node),
                                     stdout=out,
@@ -328,6 +335,17 @@ class RabbitCluster:
     @property
     def amqp_urls(self) -> list[str]:
         return [f"amqp://guest:guest@{n.ip}:{n.amqp_port}/" for n in self.nodes]
+
+    @property
+    def management_urls(self) -> list[str]:
+        """Each node's management API (with `management=True`)."""
+        return [f"http://{n.ip}:{n.http_port}" for n in self.nodes if n.http_port]
+
+
+def _management_conf(node: RabbitNode) -> str:
+    if not node.http_port:
+        return ""
+    return f"management.tcp.ip = {node.ip}\nmanagement.tcp.port = {node.http_port}\n"
 
 
 async def _declare_partitions(urls: list[str], districts: list[str]) -> None:

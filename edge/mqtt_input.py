@@ -91,7 +91,7 @@ class MqttInputLink(PushedInput):
             return
         self.telemetry.mqtt_messages += 1
         state.messages += 1
-        received = now_ms()
+        received = state.receipt_time(now_ms())
         try:
             body = codec.loads(payload, "sensor payload")
         except codec.PayloadError as exc:
@@ -100,8 +100,8 @@ class MqttInputLink(PushedInput):
         key = state.profile.timestamp_key
         if isinstance(body, list) and key is not None:
             # a terminal's backlog after a coverage gap: each report with its own time
-            for item in body:
-                self._one(state, received, item)
+            for n, item in enumerate(body):
+                self._one(state, received if n == 0 else state.receipt_time(received), item)
             return
         self._one(state, received, body)
 

@@ -47,6 +47,15 @@ class PushedDevice:
     last_error: str = ""
     messages: int = 0
     urgent_last: dict[str, FieldValue] = field(default_factory=dict)
+    #: The last receipt time given to one of its messages (epoch ms; see `receipt_time`).
+    last_receipt: int = 0
+
+    def receipt_time(self, now: int) -> int:
+        """`now` as the time of a message the device sent without its own, kept strictly
+        increasing: two messages received in the same millisecond would otherwise be one
+        point in InfluxDB (same series, same time) and the first would be lost."""
+        self.last_receipt = max(now, self.last_receipt + 1)
+        return self.last_receipt
 
     @property
     def urgent_fields(self) -> list[str]:

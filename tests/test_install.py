@@ -44,14 +44,16 @@ def test_an_installed_package_runs_outside_the_checkout(tmp_path: Path) -> None:
     urbansense = str(tmp_path / "venv" / "bin" / "urbansense")
 
     where = _run([str(py), "-c", "import urbansense, ingest.points as p; from urbansense.paths import "
-                  "ALERTMANAGER_CONF as am; from rules.duty_service import CONSOLE as c; print(urbansense.__file__); "
+                  "ALERTMANAGER_CONF as am, RABBIT_CLUSTER_CONF as rc; "
+                  "from rules.duty_service import CONSOLE as c; print(urbansense.__file__); "
                   "print(p.ACCELERATOR); "
-                  "print(am.is_file() and (am.parent / 'templates' / 'urbansense.tmpl').is_file()); "
+                  "print(am.is_file() and (am.parent / 'templates' / 'urbansense.tmpl').is_file() and rc.is_file()); "
                   "print(all((c / f).is_file() for f in ('index.html', 'console.js', 'vendor/leaflet/leaflet.js', "
                   "'vendor/leaflet/leaflet.css', 'vendor/leaflet/LICENSE')))"],
                  cwd=elsewhere, env=env).stdout.splitlines()
     assert where[0].startswith(site) and where[1].startswith("C accelerator"), where
-    assert where[2] == "True", "the Alertmanager routing is not in the wheel (urbansense/shipped/alertmanager.yml)"
+    assert where[2] == "True", ("the Alertmanager routing or the RabbitMQ cluster settings are not in the wheel "
+                                "(urbansense/shipped/)")
     assert where[3] == "True", "the duty console's files are not in the wheel (rules/console/)"
     assert "ok:" in _run([urbansense, "rules", "check"], cwd=elsewhere, env=env).stdout
     assert "0 problems" in _run([urbansense, "dashboards", "check"], cwd=elsewhere, env=env).stdout

@@ -119,3 +119,21 @@ def test_a_gateway_names_the_cluster_in_its_uplink(tmp_path: Path) -> None:
     path = write_gateway(tmp_path, {**base, "uplink": {"fallbacks": ["rmq-2"]}})
     with pytest.raises(ConfigError, match=r"uplink\.fallbacks.*'rmq-2' is not host:port"):
         load_gateway(path)
+
+
+def test_the_health_check_passes_when_any_node_answers(stack: Stack) -> None:
+    """`python -m urbansense.mqtt.reachable URL` (the containers' health check)."""
+    import subprocess
+    import sys
+
+    from application.stack import free_port
+
+    dead = free_port()
+    one_up = f"mqtt://127.0.0.1:{dead},127.0.0.1:{stack.mqtt_port}?protocol=3.1.1"
+    none_up = f"mqtt://127.0.0.1:{dead}"
+    ok = subprocess.run([sys.executable, "-m", "urbansense.mqtt.reachable", one_up], capture_output=True, text=True,
+                        timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    down = subprocess.run([sys.executable, "-m", "urbansense.mqtt.reachable", none_up], capture_output=True,
+                          text=True, timeout=30)
+    assert down.returncode == 1 and f"127.0.0.1:{dead}" in down.stderr and "no broker node answers" in down.stderr

@@ -22,21 +22,26 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
+from urbansense.mqtt.settings import MqttSettings
+
 log = logging.getLogger("urbansense.amqp")
 
 #: errors that mean "this node, now": try the next one
 AMQP_ERRORS = (TimeoutError, OSError, aio_pika.exceptions.AMQPError)
+#: errors that mean "not this account": a wrong password, a permission it lacks
+ACCESS_ERRORS = (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.ChannelAccessRefused)
 
 
 async def connect(url: str, timeout_s: float = 10.0) -> AbstractConnection:
     """A connection to one node. One that fails half-way is closed here (aio-pika's
     `connect` leaves it to the garbage collector, which closes it from no event loop)."""
-    conn = aio_pika.Connection(aio_pika.connection.make_url(url))
+    conn = aio_pika.Connection(aio_pika.connection.make_url(credentialed(url)))
     try:
         await conn.connect(timeout=timeout_s)
     except BaseException:
@@ -55,6 +60,28 @@ async def connect_any(urls: Sequence[str], timeout_s: float = 10.0) -> AbstractC
         except AMQP_ERRORS as exc:
             errors.append(f"{where(url)}: {exc or type(exc).__name__}")
     raise ConnectionError("no RabbitMQ node answers: " + "; ".join(errors))
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    """`url` with `user` and `password` in it (quoted: a password may hold any character)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"))
+
+
+def credentialed(url: str) -> str:
+    """`url` as it is if it names a user; else with the service's broker account from the
+    environment (URBANSENSE_MQTT_USERNAME, _PASSWORD or _PASSWORD_FILE): on a RabbitMQ
+    cluster one account serves a service's MQTT and AMQP (urbansense/broker_accounts.py)."""
+    if "@" in urlsplit(url).netloc:
+        return url
+    account = MqttSettings().apply_env()
+    return with_credentials(url, account.username, account.password or "") if account.username else url
+
+
+def account_of(url: str) -> str:
+    """The account a connection to `url` logs in with (as `connect` fills it in)."""
+    return unquote(urlsplit(credentialed(url)).username or "guest")
 
 
 def where(url: str) -> str:
@@ -234,7 +261,13 @@ class AmqpConsumer:
                 await self._consume(url)
             except AMQP_ERRORS as exc:
                 why = str(exc) or type(exc).__name__
-                if self.connects > before:
+                if isinstance(exc, ACCESS_ERRORS):
+                    if not failures:
+                        log.warning("RabbitMQ %s refused account %r (%s): give it its password and permissions "
+                                    "(urbansense broker rabbitmq; docs/OPERATIONS.md, cluster accounts); retrying",
+                                    where(url), account_of(url), why)
+                    failures.append(why)
+                elif self.connects > before:
                     failures.clear()
                     if not self._stopping:
                         log.warning("RabbitMQ %s lost (%s); trying the next node", where(url), why)

@@ -27,6 +27,8 @@ GATEWAYS_DIR = _shipped("firmware-configs/gateways", "gateways")
 DASHBOARDS_DIR = _SITE / "dashboards"
 #: The broker's delivery settings, shared by the deployment and the stack runner.
 BROKER_DELIVERY_CONF = _shipped("deploy/mosquitto/conf.d/delivery.conf", "delivery.conf")
+#: Cluster mode's RabbitMQ settings, shared by the compose profile and the stack runner.
+RABBIT_CLUSTER_CONF = _shipped("deploy/rabbitmq/conf.d/cluster.conf", "rabbitmq-cluster.conf")
 #: The shipped Alertmanager routing (generated from the registry: rules/routing.py).
 ALERTMANAGER_CONF = _shipped("deploy/alertmanager/alertmanager.yml", "alertmanager.yml")
 #: The deployment's broker files (ACL, accounts): a checkout's deploy/mosquitto.

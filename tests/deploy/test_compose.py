@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ ENV_EXAMPLE = dict(
     if line.strip() and not line.lstrip().startswith("#"))
 ACCOUNTS = [line.split()[:2] for line in (REPO / "deploy/mosquitto/accounts").read_text().splitlines()
             if line.strip() and not line.startswith("#")]
-SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET")
+SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "COOKIE")
 
 
 def _env(service: dict[str, Any]) -> dict[str, str]:
@@ -70,6 +71,20 @@ def test_dockerfile_copies_only_what_exists() -> None:
     assert sources
     for src in sources:
         assert (REPO / src).exists(), src
+
+
+def test_the_image_build_has_every_file_the_package_ships() -> None:
+    """urbansense/shipped/ links into firmware-configs/ and deploy/; the wheel built in the
+    image has those files only if the Dockerfile copies them into the build stage."""
+    dockerfile = (REPO / "deploy/Dockerfile").read_text()
+    copied = [line.split()[-1] for line in dockerfile.splitlines() if line.startswith("COPY") and "--from=" not in line]
+    shipped = REPO / "urbansense" / "shipped"
+    links = [p for p in shipped.iterdir() if p.is_symlink()]
+    assert links
+    for link in links:
+        target = link.resolve().relative_to(REPO).as_posix()
+        assert any(target == c or target.startswith(c.rstrip("/") + "/") for c in copied), \
+            f"{link.name} -> {target}: add 'COPY {Path(target).parent} {Path(target).parent}' to deploy/Dockerfile"
 
 
 def test_every_mounted_file_exists_and_named_volumes_are_declared() -> None:
@@ -211,11 +226,14 @@ def test_grafana_gets_the_provisioning_the_maps_and_its_secrets() -> None:
         assert var in env, f"provisioning expands ${var}, grafana's environment lacks it"
 
 
-@pytest.mark.parametrize("script", ["deploy/mosquitto/make-passwd.sh", "deploy/mosquitto/docker-entrypoint.sh"])
+@pytest.mark.parametrize("script", ["deploy/mosquitto/make-passwd.sh", "deploy/mosquitto/docker-entrypoint.sh",
+                                    "deploy/rabbitmq/docker-entrypoint.sh"])
 def test_scripts_mounted_into_containers_are_executable(script: str) -> None:
     path = REPO / script
     assert path.stat().st_mode & 0o111, f"chmod +x {script}"
     assert shlex.split(path.read_text().splitlines()[0]) == ["#!/bin/sh"]
+    checked = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_alertmanager_posts_every_receiver_to_the_relay_which_publishes_it() -> None:
@@ -234,3 +252,89 @@ def test_alertmanager_posts_every_receiver_to_the_relay_which_publishes_it() -> 
     targets = load_targets(REPO / mounted[config], environ={})
     assert set(targets) == {r["name"] for r in routing["receivers"]}
     assert all([t.kind for t in ts] == ["mqtt"] for ts in targets.values())
+
+
+# ---- the cluster profile (cluster mode on three RabbitMQ nodes)
+
+CLUSTER = {n: s for n, s in SERVICES.items() if "cluster" in s.get("profiles", [])}
+NODES = {n: s for n, s in CLUSTER.items() if s.get("image", "").startswith("rabbitmq:")}
+#: The settings .env.example's comment gives for cluster mode.
+CLUSTER_ENV = dict(line.lstrip("# ").split("=", 1) for line in (REPO / ".env.example").read_text().splitlines()
+                   if re.match(r"#\s+(COMPOSE_PROFILES|BROKER_\w+|GRAFANA_MQTT_BROKER_URL)=", line))
+
+
+def _rabbit_conf(path: Path) -> dict[str, str]:
+    return dict(tuple(part.strip() for part in line.split("=", 1))  # type: ignore[misc]
+                for line in path.read_text().splitlines() if line.strip() and not line.startswith("#"))
+
+
+def test_the_cluster_profile_runs_three_rabbitmq_nodes_that_find_each_other() -> None:
+    assert len(NODES) == 3
+    hostnames = {s["hostname"] for s in NODES.values()}
+    assert hostnames == set(NODES), "each node's hostname is its service name (its node name rabbit@<host>)"
+    peers = {v for k, v in _rabbit_conf(REPO / "deploy/rabbitmq/compose.conf").items()
+             if k.startswith("cluster_formation.classic_config.nodes.")}
+    assert peers == {f"rabbit@{h}" for h in hostnames}
+    for name, node in NODES.items():
+        targets = {m.split(":")[1] for m in node["volumes"]}
+        assert {"/etc/rabbitmq/enabled_plugins", "/var/lib/rabbitmq"} <= targets, name
+        assert sum(t.startswith("/etc/rabbitmq/conf.d/") for t in targets) == 2, name
+        assert node["entrypoint"][0] in targets, f"{name}: its entrypoint is mounted"
+        assert "RABBITMQ_ERLANG_COOKIE" in _env(node) and "RABBITMQ_DEFAULT_PASS" in _env(node), name
+    plugins = (REPO / "deploy/rabbitmq/enabled_plugins").read_text()
+    assert "rabbitmq_mqtt" in plugins and "rabbitmq_management" in plugins
+    # the nodes refuse anonymous MQTT; the cluster settings are the stack runner's (one file)
+    assert _rabbit_conf(REPO / "deploy/rabbitmq/compose.conf")["mqtt.allow_anonymous"] == "false"
+    shared = _rabbit_conf(REPO / "deploy/rabbitmq/conf.d/cluster.conf")
+    assert shared["cluster_partition_handling"] == "pause_minority"
+    assert shared["mqtt.durable_queue_type"] == "quorum"
+
+
+def test_the_cluster_accounts_are_made_before_anything_uses_the_cluster() -> None:
+    init = CLUSTER["rabbitmq-init"]
+    assert init["command"][:2] == ["broker", "rabbitmq"] and init["restart"] == "no"
+    assert {n for n, c in _depends(init).items() if c == "service_healthy"} == set(NODES)
+    command = init["command"]
+    hosts = {re.sub(r"^\w+://([^:/]+).*", r"\1", u) for flag in ("--management", "--amqp")
+             for u in command[command.index(flag) + 1].split(",")}
+    assert hosts == set(NODES)
+    # the accounts and ACL it reads are the ones Mosquitto reads
+    broker_dir = command[command.index("--dir") + 1]
+    assert _host_path(init, f"{broker_dir}/accounts") == REPO / "deploy/mosquitto/accounts"
+    assert _host_path(init, f"{broker_dir}/acl") == REPO / "deploy/mosquitto/acl"
+    env = _env(init)
+    for _user, var in ACCOUNTS:
+        assert var in env, f"rabbitmq-init needs {var} to set that account's password"
+    # every service that may use the cluster waits for the accounts, optionally outside the profile
+    for name, svc in SERVICES.items():
+        text = yaml.safe_dump({k: svc.get(k) for k in ("command", "environment", "healthcheck")})
+        if "BROKER_MQTT_URL" in text or "GRAFANA_MQTT_BROKER_URL" in text:
+            dep = (svc.get("depends_on") or {}).get("rabbitmq-init")
+            assert dep is not None and dep["condition"] == "service_completed_successfully", name
+            assert dep.get("required", True) is (name in CLUSTER), name
+
+
+def test_the_default_services_do_not_need_the_cluster_profile() -> None:
+    """Without the profile, compose starts no cluster service, so nothing else may require one."""
+    for name, svc in SERVICES.items():
+        if name in CLUSTER:
+            continue
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            if dep in CLUSTER:
+                assert isinstance(cond, dict) and cond.get("required") is False, f"{name} requires {dep}"
+
+
+def test_cluster_mode_settings_in_env_example_match_the_compose_cluster() -> None:
+    assert CLUSTER_ENV["COMPOSE_PROFILES"] == "cluster"
+    assert ENV_EXAMPLE["COMPOSE_PROFILES"] == "" and ENV_EXAMPLE["BROKER_AMQP_URLS"] == ""
+    standby = CLUSTER["rules-2"]["command"]
+    for flag, var in (("--mqtt", "BROKER_MQTT_URL"), ("--amqp", "BROKER_AMQP_URLS")):
+        default = re.fullmatch(r"\$\{" + var + r":-(.*)\}", standby[standby.index(flag) + 1])
+        assert default and default.group(1) == CLUSTER_ENV[var], flag
+    hosts = {re.sub(r"^\w+://", "", u).split("?")[0].rsplit(":", 1)[0]
+             for u in re.sub(r"^mqtt://", "", CLUSTER_ENV["BROKER_MQTT_URL"]).split(",")}
+    assert hosts == set(NODES)
+    assert "protocol=3.1.1" in CLUSTER_ENV["BROKER_MQTT_URL"]  # RabbitMQ before 3.13 has no MQTT 5
+    # in cluster mode the always-on ingester and rules instance consume the queues too
+    for name in ("ingest", "rules"):
+        assert _env(SERVICES[name])["URBANSENSE_AMQP_URLS"] == "${BROKER_AMQP_URLS:-}", name

@@ -15,15 +15,15 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from application.stack import find_binary, free_port
+from tests.deploy.mqtt_probe import Probe, probes
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -102,14 +102,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield b
 
 
-@dataclass
-class Client:
-    paho: paho.Client
-    connack: int
-    messages: queue.Queue[tuple[str, bytes]] = field(default_factory=queue.Queue)
-    acks: dict[int, int] = field(default_factory=dict)
-    suback: dict[int, list[int]] = field(default_factory=dict)
-
+class Client(Probe):
     def publish(self, topic: str, payload: bytes = b"x") -> int:
         """Publish at QoS 1 and return the PUBACK reason code (135 = not authorised)."""
         info = self.paho.publish(topic, payload, qos=1)
@@ -122,11 +115,11 @@ class Client:
     def subscribe(self, topic: str) -> int:
         """Subscribe at QoS 1; return the SUBACK reason code."""
         _rc, mid = self.paho.subscribe(topic, qos=1)
-        deadline = time.monotonic() + 5
-        while mid not in self.suback and time.monotonic() < deadline:
-            time.sleep(0.01)
         assert mid is not None
-        return self.suback[mid][0]
+        deadline = time.monotonic() + 5
+        while mid not in self.subacks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.subacks[mid][0]
 
     def received(self, wait_s: float = 0.6) -> set[str]:
         """Topics received within `wait_s` (the broker has had time to deliver)."""
@@ -140,32 +133,13 @@ class Client:
 
 @contextlib.contextmanager
 def connector(broker: Broker) -> Iterator[Any]:
-    """connect(user, password=None) -> Client on `broker`; all closed at the end."""
-    clients: list[paho.Client] = []
+    """connect(user, password=None) -> Client on `broker` (MQTT 5); all closed at the end."""
+    with probes(Client, broker.port, paho.MQTTv5) as open_probe:
+        def _connect(user: str | None, password: str | None = None) -> Client:
+            secret = password if password is not None or user is None else broker.passwords[user]
+            return open_probe(user, secret, f"acl-{uuid.uuid4().hex[:8]}")
 
-    def _connect(user: str | None, password: str | None = None) -> Client:
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"acl-{uuid.uuid4().hex[:8]}",
-                        protocol=paho.MQTTv5)
-        if user is not None:
-            c.username_pw_set(user, password if password is not None else broker.passwords[user])
-        connacks: queue.Queue[int] = queue.Queue()
-        client = Client(c, -1)
-        c.on_connect = lambda _c, _u, _f, rc, _p: connacks.put(rc.value)
-        c.on_message = lambda _c, _u, m: client.messages.put((m.topic, bytes(m.payload)))
-        c.on_publish = lambda _c, _u, mid, rc, _p: client.acks.__setitem__(mid, rc.value)
-        c.on_subscribe = lambda _c, _u, mid, rcs, _p: client.suback.__setitem__(mid, [r.value for r in rcs])
-        c.connect("127.0.0.1", broker.port)
-        c.loop_start()
-        clients.append(c)
-        client.connack = connacks.get(timeout=5)
-        return client
-
-    try:
         yield _connect
-    finally:
-        for c in clients:
-            c.disconnect()
-            c.loop_stop()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from application.stack import Stack
+from edge.mqtt_input import MqttInputLink
 from simulators.device import DeviceTables
 from tests.edge.conftest import METER_PROFILE, AgentThread, Collector, RtuSim, unique, write_gateway
 from urbansense.config import load_profile
@@ -140,3 +141,31 @@ def test_modbus_rtu_over_a_serial_line(tmp_path: Path, stack: Stack, pty_pair: t
     bad = collector.samples("rtu-2")
     assert bad and all(s.q == "bad" and s.err == "timeout" for s in bad)
     assert result["ok"] is True and healthy.values["setpoint_pct"] == pytest.approx(12.5)
+
+
+def test_messages_received_in_the_same_millisecond_keep_apart(tmp_path: Path, stack: Stack) -> None:
+    """A sensor that sends no time of its own is stamped on receipt; a burst (its own
+    queue flushed after a reconnect) must not share one time, or InfluxDB would keep one
+    point of it."""
+    gw, dev = unique("gw"), unique("aq")
+    cfg = {"gateway": gw, "district": "test", "batch": {"max_interval_s": 0.2},
+           "links": [{"name": "local-broker", "transport": "mqtt", "host": "127.0.0.1", "port": stack.mqtt_port,
+                      "devices": [{"id": dev, "profile": "test-air"}]}]}
+    path = write_gateway(tmp_path, cfg, [AIR_PROFILE])
+    collector = Collector(stack.mqtt_url, f"city/test/{gw}/telemetry")
+    with AgentThread(path, stack.mqtt_url, tmp_path / "wal") as run:
+        run.wait_ready()
+        link = run.agent.pushed_links["local-broker"]
+        assert isinstance(link, MqttInputLink)
+        burst = [orjson.dumps({"pm25": 10.0 + k, "no2_ppb": 10}) for k in range(20)]
+
+        async def arrive_at_once() -> None:  # as the network thread hands a burst over
+            for payload in burst:
+                link.handle(f"sensors/{dev}/data", payload)
+
+        run.call(arrive_at_once())
+        collector.until(lambda: len(collector.samples(dev)) == 20, 15, "the burst's 20 samples")
+    collector.close()
+    times = [s.t for s in collector.samples(dev)]
+    assert len(set(times)) == 20 and times == sorted(times)
+    assert [s.f["pm25_ugm3"] for s in collector.samples(dev)] == [10.0 + k for k in range(20)]
