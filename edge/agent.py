@@ -114,7 +114,7 @@ class EdgeAgent:
         self.forwarder = StoreAndForward(
             self.wal, self.mqtt, topics.telemetry(cfg.district, cfg.gateway), gateway=cfg.gateway,
             district=cfg.district, batch=cfg.batch, wal_spec=cfg.wal, telemetry=self.telemetry,
-            resume_delay_s=cfg.uplink.resume_delay_s)
+            resume_delay_s=cfg.uplink.resume_delay_s, ack_timeout_s=cfg.uplink.ack_timeout_s)
         self.links: dict[str, ModbusLink] = {}
         #: Links whose devices push: MQTT sensors, HJ 212 stations, JT/T 808 terminals.
         self.pushed_links: dict[str, PushedInput] = {}

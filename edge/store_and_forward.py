@@ -54,7 +54,7 @@ def _release(waiter: asyncio.Future[None]) -> None:
 class StoreAndForward:
     def __init__(self, wal: WriteAheadLog, mqtt: MqttClient, topic: str, *, gateway: str, district: str,
                  batch: BatchSpec, wal_spec: WalSpec, telemetry: SelfTelemetry,
-                 resume_delay_s: float = 0.0) -> None:
+                 resume_delay_s: float = 0.0, ack_timeout_s: float = 20.0) -> None:
         self.wal = wal
         self.mqtt = mqtt
         self.topic = topic
@@ -70,7 +70,8 @@ class StoreAndForward:
         self._pending: list[tuple[bool, bytes]] = []
         self._deletes: list[int] = []  # acknowledged, not yet deleted from the log
         self._acks: collections.deque[int] = collections.deque()  # filled by the network thread
-        self._inflight: dict[int, tuple[list[int], int, bool]] = {}  # mid -> (row ids, samples, is_backlog)
+        # mid -> (row ids, samples, is_backlog, when sent); oldest first
+        self._inflight: dict[int, tuple[list[int], int, bool, float]] = {}
         self._backlog_inflight = 0
         self._online = False
         # Each new connection bumps the epoch (network thread); the loop resets its cursors
@@ -79,6 +80,10 @@ class StoreAndForward:
         self._seen_epoch = 0
         # after a reconnect, publishing waits resume_delay_s (UplinkSpec.resume_delay_s)
         self.resume_delay_s = resume_delay_s
+        # a batch unacknowledged this long drops the connection (UplinkSpec.ack_timeout_s)
+        self.ack_timeout_s = ack_timeout_s
+        self.ack_timeouts = 0
+        self._last_ack_at = 0.0
         # an agent restarted on a log with samples in it (killed during an outage, say)
         # may be meeting a broker that restarted too: its first connection waits as well
         self._started_with_backlog = wal.depth > 0
@@ -165,12 +170,15 @@ class StoreAndForward:
 
     def tick(self, *, flush_live: bool = False) -> None:
         epoch, connected = self._epoch, self.mqtt.connected
+        if self._acks:
+            self._last_ack_at = time.monotonic()
         while self._acks:
             entry = self._inflight.pop(self._acks.popleft(), None)
             if entry is not None:
                 self._deletes.extend(entry[0])
                 self.acked_samples += entry[1]
                 self._backlog_inflight -= entry[2]
+        self._check_acks_coming()
         pending, self._pending = self._pending, []
         deletes, self._deletes = self._deletes, []
         seq = self.seq
@@ -203,10 +211,24 @@ class StoreAndForward:
                     self._seen_epoch = -1  # forces _go_online on the next tick
                     self._go_offline("a publish failed")
                     return
-                self._inflight[mid] = (ids, count, is_backlog)
+                self._inflight[mid] = (ids, count, is_backlog, time.monotonic())
                 self.published_batches += 1
                 if is_backlog:
                     self._backlog_inflight += 1
+
+    def _check_acks_coming(self) -> None:
+        """A node that stopped answering while the connection looks open: batches are in
+        flight and no PUBACK came for ack_timeout_s (since the oldest was sent, or since the
+        last PUBACK: a slow link that acknowledges one batch at a time is not a dead one).
+        Drop the connection; the next one (to the next node of a cluster) sends again from
+        the log."""
+        if not self._online or not self._inflight:
+            return
+        waited = time.monotonic() - max(next(iter(self._inflight.values()))[3], self._last_ack_at)
+        if waited >= self.ack_timeout_s:
+            self.ack_timeouts += 1
+            self._inflight.clear()  # a second drop waits for the next connection's batches
+            self.mqtt.drop(f"no PUBACK for {waited:.1f} s (uplink.ack_timeout_s {self.ack_timeout_s:g})")
 
     def _log_and_batch(self, pending: list[tuple[bool, bytes]], deletes: list[int], epoch: int,
                        connected: bool, flush_live: bool) -> list[Outgoing]:

@@ -37,6 +37,19 @@ def private_stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 @pytest.fixture
+def two_brokers(tmp_path: Path) -> Iterator[tuple[Stack, Stack]]:
+    """Two Mosquittos of their own, as two nodes of a broker cluster (a URL naming both);
+    either may be stopped or frozen (`pause`), and is thawed and stopped at the end."""
+    first, second = Stack(tmp_path / "first"), Stack(tmp_path / "second")
+    first.start("mosquitto")
+    second.start("mosquitto")
+    yield first, second
+    for node in (first, second):
+        node.resume("mosquitto")
+        node.down()
+
+
+@pytest.fixture
 def influx_db(stack: Stack) -> Iterator[InfluxClient]:
     """A fresh, empty database on the session's InfluxDB."""
     name = "t_" + uuid.uuid4().hex[:12]

@@ -72,16 +72,6 @@ def test_the_client_speaks_the_protocol_the_url_asks_for(recorder: ConnectRecord
     assert packet[0] == 0x10 and packet[2:8] == b"\x00\x04MQTT" and packet[8] == level
 
 
-@pytest.fixture
-def two_brokers(tmp_path: Path) -> Iterator[tuple[Stack, Stack]]:
-    first, second = Stack(tmp_path / "first"), Stack(tmp_path / "second")
-    first.start("mosquitto")
-    second.start("mosquitto")
-    yield first, second
-    first.down()
-    second.down()
-
-
 def test_a_lost_node_is_replaced_by_the_next_one(two_brokers: tuple[Stack, Stack]) -> None:
     first, second = two_brokers
     url = f"mqtt://127.0.0.1:{first.mqtt_port},127.0.0.1:{second.mqtt_port}?protocol=3.1.1"

@@ -358,6 +358,12 @@ class UplinkSpec(_Model):
     tls: bool = False
     ca_file: str | None = None
     keepalive_s: int = Field(default=30, ge=5)
+    #: Batches in flight and no PUBACK for this long mean the node has stopped answering
+    #: while the connection looks open (a node cut off by a network partition, a frozen
+    #: broker, a dead cellular path): the agent drops the connection and moves to the next
+    #: node, resending from the log, instead of waiting for the keepalive (up to 2 x
+    #: keepalive_s). On a slow uplink, keep it above the time one batch takes to send.
+    ack_timeout_s: float = Field(default=20.0, ge=1)
     #: MQTT 5 session expiry: the broker keeps the session this long across a drop.
     session_expiry_s: int = Field(default=3600, ge=0)
     #: Reconnect back-off: starts at the minimum, doubles, capped, with jitter.

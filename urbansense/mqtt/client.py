@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import random
+import socket
 import ssl
 import sys
 import threading
@@ -301,6 +302,17 @@ class MqttClient:
         exc = sys.exc_info()[1]
         self.stats.last_error = str(exc) if exc is not None else "cannot connect"
         self._next_node()
+
+    def drop(self, why: str) -> None:
+        """Close the connection as if it were lost (`why` is logged): the network thread
+        reconnects, to the next node of a cluster. For a node that stopped answering while
+        its connection looks open (no PUBACK), which the keepalive notices only later."""
+        sock = self._client.socket()
+        if not isinstance(sock, socket.socket) or not self._connected.is_set():  # ssl.SSLSocket is one too
+            return
+        log.warning("MQTT %s: %s; dropping the connection", self.settings.url, why)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
     def _next_node(self) -> None:
         """A broker cluster: the next (re)connection tries the next node."""
