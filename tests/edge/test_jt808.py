@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 
 from edge.jt808_input import Jt808Link, Jt808Session
 from edge.telemetry import SelfTelemetry
@@ -177,6 +178,9 @@ def test_unknown_terminal_is_refused_registration(link: tuple[Jt808Link, list[Sa
         jt808.REGISTER, "13900000000", 1, jt808.register_body()))))
     assert jt808.decode_register_reply(reg.body)[1] == jt808.REG_NO_TERMINAL
     assert server.telemetry.protocol_errors["unknown_device"] == 1
+    # as Prometheus scrapes it: what deploy/prometheus's EdgeDevicesRefused alert reads
+    exposed = generate_latest(server.telemetry.registry).decode()
+    assert f'edge_protocol_errors_total{{link="{server.link.name}",reason="unknown_device"}} 1.0' in exposed
 
 
 def test_fuzzed_streams_never_crash_a_session(link: tuple[Jt808Link, list[Sample]]) -> None:
