@@ -53,6 +53,7 @@ class ManagementApi:
         self.urls = list(urls)
         self.session = requests.Session()
         self.session.auth = admin
+        self.admin = admin[0]
         self.timeout_s = timeout_s
         self.url = ""
 
@@ -69,9 +70,8 @@ class ManagementApi:
                     errors.append(f"{url}: {type(exc).__name__}")
                     continue
                 if reply.status_code == 401:
-                    raise ProvisionError(f"RabbitMQ {url} refused the administrator "
-                                         f"{self.session.auth[0]!r}: check {ADMIN_USER_ENV} and "  # type: ignore[index]
-                                         f"{ADMIN_PASSWORD_ENV}")
+                    raise ProvisionError(f"RabbitMQ {url} refused the administrator {self.admin!r}: check "
+                                         f"{ADMIN_USER_ENV} and {ADMIN_PASSWORD_ENV}")
                 if reply.ok:
                     self.url = url
                     return

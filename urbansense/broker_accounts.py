@@ -105,6 +105,9 @@ def load_accounts(folder: Path) -> list[Account]:
             if access not in ("read", "write", "readwrite"):
                 raise ConfigError([f"{acl}:{number}: access '{access}' is not read, write or readwrite"])
             if keyword == "pattern":
+                if "%" in topic.replace("%u", ""):
+                    raise ConfigError([f"{acl}:{number}: '{topic}': only %u (the username) is understood "
+                                       "here\n  fix: write the pattern with %u, or the topics per user"])
                 patterns.append((access, topic))
             elif current is None:
                 raise ConfigError([f"{acl}:{number}: a topic line before any 'user' line\n"

@@ -516,3 +516,21 @@ def test_a_refused_account_is_reported_with_the_fix(node: Node, caplog: pytest.L
 
 def _ignore_sync(_message: Any) -> None:
     pass
+
+
+@pytest.mark.parametrize(("acl", "says"), [
+    ("pattern write city/%c/telemetry\n", "only %u (the username) is understood"),
+    ("topic read city/#\n", "a topic line before any 'user' line"),
+    ("user nobody\ntopic read city/#\n", "user nobody is not in"),
+    ("user ingest\ntopic sometimes city/#\n", "access 'sometimes' is not read, write or readwrite"),
+    ("user ingest\nallow everything please\n", "cannot read 'allow everything please'"),
+])
+def test_an_acl_the_translation_cannot_read_is_named_by_line(tmp_path: Path, acl: str, says: str) -> None:
+    from urbansense.config import ConfigError
+
+    (tmp_path / "accounts").write_text("ingest MQTT_PASSWORD_INGEST\n")
+    (tmp_path / "acl").write_text("# comment\n" + acl)
+    with pytest.raises(ConfigError) as caught:
+        load_accounts(tmp_path)
+    text = str(caught.value)
+    assert says in text and f"{tmp_path / 'acl'}:" in text
