@@ -89,6 +89,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                       help="gateway configs: where the devices are, for the console's map "
                            "(default: firmware-configs/gateways)")
     duty.add_argument("--grafana-url", help="Grafana's base URL: each alert links to its family's dashboard")
+    duty.add_argument("--officers", type=Path, metavar="FILE",
+                      help="the duty officers who may sign in, 'name PASSWORD_VARIABLE' per line (default: env "
+                           "URBANSENSE_DUTY_OFFICERS); without, anyone reaching the console acts in a typed name")
     duty.set_defaults(func=_duty)
 
     check = rsub.add_parser("check", help="validate rule files")
@@ -207,6 +210,7 @@ def _duty(args: argparse.Namespace) -> int:
     from rules.duty import DutyBook, load_escalation
     from rules.duty_service import ConsoleSite, DutyService, serve
     from rules.inventory import GATEWAYS_DIR, load_inventory
+    from rules.officers import load_officers
     from urbansense import clock
     from urbansense.config import ConfigError
     from urbansense.influx import InfluxClient
@@ -214,8 +218,10 @@ def _duty(args: argparse.Namespace) -> int:
     from urbansense.paths import default_run_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s duty %(levelname)s %(message)s")
+    officers_file = args.officers or (Path(p) if (p := os.environ.get("URBANSENSE_DUTY_OFFICERS")) else None)
     try:
         escalation = load_escalation(args.escalation or Path(__file__).with_name("escalation.yaml"))
+        officers = load_officers(officers_file) if officers_file is not None else None
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -227,11 +233,16 @@ def _duty(args: argparse.Namespace) -> int:
     located = {(d.district, d.device): (d.lat, d.lon) for d in load_inventory(args.gateways or [GATEWAYS_DIR],
                                                                               strict=False)
                if d.lat is not None and d.lon is not None}
-    server = serve(book, host or "127.0.0.1", int(port), ConsoleSite(located, args.grafana_url))
+    server = serve(book, host or "127.0.0.1", int(port), ConsoleSite(located, args.grafana_url), officers)
+    if officers is None:
+        logging.getLogger("urbansense.rules.duty").warning(
+            "no --officers: anyone who reaches http://%s/ acts in the name they type; list the duty officers "
+            "(docs/OPERATIONS.md, section 8)", args.listen)
     threading.Thread(target=server.serve_forever, name="duty-api", daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: service.stop())
     signal.signal(signal.SIGINT, lambda *_: service.stop())
-    print(f"duty console on http://{args.listen}/ ({len(book.open_episodes())} open alert episode(s))")
+    print(f"duty console on http://{args.listen}/ ({len(book.open_episodes())} open alert episode(s)"
+          + (f"; {len(officers.names)} officer(s) may sign in)" if officers is not None else ")"))
     service.run()
     server.shutdown()
     book.close()

@@ -10,8 +10,15 @@ to InfluxDB (`alert_episodes`) and serves the officers' JSON API:
     POST /api/episodes/<id>/acknowledge     {"who": "li.wei"}
     POST /api/episodes/<id>/assign          {"who": "li.wei", "to": "zhang.min"}
     POST /api/episodes/<id>/resolve         {"who": "zhang.min", "note": "valve closed, main repaired"}
+    GET  /api/me                            {"who", "sign_in"}: the officer signed in, and whether signing in
+                                            is required
+    GET  /healthz                           {"ok": true}, without signing in (container health checks)
 
 An action that does not apply is answered 409 with the reason; an unknown episode 404.
+With officers (rules/officers.py, `--officers`), everything asks for an officer's sign-in
+(HTTP Basic; 401 otherwise) and an action is recorded under the officer signed in: a body
+naming someone else is refused (403). Without, anyone who reaches the console acts in the
+name they type.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any
 
 from rules.duty import DutyBook, DutyError, Episode, episode_line
 from rules.json_http import JsonHandler
+from rules.officers import Officers
 from urbansense import codec, registry
 from urbansense.influx import InfluxClient, InfluxError
 from urbansense.mqtt import Message, MqttClient, MqttSettings
@@ -140,15 +148,36 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
 class _Handler(JsonHandler):
     book: DutyBook
     site: ConsoleSite
+    officers: Officers | None
+
+    def _officer(self) -> tuple[bool, str | None]:
+        """(may go on, the officer signed in). Without officers anyone may; with them, a
+        request without a valid sign-in is answered 401 here."""
+        if self.officers is None:
+            return True, None
+        who = self.officers.signed_in(self.headers.get("Authorization"))
+        if who is None:
+            self.answer(401, {"reason": "sign in as a duty officer"},
+                        {"WWW-Authenticate": 'Basic realm="UrbanSense duty console", charset="UTF-8"'})
+            return False, None
+        return True, who
 
     def _parts(self) -> list[str]:
         path = urllib.parse.urlsplit(self.path).path
         return [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
 
     def do_GET(self) -> None:
+        if self._parts() == ["healthz"]:  # for health checks: says nothing about the episodes
+            self.answer(200, {"ok": True})
+            return
+        allowed, who = self._officer()
+        if not allowed:
+            return
         parts = self._parts()
         if parts[0] != "api":
             self._static(parts)
+        elif parts == ["api", "me"]:
+            self.answer(200, {"who": who, "sign_in": self.officers is not None})
         elif parts == ["api", "episodes"]:
             self.answer(200, {"now": self.book.now_ms(),
                               "episodes": [_view(self.book, ep, self.site) for ep in self.book.open_episodes()]})
@@ -163,6 +192,9 @@ class _Handler(JsonHandler):
             self.answer(404, {"reason": "GET /api/episodes or /api/episodes/<id>"})
 
     def do_POST(self) -> None:
+        allowed, signed_in = self._officer()
+        if not allowed:
+            return
         parts = self._parts()
         if len(parts) != 4 or parts[:2] != ["api", "episodes"] or parts[3] not in ACTIONS:
             self.answer(404, {"reason": "POST /api/episodes/<id>/acknowledge | assign | resolve"})
@@ -174,6 +206,12 @@ class _Handler(JsonHandler):
         except ValueError:
             self.answer(400, {"reason": 'the body is a JSON object, e.g. {"who": "li.wei"}'})
             return
+        if signed_in is not None:
+            named = str(body.get("who") or signed_in)
+            if named != signed_in:
+                self.answer(403, {"reason": f"you are signed in as {signed_in}: you act in your own name"})
+                return
+            body = {**body, "who": signed_in}
         try:
             ep = ACTIONS[parts[3]](self.book, parts[2], body)
         except DutyError as exc:
@@ -197,6 +235,8 @@ class _Handler(JsonHandler):
 
 
 
-def serve(book: DutyBook, host: str, port: int, site: ConsoleSite | None = None) -> ThreadingHTTPServer:
-    handler = type("DutyHandler", (_Handler,), {"book": book, "site": site or ConsoleSite()})
+def serve(book: DutyBook, host: str, port: int, site: ConsoleSite | None = None,
+          officers: Officers | None = None) -> ThreadingHTTPServer:
+    """The console and its API; with `officers`, only for officers who sign in."""
+    handler = type("DutyHandler", (_Handler,), {"book": book, "site": site or ConsoleSite(), "officers": officers})
     return ThreadingHTTPServer((host, port), handler)

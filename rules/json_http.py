@@ -12,9 +12,11 @@ log = logging.getLogger("urbansense.rules.http")
 
 
 class JsonHandler(BaseHTTPRequestHandler):
-    def answer(self, status: int, body: Any) -> None:
+    def answer(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         raw = json.dumps(body).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()

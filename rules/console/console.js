@@ -162,9 +162,25 @@ function tick() {
   }
 }
 
-document.getElementById("officer").value = localStorage.getItem("urbansense.officer") || "";
-document.getElementById("officer").addEventListener("change", () =>
-  localStorage.setItem("urbansense.officer", officer()));
+async function whoAmI() {
+  // Signed in (the duty book lists its officers): act in that name only; else the typed one.
+  const field = document.getElementById("officer");
+  try {
+    const me = await (await fetch("/api/me")).json();
+    if (me.sign_in && me.who) {
+      field.value = me.who;
+      field.readOnly = true;
+      field.title = "signed in";
+      return;
+    }
+  } catch (err) {
+    setStatus(`the duty book does not answer (${err.message})`);
+  }
+  field.value = localStorage.getItem("urbansense.officer") || "";
+  field.addEventListener("change", () => localStorage.setItem("urbansense.officer", officer()));
+}
+
+whoAmI();
 refresh();
 setInterval(refresh, 2000);
 setInterval(tick, 1000);

@@ -338,3 +338,20 @@ def test_cluster_mode_settings_in_env_example_match_the_compose_cluster() -> Non
     # in cluster mode the always-on ingester and rules instance consume the queues too
     for name in ("ingest", "rules"):
         assert _env(SERVICES[name])["URBANSENSE_AMQP_URLS"] == "${BROKER_AMQP_URLS:-}", name
+
+
+def test_the_duty_console_lets_in_only_the_officers_listed() -> None:
+    """The duty service reads deploy/duty/officers and gets each officer's password
+    variable from .env; its health check needs no sign-in."""
+    from rules.officers import load_officers
+
+    duty = SERVICES["duty"]
+    command = duty["command"]
+    officers_file = _host_path(duty, command[command.index("--officers") + 1])
+    variables = [line.split()[1] for line in officers_file.read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+    env = _env(duty)
+    for var in variables:
+        assert var in env and var in ENV_EXAMPLE, var
+    assert load_officers(officers_file, dict.fromkeys(variables, "x")).names
+    assert "/healthz" in " ".join(duty["healthcheck"]["test"])

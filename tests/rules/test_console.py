@@ -16,6 +16,7 @@ import pytest
 from application.stack import Stack, free_port
 from rules.duty import DutyBook, load_escalation
 from rules.duty_service import ConsoleSite, DutyService, serve
+from rules.officers import Officers
 from tests.rules.test_duty import REPO, T0, Clock, _event
 from tests.waiting import wait_for
 from urbansense import codec, topics
@@ -31,8 +32,8 @@ SITE = ConsoleSite(locations={("pudong", "wp-1"): (31.2301, 121.4737), ("pudong"
 class Duty:
     """The duty service and its API on a fixed port, restartable over the same SQLite file."""
 
-    def __init__(self, tmp_path: Path, stack: Stack, clock: Clock) -> None:
-        self.tmp_path, self.stack, self.clock = tmp_path, stack, clock
+    def __init__(self, tmp_path: Path, stack: Stack, clock: Clock, officers: Officers | None = None) -> None:
+        self.tmp_path, self.stack, self.clock, self.officers = tmp_path, stack, clock, officers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.start()
@@ -45,7 +46,7 @@ class Duty:
         self.thread = threading.Thread(target=self.service.run, daemon=True)
         self.thread.start()
         assert self.service.mqtt.wait_subscribed(10)
-        self.server = serve(self.book, "127.0.0.1", self.port, SITE)
+        self.server = serve(self.book, "127.0.0.1", self.port, SITE, self.officers)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
@@ -68,6 +69,15 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
+def _problems(page: Any) -> list[str]:
+    """What the page reports as errors and warnings (console, uncaught), as it runs."""
+    problems: list[str] = []
+    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+            if msg.type in ("error", "warning") else None)
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    return problems
+
+
 def test_officers_work_alerts_in_the_console(tmp_path: Path, stack: Stack, browser: Any) -> None:
     clock = Clock()
     duty = Duty(tmp_path, stack, clock)
@@ -80,10 +90,7 @@ def test_officers_work_alerts_in_the_console(tmp_path: Path, stack: Stack, brows
                                    codec.encode_alert(event))
         wait_for(lambda: len(duty.book.open_episodes()) == 3, 10, what="three episodes opened")
         page = browser.new_page()
-        problems: list[str] = []
-        page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
-                if msg.type in ("error", "warning") else None)
-        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        problems = _problems(page)
         page.goto(duty.url)
         page.wait_for_selector("#episodes tbody tr[data-id]")
         assert page.locator("#episodes tbody tr[data-id]").count() == 3
@@ -124,6 +131,33 @@ def test_officers_work_alerts_in_the_console(tmp_path: Path, stack: Stack, brows
         assert problems == [], problems
     finally:
         publisher.close()
+        duty.stop()
+
+
+def test_a_signed_in_officer_acts_in_their_own_name(tmp_path: Path, stack: Stack, browser: Any) -> None:
+    """With officers, the browser signs in (HTTP Basic) and the console fills in the name
+    signed in, read-only: what the officer does is recorded under it."""
+    duty = Duty(tmp_path, stack, Clock(), Officers({"li.wei": "li-secret"}))
+    try:
+        ep = duty.book.observe(_event(device="wp-1"))
+        assert ep is not None
+        anonymous = browser.new_context()
+        assert anonymous.request.get(duty.url).status == 401  # nothing without signing in
+        anonymous.close()
+        context = browser.new_context(http_credentials={"username": "li.wei", "password": "li-secret"})
+        page = context.new_page()
+        problems = _problems(page)
+        page.goto(duty.url)
+        page.wait_for_function("document.getElementById('officer').readOnly")
+        assert page.input_value("#officer") == "li.wei"
+        row = page.locator("tr[data-id^='water.x:pudong:wp-1@']")
+        row.get_by_role("button", name="Acknowledge").click()
+        page.wait_for_function("document.querySelector(\"tr[data-id^='water.x:pudong:wp-1@'] .owner\")"
+                               ".textContent === 'li.wei'")
+        assert [(h["who"], h["action"]) for h in duty.book.history(ep.id)][-1] == ("li.wei", "acknowledged")
+        assert problems == [], problems
+        context.close()
+    finally:
         duty.stop()
 
 
