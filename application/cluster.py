@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -316,7 +317,7 @@ class RabbitCluster:
     def declare_partitions(self, districts: list[str]) -> None:
         """The rules' district queues (rules/partitions.py), before the gateways publish:
         the rules instances declare them too, but what comes before is not routed to them."""
-        asyncio.run(_declare_partitions(self.amqp_urls, districts))
+        asyncio.run(declare_district_queues(self.amqp_urls, districts))
 
     # ------------------------------------------------------------------ views
     def queue_leader(self, queue: str) -> int:
@@ -348,7 +349,8 @@ def _management_conf(node: RabbitNode) -> str:
     return f"management.tcp.ip = {node.ip}\nmanagement.tcp.port = {node.http_port}\n"
 
 
-async def _declare_partitions(urls: list[str], districts: list[str]) -> None:
+async def declare_district_queues(urls: Sequence[str], districts: Sequence[str]) -> None:
+    """The rules' district queues, on the first node of `urls` that answers."""
     conn = await connect_any(urls, 30.0)
     try:
         await declare_partitions(await conn.channel(), districts)

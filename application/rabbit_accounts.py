@@ -122,16 +122,11 @@ def provision(api: ManagementApi, folder: Path = BROKER_DEPLOY_DIR, env: Mapping
 
 async def declare(amqp_urls: Sequence[str], districts: Sequence[str]) -> None:
     """The ingest queue with its dead-letter path, and each district's rules queue."""
+    from application.cluster import declare_district_queues
     from ingest.amqp import declare_topology
-    from rules.partitions import declare_partitions
-    from urbansense.amqp import connect_any
 
     await declare_topology(list(amqp_urls))
-    conn = await connect_any(amqp_urls, 30.0)
-    try:
-        await declare_partitions(await conn.channel(), districts)
-    finally:
-        await conn.close()
+    await declare_district_queues(amqp_urls, districts)
 
 
 def register(broker: argparse._SubParsersAction) -> None:

@@ -30,6 +30,7 @@ import pytest
 from application.cluster import RabbitCluster
 from application.rabbit_accounts import ManagementApi, provision
 from tests.deploy.mqtt_probe import Probe, probes
+from tests.waiting import wait_for
 from urbansense.amqp import with_credentials
 from urbansense.broker_accounts import filter_regex, load_accounts, rabbit_permissions
 
@@ -85,14 +86,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 class Client(Probe):
     def _until(self, done: Any, timeout_s: float = 5.0) -> bool:
         """Until `done()` or the broker closes the connection; True if `done()`."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if done():
-                return True
-            if self.closed:
-                return False
-            time.sleep(0.01)
-        raise AssertionError("the broker neither answered nor closed the connection within 5 s")
+        outcome = wait_for(lambda: "answered" if done() else "closed" if self.closed else None, timeout_s,
+                           "the broker to answer or close the connection", interval_s=0.01)
+        return outcome == "answered"
 
     def publish(self, topic: str, payload: bytes = b"x") -> bool:
         """QoS 1; True on PUBACK, False if the broker closed the connection instead."""
@@ -451,7 +447,7 @@ def test_gateway_ingester_and_rules_run_on_their_own_accounts(node: Node, stack:
                 assert edge.poll() is None, (tmp_path / "edge.log").read_text()[-2000:]
                 return any(q.startswith("mqtt-subscription-edge-acctest-gw-acc") for q in queues)
 
-            _wait(subscribed, "the agent's command subscription on RabbitMQ")
+            wait_for(subscribed, 30, "the agent's command subscription on RabbitMQ")
 
             def count(device: str) -> int:
                 series = influx_db.query(f'SELECT count("pm25_ugm3") FROM "air" WHERE "device" = \'{device}\'')
@@ -462,10 +458,10 @@ def test_gateway_ingester_and_rules_run_on_their_own_accounts(node: Node, stack:
                 sensor.publish_wait("sensors/acc-probe/data", b'{"pm25": 1}')
                 return count("acc-probe") > 0
 
-            _wait(probed, "a probe reading through the agent, RabbitMQ and the ingester", 60)
+            wait_for(probed, 60, "a probe reading through the agent, RabbitMQ and the ingester")
             for k in range(5):
                 sensor.publish_wait("sensors/acc-aq-1/data", f'{{"pm25": {30 + k}}}'.encode())
-            _wait(lambda: count("acc-aq-1") == 5, "the five readings in InfluxDB", 30)
+            wait_for(lambda: count("acc-aq-1") == 5, 30, "the five readings in InfluxDB")
 
             def holds_its_district() -> bool:
                 """The rules instance took its district's queue (it says so in its announcements)."""
@@ -476,16 +472,10 @@ def test_gateway_ingester_and_rules_run_on_their_own_accounts(node: Node, stack:
                             return True
                 return False
 
-            _wait(holds_its_district, "the rules instance holding district acctest")
+            wait_for(holds_its_district, 30, "the rules instance holding district acctest")
     finally:
         sensor.close()
         provision(api, DEPLOY, node.env)
-
-
-def _wait(cond: Any, what: str, timeout_s: float = 30.0) -> None:
-    from tests.waiting import wait_for
-
-    wait_for(cond, timeout_s, what)
 
 
 @pytest.mark.parametrize(("user", "password", "seen"), [
@@ -496,7 +486,6 @@ def test_a_refused_account_is_reported_with_the_fix(node: Node, caplog: pytest.L
                                                     password: str | None, seen: str) -> None:
     import logging
 
-    from tests.waiting import wait_for
     from urbansense.amqp import AmqpConsumer
 
     n = node.cluster.nodes[0]
